@@ -1,0 +1,251 @@
+"""Building the server from the configuration tree, and running its modules.
+
+Strategy: the top level is split into global directives and module blocks.
+Globals are parsed first. Endpoints are configured eagerly in file order;
+named blocks lazily, on their first `&reference`, so a block is configured
+with everything it references already configured. The order in which
+configuration *completes* is therefore a dependency order: modules start in
+that order and stop in reverse. A named block that nothing references is an
+error, as is a reference cycle.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kittiwake import log
+from kittiwake.config import registry
+from kittiwake.config.directives import Directives
+from kittiwake.config.globals import PARSERS, Globals
+from kittiwake.config.node import Node
+from kittiwake.errors import ConfigError
+from kittiwake.module import Module, capability_label
+
+T = TypeVar("T")
+
+DEFAULT_STATE_DIR = "kittiwake-data"
+
+
+@dataclass(frozen=True)
+class DebugFlags:
+    """`--debug.*` command-line flags, for tests and local experiments."""
+
+    dns_override: str | None = None
+    smtp_port: int | None = None
+
+
+@dataclass
+class _Block:
+    node: Node
+    cls: type[Module]
+    instance_name: str
+    module: Module | None = None
+    state: str = "new"  # new -> configuring -> done
+
+
+class Container:
+    """Every module instance of one configuration, and their life cycle."""
+
+    def __init__(
+        self,
+        nodes: list[Node],
+        *,
+        config_file: str = "",
+        cwd: str | None = None,
+        debug_flags: DebugFlags | None = None,
+    ) -> None:
+        self.nodes = nodes
+        self.config_file = config_file
+        self.cwd = cwd or os.getcwd()
+        self.debug_flags = debug_flags or DebugFlags()
+        state_dir = os.path.join(self.cwd, DEFAULT_STATE_DIR)
+        self.globals = Globals(state_dir=state_dir, runtime_dir=os.path.join(state_dir, "run"))
+        self._global_nodes: dict[str, Node] = {}
+        self._global_values: dict[str, Any] = {}
+        self._blocks: dict[str, _Block] = {}
+        self._endpoint_nodes: list[tuple[Node, type[Module]]] = []
+        #: Modules in the order their configuration completed (= start order).
+        self.modules: list[Module] = []
+        self.endpoints: list[Module] = []
+        self._started: list[Module] = []
+        self.log = log.get("")
+
+    # -- building -----------------------------------------------------------
+
+    def build(self) -> None:
+        """Parse globals and configure every module; raise the first ConfigError."""
+        self._split_top_level()
+        self._parse_globals()
+        if not self._endpoint_nodes:
+            raise ConfigError("at least one endpoint should be configured", self.config_file)
+        for node, cls in self._endpoint_nodes:
+            module = cls(self, "", list(node.args))
+            module.configure(Directives(node, self))
+            self.modules.append(module)
+            self.endpoints.append(module)
+        for block in self._unique_blocks():
+            if block.state == "new":
+                raise block.node.error(
+                    f"unused configuration block {block.instance_name} ({block.cls.module_name})"
+                )
+
+    def _split_top_level(self) -> None:
+        for node in self.nodes:
+            if node.name in PARSERS:
+                if node.name in self._global_nodes:
+                    raise node.error(f"duplicate global directive: {node.name}")
+                self._global_nodes[node.name] = node
+                continue
+            cls = registry.find(node.name)
+            if cls is None:
+                raise node.error(f"unknown module or global directive: {node.name}")
+            if cls.endpoint:
+                self._endpoint_nodes.append((node, cls))
+                continue
+            if node.children is None:
+                raise node.error(f"{node.name}: a configuration block {{ ... }} is required")
+            names = node.args or [node.name]
+            block = _Block(node, cls, names[0])
+            for name in names:
+                if name.startswith("&"):
+                    raise node.error(f"invalid block name {name!r}: '&' is for references")
+                if name in self._blocks:
+                    raise node.error(f"config block named {name} already exists")
+                self._blocks[name] = block
+
+    def _parse_globals(self) -> None:
+        # File order, so the first bad global in the file is the one reported.
+        for node in sorted(self._global_nodes.values(), key=lambda n: (n.file, n.line)):
+            value = PARSERS[node.name](node, self)
+            self._global_values[node.name] = value
+            if hasattr(self.globals, node.name):
+                setattr(self.globals, node.name, value)
+        if "runtime_dir" not in self._global_values and "state_dir" in self._global_values:
+            self.globals.runtime_dir = os.path.join(self.globals.state_dir, "run")
+
+    def _unique_blocks(self) -> list[_Block]:
+        seen: dict[int, _Block] = {}
+        for block in self._blocks.values():
+            seen.setdefault(id(block), block)
+        return sorted(seen.values(), key=lambda b: (b.node.file, b.node.line))
+
+    def global_value(self, name: str) -> tuple[bool, Any]:
+        """(present, value) of a global directive, for inheriting modules."""
+        if name in self._global_values:
+            return True, self._global_values[name]
+        return False, None
+
+    # -- references ---------------------------------------------------------
+
+    def module_from_node(
+        self, node: Node, cap: type[T], namespace: str, *, default_module: str = ""
+    ) -> T:
+        """Resolve a directive naming a module: `&ref`, or an inline definition."""
+        return self.module_from_args(
+            node, node.args, node.children, cap, namespace, default_module=default_module
+        )
+
+    def module_from_args(
+        self,
+        node: Node,
+        args: list[str],
+        block: list[Node] | None,
+        cap: type[T],
+        namespace: str,
+        *,
+        default_module: str = "",
+    ) -> T:
+        """Like `module_from_node`, for directives whose block is not the module's."""
+        if args and args[0].startswith("&"):
+            if len(args) != 1 or block is not None:
+                raise node.error(
+                    f"{node.name}: exactly one argument is required to use an existing "
+                    "config block (&name), and no block"
+                )
+            return self.instance(args[0][1:], node, cap)
+        if args:
+            name, inline = args[0], list(args[1:])
+        elif default_module:
+            name, inline = default_module, []
+        else:
+            raise node.error(f"{node.name}: expected a module name or an &reference")
+        cls = registry.find(name, namespace)
+        if cls is None:
+            where = f" (namespace: {namespace})" if namespace else ""
+            raise node.error(f"unknown module: {name}{where}")
+        if cls.endpoint:
+            raise node.error(f"{name} is an endpoint and cannot be used here")
+        module = cls(self, "", inline)
+        self._check_capability(module, cap, node, name)
+        module.configure(Directives(Node(name, inline, block, node.file, node.line), self))
+        self.modules.append(module)
+        return module  # type: ignore[return-value]  # checked by _check_capability
+
+    def instance(self, name: str, ref: Node, cap: type[T]) -> T:
+        """The named block `name`, configured on first use, as capability `cap`."""
+        block = self._blocks.get(name)
+        if block is None:
+            raise ref.error(f"unknown configuration block: {name}")
+        if block.state == "configuring":
+            raise ref.error(f"reference cycle: {name} refers back to itself")
+        if block.module is None:
+            block.module = block.cls(self, block.instance_name, [])
+        self._check_capability(block.module, cap, ref, name)
+        if block.state == "new":
+            block.state = "configuring"
+            block.module.configure(Directives(block.node, self))
+            block.state = "done"
+            self.modules.append(block.module)
+        return block.module  # type: ignore[return-value]
+
+    @staticmethod
+    def _check_capability(module: Module, cap: type, node: Node, name: str) -> None:
+        if not isinstance(module, cap):
+            raise node.error(
+                f"{node.name}: module {module.module_name} ({name}) cannot be used here: "
+                f"it is not a {capability_label(cap)}"
+            )
+
+    # -- paths ----------------------------------------------------------------
+
+    def state_path(self, path: str) -> str:
+        """Relative paths in module configuration resolve against state_dir."""
+        return os.path.join(self.globals.state_dir, path)
+
+    def runtime_path(self, path: str) -> str:
+        return os.path.join(self.globals.runtime_dir, path)
+
+    def prepare_dirs(self) -> None:
+        """Create state_dir and runtime_dir (0700) and prove they are writable."""
+        for d in (self.globals.state_dir, self.globals.runtime_dir):
+            try:
+                os.makedirs(d, mode=0o700, exist_ok=True)
+                probe = os.path.join(d, f".write-test-{os.getpid()}")
+                with open(probe, "w") as f:
+                    f.write("ok")
+                os.unlink(probe)
+            except OSError as exc:
+                raise ConfigError(f"cannot use directory {d}: {exc.strerror}") from None
+
+    # -- life cycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start modules in dependency order; on failure stop what started."""
+        for module in self.modules:
+            try:
+                await module.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self._started.append(module)
+
+    async def stop(self) -> None:
+        """Stop started modules in reverse order; one failure does not stop the rest."""
+        while self._started:
+            module = self._started.pop()
+            try:
+                await module.stop()
+            except Exception as exc:
+                self.log.error("module failed to stop", err=exc, module=repr(module))

@@ -1,0 +1,174 @@
+"""One line per event: `key=value` text or JSON.
+
+Every module gets a named logger (`table.file/aliases`); what it logs is a
+short message plus fields, so operators can grep and machines can parse.
+Output targets are global (the `log` directive): stderr (without timestamps,
+since a service manager adds its own), `stderr_ts`, `syslog`, files, or off.
+Writes are synchronous: lines are small, and losing log lines under load is
+worse than a few microseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+LEVELS = ("debug", "info", "warn", "error")
+
+
+@dataclass
+class _Sink:
+    kind: str  # "stderr", "stderr_ts", "syslog", "file"
+    path: str = ""
+    stream: TextIO | None = None
+
+    @property
+    def timestamps(self) -> bool:
+        return self.kind in ("stderr_ts", "file")
+
+
+@dataclass
+class _Output:
+    sinks: list[_Sink] = field(default_factory=lambda: [_Sink("stderr")])
+    json: bool = False
+    debug: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_out = _Output()
+
+
+def _format_value(v: object) -> str:
+    s = v if isinstance(v, str) else str(v)
+    if s == "" or any(c in s for c in ' "=\\') or not s.isprintable():
+        return json.dumps(s, ensure_ascii=False)
+    return s
+
+
+def format_line(
+    level: str, name: str, msg: str, fields: dict[str, Any], *, as_json: bool, ts: str = ""
+) -> str:
+    """Render one event; exposed for tests."""
+    if as_json:
+        record: dict[str, Any] = {}
+        if ts:
+            record["ts"] = ts
+        record.update(level=level, module=name, msg=msg)
+        for k, v in fields.items():
+            record[k] = v if isinstance(v, (int, float, bool, type(None), list, dict)) else str(v)
+        return json.dumps(record, ensure_ascii=False, default=str)
+    parts = [ts] if ts else []
+    parts.append(level)
+    if name:
+        parts.append(name + ":")
+    parts.append(msg)
+    parts.extend(f"{k}={_format_value(v)}" for k, v in fields.items())
+    return " ".join(parts)
+
+
+def _emit(level: str, name: str, msg: str, fields: dict[str, Any]) -> None:
+    with _out.lock:
+        ts = ""
+        for sink in _out.sinks:
+            if sink.timestamps and not ts:
+                ts = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+            line = format_line(
+                level, name, msg, fields, as_json=_out.json, ts=ts if sink.timestamps else ""
+            )
+            if sink.kind == "syslog":
+                _syslog(level, line)
+                continue
+            stream = sink.stream if sink.stream is not None else sys.stderr
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # a broken log target must never take a session down
+
+
+def _syslog(level: str, line: str) -> None:
+    import syslog
+
+    prio = {"debug": syslog.LOG_DEBUG, "info": syslog.LOG_INFO, "warn": syslog.LOG_WARNING}
+    syslog.syslog(prio.get(level, syslog.LOG_ERR), line)
+
+
+class Logger:
+    """A named logger. `debug` can be switched on per module."""
+
+    __slots__ = ("_debug", "name")
+
+    def __init__(self, name: str, debug: bool | None = None) -> None:
+        self.name = name
+        self._debug = debug
+
+    @property
+    def debug_enabled(self) -> bool:
+        return _out.debug if self._debug is None else self._debug
+
+    @debug_enabled.setter
+    def debug_enabled(self, value: bool) -> None:
+        self._debug = value
+
+    def debug(self, msg: str, **fields: Any) -> None:
+        if self.debug_enabled:
+            _emit("debug", self.name, msg, fields)
+
+    def info(self, msg: str, **fields: Any) -> None:
+        _emit("info", self.name, msg, fields)
+
+    def warn(self, msg: str, **fields: Any) -> None:
+        _emit("warn", self.name, msg, fields)
+
+    def error(self, msg: str, err: BaseException | None = None, **fields: Any) -> None:
+        if err is not None:
+            fields = {"reason": f"{type(err).__name__}: {err}", **fields}
+        _emit("error", self.name, msg, fields)
+
+
+def get(name: str) -> Logger:
+    return Logger(name)
+
+
+def configure(targets: list[str], *, fmt: str = "text", debug: bool = False) -> None:
+    """Point every logger at `targets` (the `log` directive's words)."""
+    sinks: list[_Sink] = []
+    for t in targets:
+        if t == "off":
+            continue
+        if t in ("stderr", "stderr_ts", "syslog"):
+            sinks.append(_Sink(t))
+        else:
+            sinks.append(_Sink("file", path=t, stream=_open(t)))
+    with _out.lock:
+        _close_files(_out.sinks)
+        _out.sinks = sinks
+        _out.json = fmt == "json"
+        _out.debug = debug
+
+
+def reopen() -> None:
+    """Reopen log files (SIGHUP), so rotation tools can move them away."""
+    with _out.lock:
+        for sink in _out.sinks:
+            if sink.kind == "file":
+                old = sink.stream
+                sink.stream = _open(sink.path)
+                if old is not None:
+                    old.close()
+
+
+def _open(path: str) -> TextIO:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+
+
+def _close_files(sinks: list[_Sink]) -> None:
+    for sink in sinks:
+        if sink.kind == "file" and sink.stream is not None:
+            sink.stream.close()

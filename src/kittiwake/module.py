@@ -1,0 +1,91 @@
+"""What every module is, and the capabilities modules offer each other.
+
+A module is built from one configuration block: constructed with its names
+and inline arguments, configured once from its block, started after every
+module it references, stopped before them. Capabilities (table, delivery
+target, check, auth provider, limits, ...) are small `typing.Protocol`s
+declared next to the concept they belong to and registered here with a
+label, so a reference to a module of the wrong kind is reported in words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+from kittiwake import log
+
+if TYPE_CHECKING:
+    from kittiwake.config.directives import Directives
+    from kittiwake.container import Container
+
+_LABELS: dict[type, str] = {}
+C = TypeVar("C", bound=type)
+
+
+def capability(label: str) -> Callable[[C], C]:
+    """Mark a runtime-checkable Protocol as a capability named `label`."""
+
+    def mark(cls: C) -> C:
+        _LABELS[cls] = label
+        return cls
+
+    return mark
+
+
+def capability_label(cap: type) -> str:
+    return _LABELS.get(cap, cap.__name__)
+
+
+class Module:
+    """Base class of every configurable module.
+
+    `name` is the registered module name (`table.static`), `instance_name` the
+    block's own name (empty for an inline definition), `inline_args` the
+    arguments that followed the module name in an inline definition.
+    """
+
+    #: Set by `@register`: the configuration name.
+    module_name: ClassVar[str] = ""
+    #: Endpoints take listen addresses as arguments and cannot be referenced.
+    endpoint: ClassVar[bool] = False
+
+    def __init__(
+        self, container: Container, instance_name: str, inline_args: list[str]
+    ) -> None:
+        self.container = container
+        self.instance_name = instance_name
+        self.inline_args = inline_args
+        label = self.module_name + (f"/{instance_name}" if instance_name else "")
+        self.log = log.get(label)
+
+    def configure(self, cfg: Directives) -> None:
+        """Read the block. The default accepts an empty block only."""
+        if self.inline_args:
+            raise cfg.node.error(f"{self.module_name} takes no arguments")
+        cfg.finish()
+
+    async def start(self) -> None:
+        """Acquire run-time resources (sockets, files, tasks)."""
+
+    async def stop(self) -> None:
+        """Release what `start` acquired; called in reverse start order."""
+
+    def __repr__(self) -> str:
+        return f"<{self.module_name} {self.instance_name or '(inline)'}>"
+
+
+class Endpoint(Module):
+    """A module that listens: configured eagerly, never referenced.
+
+    Its inline arguments are listen addresses. After `start` has bound them,
+    `addresses()` names them for the readiness lines; `stop` stops accepting,
+    lets sessions in progress finish within `grace` seconds and closes the
+    rest (SIGTERM, interface.md).
+    """
+
+    endpoint: ClassVar[bool] = True
+    grace: float = 10.0
+
+    def addresses(self) -> list[str]:
+        raise NotImplementedError

@@ -1,0 +1,13 @@
+"""Every built-in module, imported here so that each registers itself.
+
+This is the full list of what a configuration can name.
+"""
+
+from kittiwake.tables import (  # noqa: F401
+    chain,
+    email,
+    file,
+    regexp,
+    sql,
+    static,
+)

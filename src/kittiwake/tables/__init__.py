@@ -1,0 +1,1 @@
+"""Table modules: key -> value(s) lookups used by routing, aliases and auth."""
