@@ -21,7 +21,7 @@ from kittiwake.config.directives import Directives
 from kittiwake.config.globals import PARSERS, Globals
 from kittiwake.config.node import Node
 from kittiwake.errors import ConfigError
-from kittiwake.module import Module, capability_label
+from kittiwake.module import Endpoint, Module, capability_label
 
 T = TypeVar("T")
 
@@ -65,19 +65,31 @@ class Container:
         self._global_nodes: dict[str, Node] = {}
         self._global_values: dict[str, Any] = {}
         self._blocks: dict[str, _Block] = {}
-        self._endpoint_nodes: list[tuple[Node, type[Module]]] = []
+        self._endpoint_nodes: list[tuple[Node, type[Endpoint]]] = []
         #: Modules in the order their configuration completed (= start order).
         self.modules: list[Module] = []
-        self.endpoints: list[Module] = []
+        self.endpoints: list[Endpoint] = []
+        self._globals_parsed = False
         self._started: list[Module] = []
         self.log = log.get("")
 
     # -- building -----------------------------------------------------------
 
+    def parse_globals(self) -> Globals:
+        """Split the top level and read the global directives (first step of build).
+
+        Separate so the command line can apply `log` and `debug` before any
+        module is configured and logs.
+        """
+        if not self._globals_parsed:
+            self._globals_parsed = True
+            self._split_top_level()
+            self._parse_globals()
+        return self.globals
+
     def build(self) -> None:
         """Parse globals and configure every module; raise the first ConfigError."""
-        self._split_top_level()
-        self._parse_globals()
+        self.parse_globals()
         if not self._endpoint_nodes:
             raise ConfigError("at least one endpoint should be configured", self.config_file)
         for node, cls in self._endpoint_nodes:
@@ -101,7 +113,7 @@ class Container:
             cls = registry.find(node.name)
             if cls is None:
                 raise node.error(f"unknown module or global directive: {node.name}")
-            if cls.endpoint:
+            if issubclass(cls, Endpoint):
                 self._endpoint_nodes.append((node, cls))
                 continue
             if node.children is None:
@@ -175,7 +187,7 @@ class Container:
         if cls is None:
             where = f" (namespace: {namespace})" if namespace else ""
             raise node.error(f"unknown module: {name}{where}")
-        if cls.endpoint:
+        if issubclass(cls, Endpoint):
             raise node.error(f"{name} is an endpoint and cannot be used here")
         module = cls(self, "", inline)
         self._check_capability(module, cap, node, name)
@@ -219,7 +231,8 @@ class Container:
 
     def prepare_dirs(self) -> None:
         """Create state_dir and runtime_dir (0700) and prove they are writable."""
-        for d in (self.globals.state_dir, self.globals.runtime_dir):
+        for name in ("state_dir", "runtime_dir"):
+            d = getattr(self.globals, name)
             try:
                 os.makedirs(d, mode=0o700, exist_ok=True)
                 probe = os.path.join(d, f".write-test-{os.getpid()}")
@@ -227,19 +240,26 @@ class Container:
                     f.write("ok")
                 os.unlink(probe)
             except OSError as exc:
-                raise ConfigError(f"cannot use directory {d}: {exc.strerror}") from None
+                message = f"cannot use {name} {d}: {exc.strerror}"
+                node = self._global_nodes.get(name)
+                raise (node.error(message) if node else ConfigError(message)) from None
 
     # -- life cycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Start modules in dependency order; on failure stop what started."""
+        """Start modules in dependency order; on failure stop what started.
+
+        A module whose own `start` failed is stopped too, so one that bound
+        the first of two addresses releases it: `stop` must cope with a
+        partial start.
+        """
         for module in self.modules:
+            self._started.append(module)
             try:
                 await module.start()
             except BaseException:
                 await self.stop()
                 raise
-            self._started.append(module)
 
     async def stop(self) -> None:
         """Stop started modules in reverse order; one failure does not stop the rest."""

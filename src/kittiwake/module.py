@@ -47,12 +47,7 @@ class Module:
 
     #: Set by `@register`: the configuration name.
     module_name: ClassVar[str] = ""
-    #: Endpoints take listen addresses as arguments and cannot be referenced.
-    endpoint: ClassVar[bool] = False
-
-    def __init__(
-        self, container: Container, instance_name: str, inline_args: list[str]
-    ) -> None:
+    def __init__(self, container: Container, instance_name: str, inline_args: list[str]) -> None:
         self.container = container
         self.instance_name = instance_name
         self.inline_args = inline_args
@@ -84,7 +79,6 @@ class Endpoint(Module):
     rest (SIGTERM, interface.md).
     """
 
-    endpoint: ClassVar[bool] = True
     grace: float = 10.0
 
     def addresses(self) -> list[str]:

@@ -51,11 +51,10 @@ def names() -> list[str]:
     return sorted(_MODULES)
 
 
-_loaded = False
+_state = {"loaded": False}
 
 
 def load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
+    if not _state["loaded"]:
+        _state["loaded"] = True
         import kittiwake.modules  # noqa: F401  (registers every built-in module)

@@ -1,0 +1,93 @@
+"""SMTP replies: one value type, rendered in one place.
+
+Every reply but the banner, the EHLO list, 354 and 334 carries an enhanced
+status code (RFC 2034); `Reply` keeps `enhanced=None` for those four. Texts
+are str; when the transaction did not negotiate SMTPUTF8, characters above
+U+007F are replaced by `?` (RFC 6531 §3.7.4.1) so a reply never puts raw
+UTF-8 on a 7-bit session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kittiwake.errors import EnhancedCode, SMTPError
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    enhanced: EnhancedCode | None
+    text: str | tuple[str, ...]
+
+    @classmethod
+    def from_error(cls, err: SMTPError, msg_id: str = "") -> Reply:
+        """The reply for an SMTPError; the message ID is appended when known."""
+        text = err.message + (f" (msg ID = {msg_id})" if msg_id else "")
+        return cls(err.code, err.enhanced, text)
+
+    @property
+    def positive(self) -> bool:
+        return self.code < 400
+
+    def render(self, utf8: bool = False) -> bytes:
+        lines = (self.text,) if isinstance(self.text, str) else self.text or ("",)
+        ecode = "" if self.enhanced is None else "{}.{}.{} ".format(*self.enhanced)
+        last = len(lines) - 1
+        out = []
+        for i, line in enumerate(lines):
+            # A reply line never carries a line break: a check's text or an
+            # echoed client argument must not be able to inject a reply.
+            clean = line.replace("\r", " ").replace("\n", " ")
+            out.append(f"{self.code}{' ' if i == last else '-'}{ecode}{clean}\r\n")
+        text = "".join(out)
+        return text.encode("utf-8") if utf8 else text.encode("ascii", "replace")
+
+    def __str__(self) -> str:
+        return self.render(utf8=True).decode("utf-8").rstrip("\r\n")
+
+
+def smtp_error(code: int, enhanced: EnhancedCode, text: str) -> Reply:
+    return Reply(code, enhanced, text)
+
+
+# Replies the core produces itself (spec/smtp-endpoint.md §3-§11).
+BAD_SYNTAX = Reply(500, (5, 5, 2), "Error: bad syntax")
+BAD_COMMAND = Reply(501, (5, 5, 2), "Bad command")
+TOO_MANY_ERRORS = Reply(500, (5, 5, 1), "Too many errors. Quiting now")
+LINE_TOO_LONG = Reply(500, (5, 4, 0), "Too long line, closing connection")
+NOOP = Reply(250, (2, 0, 0), "I have successfully done nothing")
+VRFY = Reply(252, (2, 5, 0), "Cannot VRFY user, but will accept message")
+RSET = Reply(250, (2, 0, 0), "Session reset")
+BYE = Reply(221, (2, 0, 0), "Bye")
+NEED_GREETING = Reply(503, (5, 5, 1), "Please introduce yourself first.")
+NOT_LMTP = Reply(500, (5, 5, 1), "This is not a LMTP server")
+IS_LMTP = Reply(500, (5, 5, 1), "This is a LMTP server, use LHLO")
+HELO_ARG = Reply(501, (5, 5, 2), "Domain/address argument required for HELO")
+START_DATA = Reply(354, None, "Go ahead. End your data with <CR><LF>.<CR><LF>")
+READY_TLS = Reply(220, (2, 0, 0), "Ready to start TLS")
+ALREADY_TLS = Reply(503, (5, 5, 1), "Already running in TLS")
+NO_TLS = Reply(502, (5, 5, 1), "TLS not supported")
+MISSING_MAIL = Reply(503, (5, 5, 1), "Missing MAIL FROM command.")
+MISSING_RCPT = Reply(503, (5, 5, 1), "Missing RCPT TO command.")
+DATA_ARGS = Reply(501, (5, 5, 4), "DATA command should not have any arguments")
+BDAT_CONTINUE = Reply(250, (2, 0, 0), "Continue")
+SIZE_EXCEEDED_MAIL = Reply(552, (5, 3, 4), "Max message size exceeded")
+AUTH_CANCELLED = Reply(501, (5, 0, 0), "Negotiation cancelled")
+
+
+def not_implemented(verb: str) -> Reply:
+    return Reply(502, (5, 5, 1), f"{verb} command not implemented")
+
+
+def unrecognized(verb: str) -> Reply:
+    return Reply(500, (5, 5, 2), f"Syntax errors, {verb} command unrecognized")
+
+
+def during_transfer(verb: str) -> Reply:
+    return Reply(503, (5, 5, 1), f"{verb} not allowed during message transfer")
+
+
+def ehlo(greeting: str, capabilities: list[str]) -> Reply:
+    """The EHLO/LHLO reply: no enhanced codes, first line `Hello ARG` (spec §4)."""
+    return Reply(250, None, (f"Hello {greeting}", *capabilities))

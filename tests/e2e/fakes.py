@@ -1,0 +1,107 @@
+"""Throw-away modules for end-to-end tests of the process around the endpoints.
+
+`test.echo` is a real listening endpoint: it binds every `tcp://HOST:PORT`
+address given as its arguments and answers each line with the same line.
+That is enough to test the command line, readiness, signals and logging in
+a real process before the SMTP endpoints exist. `test.table` is a named
+block that does nothing, so references and unused blocks can be tested.
+
+Importing this module registers both; only `launcher.py` does, so the real
+server never sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from kittiwake.config.directives import Directives
+from kittiwake.config.registry import register
+from kittiwake.config.values import ListenAddress, parse_listen_address
+from kittiwake.module import Endpoint, Module
+from kittiwake.tables.base import Table
+
+
+@register("test.table")
+class FakeTable(Module):
+    """A table that knows nothing; only its place in the configuration matters."""
+
+    async def lookup(self, key: str) -> str | None:
+        return None
+
+
+@register("test.echo")
+class EchoEndpoint(Endpoint):
+    """Line echo over TCP.
+
+    Directives: `grace DURATION` (how long `stop` waits for open connections,
+    default the endpoint default of 10 s), `table MODULE` (any table, only
+    resolved, never used) and `fail_on_start` (start raises an unexpected
+    error, to test how the command reports bugs).
+    """
+
+    def configure(self, cfg: Directives) -> None:
+        self.listen: list[ListenAddress] = []
+        for arg in self.inline_args:
+            try:
+                address = parse_listen_address(arg)
+            except ValueError as exc:
+                raise cfg.node.error(f"{arg}: {exc}") from None
+            if address.scheme != "tcp":
+                raise cfg.node.error(f"{arg}: test.echo only listens on tcp://")
+            self.listen.append(address)
+        if not self.listen:
+            raise cfg.node.error("test.echo: at least one listen address is required")
+        self.grace = cfg.duration("grace", default=self.grace)
+        self.table = cfg.module("table", Table, "table")
+        self.fail_on_start = cfg.boolean("fail_on_start", default=False)
+        cfg.finish()
+        self._servers: list[asyncio.Server] = []
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        if self.fail_on_start:
+            raise RuntimeError("test.echo was asked to fail on start")
+        for address in self.listen:
+            server = await asyncio.start_server(self._accept, address.host, address.port)
+            self._servers.append(server)
+
+    def addresses(self) -> list[str]:
+        found = []
+        for server in self._servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                found.append(f"tcp://{f'[{host}]' if ':' in host else host}:{port}")
+        return found
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        self._writers.add(writer)
+        try:
+            while line := await reader.readline():
+                writer.write(line)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._sessions.discard(task)
+            self._writers.discard(writer)
+            writer.close()
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        if self._sessions:
+            self.log.info("waiting for open connections", count=len(self._sessions))
+            await asyncio.wait(set(self._sessions), timeout=self.grace)
+        for writer in list(self._writers):
+            writer.write(b"bye\n")
+            writer.close()
+        for task in list(self._sessions):
+            task.cancel()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
