@@ -255,6 +255,8 @@ _BAD_LABEL_CHAR = re.compile(r"[^A-Za-z0-9_\-\x80-\U0010ffff]")
 # path, quoted or not. Lone surrogates come from undecodable bytes
 # (`surrogateescape`): the path was not UTF-8.
 _BAD_PATH_CHAR = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# C0 and C1 controls, DEL, surrogates: what a decoded A-label must not hold.
+_BAD_ULABEL_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 
@@ -503,6 +505,8 @@ def _alabel(label: str) -> str:
     validation, only the encoding.
     """
     folded = unicodedata.normalize("NFC", label).lower()
+    if folded.isascii():  # e.g. KELVIN SIGN: NFC makes it a plain K
+        return folded
     return "xn--" + folded.encode("punycode").decode("ascii")
 
 
@@ -519,9 +523,8 @@ def _ulabel(label: str) -> str | None:
         return None
     if not decoded or decoded.isascii():
         return None
-    for ch in decoded:
-        if ch < "\xa0" or "\ud800" <= ch <= "\udfff":
-            return None
+    if _BAD_ULABEL_CHAR.search(decoded):
+        return None
     return decoded
 
 

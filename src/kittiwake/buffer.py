@@ -254,7 +254,9 @@ class Buffer:
         await self._write_out((batch, chunk) if batch else (chunk,))
 
     async def finish(self) -> None:
-        """The body is complete: flush it and close the writing side."""
+        """The body is complete: flush it and close the writing side. Idempotent."""
+        if self._finished and self._error is None and not self._removed:
+            return
         self._check_writable()
         if self._fd >= 0:
             if self._data:

@@ -581,3 +581,17 @@ def test_env_rules(arg: str, expected: str) -> None:
     environ = {"SET": "v", "DOLLAR": "x$y", "BRACE": "}"}
     (node,) = parse(f'a "{arg}"', environ=environ)
     assert node.args == [expected]
+
+
+# ------------------------------------------------------- documented quirks
+
+
+def test_whole_argument_rule_is_prefix_and_suffix() -> None:
+    (node,) = parse("$(a) = x\n$(b) = y\nd $(a)$(b) $(a)-$(b) $(a)-$(b)/ x$(a)$(b)")
+    assert node.args == ["x-y/", "xxy"]
+
+
+def test_declaration_on_a_closing_child_line_is_refused() -> None:
+    # maddy lets the trailing `}` lower its nesting count first and accepts.
+    for text in ("a {\n$(x) = y }\n", "a {\n(s) }\n"):
+        assert "only allowed at top level" in fails(text).message

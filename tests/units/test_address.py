@@ -6,6 +6,8 @@ names the input. Limits are tested at the limit and one past it.
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -46,9 +48,10 @@ def _domain_of(octets: int) -> str:
     """An ASCII domain of exactly `octets` octets, labels of at most 63."""
     labels: list[str] = []
     left = octets
-    while left > MAX_LABEL + 1:
-        labels.append("a" * MAX_LABEL)
-        left -= MAX_LABEL + 1
+    while left > MAX_LABEL:
+        take = min(MAX_LABEL, left - 2)  # leave a dot and one octet for the last label
+        labels.append("a" * take)
+        left -= take + 1
     labels.append("b" * left)
     domain = ".".join(labels)
     assert len(domain) == octets
@@ -228,7 +231,7 @@ def test_path_length_limit() -> None:
 
 
 def test_utf8_domain_is_measured_as_alabels() -> None:
-    label = "é" * 54  # "xn--" + 59 punycode characters = 63 octets
+    label = "é" * 57  # "xn--" + 59 punycode characters = 63 octets
     assert len(to_alabel_domain(label)) == MAX_LABEL
     assert parse_forward_path(f"u@{label}.org", smtputf8=True).domain == f"{label}.org"
     with pytest.raises(PathTooLong):
@@ -611,20 +614,20 @@ def test_parse_raises_only_address_errors(text: str, utf8: bool) -> None:
             assert parse(addr.wire(), smtputf8=True) == addr
 
 
+def _lenient(text: str) -> str:
+    return normalize_domain(text, strict=False)
+
+
 @given(text=_paths)
 def test_normalisation_raises_only_normalization_errors(text: str) -> None:
-    for func in (normalize_address, clean_address, normalize_domain, to_ulabel_domain):
+    funcs = [normalize_address, clean_address, normalize_domain, to_ulabel_domain, _lenient]
+    funcs += [get_normalizer(name) for name in ("auto", "precis_casefold_email", "precis_email")]
+    for func in funcs:
         try:
             func(text)
         except NormalizationError:
             pass
-    normalize_domain(text or "x", strict=False)
-    to_alabel_domain(text.replace("\ud800", ""))
-    for name in ("auto", "precis_casefold_email", "precis_email"):
-        try:
-            get_normalizer(name)(text)
-        except NormalizationError:
-            pass
+    assert to_alabel_domain(text.replace("\ud800", "")).isascii() or not text.isascii()
 
 
 @given(
@@ -641,8 +644,10 @@ def test_quoting_round_trip(local: str) -> None:
 
 @given(label=st.text(st.characters(min_codepoint=0xA0, exclude_categories=("Cs",)), min_size=1))
 def test_alabels_decode_back(label: str) -> None:
+    folded = unicodedata.normalize("NFC", label).lower()
     alabel = to_alabel_domain(label)
     assert alabel.isascii()
-    decoded = normalize_domain(alabel, strict=False)
-    if decoded != alabel:
-        assert decoded == normalize_domain(label.replace(".", "_"), strict=False) or "." in label
+    if folded.isascii():
+        assert alabel == folded
+    else:
+        assert to_ulabel_domain(alabel) == unicodedata.normalize("NFC", folded)

@@ -1,0 +1,58 @@
+"""What the pipeline and targets know about a message besides its content.
+
+`MsgMeta` travels with one message from the endpoint through the pipeline to
+every target; `ConnInfo` describes where it came from (absent for messages
+kittiwake generates itself, such as bounces).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ConnInfo:
+    """Facts about the client connection, fixed when the message starts."""
+
+    remote_ip: str | None = None  # None for Unix-socket clients
+    remote_port: int = 0
+    helo: str = ""
+    tls: bool = False
+    proto: str = "ESMTP"  # ESMTP, ESMTPS, LMTP; "UTF8" prefix added per message
+    rdns: str | None = None  # PTR name without trailing dot, when known
+    auth_user: str | None = None
+    endpoint: str = ""  # module name of the endpoint (smtp, submission, lmtp)
+
+
+@dataclass(slots=True)
+class SMTPOptions:
+    """ESMTP parameters of MAIL FROM that later hops care about."""
+
+    size: int | None = None
+    body: str = ""
+    smtputf8: bool = False
+    requiretls: bool = False
+    auth: str | None = None
+
+
+@dataclass(slots=True)
+class MsgMeta:
+    id: str
+    conn: ConnInfo | None = None
+    smtp: SMTPOptions = field(default_factory=SMTPOptions)
+    #: The envelope sender exactly as the client gave it.
+    original_from: str = ""
+    #: final (rewritten) recipient -> the address the client gave.
+    original_rcpts: dict[str, str] = field(default_factory=dict)
+    #: Set at body time by checks (spam, DMARC quarantine).
+    quarantine: bool = False
+    #: Submission: the Received field does not name the client.
+    dont_trace_sender: bool = False
+    #: `TLS-Required: No` (RFC 8689) was present.
+    tls_not_required: bool = False
+
+
+def new_msg_id() -> str:
+    """8 lowercase hex digits: short enough to read out on a phone call."""
+    return os.urandom(4).hex()

@@ -1,0 +1,1 @@
+"""The message pipeline: checks, modifiers and routing to targets."""

@@ -1,0 +1,49 @@
+"""The delivery contract (spec/targets.md §1).
+
+A delivery is a transaction: `start_delivery` once per message and target,
+`add_rcpt` per recipient (its error is that RCPT's reply), `body` with the
+final header and the re-readable body buffer, then `commit` (make it
+durable: only after it returns may the endpoint say 250) or `abort` (undo,
+safe after any failure). Targets that can succeed for some recipients and
+fail for others also implement `body_non_atomic`, which LMTP uses to give
+each recipient its own reply.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from kittiwake.buffer import Buffer
+from kittiwake.header import Header
+from kittiwake.message import MsgMeta
+from kittiwake.module import capability
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    async def add_rcpt(self, rcpt: str) -> None: ...
+
+    async def body(self, header: Header, body: Buffer) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def abort(self) -> None: ...
+
+
+class StatusCollector(Protocol):
+    """Receives per-recipient outcomes, keyed by the address given to add_rcpt."""
+
+    def set_status(self, rcpt: str, error: Exception | None) -> None: ...
+
+
+@runtime_checkable
+class PartialDelivery(Delivery, Protocol):
+    async def body_non_atomic(
+        self, status: StatusCollector, header: Header, body: Buffer
+    ) -> None: ...
+
+
+@capability("delivery target")
+@runtime_checkable
+class DeliveryTarget(Protocol):
+    async def start_delivery(self, meta: MsgMeta, mail_from: str) -> Delivery: ...
