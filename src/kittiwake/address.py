@@ -559,24 +559,26 @@ def normalize_domain(domain: str, *, strict: bool = True) -> str:
     that they compare equal however they were written. The trailing root dot
     is dropped here and therefore in the clean form too: RFC 5321 has no use
     for it and targets should not see two spellings of one domain.
+
+    Raises `NormalizationError` for an empty domain, a bad address literal
+    or an `xn--` label that does not decode; with `strict=False` it never
+    raises and keeps what it cannot convert (lowercased) - for comparisons.
     """
-    if not domain:
-        raise NormalizationError("empty domain")
     if domain.startswith("["):
-        return _canonical_literal(domain)
+        canonical = _canonical_literal_or_none(domain) if domain.endswith("]") else None
+        if canonical is not None:
+            return canonical
+        if strict:
+            raise NormalizationError(f"invalid address literal {domain!r}")
+        return domain.lower()
+    if not domain and strict:
+        raise NormalizationError("empty domain")
     if domain.isascii():
         lowered = domain.lower()
         if "xn--" not in lowered:
             return lowered[:-1] if lowered.endswith(".") else lowered
     unicode = to_ulabel_domain(domain, strict=strict).lower()
     return unicode[:-1] if unicode.endswith(".") else unicode
-
-
-def _canonical_literal(domain: str) -> str:
-    canonical = _canonical_literal_or_none(domain) if domain.endswith("]") else None
-    if canonical is None:
-        raise NormalizationError(f"invalid address literal {domain!r}")
-    return canonical
 
 
 def to_alabel_domain(domain: str) -> str:

@@ -173,9 +173,9 @@ class Buffer:
     def __init__(self, *, spill_at: int | None, directory: str) -> None:
         """Prefer the factories `ram`, `fs`, `auto` or `BufferSpec.new`.
 
-        `spill_at`: the body moves to a file in `directory` once it is
-        larger than this many bytes; None keeps it in memory whatever its
-        size.
+        `spill_at`: the body moves to a file in `directory` once it
+        reaches this many bytes (spec §17 and edge case 40: "length >= MAX
+        goes to a file"); None keeps it in memory whatever its size.
         """
         self._data = bytearray()  # the whole body in RAM, else the unwritten tail
         self._size = 0
@@ -242,7 +242,7 @@ class Buffer:
             return
         self._size += n
         if self._fd < 0:
-            if self._spill_at is None or self._size <= self._spill_at:
+            if self._spill_at is None or self._size < self._spill_at:
                 self._data += chunk
                 return
             # Past the RAM limit: everything so far, then the rest, to a file.
@@ -267,7 +267,8 @@ class Buffer:
 
     def _check_writable(self) -> None:
         if self._error is not None:
-            raise self._error
+            # A fresh traceback each time, so repeated calls do not pile up frames.
+            raise self._error.with_traceback(None)
         if self._removed:
             raise RuntimeError("buffer was removed")
         if self._finished:
@@ -329,7 +330,8 @@ class Buffer:
 
     def _check_readable(self) -> None:
         if self._error is not None:
-            raise self._error
+            # A fresh traceback each time, so repeated calls do not pile up frames.
+            raise self._error.with_traceback(None)
         if self._removed:
             raise RuntimeError("buffer was removed")
         if not self._finished:

@@ -3,7 +3,10 @@
 This is the full list of what a configuration can name.
 """
 
-from kittiwake.config import tls  # noqa: F401  (tls.loader.*)
+from kittiwake.config import tls_loaders  # noqa: F401  (tls.loader.*)
+from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
+from kittiwake.pipeline import modules as pipeline_modules  # noqa: F401  (msgpipeline, checks, modifiers)
+from kittiwake.storage import maildir  # noqa: F401
 from kittiwake.tables import (  # noqa: F401
     chain,
     email,
@@ -12,3 +15,5 @@ from kittiwake.tables import (  # noqa: F401
     sql,
     static,
 )
+from kittiwake.targets import dummy  # noqa: F401
+

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kittiwake.config import registry, tls
+from kittiwake.config import registry, tls, tls_loaders
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.config.parser import parse_text
@@ -388,7 +388,7 @@ def test_reload_picks_up_changed_files(
 async def test_background_reload(
     pair_a: Pair, pair_b: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tls.FileLoader, "reload_interval", 0.01)
+    monkeypatch.setattr(tls_loaders.FileLoader, "reload_interval", 0.01)
     container = build(f"tls file {pair_a.cert} {pair_a.key}", tmp_path)
     st = server_tls(container)
     await container.start()
@@ -433,11 +433,11 @@ def test_self_signed_fresh_at_each_start(tmp_path: Path) -> None:
 
 def test_ensure_self_signed(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    cert, key = tls.ensure_self_signed(str(state), "mx.example")
+    cert, key = tls_loaders.ensure_self_signed(str(state), "mx.example")
     assert (cert, key) == (str(state / "tls" / "cert.pem"), str(state / "tls" / "key.pem"))
     assert os.stat(key).st_mode & 0o777 == 0o600
     first = Path(cert).read_bytes(), Path(key).read_bytes()
-    assert tls.ensure_self_signed(str(state), "mx.example") == (cert, key)
+    assert tls_loaders.ensure_self_signed(str(state), "mx.example") == (cert, key)
     assert (Path(cert).read_bytes(), Path(key).read_bytes()) == first  # reused
 
     parsed = x509.load_pem_x509_certificate(first[0])
@@ -458,7 +458,7 @@ def test_ensure_self_signed_replaces_expired(ca: trustme.CA, tmp_path: Path) -> 
     old = Pair(ca, directory, "old.example", not_before=past - dt.timedelta(days=2), not_after=past)
     old.cert.rename(directory / "cert.pem")
     old.key.rename(directory / "key.pem")
-    cert, _ = tls.ensure_self_signed(str(tmp_path), "mx.example")
+    cert, _ = tls_loaders.ensure_self_signed(str(tmp_path), "mx.example")
     parsed = x509.load_pem_x509_certificate(Path(cert).read_bytes())
     assert parsed.not_valid_after_utc > dt.datetime.now(dt.UTC)
 
@@ -678,15 +678,15 @@ def test_error_client_key_mismatch(pair_a: Pair, pair_b: Pair, tmp_path: Path) -
 
 
 def test_loaders_are_registered() -> None:
-    assert registry.find("file", "tls.loader") is tls.FileLoader
-    assert registry.find("self_signed", "tls.loader") is tls.SelfSignedLoader
+    assert registry.find("file", "tls.loader") is tls_loaders.FileLoader
+    assert registry.find("self_signed", "tls.loader") is tls_loaders.SelfSignedLoader
 
 
 def test_pem_through_temporary_files(
     pair_a: Pair, tmp_path: Path, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fallback for platforms without memfd works the same."""
-    monkeypatch.setattr(tls, "_USE_MEMFD", False)
+    monkeypatch.setattr(tls_loaders, "_USE_MEMFD", False)
     ctx = server_tls(build(f"tls file {pair_a.cert} {pair_a.key}", tmp_path)).context()
     assert handshake(ctx, client_context(ca), "a.example").names == ["a.example"]
 

@@ -105,3 +105,27 @@ class EchoEndpoint(Endpoint):
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+
+
+class _CrashDelivery:
+    """Accepts recipients, then fails with an error that carries no SMTP reply."""
+
+    async def add_rcpt(self, rcpt: str) -> None:
+        return None
+
+    async def body(self, header: object, body: object) -> None:
+        raise RuntimeError("crash target: simulated internal failure")
+
+    async def commit(self) -> None:
+        return None
+
+    async def abort(self) -> None:
+        return None
+
+
+@register("test.crash")
+class CrashTarget(Module):
+    """A delivery target whose body stage raises: internal errors must become 451."""
+
+    async def start_delivery(self, meta: object, mail_from: str) -> _CrashDelivery:
+        return _CrashDelivery()

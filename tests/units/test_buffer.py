@@ -28,13 +28,31 @@ MiB = 1024 * 1024
 BODY = bytes(range(256)) * 37 + b"\r\n.\r\n\n\r\x00" * 50 + os.urandom(70_001)
 
 
+# Small synchronous helpers: the tests look at the file system between awaits.
+def _files(directory: Path) -> list[str]:
+    return os.listdir(directory)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _size(path: str) -> int:
+    return os.path.getsize(path)
+
+
 def _new(kind: str, directory: Path) -> Buffer:
     """A buffer of each kind under test; `fs` creates its file at once."""
     if kind == "ram":
         return Buffer.ram()
     if kind == "fs":
         return Buffer.fs(str(directory))
-    max_ram = {"auto-ram": len(BODY), "auto-spilled": 1000, "auto-0": 0}[kind]
+    max_ram = {"auto-ram": len(BODY) + 1, "auto-spilled": 1000, "auto-0": 0}[kind]
     return Buffer.auto(max_ram, str(directory))
 
 
@@ -71,7 +89,7 @@ async def test_round_trip_is_byte_exact(tmp_path: Path, kind: str) -> None:
             assert a.read(1) == BODY[100:101]
         assert await _read_chunks(buf) == BODY
         assert all(len(c) <= 5000 for c in [c async for c in buf.chunks(5000)])
-    assert not list(tmp_path.iterdir())
+    assert not _files(tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["ram", "fs", "auto-ram", "auto-0"])
@@ -99,28 +117,29 @@ async def test_big_single_write_goes_through_a_thread(tmp_path: Path) -> None:
 # --- auto: where the line is ----------------------------------------------
 
 
-async def test_auto_keeps_exactly_max_in_memory(tmp_path: Path) -> None:
+async def test_auto_keeps_one_byte_under_max_in_memory(tmp_path: Path) -> None:
     with Buffer.auto(1000, str(tmp_path)) as buf:
-        await buf.write(b"x" * 999)
+        await buf.write(b"x" * 998)
         await buf.write(b"y")
         assert buf.in_memory
         await buf.finish()
         assert buf.in_memory and buf.path is None
-        assert not list(tmp_path.iterdir())
+        assert not _files(tmp_path)
 
 
-async def test_auto_spills_at_max_plus_one(tmp_path: Path) -> None:
+async def test_auto_spills_when_the_body_reaches_max(tmp_path: Path) -> None:
+    # Spec §17 / edge case 40: a body of exactly MAX bytes goes to a file.
     with Buffer.auto(1000, str(tmp_path)) as buf:
-        await buf.write(b"x" * 1000)
+        await buf.write(b"x" * 999)
         assert buf.in_memory
-        await buf.write(b"y")  # byte 1001
+        await buf.write(b"y")  # byte 1000
         assert not buf.in_memory
-        assert buf.path is not None and os.path.exists(buf.path)
+        assert buf.path is not None and _exists(buf.path)
         await buf.write(b"z" * 10)
         await buf.finish()
-        assert Path(buf.path).read_bytes() == b"x" * 1000 + b"y" + b"z" * 10
+        assert _read(buf.path) == b"x" * 999 + b"y" + b"z" * 10
         with buf.open() as f:
-            assert f.read() == b"x" * 1000 + b"y" + b"z" * 10
+            assert f.read() == b"x" * 999 + b"y" + b"z" * 10
 
 
 async def test_auto_spill_in_one_big_chunk(tmp_path: Path) -> None:
@@ -139,7 +158,7 @@ async def test_auto_5b_bodies_stay_intact(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     with Buffer.auto(5, str(tmp_path)) as buf:
         await _fill(buf, data, (2,))
-        assert buf.in_memory == (size <= 5)
+        assert buf.in_memory == (size < 5)
         with buf.open() as f:
             assert f.read() == data
 
@@ -156,7 +175,7 @@ async def test_memory_stays_bounded_through_auto_1m(tmp_path: Path) -> None:
             _, peak = tracemalloc.get_traced_memory()
             assert len(buf) == total
             assert buf.path is not None
-            assert os.path.getsize(buf.path) == total
+            assert _size(buf.path) == total
     finally:
         tracemalloc.stop()
     # 1 MiB in RAM before the spill, a 256 KiB write batch, bookkeeping.
@@ -200,9 +219,9 @@ async def test_remove_deletes_the_file_and_is_idempotent(tmp_path: Path) -> None
     buf = Buffer.auto(10, str(tmp_path))
     await buf.write(b"0123456789abc")
     path = buf.path
-    assert path is not None and os.path.exists(path)
+    assert path is not None and _exists(path)
     buf.remove()
-    assert not os.path.exists(path)
+    assert not _exists(path)
     buf.remove()
     buf.remove()
     with pytest.raises(RuntimeError, match="removed"):
@@ -217,7 +236,7 @@ async def test_remove_after_finish_and_while_readers_open(tmp_path: Path) -> Non
     await buf.finish()
     reader = buf.open()
     buf.remove()
-    assert not list(tmp_path.iterdir())
+    assert not _files(tmp_path)
     assert reader.read() == b"hello"  # POSIX: an open file outlives its name
     reader.close()
 
@@ -235,7 +254,7 @@ async def test_remove_ram_buffer(tmp_path: Path) -> None:
 async def test_context_manager_removes(tmp_path: Path) -> None:
     with Buffer.fs(str(tmp_path)) as buf:
         await buf.write(b"x")
-    assert not list(tmp_path.iterdir())
+    assert not _files(tmp_path)
 
 
 async def test_misuse_is_reported(tmp_path: Path) -> None:
@@ -271,7 +290,7 @@ async def test_cancelled_threaded_write_leaks_nothing(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     buf.remove()
-    assert not list(tmp_path.iterdir())
+    assert not _files(tmp_path)
     for _ in range(200):  # the worker closes the file when it is done
         if _open_fds() <= before:
             break
@@ -318,7 +337,7 @@ async def test_disk_full_is_452_and_leaves_no_file(tiny_tmpfs: Path, kind: str) 
     assert (err.code, err.enhanced) == (452, (4, 3, 1))
     assert "No space left" in err.reason
     assert err.message == "Insufficient system storage"
-    assert not list(tiny_tmpfs.iterdir())
+    assert not _files(tiny_tmpfs)
     # The buffer stays dead with the same error, so the session can answer
     # it after the final dot.
     with pytest.raises(SMTPError) as again:
@@ -339,11 +358,11 @@ async def test_disk_full_on_finish(tiny_tmpfs: Path) -> None:
     for _ in range(4):
         await buf.write(os.urandom(250_000))
     await buf.write(os.urandom(100_000))
-    assert len(list(tiny_tmpfs.iterdir())) == 1
+    assert len(_files(tiny_tmpfs)) == 1
     with pytest.raises(SMTPError) as info:
         await buf.finish()
     assert (info.value.code, info.value.enhanced) == (452, (4, 3, 1))
-    assert not list(tiny_tmpfs.iterdir())
+    assert not _files(tiny_tmpfs)
 
 
 async def test_other_io_errors_are_451(tmp_path: Path) -> None:
@@ -354,7 +373,7 @@ async def test_other_io_errors_are_451(tmp_path: Path) -> None:
         await buf.write(b"678901")  # spills into a directory that does not exist
     assert (info.value.code, info.value.enhanced) == (451, (4, 3, 0))
     assert info.value.message == "Internal server error"
-    assert not missing.exists()
+    assert not _exists(str(missing))
     with pytest.raises(SMTPError) as fs_info:
         Buffer.fs(str(missing))
     assert fs_info.value.code == 451
@@ -403,7 +422,7 @@ def test_parse_buffer_directive_errors(args: list[str], message: str) -> None:
 
 def test_default_spec() -> None:
     assert default_buffer_spec(STATE) == BufferSpec("auto", f"{STATE}/buffer", DEFAULT_MAX_RAM)
-    assert DEFAULT_MAX_RAM == MiB
+    assert MiB == DEFAULT_MAX_RAM
 
 
 def test_relative_state_dir_gives_absolute_paths(tmp_path: Path) -> None:
@@ -429,7 +448,7 @@ def test_prepare_reports_an_unusable_directory(tmp_path: Path) -> None:
 
 async def test_spec_new_makes_each_kind(tmp_path: Path) -> None:
     for kind in ("ram", "fs", "auto"):
-        with BufferSpec(kind, str(tmp_path), 4).new() as buf:  # type: ignore[arg-type]
+        with BufferSpec(kind, str(tmp_path), 4).new() as buf:
             await buf.write(b"12345")
             await buf.finish()
             assert buf.in_memory == (kind == "ram")

@@ -137,6 +137,11 @@ class ServerConnection:
             self._eof = True
 
     @property
+    def replies_owed(self) -> int:
+        """How many replies the last event still expects (LMTP: one per recipient)."""
+        return self._owed
+
+    @property
     def pending_input(self) -> int:
         """Bytes received but not yet turned into events."""
         return len(self._buf)

@@ -72,6 +72,7 @@ MISSING_MAIL = Reply(503, (5, 5, 1), "Missing MAIL FROM command.")
 MISSING_RCPT = Reply(503, (5, 5, 1), "Missing RCPT TO command.")
 DATA_ARGS = Reply(501, (5, 5, 4), "DATA command should not have any arguments")
 BDAT_CONTINUE = Reply(250, (2, 0, 0), "Continue")
+QUEUED = Reply(250, (2, 0, 0), "OK: queued")
 SIZE_EXCEEDED_MAIL = Reply(552, (5, 3, 4), "Max message size exceeded")
 AUTH_CANCELLED = Reply(501, (5, 0, 0), "Negotiation cancelled")
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Harness
+from table_harness import Harness
 
 from kittiwake.config.registry import register, unregister
 from kittiwake.module import Module

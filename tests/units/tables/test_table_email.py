@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Harness
+from table_harness import Harness
 
 from kittiwake.tables.email import quote_local_part, valid_domain
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import Harness
+from table_harness import Harness
 
 from kittiwake.tables.file import FileTable, TableFileError, parse_table_text
 

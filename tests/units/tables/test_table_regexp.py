@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import Harness
+from table_harness import Harness
 
 from kittiwake.tables.regexp import RegexpSyntaxError, compile_re2, expand, translate
 

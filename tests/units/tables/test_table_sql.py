@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Harness
+from table_harness import Harness
 
 from kittiwake.tables.base import MutableTable
 from kittiwake.tables.sql import (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Harness
+from table_harness import Harness
 
 
 async def test_lookup_first_value_and_multi(kw: Harness) -> None:

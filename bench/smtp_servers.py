@@ -1,0 +1,419 @@
+"""The servers `bench/smtp.py` compares, each started as a real process on loopback.
+
+Every server is a context manager yielding a `Target` (its port, the pid
+whose memory is read, where its deliveries land); leaving the `with` block
+stops it, whatever happened inside. Ports are free high ports on 127.0.0.1
+chosen at start, and nothing listens anywhere else.
+
+- `kittiwake`: `python -m kittiwake run -c CONF`, ready at the line
+  `kittiwake: listening on ADDR`; `deliver_to dummy` (discard) or a
+  `storage.maildir` block (durable).
+- `aiosmtpd`: `bench/peers/aiosmtpd_discard.py` or `aiosmtpd_maildir.py`.
+- `smtp-sink`: Postfix's protocol-only sink, the upper bound, written in C.
+- `postfix`: a private Postfix instance (its own `config_directory`,
+  `queue_directory` and `data_directory` under the run's temporary
+  directory) delivering through `virtual(8)` into one Maildir; it is
+  started with `postfix -c DIR start` and always stopped with
+  `postfix -c DIR stop`. The system's own Postfix is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SRC = ROOT / "src"
+PEERS = HERE / "peers"
+HOSTNAME = "bench.test"
+KITTIWAKE_READY = "kittiwake: listening on "
+AIOSMTPD_READY = "aiosmtpd: listening on "
+START_TIMEOUT = 30.0  # seconds for any server to become ready
+STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+
+
+class BenchError(Exception):
+    """A server or client misbehaved; the message says which and how."""
+
+
+def tool(name: str) -> str | None:
+    """Path of a Postfix tool, which Debian keeps in /usr/sbin (often not on PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, alive: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
+    """Until a connection to 127.0.0.1:`port` succeeds and a banner arrives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not alive():
+            raise BenchError(f"server on port {port} exited before it was ready")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
+                s.recv(512)
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"nothing answered on 127.0.0.1:{port}") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class Target:
+    """A running server as the benchmark sees it."""
+
+    name: str
+    port: int
+    pid: int | None  # the process whose memory is read (None: not measured)
+    maildir: Path | None  # root under which delivered files appear in `new/`
+    acks_after_delivery: bool  # True: a 250 means the file is already in `new/`
+    alive: Callable[[], bool]
+    log: Path  # where the server's own output goes, for error messages
+
+
+class Process:
+    """A child process we started; stdout is read line by line, stderr goes to a file."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                start_new_session=True,  # a Ctrl-C at the terminal reaches only us
+            )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, prefix: str, timeout: float = START_TIMEOUT) -> str:
+        """The rest of the first stdout line starting with `prefix`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise BenchError(f"no line {prefix!r} in {timeout:.0f}s:\n{self.tail()}") from None
+            if line is None:
+                self.proc.wait(STOP_TIMEOUT)
+                raise BenchError(
+                    f"exited with status {self.proc.returncode} before ready:\n{self.tail()}"
+                )
+            if line.startswith(prefix):
+                return line[len(prefix) :]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def python_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "KITTIWAKE_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    return env
+
+
+# -- kittiwake -----------------------------------------------------------------------
+
+
+def kittiwake_config(
+    work: Path, port: int, *, durable: bool, endpoint_extra: str = ""
+) -> tuple[Path, Path | None]:
+    """Write the configuration the issue specifies; return it and the Maildir root."""
+    state = work / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    maildir = work / "maildir" if durable else None
+    lines = [f"state_dir {state}", f"hostname {HOSTNAME}"]
+    if maildir is not None:
+        lines += [f"storage.maildir mb {{ path {maildir}", "    auto_create yes }"]
+    lines += [
+        f"smtp tcp://127.0.0.1:{port} {{",
+        "    tls off",
+        f"    deliver_to {'&mb' if durable else 'dummy'}",
+        *(f"    {line}" for line in endpoint_extra.splitlines() if line.strip()),
+        "}",
+    ]
+    conf = work / "kittiwake.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf, maildir
+
+
+def kittiwake_check(work: Path, *, durable: bool) -> str | None:
+    """None if `kittiwake config check` accepts the configuration, else its complaint."""
+    work.mkdir(parents=True, exist_ok=True)
+    conf, _ = kittiwake_config(work, free_port(), durable=durable)
+    result = subprocess.run(
+        [sys.executable, "-m", "kittiwake", "config", "check", "-c", str(conf)],
+        env=python_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if result.returncode == 0:
+        return None
+    return (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
+
+
+@contextlib.contextmanager
+def kittiwake(
+    name: str, work: Path, *, durable: bool, endpoint_extra: str = ""
+) -> Iterator[Target]:
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf, maildir = kittiwake_config(work, port, durable=durable, endpoint_extra=endpoint_extra)
+    cmd = [sys.executable, "-m", "kittiwake", "run", "-c", str(conf)]
+    proc = Process(cmd, work / "kittiwake.log", env=python_env())
+    try:
+        proc.wait_ready(KITTIWAKE_READY)
+        yield Target(name, port, proc.pid, maildir, True, proc.alive, proc.log)
+    finally:
+        proc.stop()
+
+
+# -- aiosmtpd ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def aiosmtpd(name: str, work: Path, *, durable: bool) -> Iterator[Target]:
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    script = PEERS / ("aiosmtpd_maildir.py" if durable else "aiosmtpd_discard.py")
+    maildir = work / "maildir" if durable else None
+    cmd = [sys.executable, str(script), "--port", str(port)]
+    if maildir is not None:
+        cmd += ["--maildir", str(maildir)]
+    proc = Process(cmd, work / "aiosmtpd.log")
+    try:
+        proc.wait_ready(AIOSMTPD_READY)
+        yield Target(name, port, proc.pid, maildir, True, proc.alive, proc.log)
+    finally:
+        proc.stop()
+
+
+# -- smtp-sink -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def smtp_sink(name: str, work: Path) -> Iterator[Target]:
+    binary = tool("smtp-sink")
+    if binary is None:
+        raise BenchError("smtp-sink is not installed (Debian package postfix)")
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [binary, "-h", HOSTNAME, "-m", "4096"]
+    if os.geteuid() == 0:
+        cmd += ["-u", "nobody"]  # required when started as root
+    cmd += [f"127.0.0.1:{port}", "4096"]
+    proc = Process(cmd, work / "smtp-sink.log")
+    try:
+        wait_for_port(port, proc.alive)
+        yield Target(name, port, proc.pid, None, True, proc.alive, proc.log)
+    finally:
+        proc.stop()
+
+
+# -- Postfix ---------------------------------------------------------------------------
+
+# Only the services a virtual(8) delivery needs, none chrooted (the private
+# instance has no chroot jail), smtpd on the chosen loopback port.
+POSTFIX_MASTER_CF = """\
+127.0.0.1:{port} inet n - n - 100 smtpd
+pickup    unix  n - n 60    1 pickup
+cleanup   unix  n - n -     0 cleanup
+qmgr      unix  n - n 300   1 qmgr
+rewrite   unix  - - n -     - trivial-rewrite
+bounce    unix  - - n -     0 bounce
+defer     unix  - - n -     0 bounce
+trace     unix  - - n -     0 bounce
+verify    unix  - - n -     1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -     - proxymap
+showq     unix  n - n -     - showq
+error     unix  - - n -     - error
+retry     unix  - - n -     - error
+discard   unix  - - n -     - discard
+virtual   unix  - n n -     - virtual
+anvil     unix  - - n -     1 anvil
+scache    unix  - - n -     1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+# Everything not named here is Postfix's default (3.7): in particular the
+# queue manager and virtual(8) concurrency (20 deliveries at once) and
+# in_flow_delay, which is how Postfix slows SMTP clients down when delivery
+# falls behind.
+POSTFIX_MAIN_CF = """\
+compatibility_level = 3.6
+config_directory = {base}/etc
+queue_directory = {base}/queue
+data_directory = {base}/data
+maillog_file = {base}/postfix.log
+maillog_file_prefixes = {base}
+myhostname = {host}
+mydomain = {host}
+myorigin = {host}
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relay_domains =
+local_transport = error:local delivery is disabled
+alias_maps =
+alias_database =
+biff = no
+message_size_limit = 67108864
+smtpd_banner = $myhostname ESMTP
+virtual_mailbox_domains = {host}
+virtual_mailbox_base = {base}/mail
+virtual_mailbox_maps = static:bench/
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+"""
+
+
+def postfix_unavailable() -> str | None:
+    if tool("postfix") is None:
+        return "postfix is not installed"
+    if os.geteuid() != 0:
+        return "a private Postfix instance must be started as root"
+    try:
+        pwd.getpwnam("postfix")
+        pwd.getpwnam("nobody")
+    except KeyError as exc:
+        return f"missing system user: {exc}"
+    return None
+
+
+def _postfix(base: Path, command: str) -> subprocess.CompletedProcess[str]:
+    binary = tool("postfix")
+    assert binary is not None
+    return subprocess.run(
+        [binary, "-c", str(base / "etc"), command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def _postfix_master_pid(base: Path) -> int | None:
+    try:
+        return int((base / "queue" / "pid" / "master.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def postfix(name: str, work: Path) -> Iterator[Target]:
+    reason = postfix_unavailable()
+    if reason is not None:
+        raise BenchError(reason)
+    base = work / "postfix"
+    for sub in ("etc", "queue", "data", "mail"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    # Postfix daemons run as `postfix` and deliveries as `nobody`: both must
+    # reach their directories (the caller makes the run's root traversable).
+    for path in (work, base):
+        os.chmod(path, 0o755)
+    owner = pwd.getpwnam("postfix")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(base / "data", owner.pw_uid, owner.pw_gid)
+    os.chown(base / "mail", nobody.pw_uid, nobody.pw_gid)
+    port = free_port()
+    (base / "etc" / "main.cf").write_text(
+        POSTFIX_MAIN_CF.format(base=base, host=HOSTNAME, uid=nobody.pw_uid, gid=nobody.pw_gid)
+    )
+    (base / "etc" / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=port))
+    log = base / "postfix.log"
+    master: int | None = None
+
+    def alive() -> bool:
+        return master is not None and _pid_alive(master)
+
+    try:
+        started = _postfix(base, "start")
+        master = _postfix_master_pid(base)
+        if started.returncode != 0 or master is None:
+            raise BenchError(
+                f"postfix -c {base / 'etc'} start failed ({started.returncode}):\n"
+                f"{started.stdout}{started.stderr}{_tail(log)}"
+            )
+        wait_for_port(port, alive)
+        yield Target(name, port, None, base / "mail", False, alive, log)
+    finally:
+        _postfix(base, "stop")
+        pid = master or _postfix_master_pid(base)
+        if pid is not None:
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)  # the master we started, by its pid file
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,49 @@
+"""DNS lookups without blocking the event loop.
+
+One resolver per process, built from the system configuration or, for tests
+and local experiments, pointed at a fixed server by `--debug.dnsoverride`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import dns.reversename
+
+
+class Resolver:
+    """The lookups kittiwake needs, each bounded by a timeout."""
+
+    def __init__(self, override: str | None = None, *, timeout: float = 5.0) -> None:
+        self.timeout = timeout
+        if override is None:
+            self._resolver = dns.asyncresolver.Resolver()
+        else:
+            host, _, port = override.rpartition(":")
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [host.strip("[]")]
+            self._resolver.port = int(port)
+        self._resolver.lifetime = timeout
+
+    async def reverse(self, ip: str) -> str | None:
+        """The first PTR name of `ip` without its trailing dot, or None.
+
+        Any failure (no PTR, SERVFAIL, timeout) is None: a missing reverse
+        name is common and must never fail a message (spec §12.2).
+        """
+        try:
+            addr = ipaddress.ip_address(ip)
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+                addr = addr.ipv4_mapped
+            name = dns.reversename.from_address(str(addr))
+            answer = await self._resolver.resolve(name, "PTR", raise_on_no_answer=False)
+        except (ValueError, dns.exception.DNSException):
+            return None
+        for record in answer.rrset or ():
+            text = str(record.to_text()).rstrip(".")
+            if text:
+                return text
+        return None

@@ -1,0 +1,5 @@
+"""Modifiers: modules that rewrite a message's envelope or add header fields.
+
+`modify.replace_rcpt` / `modify.replace_sender` (replace_addr.py) map
+addresses through a table; DKIM signing will live here too.
+"""

@@ -1,0 +1,548 @@
+"""Running a pipeline's checks for one message, and the check action syntax.
+
+Strategy (spec/pipeline.md §6.5). A `CheckRunner` lives for one message. A
+check module gets one *state* per message, created the first time a level
+listing it is used, and shared by every level that lists the same module
+object. A state created late has missed earlier stages, so the runner
+replays them for it: `connection()`, `sender()` with the sender the runner
+saw last, and `rcpt()` for every recipient checked so far. Each
+(state, recipient) pair and each state's body stage run at most once, so a
+check listed at two levels never sees the same thing twice.
+
+The checks of one group (the list of one level) run concurrently; their
+results are merged in configuration order, not in completion order, so
+the outcome does not depend on timing: the first rejecting check (in the
+list) decides the error, any quarantine verdict marks the whole message,
+and authentication results and header fields accumulate whatever the
+verdict. The runner keeps those until the body stage, when `apply_results`
+writes them into the header.
+
+The second half of the file is the shared `NAME_action` parser
+(spec/checks.md §1.1) and the reply override it shares with the pipeline's
+`reject` directive, so both read `CODE [ENH [MESSAGE]]` the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
+
+from kittiwake.address import to_alabel_domain
+from kittiwake.buffer import Buffer
+from kittiwake.config.node import Node
+from kittiwake.errors import SMTPError
+from kittiwake.header import Header
+from kittiwake.log import Logger
+from kittiwake.message import MsgMeta
+from kittiwake.pipeline.checks import AuthResult, Check, CheckResult, CheckState
+
+__all__ = [
+    "CheckAction",
+    "CheckRunner",
+    "DmarcVerdict",
+    "DmarcVerifier",
+    "GroupCheckState",
+    "action_directive",
+    "format_auth_results",
+    "merge_results",
+    "parse_action",
+    "parse_reply",
+]
+
+#: What a `reject` (or a check action override) says when given no text.
+DEFAULT_REJECT_MESSAGE = "Message rejected due to a local policy"
+
+_Outcome = CheckResult | Exception
+
+
+# --- DMARC hook --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcVerdict:
+    """The DMARC evaluation of one message: its A-R entry and the policy to apply."""
+
+    auth_result: AuthResult
+    policy: Literal["none", "quarantine", "reject"] = "none"
+
+
+class DmarcVerifier(Protocol):
+    """Per-message DMARC evaluation (spec/checks.md §4), plugged into the runner.
+
+    `fetch_record` starts the policy lookup at the first body-stage call
+    without waiting for it; `evaluate` runs after every body check, with
+    every SPF and DKIM result this pipeline's checks produced.
+    """
+
+    def fetch_record(self, header: Header) -> None: ...
+
+    async def evaluate(self, results: Sequence[AuthResult]) -> DmarcVerdict: ...
+
+    async def close(self) -> None: ...
+
+
+# --- Merging -----------------------------------------------------------------
+
+
+def _generic_reject(check: object) -> SMTPError:
+    return SMTPError(
+        554, (5, 7, 0), DEFAULT_REJECT_MESSAGE, reason=f"{check!r} rejected without a reason"
+    )
+
+
+async def _gather(
+    states: Sequence[CheckState], run: Callable[[CheckState], Awaitable[CheckResult]]
+) -> list[_Outcome]:
+    """Run one stage on every state concurrently; outcomes in `states` order.
+
+    An exception from a check is returned in its place (it fails the stage
+    like a reject). Cancellation and other BaseExceptions propagate.
+    """
+    if len(states) == 1:  # the common case: no task overhead
+        try:
+            return [await run(states[0])]
+        except Exception as exc:
+            return [exc]
+    outcomes = await asyncio.gather(*(run(s) for s in states), return_exceptions=True)
+    result: list[_Outcome] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome
+        result.append(outcome)
+    return result
+
+
+def merge_results(results: Sequence[CheckResult]) -> CheckResult:
+    """Combine one group's results into one (config order decides the reason).
+
+    A result with `quarantine` counts as quarantine even if it also says
+    reject (spec/pipeline.md §6.5); the first rejecting result's reason is
+    the group's reason.
+    """
+    merged = CheckResult()
+    for res in results:
+        merged.auth_results.extend(res.auth_results)
+        merged.header_fields.extend(res.header_fields)
+        if res.quarantine:
+            merged.quarantine = True
+            if merged.reason is None:
+                merged.reason = res.reason
+        elif res.reject and not merged.reject:
+            merged.reject = True
+            merged.reason = res.reason if res.reason is not None else _generic_reject(res)
+    return merged
+
+
+class GroupCheckState:
+    """The state of a `checks` group used as one check: members run concurrently."""
+
+    __slots__ = ("_states",)
+
+    def __init__(self, states: Sequence[CheckState]) -> None:
+        self._states = list(states)
+
+    async def _run(self, run: Callable[[CheckState], Awaitable[CheckResult]]) -> CheckResult:
+        if not self._states:
+            return CheckResult()
+        outcomes = await _gather(self._states, run)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+        return merge_results([o for o in outcomes if isinstance(o, CheckResult)])
+
+    async def check_connection(self) -> CheckResult:
+        return await self._run(lambda s: s.check_connection())
+
+    async def check_sender(self, mail_from: str) -> CheckResult:
+        return await self._run(lambda s: s.check_sender(mail_from))
+
+    async def check_rcpt(self, rcpt: str) -> CheckResult:
+        return await self._run(lambda s: s.check_rcpt(rcpt))
+
+    async def check_body(self, header: Header, body: Buffer) -> CheckResult:
+        return await self._run(lambda s: s.check_body(header, body))
+
+    async def close(self) -> None:
+        errors: list[Exception] = []
+        for state in self._states:
+            try:
+                await state.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+# --- The runner ----------------------------------------------------------------
+
+
+class CheckRunner:
+    """Check states and merged results of one message (spec/pipeline.md §6.5)."""
+
+    __slots__ = (
+        "_body_done",
+        "_dmarc",
+        "_dmarc_fetched",
+        "_log",
+        "_rcpt_done",
+        "_rcpts",
+        "_sender",
+        "_states",
+        "auth_results",
+        "header_fields",
+        "meta",
+        "quarantine",
+    )
+
+    def __init__(self, meta: MsgMeta, log: Logger, dmarc: DmarcVerifier | None = None) -> None:
+        self.meta = meta
+        self._log = log
+        self._dmarc = dmarc
+        self._dmarc_fetched = False
+        # id(check) -> (check, state); the check is kept so its id stays unique.
+        self._states: dict[int, tuple[Check, CheckState]] = {}
+        self._sender: str | None = None  # None until the sender stage ran
+        self._rcpts: list[str] = []
+        self._rcpt_done: dict[int, set[str]] = {}
+        self._body_done: set[int] = set()
+        self.quarantine = False
+        self.auth_results: list[AuthResult] = []
+        self.header_fields: list[tuple[str, str]] = []
+
+    # -- states and replay ------------------------------------------------
+
+    async def _states_for(self, checks: Sequence[Check]) -> list[CheckState]:
+        """The states of `checks` (unique, in order), creating and replaying new ones."""
+        states: list[CheckState] = []
+        new: list[tuple[int, Check, CheckState]] = []
+        seen: set[int] = set()
+        for check in checks:
+            key = id(check)
+            if key in seen:
+                continue
+            seen.add(key)
+            known = self._states.get(key)
+            if known is not None:
+                states.append(known[1])
+                continue
+            try:
+                state = await check.check_state(self.meta)
+            except BaseException:
+                await self._close_new(new)
+                raise
+            new.append((key, check, state))
+            states.append(state)
+        if not new:
+            return states
+        fresh = [state for _, _, state in new]
+        try:
+            if self._sender is not None:
+                sender = self._sender
+                self._merge(fresh, await _gather(fresh, lambda s: s.check_connection()))
+                self._merge(fresh, await _gather(fresh, lambda s: s.check_sender(sender)))
+            for rcpt in self._rcpts:
+                await self._run_rcpt(fresh, rcpt)
+        except BaseException:
+            await self._close_new(new)
+            raise
+        # Registered only once nothing can fail, so a failed replay leaves
+        # no half-initialised state behind (the next use creates it again).
+        for key, check, state in new:
+            self._states[key] = (check, state)
+        return states
+
+    async def _close_new(self, new: list[tuple[int, Check, CheckState]]) -> None:
+        for _, _, state in new:
+            self._rcpt_done.pop(id(state), None)
+            self._body_done.discard(id(state))
+            await self._close_one(state)
+
+    async def _close_one(self, state: CheckState) -> None:
+        try:
+            await state.close()
+        except Exception as exc:
+            self._log.error("failed to close check state", err=exc, msg_id=self.meta.id)
+
+    def _merge(self, states: Sequence[CheckState], outcomes: Sequence[_Outcome]) -> None:
+        """Fold one group's outcomes into the message; raise the group's failure.
+
+        Config order decides which failure is reported, whatever finished
+        first. Quarantine is recorded even when another check of the group
+        rejects, so a verdict is never lost.
+        """
+        failure: Exception | None = None
+        for state, outcome in zip(states, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                if not isinstance(outcome, SMTPError):
+                    self._log.error("check failed", err=outcome, msg_id=self.meta.id)
+                if failure is None:
+                    failure = outcome
+                continue
+            if outcome.auth_results:
+                self.auth_results.extend(outcome.auth_results)
+            if outcome.header_fields:
+                self.header_fields.extend(outcome.header_fields)
+            if outcome.quarantine:
+                self.quarantine = True
+                self._log.info(
+                    "quarantined", msg_id=self.meta.id, reason=_describe(outcome.reason, state)
+                )
+            elif outcome.reject:
+                if failure is None:
+                    failure = outcome.reason if outcome.reason is not None else (
+                        _generic_reject(state)
+                    )
+            elif outcome.reason is not None:
+                # `ignore` action: the failure is only worth a log line.
+                self._log.info(
+                    "no check action", msg_id=self.meta.id, reason=_describe(outcome.reason, state)
+                )
+        if failure is not None:
+            raise failure
+
+    async def _run_rcpt(self, states: Sequence[CheckState], rcpt: str) -> None:
+        todo: list[CheckState] = []
+        for state in states:
+            done = self._rcpt_done.setdefault(id(state), set())
+            if rcpt not in done:
+                done.add(rcpt)
+                todo.append(state)
+        if todo:
+            self._merge(todo, await _gather(todo, lambda s: s.check_rcpt(rcpt)))
+
+    # -- stages -----------------------------------------------------------
+
+    async def check_sender(self, checks: Sequence[Check], mail_from: str) -> None:
+        """Connection and sender stage of one level (creating its states replays them)."""
+        self._sender = mail_from
+        if checks:
+            await self._states_for(checks)
+
+    async def check_rcpt(self, checks: Sequence[Check], rcpt: str) -> None:
+        """Recipient stage of one level; `rcpt` is remembered for later replays."""
+        try:
+            if checks:
+                await self._run_rcpt(await self._states_for(checks), rcpt)
+        finally:
+            self._rcpts.append(rcpt)
+
+    async def check_body(self, checks: Sequence[Check], header: Header, body: Buffer) -> None:
+        """Body stage of one level; a state already given the body is skipped."""
+        if self._dmarc is not None and not self._dmarc_fetched:
+            self._dmarc_fetched = True
+            self._dmarc.fetch_record(header)
+        if not checks:
+            return
+        todo: list[CheckState] = []
+        for state in await self._states_for(checks):
+            if id(state) not in self._body_done:
+                self._body_done.add(id(state))
+                todo.append(state)
+        if todo:
+            self._merge(todo, await _gather(todo, lambda s: s.check_body(header, body)))
+
+    async def apply_results(self, hostname: str, header: Header) -> None:
+        """Quarantine flag, DMARC, `Authentication-Results`, then fields from checks.
+
+        Each field is prepended, so the result reads from the top: fields
+        from checks, `Authentication-Results`, then whatever was already
+        there (spec/pipeline.md §8).
+        """
+        if self.quarantine:
+            self.meta.quarantine = True
+        results = list(self.auth_results)
+        if self._dmarc is not None:
+            verdict = await self._dmarc.evaluate(results)
+            results.append(verdict.auth_result)
+            if verdict.policy == "reject":
+                temporary = verdict.auth_result.result == "temperror"
+                raise SMTPError(
+                    450 if temporary else 550,
+                    (4 if temporary else 5, 7, 1),
+                    "DMARC check failed",
+                    check_name="dmarc",
+                    reason=verdict.auth_result.reason,
+                )
+            if verdict.policy == "quarantine":
+                self.meta.quarantine = True
+                self._log.info(
+                    "quarantined", msg_id=self.meta.id, check="dmarc",
+                    reason=verdict.auth_result.reason,
+                )
+        if results:
+            header.add("Authentication-Results", format_auth_results(hostname, results))
+        for name, value in self.header_fields:
+            header.add(name, value)
+
+    async def close(self) -> None:
+        """Close every state (and the DMARC verifier); safe to call twice."""
+        states, self._states = self._states, {}
+        for _, state in states.values():
+            await self._close_one(state)
+        dmarc, self._dmarc = self._dmarc, None
+        if dmarc is not None:
+            try:
+                await dmarc.close()
+            except Exception as exc:
+                self._log.error("failed to close DMARC state", err=exc, msg_id=self.meta.id)
+
+
+def _describe(reason: SMTPError | None, state: object) -> str:
+    if reason is None:
+        return type(state).__name__
+    text = str(reason)
+    if reason.check_name:
+        text = f"{reason.check_name}: {text}"
+    return f"{text} ({reason.reason})" if reason.reason else text
+
+
+# --- Authentication-Results (spec/pipeline.md §8.2) ----------------------------
+
+_TSPECIALS = frozenset('()<>@,;:\\"/[]?=')
+_ADDRESS_PUNCT = frozenset("#$%&'*+,./-@[]\\^_`{|}~")
+
+
+def _quote_value(text: str) -> str:
+    """RFC 2045 `value`: a token as is, anything else as a quoted-string."""
+    if any(ch <= " " or ch in _TSPECIALS for ch in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def _pvalue(text: str) -> str:
+    """RFC 8601 `pvalue`: address- and domain-like values stay unquoted."""
+    if all(ch.isalnum() or ch in _ADDRESS_PUNCT for ch in text):
+        return text
+    return _quote_value(text)
+
+
+def format_auth_results(hostname: str, results: Sequence[AuthResult]) -> str:
+    """`AUTHSERV-ID; method=result [reason=...] [params sorted]; ...`.
+
+    The authserv-id is the host name in A-labels. Empty parameters are
+    left out; a result without parameters gets no trailing space (maddy
+    writes one; nothing requires it).
+    """
+    try:
+        authserv = to_alabel_domain(hostname)
+    except (UnicodeError, ValueError):
+        authserv = hostname
+    parts = [authserv]
+    for res in results:
+        params: list[str] = []
+        reason = res.reason or res.params.get("reason", "")
+        if reason:
+            params.append("reason=" + _quote_value(reason))
+        for name in sorted(res.params):
+            value = res.params[name]
+            if name != "reason" and value:
+                params.append(f"{name}={_pvalue(value)}")
+        entry = f"{res.method}={res.result}"
+        parts.append(" ".join([entry, *params]))
+    return "; ".join(parts)
+
+
+# --- Actions and reply overrides (spec/checks.md §1.1) -------------------------
+
+_DIGITS = re.compile(r"[0-9]{1,3}")
+
+
+def parse_reply(args: Sequence[str]) -> SMTPError:
+    """`[CODE [ENH [MESSAGE]]]` -> the reply it describes; ValueError if invalid.
+
+    Defaults: `554`, `x.7.0` with x the first digit of CODE, and
+    `Message rejected due to a local policy`. Both codes must be in class 4
+    or 5; when both are given their classes must agree (RFC 3463 §2; maddy
+    does not check, but such a reply cannot be sent consistently).
+    """
+    if len(args) > 3:
+        raise ValueError("invalid count of arguments: expected [CODE [ENHANCED-CODE [MESSAGE]]]")
+    code = 554
+    if args:
+        if not re.fullmatch(r"[0-9]+", args[0]):
+            raise ValueError(f"invalid error code integer: {args[0]!r}")
+        code = int(args[0])
+        if code // 100 not in (4, 5):
+            raise ValueError("error code should start with either 4 or 5")
+    enhanced = (code // 100, 7, 0)
+    if len(args) >= 2:
+        parts = args[1].split(".")
+        if len(parts) != 3:
+            raise ValueError(f"wrong amount of enhanced code parts: {args[1]!r}")
+        if not all(_DIGITS.fullmatch(p) for p in parts):
+            raise ValueError(f"invalid enhanced code: {args[1]!r}")
+        enhanced = (int(parts[0]), int(parts[1]), int(parts[2]))
+        if enhanced[0] not in (4, 5):
+            raise ValueError("enhanced code should use either 4 or 5 as a first number")
+        if enhanced[0] != code // 100:
+            raise ValueError(
+                f"enhanced code {args[1]} does not match the class of error code {code}"
+            )
+    message = DEFAULT_REJECT_MESSAGE
+    if len(args) == 3:
+        message = args[2]
+        if not message:
+            raise ValueError("message can't be empty")
+    return SMTPError(code, enhanced, message, reason="reject directive used")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckAction:
+    """What a check does with a failure: `ignore`, `quarantine` or `reject`.
+
+    `override`, if set, replaces the code, enhanced code and text the client
+    sees; the check's own error is kept in the log fields.
+    """
+
+    kind: Literal["ignore", "quarantine", "reject"]
+    override: SMTPError | None = field(default=None)
+
+    def apply(self, result: CheckResult) -> CheckResult:
+        """Set the verdict flags of a result whose `reason` says it failed."""
+        reason = result.reason
+        if reason is None:
+            return result
+        if self.override is not None:
+            o = self.override
+            reason = SMTPError(
+                o.code,
+                o.enhanced,
+                o.message,
+                check_name=reason.check_name,
+                reason=f"{reason}" + (f": {reason.reason}" if reason.reason else ""),
+                misc=dict(reason.misc),
+            )
+        return replace(
+            result,
+            reason=reason,
+            reject=result.reject or self.kind == "reject",
+            quarantine=result.quarantine or self.kind == "quarantine",
+        )
+
+
+def parse_action(args: Sequence[str]) -> CheckAction:
+    """`ignore` | `quarantine [CODE [ENH [MSG]]]` | `reject [CODE [ENH [MSG]]]`."""
+    if not args:
+        raise ValueError("expected at least 1 argument")
+    kind, rest = args[0], args[1:]
+    if kind == "ignore":
+        if rest:
+            raise ValueError("ignore takes no arguments")
+        return CheckAction("ignore")
+    if kind not in ("quarantine", "reject"):
+        raise ValueError(f"invalid action: {kind!r} (expected ignore, quarantine or reject)")
+    override = parse_reply(rest) if rest else None
+    return CheckAction("quarantine" if kind == "quarantine" else "reject", override)
+
+
+def action_directive(node: Node) -> CheckAction:
+    """Parser for `Directives.custom("fail_action", action_directive, default=...)`."""
+    if node.children is not None:
+        raise node.error(f"{node.name}: can't declare block here")
+    try:
+        return parse_action(node.args)
+    except ValueError as exc:
+        raise node.error(f"{node.name}: {exc}") from None

@@ -1,0 +1,570 @@
+"""The message pipeline: one message from MAIL FROM to commit (spec/pipeline.md §6-§8).
+
+Strategy. `Pipeline` is built once from configuration (`config.parse_routing`
+does all the reading); per message, `start()` returns a `MessageDelivery`
+that carries every per-message state: the check runner, the modifier
+states of each level, and one target delivery per target *object*, kept in
+the order they were started (commit goes in that order). The endpoint
+drives it with `add_rcpt`, then `body` (SMTP, submission: one outcome) or
+`body_non_atomic` (LMTP: one outcome per recipient), then `commit`;
+`abort` is always safe and undoes everything not yet committed.
+
+A pipeline is itself a delivery target (`start_delivery`), which is how
+`reroute { }` blocks and `msgpipeline` modules nest: the inner pipeline
+sees the outer final recipients and the outer sender, runs its own checks
+and modifiers, and never adds `Received`.
+
+Errors keep their type: an `SMTPError` is the reply, anything else is a
+bug or an I/O failure that the endpoint turns into `451 4.3.0`. The
+pipeline logs the latter here, with the message ID, and re-raises it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, ClassVar
+
+from kittiwake import log as _log
+from kittiwake.address import AddressError, normalize_address, split
+from kittiwake.buffer import Buffer
+from kittiwake.config.node import Node
+from kittiwake.errors import SMTPError
+from kittiwake.header import Header
+from kittiwake.message import MsgMeta
+from kittiwake.pipeline.check_runner import CheckRunner, DmarcVerifier
+from kittiwake.pipeline.config import (
+    DestinationBlock,
+    RoutingConfig,
+    SourceBlock,
+    parse_routing,
+)
+from kittiwake.pipeline.modules import NO_MODIFIERS, ModifierChain
+from kittiwake.pipeline.received import Clock, local_now, received_value
+from kittiwake.tables.base import Table
+from kittiwake.targets.base import Delivery, DeliveryTarget, PartialDelivery, StatusCollector
+
+if TYPE_CHECKING:
+    from kittiwake.container import Container
+
+__all__ = ["MessageDelivery", "Pipeline"]
+
+DmarcFactory = Callable[[MsgMeta], DmarcVerifier]
+
+
+# --- The pipeline --------------------------------------------------------------
+
+
+class Pipeline:
+    """A configured message pipeline; also a delivery target (for nesting)."""
+
+    #: Errors from nested pipelines pass through untagged (§6.2).
+    is_message_pipeline: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        nodes: list[Node],
+        container: Container,
+        *,
+        block: Node | None = None,
+        hostname: str,
+        first_pipeline: bool = False,
+        logger: _log.Logger | None = None,
+        clock: Clock = local_now,
+        dmarc_factory: DmarcFactory | None = None,
+    ) -> None:
+        """Read `nodes` (pipeline directives); raise `ConfigError` on a bad one.
+
+        `block` is the block holding them, for errors that belong to no
+        single directive. `first_pipeline` marks the endpoint's own
+        pipeline, the only one that adds `Received`. `dmarc_factory`
+        creates the per-message DMARC evaluation once one exists.
+        """
+        self.container = container
+        self.hostname = hostname
+        self.first_pipeline = first_pipeline
+        self.log = logger if logger is not None else _log.get("pipeline")
+        self.clock = clock
+        self.dmarc_factory = dmarc_factory
+        self.routing: RoutingConfig = parse_routing(
+            container, nodes, block, log=self.log, nested=self._nested
+        )
+        #: The `dmarc` directive's value (default yes).
+        self.dmarc_enabled = self.routing.dmarc
+        #: Whether DMARC will evaluate messages: enabled, with SPF and DKIM checks.
+        self.dmarc_runs = self.routing.dmarc_runs()
+
+    @classmethod
+    def from_nodes(
+        cls,
+        nodes: list[Node],
+        container: Container,
+        *,
+        block: Node | None = None,
+        hostname: str,
+        first_pipeline: bool = False,
+        logger: _log.Logger | None = None,
+    ) -> Pipeline:
+        """What an endpoint calls with the directives it did not know itself."""
+        return cls(
+            nodes, container, block=block, hostname=hostname, first_pipeline=first_pipeline,
+            logger=logger,
+        )
+
+    def _nested(self, nodes: list[Node], node: Node) -> DeliveryTarget:
+        return Pipeline(
+            nodes, self.container, block=node, hostname=self.hostname, logger=self.log,
+            clock=self.clock, dmarc_factory=self.dmarc_factory,
+        )
+
+    async def start(self, meta: MsgMeta, mail_from: str) -> MessageDelivery:
+        """Sender stage (§6.1): checks, sender rewriting, source selection.
+
+        `mail_from` is in clean form (`""` for the null sender). Errors are
+        raised; nothing needs aborting then.
+        """
+        delivery = MessageDelivery(self, meta)
+        await delivery._start(mail_from)
+        return delivery
+
+    async def start_delivery(self, meta: MsgMeta, mail_from: str) -> Delivery:
+        """`DeliveryTarget`: a nested pipeline starts like an endpoint's own."""
+        return await self.start(meta, mail_from)
+
+
+# --- One message ------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Started:
+    """One target's delivery for this message and what was routed to it."""
+
+    target: DeliveryTarget
+    delivery: Delivery
+    #: final address -> the addresses given to add_rcpt that produced it.
+    finals: dict[str, list[str]] = field(default_factory=dict)
+    #: addresses given to add_rcpt routed here, first-use order.
+    recipients: dict[str, None] = field(default_factory=dict)
+    finished: bool = False  # committed or aborted
+
+    def note(self, final: str, original: str) -> None:
+        sources = self.finals.setdefault(final, [])
+        if original not in sources:
+            sources.append(original)
+        self.recipients[original] = None
+
+
+class _Outcomes:
+    """Per-recipient outcomes of `body_non_atomic`, reported once each at the end.
+
+    A recipient may reach several targets (or several final addresses); its
+    outcome is the first error any of them reported, else success if one
+    reported it. The endpoint's collector gets at most one call per
+    recipient (the delivery contract, targets.md §1).
+    """
+
+    __slots__ = ("_errors", "_ok")
+
+    def __init__(self) -> None:
+        self._errors: dict[str, Exception] = {}
+        self._ok: set[str] = set()
+
+    def set(self, rcpt: str, error: Exception | None) -> None:
+        if error is None:
+            self._ok.add(rcpt)
+        else:
+            self._errors.setdefault(rcpt, error)
+
+    def report(self, status: StatusCollector, rcpts: Sequence[str]) -> None:
+        for rcpt in rcpts:
+            error = self._errors.get(rcpt)
+            if error is not None:
+                status.set_status(rcpt, error)
+            elif rcpt in self._ok:
+                status.set_status(rcpt, None)
+
+
+class _Translate:
+    """A target's status collector: final addresses back to what add_rcpt got (§7.3)."""
+
+    __slots__ = ("_outcomes", "_started")
+
+    def __init__(self, started: _Started, outcomes: _Outcomes) -> None:
+        self._started = started
+        self._outcomes = outcomes
+
+    def set_status(self, rcpt: str, error: Exception | None) -> None:
+        for original in self._started.finals.get(rcpt, (rcpt,)):
+            self._outcomes.set(original, error)
+
+
+def _tag(error: SMTPError, rcpt: str) -> SMTPError:
+    """A copy of `error` with the `effective_rcpt` log field (shared errors stay intact)."""
+    try:
+        return replace(error, misc={**error.misc, "effective_rcpt": rcpt})
+    except (TypeError, ValueError):
+        return error
+
+
+_OPEN, _BODY, _DONE, _FAILED = "open", "body", "done", "failed"
+
+
+class MessageDelivery:
+    """Everything the pipeline holds for one message (§6)."""
+
+    __slots__ = (
+        "_accepted",
+        "_block_mods",
+        "_by_target",
+        "_closed",
+        "_log",
+        "_p",
+        "_reported",
+        "_root_mods",
+        "_runner",
+        "_source",
+        "_source_mods",
+        "_started",
+        "_state",
+        "meta",
+        "source_addr",
+    )
+
+    def __init__(self, pipeline: Pipeline, meta: MsgMeta) -> None:
+        self._p = pipeline
+        self.meta = meta
+        self._log = pipeline.log
+        dmarc = None
+        if pipeline.dmarc_runs and pipeline.dmarc_factory is not None:
+            dmarc = pipeline.dmarc_factory(meta)
+        self._runner = CheckRunner(meta, pipeline.log, dmarc)
+        self._root_mods = NO_MODIFIERS
+        self._source_mods = NO_MODIFIERS
+        self._source: SourceBlock = pipeline.routing.default
+        self._block_mods: dict[DestinationBlock, ModifierChain] = {}
+        self._started: list[_Started] = []
+        self._by_target: dict[int, _Started] = {}
+        self._accepted: dict[str, None] = {}
+        #: The envelope sender every target gets (after root and source rewriting).
+        self.source_addr = ""
+        self._state = _OPEN
+        self._closed = False
+        self._reported = False
+
+    # -- sender stage (§6.1) --------------------------------------------------
+
+    async def _start(self, mail_from: str) -> None:
+        routing = self._p.routing
+        runner = self._runner
+        try:
+            await runner.check_sender(routing.checks, mail_from)
+            self._root_mods = await ModifierChain.create(routing.modifiers, self.meta)
+            mail_from = await self._root_mods.rewrite_sender(mail_from)
+            self._source = source = await self._select_source(mail_from)
+            await runner.check_sender(source.checks, mail_from)
+            self._source_mods = await ModifierChain.create(source.modifiers, self.meta)
+            self.source_addr = await self._source_mods.rewrite_sender(mail_from)
+        except BaseException as exc:
+            self._note_failure("sender stage failed", exc)
+            self._state = _FAILED
+            await self._close_states()
+            raise
+
+    async def _select_source(self, mail_from: str) -> SourceBlock:
+        routing = self._p.routing
+        try:
+            key = normalize_address(mail_from)
+        except AddressError as exc:
+            raise SMTPError(
+                501, (5, 1, 7), "Unable to normalize the sender address", reason=exc.reason
+            ) from None
+        for table, block in routing.tables:
+            if await self._table_has(table, key, "source_in"):
+                return block
+        block = routing.rules.get(key) or routing.rules.get(_domain_of(key)) or routing.default
+        self._log.debug("source selected", msg_id=self.meta.id, sender=key, block=block.label)
+        return block
+
+    async def _table_has(self, table: Table, key: str, what: str) -> bool:
+        """Table membership; a failing lookup skips the table (§4.2), logged."""
+        try:
+            return await table.lookup(key) is not None
+        except Exception as exc:
+            self._log.error(f"{what} lookup failed", err=exc, msg_id=self.meta.id, key=key)
+            return False
+
+    # -- recipient stage (§6.2) -------------------------------------------------
+
+    async def add_rcpt(self, rcpt: str) -> None:
+        """Route one recipient (clean form); its error is that RCPT's reply."""
+        if self._state != _OPEN:
+            raise RuntimeError(f"add_rcpt in state {self._state}")
+        try:
+            await self._add_rcpt(rcpt)
+        except BaseException as exc:
+            self._note_failure("recipient rejected", exc, rcpt=rcpt)
+            raise
+        self._accepted[rcpt] = None
+
+    async def _add_rcpt(self, to: str) -> None:
+        routing = self._p.routing
+        source = self._source
+        await self._runner.check_rcpt(routing.checks, to)
+        await self._runner.check_rcpt(source.checks, to)
+        expanded = await self._root_mods.rewrite_rcpt(to)
+        if self._source_mods is not NO_MODIFIERS:
+            rewritten: list[str] = []
+            for addr in expanded:
+                rewritten.extend(await self._source_mods.rewrite_rcpt(addr))
+            expanded = rewritten
+        for addr in expanded:
+            try:
+                block = await self._select_destination(source, addr)
+            except SMTPError as exc:
+                raise _tag(exc, addr) from None
+            if block.reject is not None:
+                # A fresh copy per RCPT: the configured error is shared.
+                raise _tag(block.reject, addr)
+            try:
+                await self._runner.check_rcpt(block.checks, addr)
+                mods = await self._block_modifiers(block, addr)
+                finals = await mods.rewrite_rcpt(addr)
+            except SMTPError as exc:
+                raise _tag(exc, addr) from None
+            for final in finals:
+                await self._route(block, to, final)
+
+    async def _route(self, block: DestinationBlock, to: str, final: str) -> None:
+        if final != to:
+            original = to
+            if not self._p.first_pipeline:
+                # Nested: `to` is an outer final address; keep the map
+                # pointing at what the client gave.
+                original = self.meta.original_rcpts.get(to, to)
+            self.meta.original_rcpts[final] = original
+        for target in block.targets:
+            try:
+                started = await self._delivery_for(target)
+                await started.delivery.add_rcpt(final)
+            except SMTPError as exc:
+                if getattr(target, "is_message_pipeline", False):
+                    raise
+                raise _tag(exc, final) from None
+            started.note(final, to)
+
+    async def _select_destination(self, source: SourceBlock, rcpt: str) -> DestinationBlock:
+        try:
+            key = normalize_address(rcpt)
+        except AddressError as exc:
+            raise SMTPError(
+                553, (5, 1, 2), "Unable to normalize the recipient address", reason=exc.reason
+            ) from None
+        for table, block in source.tables:
+            if await self._table_has(table, key, "destination_in"):
+                return block
+        block = source.rules.get(key) or source.rules.get(_domain_of(key)) or source.default
+        self._log.debug("destination selected", msg_id=self.meta.id, rcpt=key, block=block.label)
+        return block
+
+    async def _block_modifiers(self, block: DestinationBlock, rcpt: str) -> ModifierChain:
+        """The block's modifier state, created on the block's first recipient.
+
+        Its `rewrite_sender` runs once so modifiers see the calls in order,
+        but the sender is fixed by then: a change is logged and ignored.
+        """
+        mods = self._block_mods.get(block)
+        if mods is not None:
+            return mods
+        mods = await ModifierChain.create(block.modifiers, self.meta)
+        self._block_mods[block] = mods
+        if mods is not NO_MODIFIERS:
+            try:
+                changed = await mods.rewrite_sender(self.source_addr)
+            except Exception as exc:
+                self._log.error(
+                    "destination modifiers failed to rewrite the sender (ignored)",
+                    err=exc, msg_id=self.meta.id, rcpt=rcpt,
+                )
+            else:
+                if changed != self.source_addr:
+                    self._log.info(
+                        "destination-level modifier changed the sender; not supported, ignored",
+                        msg_id=self.meta.id, rcpt=rcpt, sender=self.source_addr,
+                        modified_sender=changed,
+                    )
+        return mods
+
+    async def _delivery_for(self, target: DeliveryTarget) -> _Started:
+        started = self._by_target.get(id(target))
+        if started is None:
+            delivery = await target.start_delivery(self.meta, self.source_addr)
+            started = _Started(target, delivery)
+            self._by_target[id(target)] = started
+            self._started.append(started)
+        return started
+
+    # -- body stage (§6.4) ------------------------------------------------------
+
+    def _begin_body(self) -> None:
+        if self._state != _OPEN:
+            raise RuntimeError(f"body in state {self._state}")
+        self._state = _BODY
+
+    async def _prepare(self, header: Header, body: Buffer) -> None:
+        """Steps 1-4: body checks, Received, check results, body modifiers."""
+        routing = self._p.routing
+        runner = self._runner
+        await runner.check_body(routing.checks, header, body)
+        await runner.check_body(self._source.checks, header, body)
+        for block in self._block_mods:
+            await runner.check_body(block.checks, header, body)
+        if self._p.first_pipeline:
+            value = received_value(self.meta, self._p.hostname, self._p.clock())
+            if value is not None:
+                header.add("Received", value)
+        await runner.apply_results(self._p.hostname, header)
+        await self._root_mods.rewrite_body(header, body)
+        await self._source_mods.rewrite_body(header, body)
+        for mods in self._block_mods.values():
+            await mods.rewrite_body(header, body)
+
+    async def body(self, header: Header, body: Buffer) -> None:
+        """All-or-nothing body stage (SMTP, submission); then call `commit`.
+
+        `header` is not modified: the pipeline adds its fields to a copy
+        that every target of this message receives. On failure every
+        started delivery is aborted before the error is raised.
+        """
+        self._begin_body()
+        header = Header(list(header.fields))
+        try:
+            await self._prepare(header, body)
+            for started in self._started:
+                await started.delivery.body(header, body)
+        except BaseException as exc:
+            self._note_failure("message rejected", exc)
+            await self._fail()
+            raise
+
+    async def body_non_atomic(
+        self, status: StatusCollector, header: Header, body: Buffer
+    ) -> None:
+        """Per-recipient body stage (LMTP); then call `commit` (always).
+
+        `status` gets at most one call per accepted recipient, keyed by the
+        address exactly as given to `add_rcpt`; a recipient with no call
+        shares the outcome of `commit`.
+        """
+        self._begin_body()
+        header = Header(list(header.fields))
+        rcpts = list(self._accepted)
+        try:
+            await self._prepare(header, body)
+        except Exception as exc:
+            self._note_failure("message rejected", exc)
+            for rcpt in rcpts:
+                status.set_status(rcpt, exc)
+            await self._fail()
+            self._reported = True
+            return
+        except BaseException:
+            await self._fail()
+            raise
+        outcomes = _Outcomes()
+        try:
+            for started in self._started:
+                await self._body_one(started, header, body, outcomes)
+        except BaseException:
+            await self._fail()
+            raise
+        outcomes.report(status, rcpts)
+
+    async def _body_one(
+        self, started: _Started, header: Header, body: Buffer, outcomes: _Outcomes
+    ) -> None:
+        delivery = started.delivery
+        try:
+            if isinstance(delivery, PartialDelivery):
+                await delivery.body_non_atomic(_Translate(started, outcomes), header, body)
+                return
+            await delivery.body(header, body)
+        except Exception as exc:
+            self._note_failure("delivery failed", exc, target=repr(started.target))
+            for rcpt in started.recipients:
+                outcomes.set(rcpt, exc)
+            # Every recipient of this delivery was told it failed: nothing
+            # of it may be committed later.
+            started.finished = True
+            await self._abort_one(started)
+
+    # -- the end ----------------------------------------------------------------
+
+    async def commit(self) -> None:
+        """Commit every delivery, in start order; the first failure aborts the rest."""
+        if self._state == _FAILED and self._reported:
+            return  # body_non_atomic already gave every recipient its error
+        if self._state != _BODY:
+            raise RuntimeError(f"commit in state {self._state}")
+        await self._close_states()
+        for started in self._started:
+            if started.finished:
+                continue
+            try:
+                await started.delivery.commit()
+            except BaseException as exc:
+                self._note_failure("commit failed", exc, target=repr(started.target))
+                await self._fail()
+                raise
+            started.finished = True
+        self._state = _DONE
+
+    async def abort(self) -> None:
+        """Undo everything not committed; safe at any time, any number of times."""
+        if self._state in (_DONE, _FAILED):
+            return
+        await self._fail()
+
+    async def _fail(self) -> None:
+        self._state = _FAILED
+        for started in self._started:
+            if not started.finished:
+                started.finished = True
+                await self._abort_one(started)
+        await self._close_states()
+
+    async def _abort_one(self, started: _Started) -> None:
+        try:
+            await started.delivery.abort()
+        except Exception as exc:
+            self._log.error(
+                "delivery abort failed", err=exc, msg_id=self.meta.id, target=repr(started.target)
+            )
+
+    async def _close_states(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._runner.close()
+        chains = [self._root_mods, self._source_mods, *self._block_mods.values()]
+        for chain in chains:
+            try:
+                await chain.close()
+            except Exception as exc:
+                self._log.error("failed to close modifier state", err=exc, msg_id=self.meta.id)
+
+    def _note_failure(self, what: str, exc: BaseException, **fields: str) -> None:
+        """Log a failure with the message ID; rejections are routine, bugs are not."""
+        if isinstance(exc, SMTPError):
+            self._log.debug(what, msg_id=self.meta.id, reply=str(exc), reason=exc.reason, **fields)
+        elif isinstance(exc, Exception):
+            self._log.error(what, err=exc, msg_id=self.meta.id, **fields)
+
+
+def _domain_of(key: str) -> str:
+    """The domain of a lookup-form address; `""` for `<>` and bare postmaster."""
+    if not key:
+        return ""
+    try:
+        return split(key)[1]
+    except AddressError:
+        return ""

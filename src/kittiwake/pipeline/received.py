@@ -1,0 +1,120 @@
+"""The `Received` trace field the first pipeline adds (smtp-endpoint.md §12.2).
+
+`from HELO (RDNS [IP]) by HOSTNAME (envelope-sender <SENDER>) with PROTO id ID; DATE`
+
+Names are written in A-labels unless the transaction used SMTPUTF8, where
+U-labels are allowed (RFC 6531 §3.7.3); a part whose name cannot be put in
+the needed form is left out rather than written wrongly. Everything taken
+from the client is stripped of CR and LF so it cannot start a new header
+field. The date is formatted by hand with English names, because
+`strftime` follows the process locale and a trace field must not.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+from collections.abc import Callable
+
+from kittiwake.address import NormalizationError, split, to_alabel_domain, to_ulabel_domain
+from kittiwake.header import fold
+from kittiwake.message import MsgMeta
+
+__all__ = ["Clock", "format_date", "local_now", "received_field", "received_value"]
+
+Clock = Callable[[], _dt.datetime]
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def local_now() -> _dt.datetime:
+    """The default clock: now, in the server's local time zone."""
+    return _dt.datetime.now().astimezone()
+
+
+def format_date(when: _dt.datetime) -> str:
+    """`Tue, 05 Mar 2024 10:00:00 +0100` (RFC 5322 §3.3 with a numeric zone).
+
+    A naive datetime is taken as UTC.
+    """
+    offset = when.utcoffset() or _dt.timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    hours, mins = divmod(abs(minutes), 60)
+    return (
+        f"{_DAYS[when.weekday()]}, {when.day:02d} {_MONTHS[when.month - 1]} {when.year:04d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{hours:02d}{mins:02d}"
+    )
+
+
+def _clean(text: str) -> str:
+    return text.replace("\r", "").replace("\n", "")
+
+
+def _domain(name: str, utf8: bool) -> str | None:
+    """`name` in the IDNA form the transaction allows, or None if impossible."""
+    try:
+        return to_ulabel_domain(name) if utf8 else to_alabel_domain(name)
+    except (NormalizationError, UnicodeError, ValueError):
+        return None
+
+
+def _address(addr: str, utf8: bool) -> str | None:
+    try:
+        local, domain = split(addr)
+    except NormalizationError:
+        return None
+    if not utf8 and not local.isascii():
+        return None  # no ASCII form of a UTF-8 local part exists
+    if not domain:
+        return local
+    converted = _domain(domain, utf8)
+    return None if converted is None else f"{local}@{converted}"
+
+
+def _ip_text(ip: str) -> str:
+    """Plain text form; an IPv4-mapped IPv6 address is shown dotted, as Go does."""
+    try:
+        parsed = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return str(parsed)
+
+
+def received_value(meta: MsgMeta, hostname: str, now: _dt.datetime) -> str | None:
+    """The field value, or None for a locally generated message (no connection)."""
+    conn = meta.conn
+    if conn is None:
+        return None
+    utf8 = meta.smtp.smtputf8
+    parts: list[str] = []
+    if not meta.dont_trace_sender and ("SMTP" in conn.proto or "LMTP" in conn.proto):
+        helo = _domain(conn.helo, utf8) if conn.helo else None
+        if helo:
+            parts.append(f"from {_clean(helo)}")
+        if conn.remote_ip is not None:
+            rdns = conn.rdns[:-1] if conn.rdns and conn.rdns.endswith(".") else conn.rdns
+            name = _domain(rdns, utf8) if rdns else None
+            prefix = f"{_clean(name)} " if name else ""
+            parts.append(f"({prefix}[{_clean(_ip_text(conn.remote_ip))}])")
+    if hostname:
+        ours = _domain(hostname, utf8)
+        if ours:
+            parts.append(f"by {_clean(ours)}")
+    if meta.original_from:
+        sender = _address(meta.original_from, utf8)
+        if sender is not None:
+            parts.append(f"(envelope-sender <{_clean(sender)}>)")
+    if conn.proto:
+        parts.append(f"with {'UTF8' if utf8 else ''}{conn.proto}")
+    parts.append(f"id {meta.id}; {format_date(now)}")
+    return " ".join(parts).strip()
+
+
+def received_field(meta: MsgMeta, hostname: str, now: _dt.datetime) -> bytes | None:
+    """The whole folded field as it is written into the header, with CR LF."""
+    value = received_value(meta, hostname, now)
+    return None if value is None else fold("Received", value)

@@ -1,0 +1,1 @@
+"""Modules that keep mail on this machine (`storage.*`): local final delivery."""

@@ -1,0 +1,178 @@
+"""Run the real `kittiwake` process for end-to-end tests, and talk to it.
+
+`Kittiwake` starts `python tests/e2e/launcher.py run -c CONF` (the real
+command, plus test-only modules), waits for its readiness lines and kills it
+at the end. `Dialog` is a raw-socket client for byte-exact exchanges.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LAUNCHER = HERE / "launcher.py"
+SRC = HERE.parent.parent / "src"
+READY = "kittiwake: listening on "
+WAIT = 20.0
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k != "KITTIWAKE_CONFIG"}
+    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), e.get("PYTHONPATH")) if p)
+    e.update(extra)
+    return e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Kittiwake:
+    """One server process started from configuration text."""
+
+    def __init__(self, workdir: Path, config: str, *, args: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "kittiwake.conf"
+        self.config_path.write_text(config)
+        self.stderr_path = workdir / f"stderr-{time.monotonic_ns()}.log"
+        with open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(LAUNCHER), "run", "-c", str(self.config_path), *args],
+                cwd=workdir,
+                env=env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.addresses: list[str] = []
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    @property
+    def log(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait_ready(self, count: int = 1) -> list[str]:
+        deadline = time.monotonic() + WAIT
+        while len(self.addresses) < count:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no readiness line; log:\n{self.log}") from None
+            if line is None:
+                self.proc.wait(WAIT)
+                raise AssertionError(
+                    f"exited with {self.proc.returncode} before ready; log:\n{self.log}"
+                )
+            if line.startswith(READY):
+                self.addresses.append(line[len(READY) :])
+        return self.addresses
+
+    def port(self, index: int = 0) -> int:
+        return int(self.addresses[index].rsplit(":", 1)[1])
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(WAIT)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def wait_log(self, pattern: str, timeout: float = WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(pattern, self.log)
+            if found:
+                return found.group(0)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not logged; log:\n{self.log}")
+            time.sleep(0.02)
+
+
+class Dialog:
+    """A raw SMTP client: send bytes, read whole replies."""
+
+    def __init__(self, port: int, *, host: str = "127.0.0.1", timeout: float = WAIT) -> None:
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            (host, port), timeout=timeout
+        )
+        self._buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> str:
+        while b"\r\n" not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed; pending {self._buf!r}")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\r\n")
+        return line.decode("utf-8", "replace")
+
+    def reply(self) -> list[str]:
+        """One whole (possibly multi-line) reply."""
+        lines = [self.line()]
+        while len(lines[-1]) > 3 and lines[-1][3] == "-":
+            lines.append(self.line())
+        return lines
+
+    def cmd(self, text: str) -> str:
+        """Send one command line; return the last line of its reply."""
+        self.send(text.encode() + b"\r\n")
+        return self.reply()[-1]
+
+    def closed(self) -> bool:
+        """True once the server has closed the connection (after any pending data)."""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self._buf += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+
+    def starttls(self, context: ssl.SSLContext, server_hostname: str = "localhost") -> None:
+        assert isinstance(self.sock, socket.socket)
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Dialog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def maildir_files(root: Path, domain: str, user: str) -> list[Path]:
+    new = root / domain / user / "new"
+    return sorted(new.iterdir()) if new.is_dir() else []
