@@ -6,6 +6,7 @@ This is the full list of what a configuration can name.
 from kittiwake.config import tls_loaders  # noqa: F401  (tls.loader.*)
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
 from kittiwake.pipeline import modules as pipeline_modules  # noqa: F401  (msgpipeline, checks, modifiers)
+from kittiwake.server import endpoint  # noqa: F401  (smtp, lmtp)
 from kittiwake.storage import maildir  # noqa: F401
 from kittiwake.tables import (  # noqa: F401
     chain,

@@ -22,7 +22,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from kittiwake import address
 from kittiwake.buffer import Buffer, BufferSpec
@@ -54,9 +54,8 @@ from kittiwake.protocol.connection import State
 from kittiwake.protocol.events import MailParams
 
 if TYPE_CHECKING:
-    from kittiwake.pipeline.pipeline import MessageDelivery, Pipeline
-
     from kittiwake.dns import Resolver
+    from kittiwake.pipeline.pipeline import MessageDelivery, Pipeline
 
 HIGH_WATER = 256 * 1024  # unprocessed input that pauses reading
 LOW_WATER = 64 * 1024  # ... and resumes it
@@ -142,8 +141,8 @@ class Session(asyncio.Protocol):
     # -- asyncio.Protocol callbacks -----------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement the interface without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
@@ -611,7 +610,7 @@ class Session(asyncio.Protocol):
                 await txn.delivery.abort()
             except Exception as exc:
                 self.cfg.log.error("abort failed", err=exc, msg_id=txn.msg_id)
-            self.cfg.log.debug("aborted", msg_id=txn.msg_id)
+            self.cfg.log.info("aborted", msg_id=txn.msg_id)
 
     def begin_shutdown(self) -> None:
         """SIGTERM: an idle session is told at once; a busy one after its reply."""

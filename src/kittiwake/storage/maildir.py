@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import itertools
 import os
@@ -185,11 +186,9 @@ def _base_name(host: str) -> str:
 def _format_address(addr: str) -> str:
     """`addr` in RFC 5322 syntax (local part quoted if needed), never with CR/LF."""
     text = addr
-    try:
+    with contextlib.suppress(ValueError):
         local, domain = address.split(addr)
         text = address.quote_local_part(local) + (f"@{domain}" if domain else "")
-    except ValueError:
-        pass
     return text.replace("\r", "").replace("\n", "")
 
 
@@ -227,11 +226,8 @@ def _create_maildir(levels: list[str], sync: bool, *, folder: bool = False) -> N
         dirty.append(os.path.dirname(path))
     if folder:
         marker = os.path.join(maildir, "maildirfolder")
-        try:
+        with contextlib.suppress(FileExistsError):
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
-        except FileExistsError:
-            pass
-        else:
             dirty.append(maildir)
     if sync:
         for path in sorted(set(dirty), key=len, reverse=True):
@@ -406,17 +402,18 @@ class _Job:
 
     def _discard(self, f: _File) -> None:
         """Close and unlink a file that will not be delivered; never raises."""
-        try:
+        with contextlib.suppress(OSError):
             f.close()
-        except OSError:
-            pass
-        if f.tmp_path:
-            try:
-                os.unlink(f.tmp_path)
-            except OSError:
-                pass  # a stray tmp/ file is harmless: readers clean it up
-            self.created.discard(f.tmp_path)
-            f.tmp_path = ""
+        self.created.discard(f.tmp_path)
+        _drop_tmp(f)
+
+
+def _drop_tmp(f: _File) -> None:
+    """Unlink the tmp/ name if there is one; a stray tmp/ file is only clutter."""
+    if f.tmp_path:
+        with contextlib.suppress(OSError):
+            os.unlink(f.tmp_path)
+        f.tmp_path = ""
 
 
 def _publish(f: _File, host: str) -> None:
@@ -432,17 +429,12 @@ def _publish(f: _File, host: str) -> None:
         except OSError as exc:
             if exc.errno not in _NO_LINK:
                 raise
-            if os.path.lexists(target):
+            if os.path.lexists(target):  # rename(2) would overwrite it
                 base = _base_name(host)
                 continue
             os.rename(f.tmp_path, target)
             f.tmp_path = ""
-            return
-        try:
-            os.unlink(f.tmp_path)
-        except OSError:
-            pass  # delivered already; the tmp/ twin is only clutter
-        f.tmp_path = ""
+        _drop_tmp(f)
         return
     raise OSError(errno.EEXIST, "no unique file name in new/")
 
@@ -461,12 +453,7 @@ def _commit(files: list[_File], host: str, sync: bool) -> None:
             _publish(f, host)
         except OSError as exc:
             first = first or exc
-            if f.tmp_path:
-                try:
-                    os.unlink(f.tmp_path)
-                except OSError:
-                    pass
-                f.tmp_path = ""
+            _drop_tmp(f)
             continue
         dirs.add(os.path.join(f.folder, "new"))
         dirs.add(os.path.join(f.folder, "tmp"))
@@ -599,10 +586,8 @@ class MaildirDelivery:
 
 def _unlink_all(paths: list[str]) -> None:
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 # --- the module --------------------------------------------------------------

@@ -422,15 +422,17 @@ def test_dmarc_directive(directives: str, enabled: bool, tmp_path: Path) -> None
     assert pipeline.dmarc_enabled is enabled
 
 
+SPF = "check {\n    test s {\n      dmarc_input spf\n    }\n  }"
+DKIM = "check {\n    test d {\n      dmarc_input dkim\n    }\n  }"
+
+
 @pytest.mark.parametrize(
     ("checks", "dmarc", "runs"),
     [
         ("", "", False),
-        ("check {\n    test s {\n      dmarc_input spf\n    }\n  }", "", False),
-        ("check {\n    test s {\n      dmarc_input spf\n    }\n  }\n  check {\n    test d {\n      dmarc_input dkim\n    }\n  }", "",
-         True),
-        ("check {\n    test s {\n      dmarc_input spf\n    }\n  }\n  check {\n    test d {\n      dmarc_input dkim\n    }\n  }",
-         "dmarc no", False),
+        (SPF, "", False),
+        (f"{SPF}\n  {DKIM}", "", True),
+        (f"{SPF}\n  {DKIM}", "dmarc no", False),
     ],
 )
 def test_dmarc_runs_only_with_spf_and_dkim(
@@ -442,8 +444,8 @@ def test_dmarc_runs_only_with_spf_and_dkim(
 
 def test_dmarc_counts_checks_at_every_level(tmp_path: Path) -> None:
     pipeline = build(
-        "kw_pipe x {\n  check {\n    test s {\n      dmarc_input spf\n    }\n  }\n"
-        "  source a.org {\n    destination b.org {\n      check {\n    test d {\n      dmarc_input dkim\n    }\n  }\n"
+        f"kw_pipe x {{\n  {SPF}\n"
+        f"  source a.org {{\n    destination b.org {{\n      {DKIM}\n"
         "      reject\n    }\n    default_destination { reject }\n  }\n"
         "  default_source { reject }\n}\n",
         tmp_path,
