@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import os
 import socket
 import ssl
@@ -425,10 +426,35 @@ def test_self_signed_default_names(tmp_path: Path) -> None:
     assert st.select(None).names == ("localhost",)
 
 
-def test_self_signed_fresh_at_each_start(tmp_path: Path) -> None:
-    one = server_tls(build("tls self_signed", tmp_path)).select(None)
+async def test_self_signed_is_saved_at_start_and_reused(tmp_path: Path) -> None:
+    first = build("tls self_signed", tmp_path)
+    one = server_tls(first).select(None)
+    saved = list((tmp_path / "kittiwake-data" / "tls").glob("self_signed-*.pem"))
+    assert saved == []  # configuring (config check) writes nothing
+    first.prepare_dirs()
+    await first.start()
+    await first.stop()
+    (path,) = (tmp_path / "kittiwake-data" / "tls").glob("self_signed-*.pem")
+    assert os.stat(path).st_mode & 0o777 == 0o600
     two = server_tls(build("tls self_signed", tmp_path)).select(None)
-    assert one.cert_pem != two.cert_pem
+    assert two.cert_pem == one.cert_pem
+    # Other names make another certificate.
+    other = server_tls(build("tls self_signed other.example", tmp_path)).select(None)
+    assert other.cert_pem != one.cert_pem
+
+
+def test_self_signed_near_expiry_is_not_reused(tmp_path: Path) -> None:
+    cert_pem, key_pem = tls_loaders.make_self_signed(["localhost"], 1)  # a day left at most
+    saved = tmp_path / "kittiwake-data" / "tls" / f"self_signed-{_digest('localhost')}.pem"
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(cert_pem + key_pem)
+    fresh = server_tls(build("tls self_signed", tmp_path)).select(None)
+    assert fresh.cert_pem != cert_pem
+    assert fresh.not_after - dt.datetime.now(dt.UTC) > dt.timedelta(days=6)
+
+
+def _digest(*names: str) -> str:
+    return hashlib.sha256("\0".join(names).encode()).hexdigest()[:16]
 
 
 def test_ensure_self_signed(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -57,8 +58,9 @@ LOADER_NAMESPACE = "tls.loader"
 #: How often loaders look at their files again (spec §12: every minute).
 RELOAD_INTERVAL = 60.0
 
-#: `self_signed` certificates (spec §12): fresh at each start, valid 7 days.
+#: `self_signed` certificates (spec §12): valid 7 days, renewed with a day left.
 SELF_SIGNED_DAYS = 7
+RENEW_BEFORE = dt.timedelta(days=1)
 #: The state-directory certificate of the embedded default configuration.
 #: Nobody verifies it (its point is opportunistic STARTTLS), so a long life
 #: spares operators of a test box a silent expiry; 10 years.
@@ -492,12 +494,16 @@ class FileLoader(_LoaderBase):
 
 @register("tls.loader.self_signed")
 class SelfSignedLoader(_LoaderBase):
-    """A throw-away ECDSA P-256 certificate made in memory at each start.
+    """An ECDSA P-256 certificate for the given names, valid 7 days.
 
     Arguments are the DNS names or IP addresses it is for; by default the
-    global hostname, else `localhost`. kittiwake renews it when less than a
-    day of its 7 remains, so a long-running server never serves an expired
-    one (maddy keeps the first until restart).
+    global hostname, else `localhost`. [deviation] maddy makes a fresh one in
+    memory at each start; kittiwake keeps it in `state_dir/tls/` and reuses
+    it across restarts (interface.md: the embedded default's certificate is
+    "generated on first start and reused after"), so clients that pin it on
+    first use are not alarmed at every restart. It is renewed when less than
+    a day remains, also while running. Files are written at start, never by
+    `config check`.
     """
 
     def configure(self, cfg: Directives) -> None:
@@ -506,19 +512,58 @@ class SelfSignedLoader(_LoaderBase):
         self.names = list(self.inline_args) or [
             hostname if isinstance(hostname, str) else "localhost"
         ]
+        digest = hashlib.sha256("\0".join(self.names).encode()).hexdigest()[:16]
+        directory = os.path.join(global_path(self.container, "state_dir"), "tls")
+        self._path = os.path.join(directory, f"self_signed-{digest}.pem")
+        self._unsaved = False
         try:
-            self._pairs = [self._generate()]
+            pair = self._load_saved()
+            if pair is None:
+                pair = self._generate()
+                self._unsaved = True
         except ValueError as exc:
             raise cfg.node.error(f"tls self_signed: {exc}") from None
+        self._pairs = [pair]
+
+    def _load_saved(self) -> CertPair | None:
+        """The saved pair, if it is readable and has more than a day left."""
+        try:
+            with open(self._path, "rb") as f:
+                data = f.read()
+            key_at = data.index(b"-----BEGIN PRIVATE KEY-----")
+            pair = load_pair(data[:key_at], data[key_at:], self._path, self._path)
+        except (OSError, ValueError, CertificateError):
+            return None
+        if pair.not_after - dt.datetime.now(dt.UTC) <= RENEW_BEFORE:
+            return None
+        return pair
 
     def _generate(self) -> CertPair:
         cert_pem, key_pem = make_self_signed(self.names, SELF_SIGNED_DAYS)
         return load_pair(cert_pem, key_pem, "self-signed", "self-signed")
 
+    def _save(self) -> None:
+        pair = self._pairs[0]
+        try:
+            os.makedirs(os.path.dirname(self._path), mode=0o700, exist_ok=True)
+            _write_atomic(self._path, pair.cert_pem + pair.key_pem, 0o600)
+        except OSError as exc:
+            # Serving TLS matters more than reusing the certificate next time.
+            self.log.warn("cannot save the self-signed certificate", path=self._path, reason=exc)
+            return
+        self._unsaved = False
+        self.log.info("self-signed certificate saved", path=self._path, names=" ".join(self.names))
+
+    async def start(self) -> None:
+        if self._unsaved:
+            await asyncio.to_thread(self._save)
+        await super().start()
+
     def reload_if_changed(self) -> bool:
-        if self._pairs[0].not_after - dt.datetime.now(dt.UTC) > dt.timedelta(days=1):
+        if self._pairs[0].not_after - dt.datetime.now(dt.UTC) > RENEW_BEFORE:
             return False
         self._replace([self._generate()])
+        self._save()
         self.log.info("self-signed certificate renewed", names=" ".join(self.names))
         return True
 

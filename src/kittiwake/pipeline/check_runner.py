@@ -276,10 +276,10 @@ class CheckRunner:
         failure: Exception | None = None
         for state, outcome in zip(states, outcomes, strict=True):
             if isinstance(outcome, Exception):
-                if not isinstance(outcome, SMTPError):
-                    self._log.error("check failed", err=outcome, msg_id=self.meta.id)
                 if failure is None:
-                    failure = outcome
+                    failure = outcome  # logged by whoever handles the raise
+                elif not isinstance(outcome, SMTPError):
+                    self._log.error("check failed", err=outcome, msg_id=self.meta.id)
                 continue
             if outcome.auth_results:
                 self.auth_results.extend(outcome.auth_results)

@@ -1,0 +1,75 @@
+"""The embedded default configuration, run exactly as the README says."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kw import LAUNCHER, Dialog, env
+
+pytestmark = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _swaks(*extra: str) -> str:
+    result = subprocess.run(
+        ["swaks", "--to", "user@localhost", "--server", "127.0.0.1:2525", *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_swaks_delivers_with_the_default(tmp_path: Path) -> None:
+    if not _port_free(2525):
+        pytest.skip("port 2525 is in use on this machine")
+    # No -c, no $KITTIWAKE_CONFIG, no ./kittiwake.conf: the embedded default.
+    proc = subprocess.Popen(
+        [sys.executable, str(LAUNCHER), "run"],
+        cwd=tmp_path,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = [proc.stdout.readline().strip() for _ in range(2)]
+        assert ready == [
+            "kittiwake: listening on tcp://127.0.0.1:2525",
+            f"kittiwake: listening on unix://{tmp_path}/kittiwake-data/run/lmtp.sock",
+        ]
+        assert "250 2.0.0 OK: queued" in _swaks()
+        assert "250 2.0.0 OK: queued" in _swaks("-tls")  # the self-signed certificate
+        new = tmp_path / "kittiwake-data" / "maildir" / "localhost" / "user" / "new"
+        traces = sorted(f.read_bytes().replace(b"\n ", b" ") for f in new.iterdir())
+        assert len(traces) == 2
+        assert sum(b"with ESMTPS id" in t for t in traces) == 1
+        assert list((tmp_path / "kittiwake-data" / "tls").glob("self_signed-*.pem"))
+        with Dialog(2525) as d:  # not an open relay
+            assert d.reply()[0].startswith("220 ")
+            d.send(b"EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<x@example.com>\r\n")
+            replies = [d.reply()[-1] for _ in range(3)]
+            assert replies[2].startswith("550 5.7.1 Relaying denied")
+    finally:
+        proc.terminate()
+        code = proc.wait(20)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0
