@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -366,7 +367,7 @@ def evaluate(report: Report, plan: Plan) -> None:
 
 
 def format_table(report: Report, plan: Plan) -> str:
-    head = f"{'server':<18} {'sess':>4} {'size':>5} {'msg/s':>5} {'msgs':>6} {'msgs/s':>8}  ratio"
+    head = f"{'server':<18} {'sess':>4} {'size':>5} {'m/sess':>6} {'msgs':>6} {'msgs/s':>8}  ratio"
     lines = [head, "-" * len(head)]
     for group in ("discard", "durable"):
         members = [s for s in SERVERS if s.group == group]
@@ -387,7 +388,7 @@ def format_table(report: Report, plan: Plan) -> str:
                     continue
                 prefix = (
                     f"{server.name:<18} {cell.sessions:>4} {size_label(cell.size):>5} "
-                    f"{cell.per_session:>5}"
+                    f"{cell.per_session:>6}"
                 )
                 if rate is None:
                     lines.append(f"{prefix} {'':>6} {'error':>8}  {res.error}")
@@ -520,8 +521,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `finally`: servers get stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     plan = QUICK if args.quick else FULL
     if args.seconds is not None:
         plan = Plan(**{**asdict(plan), "min_seconds": args.seconds})
@@ -555,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         f"aiosmtpd {info['aiosmtpd']}, Postfix {info['postfix']}"
     )
     print(
-        "size = smtp-source payload; msg/s = messages per session; "
+        "size = smtp-source payload; m/sess = messages per session; "
         "ratio = this row's rate / the other server's\n"
     )
     print(format_table(report, plan))

@@ -40,7 +40,8 @@ from smtp_servers import HOSTNAME, BenchError, Target, tool
 SENDER = f"sender@{HOSTNAME}"
 RECIPIENT = f"user@{HOSTNAME}"
 ROUND_TIMEOUT = 300.0  # seconds: no single smtp-source run may take longer
-DELIVERY_TIMEOUT = 300.0  # seconds to wait for a queueing server's deliveries
+DELIVERY_TIMEOUT = 120.0  # seconds to wait for a queueing server's deliveries
+STALL_TIMEOUT = 15.0  # seconds without a new delivery before giving up
 POLL = 0.02  # seconds between Maildir counts while waiting for deliveries
 KiB = 1024
 MiB = 1024 * KiB
@@ -76,18 +77,28 @@ def clear_delivered(root: Path | None) -> None:
             os.unlink(entry.path)
 
 
-def wait_delivered(root: Path, expected: int, timeout: float = DELIVERY_TIMEOUT) -> float:
-    """`time.perf_counter()` when `expected` files are in `new/`; BenchError if never."""
-    deadline = time.monotonic() + timeout
+def wait_delivered(root: Path, expected: int) -> float:
+    """`time.perf_counter()` when `expected` files are in `new/`.
+
+    BenchError once nothing new has arrived for `STALL_TIMEOUT` seconds (a
+    queueing server that cannot deliver keeps accepting, so only progress
+    tells) or after `DELIVERY_TIMEOUT` in all.
+    """
+    now = time.monotonic()
+    deadline, stalled_at = now + DELIVERY_TIMEOUT, now + STALL_TIMEOUT
     dirs: list[str] = []
+    got = 0
     while True:
         if not dirs:
             dirs = _new_dirs(root)
-        if sum(len(os.listdir(d)) for d in dirs) >= expected:
+        count = sum(len(os.listdir(d)) for d in dirs)
+        if count >= expected:
             return time.perf_counter()
-        if time.monotonic() > deadline:
-            got = count_delivered(root)
-            raise BenchError(f"only {got} of {expected} messages delivered in {timeout:.0f}s")
+        now = time.monotonic()
+        if count > got:
+            got, stalled_at = count, now + STALL_TIMEOUT
+        if now > deadline or now > stalled_at:
+            raise BenchError(f"only {got} of {expected} messages delivered to new/")
         time.sleep(POLL)
 
 

@@ -311,7 +311,6 @@ local_transport = error:local delivery is disabled
 alias_maps =
 alias_database =
 biff = no
-message_size_limit = 67108864
 smtpd_banner = $myhostname ESMTP
 virtual_mailbox_domains = {host}
 virtual_mailbox_base = {base}/mail

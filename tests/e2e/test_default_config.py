@@ -16,6 +16,8 @@ pytestmark = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is 
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As the server does: a connection in TIME_WAIT does not hold the port.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

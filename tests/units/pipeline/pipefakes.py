@@ -155,6 +155,7 @@ class FakeCheckState:
         delay = check.delay.get(stage)
         if delay:
             await asyncio.sleep(delay)
+            EVENTS.append(f"{check.name} {stage} done")
         check.finished.append(stage)
         if isinstance(scripted, Exception):
             raise scripted
