@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from fakedns import FakeDNS
 from kw import Dialog, Kittiwake, maildir_files
 
@@ -166,9 +165,6 @@ def test_lmtp_over_a_unix_socket(kittiwake: Start, tmp_path: Path, dns: FakeDNS)
         code, text = client.rcpt("missing@example.org")
         assert code == 550
         assert re.fullmatch(rb"5\.1\.1 User does not exist \(msg ID = [0-9a-f]{8}\)", text), text
-            550,
-            b"5.1.1 User does not exist",
-        ) or code == 550
         assert client.rcpt("two@example.org")[0] == 250
         assert client.rcpt("one@example.org")[0] == 250  # a duplicate: one reply each
         client.putcmd("data")
