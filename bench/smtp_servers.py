@@ -7,7 +7,9 @@ chosen at start, and nothing listens anywhere else.
 
 - `kittiwake`: `python -m kittiwake run -c CONF`, ready at the line
   `kittiwake: listening on ADDR`; `deliver_to dummy` (discard) or a
-  `storage.maildir` block (durable).
+  `storage.maildir` block (durable). Its DNS goes to `peers/dns_stub.py`
+  (`--debug.dnsoverride`): kittiwake looks up every client's PTR name and
+  those queries must not leave loopback.
 - `aiosmtpd`: `bench/peers/aiosmtpd_discard.py` or `aiosmtpd_maildir.py`.
 - `smtp-sink`: Postfix's protocol-only sink, the upper bound, written in C.
 - `postfix`: a private Postfix instance (its own `config_directory`,
@@ -41,6 +43,7 @@ PEERS = HERE / "peers"
 HOSTNAME = "bench.test"
 KITTIWAKE_READY = "kittiwake: listening on "
 AIOSMTPD_READY = "aiosmtpd: listening on "
+DNS_READY = "dns-stub: listening on "
 START_TIMEOUT = 30.0  # seconds for any server to become ready
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 
@@ -211,11 +214,27 @@ def kittiwake(
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf, maildir = kittiwake_config(work, port, durable=durable, endpoint_extra=endpoint_extra)
-    cmd = [sys.executable, "-m", "kittiwake", "run", "-c", str(conf)]
-    proc = Process(cmd, work / "kittiwake.log", env=python_env())
+    with dns_stub(work) as dns:
+        cmd = [sys.executable, "-m", "kittiwake", "run", "-c", str(conf)]
+        cmd += ["--debug.dnsoverride", dns]
+        proc = Process(cmd, work / "kittiwake.log", env=python_env())
+        try:
+            proc.wait_ready(KITTIWAKE_READY)
+            yield Target(name, port, proc.pid, maildir, True, proc.alive, proc.log)
+        finally:
+            proc.stop()
+
+
+@contextlib.contextmanager
+def dns_stub(work: Path) -> Iterator[str]:
+    """`bench/peers/dns_stub.py` on a loopback port; yields its HOST:PORT."""
+    port = free_port()
+    proc = Process(
+        [sys.executable, str(PEERS / "dns_stub.py"), "--port", str(port)], work / "dns-stub.log"
+    )
     try:
-        proc.wait_ready(KITTIWAKE_READY)
-        yield Target(name, port, proc.pid, maildir, True, proc.alive, proc.log)
+        proc.wait_ready(DNS_READY)
+        yield f"127.0.0.1:{port}"
     finally:
         proc.stop()
 

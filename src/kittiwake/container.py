@@ -217,7 +217,7 @@ class Container:
         if not isinstance(module, cap):
             raise node.error(
                 f"{node.name}: module {module.module_name} ({name}) cannot be used here: "
-                f"it is not a {capability_label(cap)}"
+                f"it is not {_article(capability_label(cap))}"
             )
 
     # -- paths ----------------------------------------------------------------
@@ -269,3 +269,7 @@ class Container:
                 await module.stop()
             except Exception as exc:
                 self.log.error("module failed to stop", err=exc, module=repr(module))
+
+
+def _article(label: str) -> str:
+    return f"an {label}" if label[:1].lower() in "aeiou" else f"a {label}"

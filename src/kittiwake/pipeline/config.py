@@ -197,6 +197,8 @@ class _Reader:
         """First block wins for a repeated rule (maddy's code); we also warn."""
         for key in keys:
             first = table.get(key)
+            if first is not None and first[0] is node:
+                continue  # the same rule twice on one line: harmless
             if first is not None:
                 self.log.warn(
                     f"duplicate {kind} rule ignored: the first block for it is used",

@@ -10,9 +10,8 @@ from __future__ import annotations
 import ssl
 from typing import ClassVar
 
-from kittiwake.pipeline.pipeline import Pipeline
-
 from kittiwake import address, log
+from kittiwake.auth.base import PasswordAuth
 from kittiwake.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
@@ -21,23 +20,18 @@ from kittiwake.config.tls import ServerTLS, parse_server_tls
 from kittiwake.config.values import ListenAddress, parse_listen_address
 from kittiwake.dns import Resolver
 from kittiwake.module import Endpoint
+from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
+from kittiwake.server.authenticate import Authenticator
 from kittiwake.server.listener import Listener
 from kittiwake.server.session import Session, SessionConfig
+from kittiwake.tables.base import Table
 
 MiB = 1024 * 1024
 
 #: Directives of the seed document that later work adds; until then naming
 #: one is a clear error instead of "unknown pipeline directive".
-_NOT_YET = (
-    "auth",
-    "auth_map",
-    "auth_map_normalize",
-    "insecure_auth",
-    "sasl_login",
-    "limits",
-    "proxy_protocol",
-)
+_NOT_YET = ("limits", "proxy_protocol")
 
 
 class SMTPEndpoint(Endpoint):
@@ -78,6 +72,7 @@ class SMTPEndpoint(Endpoint):
             if self._buffer_node is None
             else self._parse_buffer(self._buffer_node, state_dir)
         )
+        self._configure_auth(cfg)
         for name in _NOT_YET:
             found = cfg.get(name)
             if found is not None:
@@ -94,6 +89,8 @@ class SMTPEndpoint(Endpoint):
             max_message_size=max_message_size,
             max_recipients=max_recipients,
             tls_available=self.tls is not None,
+            auth_mechanisms=self.mechanisms,
+            insecure_auth=self.insecure_auth,
         )
         self.io_log: log.Logger | None = None
         if io_debug:
@@ -101,6 +98,26 @@ class SMTPEndpoint(Endpoint):
             self.log.warn("io_debug is on: every byte of every session is logged")
         self._check_exposure()
         self.listener: Listener | None = None
+
+    def _configure_auth(self, cfg: Directives) -> None:
+        """`auth` providers and how user names reach them (auth.md §1.1)."""
+        providers: list[PasswordAuth] = cfg.modules("auth", PasswordAuth, "auth")
+        sasl_login = cfg.boolean("sasl_login", False)
+        # Without TLS there is no safe channel to wait for: AUTH in clear is
+        # the only AUTH (spec §2); LMTP talks to a local MTA.
+        insecure = cfg.boolean("insecure_auth", False)
+        self.insecure_auth = insecure or self.tls is None or self.kind == "lmtp"
+        auth_map: Table | None = cfg.module("auth_map", Table, "table", inherit=True)
+        normalize = cfg.enum("auth_map_normalize", address.NORMALIZERS, "auto", inherit=True)
+        if self.kind == "submission" and not providers:
+            raise self._node.error("auth. provider must be set for submission endpoint")
+        self.mechanisms: tuple[str, ...] = ()
+        self.authenticator: Authenticator | None = None
+        if providers:
+            self.mechanisms = ("PLAIN", "LOGIN") if sasl_login else ("PLAIN",)
+            self.authenticator = Authenticator(
+                providers, address.get_normalizer(normalize), auth_map, self.log
+            )
 
     def _parse_address(self, node: Node, text: str) -> ListenAddress:
         try:
@@ -147,6 +164,7 @@ class SMTPEndpoint(Endpoint):
             max_received=self.max_received,
             defer_sender_reject=self.defer_sender_reject,
             max_logged_rcpt_errors=self.max_logged_rcpt_errors,
+            authenticator=self.authenticator,
         )
 
     async def start(self) -> None:
@@ -179,6 +197,13 @@ class SMTPEndpoint(Endpoint):
 @register("smtp")
 class SMTP(SMTPEndpoint):
     pass
+
+
+@register("submission")
+class Submission(SMTPEndpoint):
+    """Mail from a domain's own users: authentication first, header checked."""
+
+    kind: ClassVar[str] = "submission"
 
 
 @register("lmtp")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from kittiwake import address
+from kittiwake.auth.base import InvalidCredentials, TemporaryAuthFailure
 from kittiwake.buffer import Buffer, BufferSpec
 from kittiwake.errors import SMTPError
 from kittiwake.header import HeaderReader
@@ -32,6 +33,8 @@ from kittiwake.log import Logger
 from kittiwake.message import ConnInfo, MsgMeta, SMTPOptions, new_msg_id
 from kittiwake.protocol import (
     NEED_DATA,
+    Auth,
+    AuthLine,
     AutoReply,
     Bdat,
     BodyChunk,
@@ -52,10 +55,12 @@ from kittiwake.protocol import (
 from kittiwake.protocol import replies as R
 from kittiwake.protocol.connection import State
 from kittiwake.protocol.events import MailParams
+from kittiwake.protocol.sasl import INVALID, Challenge, Credentials, Done, Exchange, Step
 
 if TYPE_CHECKING:
     from kittiwake.dns import Resolver
     from kittiwake.pipeline.pipeline import MessageDelivery, Pipeline
+    from kittiwake.server.authenticate import Authenticator
 
 HIGH_WATER = 256 * 1024  # unprocessed input that pauses reading
 LOW_WATER = 64 * 1024  # ... and resumes it
@@ -64,6 +69,14 @@ INTERNAL_ERROR = SMTPError(451, (4, 3, 0), "Internal server error")
 SHUTTING_DOWN = Reply(421, (4, 3, 2), "Service shutting down, try again later")
 IDLE_TIMEOUT = Reply(421, (4, 4, 2), "Idle timeout, bye bye")
 FAULT = Reply(421, (4, 0, 0), "Internal server error")
+AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
+AUTH_OK = Reply(235, (2, 0, 0), "Authentication succeeded")
+AUTH_TEMPORARY = Reply(454, (4, 7, 0), "Temporary authentication failure")
+AUTH_LOCKOUT = Reply(421, (4, 7, 0), "Too many authentication failures")
+#: Settled question 1: the n-th failed AUTH of a session is answered after
+#: min(2^(n-1), 8) seconds; the 5th closes the session.
+AUTH_MAX_FAILURES = 5
+AUTH_MAX_DELAY = 8.0
 
 
 @dataclass
@@ -85,6 +98,9 @@ class SessionConfig:
     max_received: int
     defer_sender_reject: bool
     max_logged_rcpt_errors: int
+    authenticator: Authenticator | None = None
+    #: Seconds of delay for the n-th failed AUTH (tests may shorten it).
+    auth_delay: Callable[[int], float] = lambda n: min(2.0 ** (n - 1), AUTH_MAX_DELAY)
 
     @property
     def banner(self) -> Reply:
@@ -133,6 +149,9 @@ class Session(asyncio.Protocol):
         self._txn: Transaction | None = None
         self._rdns: asyncio.Task[str | None] | None = None
         self._rcpt_errors_logged = 0
+        self._sasl: Exchange | None = None
+        self._auth_failures = 0
+        self.auth_user: str | None = None
         self.peer_ip: str | None = None
         self.peer_port = 0
         self.helo = ""
@@ -342,6 +361,9 @@ class Session(asyncio.Protocol):
             )
 
     async def _on_mail(self, event: MailFrom) -> None:
+        if self.cfg.kind == "submission" and not self.conn.authenticated:
+            self._reply(AUTH_REQUIRED)  # RFC 4954 §6
+            return
         txn = Transaction(event.address, event.params)
         if not self.cfg.defer_sender_reject:
             error = await self._start_sender(txn)
@@ -404,6 +426,7 @@ class Session(asyncio.Protocol):
             helo=self.helo,
             tls=self.conn.tls,
             proto=proto,
+            auth_user=self.auth_user,
             endpoint=self.cfg.kind,
         )
 
@@ -593,6 +616,62 @@ class Session(asyncio.Protocol):
         self._transport = new
         self._plain = False
         self.conn.tls_started()
+        self.auth_user = None  # RFC 3207 §4.2: nothing from before TLS is kept
+
+    async def _on_auth(self, event: Auth) -> None:
+        self._sasl = Exchange(event.mechanism, event.initial)
+        await self._sasl_step(self._sasl.start())
+
+    async def _on_auth_line(self, event: AuthLine) -> None:
+        assert self._sasl is not None
+        await self._sasl_step(self._sasl.respond(event.line))
+
+    async def _sasl_step(self, step: Step) -> None:
+        if isinstance(step, Challenge):
+            self._reply(Reply(334, None, step.text))
+            return
+        self._sasl = None
+        if isinstance(step, Done):
+            self._reply(step.reply)
+            return
+        await self._check_credentials(step)
+
+    async def _check_credentials(self, step: Credentials) -> None:
+        authenticator = self.cfg.authenticator
+        try:
+            if authenticator is None or step.authzid_mismatch:
+                raise InvalidCredentials("no provider, or authzid differs from authcid")
+            account = await authenticator.verify(step.username, step.password)
+        except TemporaryAuthFailure as exc:
+            self.cfg.log.info(
+                "authentication failed temporarily", username=step.username, reason=exc
+            )
+            self._reply(AUTH_TEMPORARY)
+            return
+        except InvalidCredentials:
+            await self._auth_failed(step.username)
+            return
+        self.auth_user = step.username  # the raw authcid (auth.md §1.3)
+        self.cfg.log.info(
+            "authenticated", username=step.username, account=account, src_ip=self.peer_ip
+        )
+        self._reply(AUTH_OK)
+
+    async def _auth_failed(self, username: str) -> None:
+        self._auth_failures += 1
+        n = self._auth_failures
+        self.cfg.log.info(
+            "authentication failed", username=username, src_ip=self.peer_ip or "unix", count=n
+        )
+        # Answer what was already due, then make the guesser wait: the delay
+        # is the same for an unknown user and a wrong password.
+        await self._flush()
+        await asyncio.sleep(self.cfg.auth_delay(n))
+        if n >= AUTH_MAX_FAILURES:
+            self._reply(AUTH_LOCKOUT)
+            self._closing = True
+        else:
+            self._reply(INVALID)
 
     _handlers: dict[type[Event], Callable[[Session, Event], Awaitable[None]]] = {}
 
@@ -637,6 +716,8 @@ Session._handlers = {
     Reset: Session._on_reset,  # type: ignore[dict-item]
     Quit: Session._on_quit,  # type: ignore[dict-item]
     StartTLS: Session._on_starttls,  # type: ignore[dict-item]
+    Auth: Session._on_auth,  # type: ignore[dict-item]
+    AuthLine: Session._on_auth_line,  # type: ignore[dict-item]
 }
 
 

@@ -3,7 +3,9 @@
 As a delivery target (`deliver_to dummy`) it accepts every recipient and
 discards the message without reading its body: handy to test an endpoint,
 a pipeline's routing or a client, and as the smallest example of the
-delivery contract (targets/base.py).
+delivery contract (targets/base.py). As an authentication provider
+(`auth dummy`) it accepts any user name with any password: never use it on
+a server that faces anyone but you.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Dummy(Module):
         return _DISCARD
 
     # -- authentication provider ----------------------------------------------
-    # To come: as an auth provider, `dummy` will accept any user name with
-    # any password (for tests only). That method goes here, next to the
-    # delivery-target one, once the auth capability exists.
+
+    async def auth_plain(self, username: str, password: str) -> None:
+        """Accept any user name with any password (`auth dummy`: tests only)."""
+        return None

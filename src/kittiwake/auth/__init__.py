@@ -1,0 +1,1 @@
+"""Authentication providers: who may log in with which password."""
