@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -123,6 +124,8 @@ class Result:
     messages: int = 0
     seconds: float = 0.0
     rate: float = 0.0
+    server_cpu: float | None = None  # fraction of one core the server used
+    client_cpu: float | None = None  # fraction of one core smtp-source used
     error: str | None = None
 
 
@@ -214,6 +217,9 @@ def measure_cell(server: Server, target: Target, cell: Cell, plan: Plan) -> Resu
         measured.seconds,
         measured.rate,
     )
+    if measured.server_cpu is not None:
+        result.server_cpu = measured.server_cpu / measured.seconds
+    result.client_cpu = measured.client_cpu / measured.seconds
     log(f"{label}: {measured.rate:8.0f}/s ({measured.messages} in {measured.seconds:.2f}s)")
     return result
 
@@ -367,7 +373,10 @@ def evaluate(report: Report, plan: Plan) -> None:
 
 
 def format_table(report: Report, plan: Plan) -> str:
-    head = f"{'server':<18} {'sess':>4} {'size':>5} {'m/sess':>6} {'msgs':>6} {'msgs/s':>8}  ratio"
+    head = (
+        f"{'server':<18} {'sess':>4} {'size':>5} {'m/sess':>6} {'msgs':>6} {'msgs/s':>7} "
+        f"{'srv':>4} {'cli':>4}  ratio"
+    )
     lines = [head, "-" * len(head)]
     for group in ("discard", "durable"):
         members = [s for s in SERVERS if s.group == group]
@@ -391,16 +400,21 @@ def format_table(report: Report, plan: Plan) -> str:
                     f"{cell.per_session:>6}"
                 )
                 if rate is None:
-                    lines.append(f"{prefix} {'':>6} {'error':>8}  {res.error}")
+                    lines.append(f"{prefix} {'':>6} {'error':>7}  {res.error}")
                     continue
                 ratios = "  ".join(
                     f"x{rate / other:.2f} {peer.short}"
                     for peer, other in rows
                     if peer is not server and other
                 )
-                lines.append(f"{prefix} {res.messages:>6} {rate:>8.0f}  {ratios}")
+                cpu = f"{_percent(res.server_cpu):>4} {_percent(res.client_cpu):>4}"
+                lines.append(f"{prefix} {res.messages:>6} {rate:>7.0f} {cpu}  {ratios}")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
 
 
 def format_memory(report: Report, plan: Plan) -> str:
@@ -510,6 +524,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated servers to run (of: {', '.join(BY_NAME)})")
     parser.add_argument("--json", type=Path, help="also write all results as JSON here")
     parser.add_argument("--seconds", type=float, help="minimum seconds per cell")
+    parser.add_argument("--sessions", help="comma-separated session counts (e.g. 50)")
+    parser.add_argument("--sizes", help="comma-separated message sizes in KiB (e.g. 10,100)")
+    parser.add_argument("--per-session", help="comma-separated messages per session (e.g. 1,20)")
     parser.add_argument("--profile", type=Path, help="py-spy kittiwake; raw stacks go here")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--dir", help="where the temporary directory goes (its disk matters)")
@@ -521,6 +538,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split(",") if n.strip())
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through every `finally`: servers get stopped
 
@@ -529,8 +550,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     plan = QUICK if args.quick else FULL
+    changes: dict[str, object] = {}
     if args.seconds is not None:
-        plan = Plan(**{**asdict(plan), "min_seconds": args.seconds})
+        changes["min_seconds"] = args.seconds
+    if args.sessions:
+        changes["sessions"] = _numbers(args.sessions)
+    if args.sizes:
+        changes["sizes"] = tuple(n * KiB for n in _numbers(args.sizes))
+    if args.per_session:
+        changes["per_session"] = _numbers(args.per_session)
+    plan = dataclasses.replace(plan, **changes)
     names = args.only.split(",") if args.only else list(BY_NAME)
     if smtp_servers.tool("smtp-source") is None:
         log("smtp-source is not installed (Debian package postfix)")
@@ -561,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         f"aiosmtpd {info['aiosmtpd']}, Postfix {info['postfix']}"
     )
     print(
-        "size = smtp-source payload; m/sess = messages per session; "
+        "size = smtp-source payload; m/sess = messages per session; srv, cli = CPU used by\n"
+        "the server process and by smtp-source (100% = one core; - = several processes);\n"
         "ratio = this row's rate / the other server's\n"
     )
     print(format_table(report, plan))

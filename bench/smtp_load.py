@@ -26,6 +26,7 @@ the peak rose) minus VmRSS before.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -148,6 +149,8 @@ class Cell:
 class Measured:
     messages: int
     seconds: float
+    server_cpu: float | None  # CPU seconds the server process used (None: not one process)
+    client_cpu: float  # CPU seconds smtp-source used
 
     @property
     def rate(self) -> float:
@@ -159,6 +162,8 @@ def measure(target: Target, cell: Cell, min_seconds: float, max_rounds: int) -> 
     clear_delivered(target.maildir)
     batch = cell.round_size()
     sent = 0
+    cpu_before = cpu_seconds(target.pid) if target.pid is not None else 0.0
+    client_before = _children_cpu()
     start = time.perf_counter()
     for _ in range(max_rounds):
         if not target.alive():
@@ -174,7 +179,21 @@ def measure(target: Target, cell: Cell, min_seconds: float, max_rounds: int) -> 
         got = count_delivered(target.maildir)
         if got != sent:
             raise BenchError(f"{sent} messages accepted but {got} files in new/")
-    return Measured(sent, end - start)
+    server_cpu = cpu_seconds(target.pid) - cpu_before if target.pid is not None else None
+    return Measured(sent, end - start, server_cpu, _children_cpu() - client_before)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` (all its threads) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    """CPU time of waited-for children: here, the smtp-source runs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- memory ----------------------------------------------------------------------------
@@ -359,7 +378,7 @@ class Profiler:
         self.proc = subprocess.Popen(
             [
                 *(binary, "record", "--pid", str(pid), "--rate", str(rate)),
-                *("--format", "raw", "--nonblocking", "--output", str(out)),
+                *("--format", "raw", "--function", "--nonblocking", "--output", str(out)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -238,7 +238,8 @@ def test_submission_without_auth_is_a_config_error(
 ) -> None:
     text = conf(tmp_path, cert_files, endpoint="submission").replace("    auth &users\n", "")
     text = text.replace("auth.pass_table users", "auth.pass_table unused")
-    with pytest.raises(AssertionError, match=r"auth\. provider must be set for submission endpoint"):
+    expected = r"auth\. provider must be set for submission endpoint"
+    with pytest.raises(AssertionError, match=expected):
         kittiwake(text)
 
 

@@ -396,9 +396,22 @@ def test_duplicate_rule_first_wins_with_warning(
 
 def test_duplicate_source_rule_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     build(
-        "kw_pipe x {\n  source a.org a.org { reject }\n  default_source { reject }\n}\n", tmp_path
+        "kw_pipe x {\n  source a.org { reject }\n  source A.org { reject }\n"
+        "  default_source { reject }\n}\n",
+        tmp_path,
     )
     assert "duplicate source rule ignored" in capsys.readouterr().err
+
+
+def test_a_rule_repeated_on_one_line_is_harmless(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `$(local_domains) = $(hostname) localhost` repeats a name when the
+    # host is called localhost: that is one block, nothing to warn about.
+    build(
+        "kw_pipe x {\n  source a.org a.org { reject }\n  default_source { reject }\n}\n", tmp_path
+    )
+    assert "duplicate" not in capsys.readouterr().err
 
 
 def test_destination_checks_warn_about_body_stage(
