@@ -100,7 +100,8 @@ class Plan:
     sessions: tuple[int, ...]
     sizes: tuple[int, ...]
     per_session: tuple[int, ...]
-    min_seconds: float  # per cell
+    min_seconds: float  # per cell and server
+    repeats: int  # each cell is measured this many times per server; the best counts
     max_rounds: int  # per cell: an upper bound whatever the server's speed
     idle_connections: int
     big_message: int  # bytes, headers included
@@ -109,8 +110,8 @@ class Plan:
         return [Cell(s, z, m) for z in self.sizes for s in self.sessions for m in self.per_session]
 
 
-FULL = Plan((1, 10, 50), (10 * KiB, 100 * KiB), (1, 20), 2.0, 400, 2000, 32 * MiB)
-QUICK = Plan((1, 10), (10 * KiB,), (1, 20), 0.3, 50, 200, 4 * MiB)
+FULL = Plan((1, 10, 50), (10 * KiB, 100 * KiB), (1, 20), 1.5, 2, 400, 2000, 32 * MiB)
+QUICK = Plan((1, 10), (10 * KiB,), (1, 20), 0.3, 1, 50, 200, 4 * MiB)
 BIG_BUFFER = "buffer auto 1M"
 
 
@@ -124,8 +125,10 @@ class Result:
     messages: int = 0
     seconds: float = 0.0
     rate: float = 0.0
-    server_cpu: float | None = None  # fraction of one core the server used
-    client_cpu: float | None = None  # fraction of one core smtp-source used
+    server_cpu: float | None = None  # cores the server process used (1.0 = one core)
+    client_cpu: float | None = None  # cores smtp-source used
+    machine_cpu: float | None = None  # cores busy on the whole machine
+    rates: list[float] = field(default_factory=list)  # every repeat; `rate` is the best
     error: str | None = None
 
 
@@ -166,62 +169,84 @@ def size_label(size: int) -> str:
 # -- the matrix ------------------------------------------------------------------------
 
 
-def run_server(
-    server: Server, plan: Plan, root: Path, report: Report, profile_dir: Path | None
+def run_matrix(
+    servers: list[Server], plan: Plan, root: Path, report: Report, profile_dir: Path | None
 ) -> None:
-    cells = plan.cells()
-    try:
-        with server.start(server.name, root / server.name) as target:
-            profiler = None
-            if profile_dir is not None and target.pid is not None and "kittiwake" in server.name:
-                profiler = smtp_load.Profiler(target.pid, profile_dir / f"{server.name}.txt")
+    """Every cell on every server, the servers side by side, best of `plan.repeats`.
+
+    All servers are started first and stay up (an idle one costs nothing),
+    so each cell is measured on every server within seconds, the order
+    rotating between repeats: load from elsewhere on the machine then hits
+    all servers alike instead of whichever happened to run at the time.
+    """
+    with contextlib.ExitStack() as stack:
+        targets: dict[str, Target] = {}
+        broken: dict[str, str] = {}
+        for server in servers:
             try:
-                for cell in cells:
-                    report.results.append(measure_cell(server, target, cell, plan))
-            finally:
-                if profiler is not None:
-                    profiler.stop()
-                    report.profiles[server.name] = smtp_load.summarize_profile(profiler.out)
-            if target.pid is not None:
-                report.peak_kib[server.name] = smtp_load.hwm_kib(target.pid)
-    except (BenchError, OSError) as exc:
-        log(f"{server.name}: {exc}")
-        done = {
-            (r.sessions, r.size, r.per_session) for r in report.results if r.server == server.name
-        }
-        for cell in cells:
-            if (cell.sessions, cell.size, cell.per_session) not in done:
-                report.results.append(
-                    Result(
-                        server.name,
-                        server.group,
-                        cell.sessions,
-                        cell.size,
-                        cell.per_session,
-                        error=str(exc).splitlines()[0],
-                    )
+                start = server.start(server.name, root / server.name)
+                targets[server.name] = stack.enter_context(start)
+            except (BenchError, OSError) as exc:
+                broken[server.name] = str(exc).splitlines()[0]
+                log(f"{server.name}: {exc}")
+        profilers: dict[str, smtp_load.Profiler] = {}
+        try:
+            for name, target in targets.items():
+                if profile_dir is not None and target.pid is not None and "kittiwake" in name:
+                    profilers[name] = smtp_load.Profiler(target.pid, profile_dir / f"{name}.txt")
+            for cell in plan.cells():
+                report.results += measure_cell(servers, targets, broken, cell, plan)
+        finally:
+            for name, profiler in profilers.items():
+                profiler.stop()
+                report.profiles[name] = smtp_load.summarize_profile(profiler.out)
+        for name, target in targets.items():
+            if target.pid is not None and target.alive():
+                report.peak_kib[name] = smtp_load.hwm_kib(target.pid)
+
+
+def measure_cell(
+    servers: list[Server],
+    targets: dict[str, Target],
+    broken: dict[str, str],
+    cell: Cell,
+    plan: Plan,
+) -> list[Result]:
+    results = {
+        s.name: Result(s.name, s.group, cell.sessions, cell.size, cell.per_session, error=None)
+        for s in servers
+    }
+    for name, reason in broken.items():
+        results[name].error = f"not started: {reason}"
+    for repeat in range(plan.repeats):
+        shift = repeat % len(servers)
+        for server in servers[shift:] + servers[:shift]:
+            result = results[server.name]
+            if result.error is not None:
+                continue
+            label = f"{server.name} {cell.sessions}x{size_label(cell.size)}x{cell.per_session}"
+            try:
+                measured = smtp_load.measure(
+                    targets[server.name], cell, plan.min_seconds, plan.max_rounds
                 )
-
-
-def measure_cell(server: Server, target: Target, cell: Cell, plan: Plan) -> Result:
-    result = Result(server.name, server.group, cell.sessions, cell.size, cell.per_session)
-    label = f"{server.name} {cell.sessions}x{size_label(cell.size)}x{cell.per_session}"
-    try:
-        measured = smtp_load.measure(target, cell, plan.min_seconds, plan.max_rounds)
-    except BenchError as exc:
-        result.error = str(exc)
-        log(f"{label}: error: {exc}")
-        return result
-    result.messages, result.seconds, result.rate = (
-        measured.messages,
-        measured.seconds,
-        measured.rate,
-    )
-    if measured.server_cpu is not None:
-        result.server_cpu = measured.server_cpu / measured.seconds
-    result.client_cpu = measured.client_cpu / measured.seconds
-    log(f"{label}: {measured.rate:8.0f}/s ({measured.messages} in {measured.seconds:.2f}s)")
-    return result
+            except BenchError as exc:
+                result.error = str(exc)
+                log(f"{label}: error: {exc}")
+                continue
+            log(f"{label}: {measured.rate:8.0f}/s ({measured.messages} in {measured.seconds:.2f}s)")
+            result.rates.append(measured.rate)
+            if measured.rate > result.rate:
+                result.messages, result.seconds, result.rate = (
+                    measured.messages,
+                    measured.seconds,
+                    measured.rate,
+                )
+                seconds = measured.seconds
+                if measured.server_cpu is not None:
+                    result.server_cpu = measured.server_cpu / seconds
+                result.client_cpu = measured.client_cpu / seconds
+                result.machine_cpu = measured.machine_cpu / seconds
+    return list(results.values())
 
 
 # -- memory ----------------------------------------------------------------------------
@@ -375,7 +400,7 @@ def evaluate(report: Report, plan: Plan) -> None:
 def format_table(report: Report, plan: Plan) -> str:
     head = (
         f"{'server':<18} {'sess':>4} {'size':>5} {'m/sess':>6} {'msgs':>6} {'msgs/s':>7} "
-        f"{'srv':>4} {'cli':>4}  ratio"
+        f"{'srv':>4} {'cli':>4} {'all':>4}  ratio"
     )
     lines = [head, "-" * len(head)]
     for group in ("discard", "durable"):
@@ -407,7 +432,10 @@ def format_table(report: Report, plan: Plan) -> str:
                     for peer, other in rows
                     if peer is not server and other
                 )
-                cpu = f"{_percent(res.server_cpu):>4} {_percent(res.client_cpu):>4}"
+                cpu = (
+                    f"{_percent(res.server_cpu):>4} {_percent(res.client_cpu):>4} "
+                    f"{_percent(res.machine_cpu):>4}"
+                )
                 lines.append(f"{prefix} {res.messages:>6} {rate:>7.0f} {cpu}  {ratios}")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -523,7 +551,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="reduced matrix for smoke tests")
     parser.add_argument("--only", help=f"comma-separated servers to run (of: {', '.join(BY_NAME)})")
     parser.add_argument("--json", type=Path, help="also write all results as JSON here")
-    parser.add_argument("--seconds", type=float, help="minimum seconds per cell")
+    parser.add_argument("--seconds", type=float, help="minimum seconds per cell and server")
+    parser.add_argument("--repeats", type=int, help="measurements per cell and server (best)")
     parser.add_argument("--sessions", help="comma-separated session counts (e.g. 50)")
     parser.add_argument("--sizes", help="comma-separated message sizes in KiB (e.g. 10,100)")
     parser.add_argument("--per-session", help="comma-separated messages per session (e.g. 1,20)")
@@ -553,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     changes: dict[str, object] = {}
     if args.seconds is not None:
         changes["min_seconds"] = args.seconds
+    if args.repeats is not None:
+        changes["repeats"] = max(1, args.repeats)
     if args.sessions:
         changes["sessions"] = _numbers(args.sessions)
     if args.sizes:
@@ -571,8 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     with scratch(args.dir) as root:
         info = machine(root)
         log(f"bench: {info['nproc']} CPUs, disk {info['disk']}, kittiwake {info['kittiwake']}")
-        for name in names:
-            run_server(BY_NAME[name], plan, root, report, args.profile)
+        run_matrix([BY_NAME[n] for n in names], plan, root, report, args.profile)
         if not args.no_memory:
             kinds = [k for k in ("kittiwake", "aiosmtpd") if any(n.startswith(k) for n in names)]
             for kind in kinds:
@@ -590,8 +620,9 @@ def main(argv: list[str] | None = None) -> int:
         f"aiosmtpd {info['aiosmtpd']}, Postfix {info['postfix']}"
     )
     print(
-        "size = smtp-source payload; m/sess = messages per session; srv, cli = CPU used by\n"
-        "the server process and by smtp-source (100% = one core; - = several processes);\n"
+        f"size = smtp-source payload; m/sess = messages per session; msgs/s = best of "
+        f"{plan.repeats} run(s)\nof at least {plan.min_seconds:g}s; CPU (100% = one core): "
+        "srv = the server process (- = several),\ncli = smtp-source, all = the whole machine; "
         "ratio = this row's rate / the other server's\n"
     )
     print(format_table(report, plan))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import importlib
 import ipaddress
@@ -191,9 +192,28 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _raise_open_file_limit() -> None:
+    """Use the hard limit on open files: every connection is one.
+
+    The soft limit is often 1,024, far below what `max_connections` allows;
+    raising it to the hard limit needs no privilege.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     # Until the event loop handles SIGHUP, a log rotation must not kill us.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _raise_open_file_limit()
     try:
         container, nodes = build(args)
         container.prepare_dirs()

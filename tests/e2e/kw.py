@@ -116,9 +116,12 @@ class Kittiwake:
 class Dialog:
     """A raw SMTP client: send bytes, read whole replies."""
 
-    def __init__(self, port: int, *, host: str = "127.0.0.1", timeout: float = WAIT) -> None:
+    def __init__(
+        self, port: int, *, host: str = "127.0.0.1", timeout: float = WAIT, source: str = ""
+    ) -> None:
+        """`source`: the client address to connect from (127.0.0.2, ...)."""
         self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
-            (host, port), timeout=timeout
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
         )
         self._buf = b""
 

@@ -193,3 +193,44 @@ def test_lmtp_refuses_port_25(kittiwake: Start, tmp_path: Path, dns: FakeDNS) ->
         match=r"kittiwake\.conf:\d+: tcp://127\.0\.0\.1:25: LMTP must not listen on port 25",
     ):
         kittiwake(conf(tmp_path, endpoint="lmtp tcp://127.0.0.1:25"))
+
+
+def _connect(port: int, source: str) -> Dialog:
+    return Dialog(port, timeout=10, source=source)
+
+
+def test_per_ip_connection_cap(kittiwake: Start, tmp_path: Path, dns: FakeDNS) -> None:
+    srv = kittiwake(
+        conf(tmp_path, "    max_connections_per_ip 2"), args=("--debug.dnsoverride", dns.address)
+    )
+    first = _connect(srv.port(), "127.0.0.1")
+    second = _connect(srv.port(), "127.0.0.1")
+    for d in (first, second):
+        assert d.reply()[0].startswith("220 ")  # at the cap: served
+    third = _connect(srv.port(), "127.0.0.1")
+    assert third.reply() == ["421 4.7.0 Too many connections, try again later"]
+    assert third.closed()
+    other = _connect(srv.port(), "127.0.0.2")  # another client is still served
+    assert other.reply()[0].startswith("220 ")
+    first.cmd("QUIT")
+    first.close()
+    srv.wait_log(r"per-IP connection limit reached src_ip=127\.0\.0\.1")
+    time.sleep(0.3)
+    again = _connect(srv.port(), "127.0.0.1")  # a slot was freed
+    assert again.reply()[0].startswith("220 ")
+    for d in (second, third, other, again):
+        d.close()
+
+
+def test_total_connection_cap(kittiwake: Start, tmp_path: Path, dns: FakeDNS) -> None:
+    srv = kittiwake(
+        conf(tmp_path, "    max_connections 3"), args=("--debug.dnsoverride", dns.address)
+    )
+    open_ = [_connect(srv.port(), f"127.0.0.{i}") for i in (1, 2, 3)]
+    for d in open_:
+        assert d.reply()[0].startswith("220 ")
+    fourth = _connect(srv.port(), "127.0.0.4")
+    assert fourth.reply() == ["421 4.7.0 Too many connections, try again later"]
+    assert fourth.closed()
+    for d in [*open_, fourth]:
+        d.close()

@@ -64,7 +64,7 @@ def redact(text: str, secret: str, *, cut: bool = False) -> str:
 
 
 async def run_helper(
-    path: str, account: str, password: str, *, timeout: float, log: Logger
+    path: str, account: str, password: str, *, time_limit: float, log: Logger
 ) -> None:
     """Run one helper attempt; return if accepted, raise an AuthError if not.
 
@@ -84,10 +84,10 @@ async def run_helper(
     reader = asyncio.create_task(_collect(proc))
     try:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(time_limit):
                 status = await proc.wait()
         except TimeoutError:
-            log.error("authentication helper timed out", helper=path, timeout=timeout)
+            log.error("authentication helper timed out", helper=path, seconds=time_limit)
             raise TemporaryAuthFailure("authentication helper timed out") from None
         try:
             # The helper has exited; a grandchild it left behind may still
@@ -207,7 +207,7 @@ class ExternalAuth(Module):
         if any(c in account or c in password for c in _FORBIDDEN):
             self.log.debug("line break or NUL in the credentials", username=username)
             raise InvalidCredentials("line break or NUL in the credentials")
-        await run_helper(self.helper, account, password, timeout=self.timeout, log=self.log)
+        await run_helper(self.helper, account, password, time_limit=self.timeout, log=self.log)
 
 
 def _domain_list(node: Node) -> frozenset[str]:

@@ -24,7 +24,7 @@ from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
 from kittiwake.server.authenticate import Authenticator
 from kittiwake.server.listener import Listener
-from kittiwake.server.session import Session, SessionConfig
+from kittiwake.server.session import ConnectionGate, Session, SessionConfig
 from kittiwake.tables.base import Table
 
 MiB = 1024 * 1024
@@ -65,6 +65,9 @@ class SMTPEndpoint(Endpoint):
         self.max_logged_rcpt_errors = cfg.integer("max_logged_rcpt_errors", 5, minimum=0)
         self.defer_sender_reject = cfg.boolean("defer_sender_reject", True)
         max_line = cfg.integer("smtp_max_line_length", 4000, minimum=0)
+        # kittiwake's own: protect the listener itself (docs/server.md).
+        self.max_connections = cfg.integer("max_connections", 10000, minimum=0)
+        self.max_connections_per_ip = cfg.integer("max_connections_per_ip", 100, minimum=0)
         state_dir = self.container.globals.state_dir
         self._buffer_node = cfg.get("buffer")
         self.buffer: BufferSpec = (
@@ -165,6 +168,7 @@ class SMTPEndpoint(Endpoint):
             defer_sender_reject=self.defer_sender_reject,
             max_logged_rcpt_errors=self.max_logged_rcpt_errors,
             authenticator=self.authenticator,
+            gate=ConnectionGate(self.max_connections, self.max_connections_per_ip),
         )
 
     async def start(self) -> None:

@@ -70,6 +70,7 @@ SHUTTING_DOWN = Reply(421, (4, 3, 2), "Service shutting down, try again later")
 IDLE_TIMEOUT = Reply(421, (4, 4, 2), "Idle timeout, bye bye")
 FAULT = Reply(421, (4, 0, 0), "Internal server error")
 AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
+TOO_MANY_CONNECTIONS = Reply(421, (4, 7, 0), "Too many connections, try again later")
 AUTH_OK = Reply(235, (2, 0, 0), "Authentication succeeded")
 AUTH_TEMPORARY = Reply(454, (4, 7, 0), "Temporary authentication failure")
 AUTH_LOCKOUT = Reply(421, (4, 7, 0), "Too many authentication failures")
@@ -77,6 +78,43 @@ AUTH_LOCKOUT = Reply(421, (4, 7, 0), "Too many authentication failures")
 #: min(2^(n-1), 8) seconds; the 5th closes the session.
 AUTH_MAX_FAILURES = 5
 AUTH_MAX_DELAY = 8.0
+
+
+@dataclass
+class ConnectionGate:
+    """Caps on simultaneous connections, in all and per client IP.
+
+    Shared by the sessions of one endpoint. Past a cap a new connection is
+    told `421 4.7.0` and closed before any dialogue, so one client cannot
+    use up the server and everybody else is still served. 0 = no cap.
+    Unix-socket clients have no IP and only count towards the total.
+    """
+
+    max_total: int = 10000
+    max_per_ip: int = 100
+    total: int = 0
+    per_ip: dict[str, int] = field(default_factory=dict)
+
+    def enter(self) -> bool:
+        if self.max_total and self.total >= self.max_total:
+            return False
+        self.total += 1
+        return True
+
+    def leave(self) -> None:
+        self.total -= 1
+
+    def enter_ip(self, ip: str) -> bool:
+        count = self.per_ip.get(ip, 0)
+        if self.max_per_ip and count >= self.max_per_ip:
+            return False
+        self.per_ip[ip] = count + 1
+        return True
+
+    def leave_ip(self, ip: str) -> None:
+        count = self.per_ip.pop(ip, 0) - 1
+        if count > 0:
+            self.per_ip[ip] = count
 
 
 @dataclass
@@ -99,6 +137,7 @@ class SessionConfig:
     defer_sender_reject: bool
     max_logged_rcpt_errors: int
     authenticator: Authenticator | None = None
+    gate: ConnectionGate = field(default_factory=ConnectionGate)
     #: Seconds of delay for the n-th failed AUTH (tests may shorten it).
     auth_delay: Callable[[int], float] = lambda n: min(2.0 ** (n - 1), AUTH_MAX_DELAY)
 
@@ -156,6 +195,7 @@ class Session(asyncio.Protocol):
         self.peer_port = 0
         self.helo = ""
         self.task: asyncio.Task[None] | None = None
+        self._counted_ip: str | None = None
 
     # -- asyncio.Protocol callbacks -----------------------------------------
 
@@ -165,8 +205,19 @@ class Session(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
+        if not self.cfg.gate.enter():
+            self._refuse("connection limit reached")
+            return
         self._sessions.add(self)
         self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def _refuse(self, why: str) -> None:
+        """Turn a connection away before any dialogue (a cap was reached)."""
+        self.cfg.log.info(why, src_ip=self.peer_ip or "unix")
+        self._lost = True
+        if self._transport is not None:
+            self._transport.write(TOO_MANY_CONNECTIONS.render())
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.cfg.io_log is not None:
@@ -210,6 +261,13 @@ class Session(asyncio.Protocol):
 
     async def _run(self) -> None:
         try:
+            if self.peer_ip is not None:
+                if not self.cfg.gate.enter_ip(self.peer_ip):
+                    self._out += TOO_MANY_CONNECTIONS.render()
+                    self.cfg.log.info("per-IP connection limit reached", src_ip=self.peer_ip)
+                    await self._flush()
+                    return
+                self._counted_ip = self.peer_ip
             self._out += self.cfg.banner.render()
             self._reset_deadline()
             while not self._closing:
@@ -236,6 +294,9 @@ class Session(asyncio.Protocol):
             with contextlib.suppress(Exception):
                 await self._flush()
         finally:
+            if self._counted_ip is not None:
+                self.cfg.gate.leave_ip(self._counted_ip)
+            self.cfg.gate.leave()
             await self._end_transaction()
             if self._rdns is not None:
                 self._rdns.cancel()
