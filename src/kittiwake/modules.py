@@ -3,7 +3,14 @@
 This is the full list of what a configuration can name.
 """
 
-from kittiwake.auth import pass_table, plain_separate  # noqa: F401  (auth.*)
+from kittiwake.auth import (  # noqa: F401  (auth.*)
+    dovecot_sasl,
+    external,
+    pam,
+    pass_table,
+    plain_separate,
+    shadow,
+)
 from kittiwake.config import tls_loaders  # noqa: F401  (tls.loader.*)
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
 from kittiwake.pipeline import modules as pipeline_modules  # noqa: F401  (msgpipeline, checks, modifiers)

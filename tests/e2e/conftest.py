@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from fakedns import FakeDNS
 from kw import Kittiwake
 
 
@@ -45,3 +46,13 @@ def cert_files(ca: trustme.CA, tmp_path: Path) -> tuple[str, str]:
             f.write(pem.bytes())
     cert.private_key_pem.write_to_path(str(key_path))
     return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def dns() -> Iterator[FakeDNS]:
+    """A DNS server for `--debug.dnsoverride`: 127.0.0.1 has a PTR name."""
+    server = FakeDNS({("1.0.0.127.in-addr.arpa", "PTR"): ["client.example.test."]})
+    try:
+        yield server
+    finally:
+        server.close()

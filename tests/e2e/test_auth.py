@@ -8,7 +8,7 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,15 +29,6 @@ def b64(text: str) -> str:
 
 def plain(user: str, password: str, authzid: str = "") -> str:
     return b64(f"{authzid}\0{user}\0{password}")
-
-
-@pytest.fixture
-def dns() -> Iterator[FakeDNS]:
-    server = FakeDNS({})
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def conf(tmp: Path, cert: tuple[str, str], *, endpoint: str = "smtp", extra: str = "") -> str:

@@ -6,7 +6,7 @@ import re
 import smtplib
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,15 +14,6 @@ from fakedns import FakeDNS
 from kw import Dialog, Kittiwake, maildir_files
 
 Start = Callable[..., Kittiwake]
-
-
-@pytest.fixture
-def dns() -> Iterator[FakeDNS]:
-    server = FakeDNS({})
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def conf(tmp: Path, block: str = "", *, endpoint: str = "smtp tcp://127.0.0.1:0") -> str:

@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,15 +35,6 @@ EHLO_PLAIN = [
     "250-SIZE 33554432",
     "250 LIMITS RCPTMAX=20000",
 ]
-
-
-@pytest.fixture
-def dns() -> Iterator[FakeDNS]:
-    server = FakeDNS({("1.0.0.127.in-addr.arpa", "PTR"): ["client.example.test."]})
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def config(

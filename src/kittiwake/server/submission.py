@@ -34,7 +34,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import encodings
+import encodings.aliases
+import functools
 import ipaddress
+import pkgutil
 import re
 import uuid
 from dataclasses import dataclass
@@ -199,11 +203,27 @@ def _decode_word(word: str) -> tuple[str, bool]:
         content = None
     if content is None:
         return word, False
-    try:
-        # Any failure of a codec means we cannot use that charset.
-        return content.decode(charset, "replace"), True
-    except Exception:
-        raise _CharsetError(f"charset not supported: {charset!r}") from None
+    key = encodings.normalize_encoding(charset.lower())
+    if key in _known_charsets():
+        try:
+            # Decoded under the canonical name: Python caches every codec
+            # name it is asked for, and the client chooses this one.
+            return content.decode(key, "replace"), True
+        except Exception:  # a binary codec (base64_codec), or one without "replace"
+            pass
+    raise _CharsetError(f"charset not supported: {charset!r}")
+
+
+@functools.cache
+def _known_charsets() -> frozenset[str]:
+    """Codec names and aliases Python ships, normalised (`utf_8`, `latin_1`, ...).
+
+    A fixed set, so no client-chosen name ever reaches the codec registry,
+    whose lookup imports modules and remembers misses without bound.
+    """
+    names = set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+    names.update(m.name for m in pkgutil.iter_modules(encodings.__path__))
+    return frozenset(names)
 
 
 class _AddressParser:

@@ -191,7 +191,7 @@ async def test_with_a_real_pass_table(build: Builder, tmp_path: Path) -> None:
 def test_configuration_errors(build: Builder) -> None:
     assert "unexpected directive: users" in build.error("  users static {}\n")
     message = build.error("  pass table.static {}\n")
-    assert message.endswith("cannot be used here: it is not a authentication provider")
+    assert message.endswith("cannot be used here: it is not an authentication provider")
     assert "unknown module: nosuch" in build.error("  pass nosuch\n")
     text = "auth.plain_separate ps extra {\n}\n"
     container = Container(parse_text(text, "t.conf"), config_file="t.conf")

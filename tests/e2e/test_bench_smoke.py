@@ -1,0 +1,75 @@
+"""`bench/smtp.py` still runs: a tiny matrix against kittiwake alone, real processes throughout.
+
+The benchmark starts `kittiwake run` and drives it with Postfix's
+`smtp-source`, so this is skipped where that tool is missing (Debian
+package `postfix`). It checks that messages were really accepted (a rate
+above zero in both the printed table and the JSON) and that the memory
+probes produced figures, not that any target is met: timings on a shared
+test machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "smtp.py"
+
+
+def _smtp_source() -> str | None:
+    return shutil.which("smtp-source") or shutil.which("smtp-source", path="/usr/sbin")
+
+
+pytestmark = pytest.mark.skipif(
+    _smtp_source() is None, reason="smtp-source is not installed (Debian package postfix)"
+)
+
+
+@pytest.mark.timeout(150)
+def test_quick_kittiwake_discard_reports_a_rate(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--quick",
+            "--only",
+            "kittiwake-discard",
+            "--per-session",
+            "20",
+            "--json",
+            str(report),
+            "--dir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    rows = re.findall(
+        r"^kittiwake-discard\s+(\d+)\s+10K\s+20\s+(\d+)\s+(\d+)\s", result.stdout, re.M
+    )
+    assert [int(sessions) for sessions, _, _ in rows] == [1, 10]
+    assert all(int(rate) > 0 for _, _, rate in rows)
+
+    data = json.loads(report.read_text())
+    results = data["results"]
+    assert {r["server"] for r in results} == {"kittiwake-discard"}
+    assert all(r["error"] is None and r["rate"] > 0 and r["messages"] > 0 for r in results)
+    assert data["idle"]["kittiwake"]["connections"] == 200
+    assert data["big_message"]["kittiwake"]["accepted"] is True
+    assert data["big_message"]["kittiwake"]["delivered"] == 1
+    memory_targets = [t for t in data["targets"] if str(t["target"]).startswith("memory:")]
+    assert [t["status"] in ("PASS", "MISS") for t in memory_targets] == [True, True]
