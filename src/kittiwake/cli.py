@@ -418,10 +418,13 @@ def _open_block(args: argparse.Namespace) -> tuple[UserDB, list[Module]]:
     container = Container(load_config(path), config_file=path or EMBEDDED_NAME)
     container.parse_globals()
     before = len(container.modules)
-    # A reference without a position: errors about the block name itself
-    # (unknown, wrong kind) come back without FILE:LINE.
+    # A reference without a position: an unknown block name comes back as a
+    # ConfigError without FILE:LINE. The kind is checked here, in words an
+    # operator of `creds` understands.
     ref = Node("--cfg-block", [args.cfg_block])
-    db = container.instance(args.cfg_block, ref, UserDB)
+    db = container.instance(args.cfg_block, ref, object)
+    if not isinstance(db, UserDB):
+        raise _CredsUsage(f"configuration block {args.cfg_block} is not a local credentials store")
     if args.creds_command == "create" and args.hash is not None:
         if not isinstance(db, PassTable):
             raise _CredsUsage("--hash cannot be used with non-pass_table credentials DB")

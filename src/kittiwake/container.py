@@ -272,4 +272,4 @@ class Container:
 
 
 def _article(label: str) -> str:
-    return f"an {label}" if label[:1].lower() in "aeiou" else f"a {label}"
+    return f"an {label}" if label[:1].lower() in "aeio" else f"a {label}"

@@ -11,6 +11,7 @@ from kittiwake.auth import (  # noqa: F401  (auth.*)
     plain_separate,
     shadow,
 )
+from kittiwake.checks import authorize_sender  # noqa: F401
 from kittiwake.config import tls_loaders  # noqa: F401  (tls.loader.*)
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
 from kittiwake.pipeline import modules as pipeline_modules  # noqa: F401  (msgpipeline, checks, modifiers)

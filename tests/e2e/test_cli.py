@@ -215,7 +215,9 @@ def test_config_default_prints_the_embedded_file_with_the_hostname(tmp_path: Pat
         "runtime_dir ./kittiwake-data/run",
         "tls self_signed",
         "smtp tcp://127.0.0.1:2525 {",
+        "submission tcp://127.0.0.1:5870 {",
         "lmtp unix://lmtp.sock {",
+        "auth.pass_table local_authdb {",
         "storage.maildir local_mailboxes {",
     ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line

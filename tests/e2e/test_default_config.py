@@ -25,9 +25,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _swaks(*extra: str) -> str:
+def _swaks(*extra: str, port: int = 2525) -> str:
     result = subprocess.run(
-        ["swaks", "--to", "user@localhost", "--server", "127.0.0.1:2525", *extra],
+        ["swaks", "--to", "user@localhost", "--server", f"127.0.0.1:{port}", *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -38,8 +38,19 @@ def _swaks(*extra: str) -> str:
 
 
 def test_swaks_delivers_with_the_default(tmp_path: Path) -> None:
-    if not _port_free(2525):
-        pytest.skip("port 2525 is in use on this machine")
+    if not (_port_free(2525) and _port_free(5870)):
+        pytest.skip("port 2525 or 5870 is in use on this machine")
+    created = subprocess.run(
+        [sys.executable, str(LAUNCHER), "creds", "create", "me@localhost", "-p", "s3cret"],
+        cwd=tmp_path,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
     # No -c, no $KITTIWAKE_CONFIG, no ./kittiwake.conf: the embedded default.
     proc = subprocess.Popen(
         [sys.executable, str(LAUNCHER), "run"],
@@ -52,17 +63,22 @@ def test_swaks_delivers_with_the_default(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        ready = [proc.stdout.readline().strip() for _ in range(2)]
+        ready = [proc.stdout.readline().strip() for _ in range(3)]
         assert ready == [
             "kittiwake: listening on tcp://127.0.0.1:2525",
+            "kittiwake: listening on tcp://127.0.0.1:5870",
             f"kittiwake: listening on unix://{tmp_path}/kittiwake-data/run/lmtp.sock",
         ]
         assert "250 2.0.0 OK: queued" in _swaks()
         assert "250 2.0.0 OK: queued" in _swaks("-tls")  # the self-signed certificate
+        # Submission: STARTTLS, then the user made with `kittiwake creds`.
+        auth = ("-tls", "-a", "PLAIN", "-au", "me@localhost", "-ap", "s3cret")
+        assert "250 2.0.0 OK: queued" in _swaks("--from", "me@localhost", *auth, port=5870)
         new = tmp_path / "kittiwake-data" / "maildir" / "localhost" / "user" / "new"
         traces = sorted(f.read_bytes().replace(b"\n ", b" ") for f in new.iterdir())
-        assert len(traces) == 2
-        assert sum(b"with ESMTPS id" in t for t in traces) == 1
+        assert len(traces) == 3
+        assert sum(b"with ESMTPS id" in t for t in traces) == 2
+        assert sum(b"Received: by " in t for t in traces) == 1  # submission: not traced
         assert list((tmp_path / "kittiwake-data" / "tls").glob("self_signed-*.pem"))
         with Dialog(2525) as d:  # not an open relay
             assert d.reply()[0].startswith("220 ")

@@ -13,21 +13,17 @@ is an `SMTPError` the session turns into the reply. All checks run before
 anything is added, so a refused header is left exactly as it was; a passing
 header gets at most two new fields on top and every original byte kept.
 
-The address grammar is RFC 5322 as Go's `net/mail` reads it, which is both
-narrower and wider than the RFC (no obsolete routes or folding inside
-addresses; an addr-spec is tried before a display name, empty list members
-are skipped, a group counts as the addresses in it). `email.utils` accepts
-almost anything and cannot be used to refuse. The parser walks the string
-once with an index; the only backtracking is Go's: an addr-spec that fails is
-re-read as a display name. The date grammar is the union of the layouts maddy
-tries, checked with one regular expression plus the range checks Go's
-`time.Parse` does.
+The address grammar is RFC 5322 as Go's `net/mail` reads it: no obsolete
+routes, an addr-spec tried before a display name, empty list members
+skipped, a group counting as its members. (`email.utils` accepts almost
+anything and cannot be used to refuse.) The parser walks the string once
+with an index; the only backtracking is Go's: a failed addr-spec is re-read
+as a display name. The date grammar is the union of maddy's layouts: one
+regular expression plus the range checks of Go's `time.Parse`.
 
-Field values are read the way maddy's header library hands them to
-`net/mail`: the first field of that name, each folded line trimmed of spaces
-and tabs and the lines joined with one space (`Header.get` keeps the folding
-white space as it was, which matters for the date: a tab is not a space to
-Go's `time.Parse`).
+Field values are read as maddy's header library hands them to `net/mail`
+(`field_value`): folded lines trimmed and joined with one space. A tab left
+by folding would otherwise make a valid `Date` invalid.
 """
 
 from __future__ import annotations
@@ -130,15 +126,6 @@ def _is_vchar(ch: str) -> bool:
     return "!" <= ch <= "~" or (ch >= "\x80" and not _is_surrogate(ch))
 
 
-_SPECIALS = frozenset('()<>[]:;@\\,"')
-
-
-def _is_atext(ch: str, dot: bool) -> bool:
-    if ch == ".":
-        return dot
-    return ch not in _SPECIALS and _is_vchar(ch)
-
-
 def _is_qtext(ch: str) -> bool:
     return ch not in '\\"' and _is_vchar(ch)
 
@@ -147,30 +134,27 @@ def _is_dtext(ch: str) -> bool:
     return ch not in "[]\\" and _is_vchar(ch)
 
 
+# Runs of atext (RFC 5322 §3.2.3, plus non-ASCII), with or without dots.
+_NON_ASCII = "\x80-\ud7ff\ue000-\U0010ffff"
+_ATEXT = re.compile(rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_NON_ASCII}]+")
+_DOT_ATEXT = re.compile(rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-.{_NON_ASCII}]+")
+
+
 class _CharsetError(AddressSyntaxError):
     """An encoded-word in a charset we cannot decode."""
 
 
+# RFC 2047 "Q": printable ASCII (and CR, LF, tab) with `=XX` escapes, `_` a space.
+_Q_TEXT = re.compile(r"(?:[\t\n\r -<>-~]|=[0-9A-Fa-f]{2})*")
+_Q_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
 def _q_decode(text: str) -> bytes | None:
-    """RFC 2047 "Q" encoding; None when malformed (the word is then plain text)."""
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "_":
-            out.append(0x20)
-        elif ch == "=":
-            pair = text[i + 1 : i + 3]
-            if len(pair) != 2 or not all(c in "0123456789abcdefABCDEF" for c in pair):
-                return None
-            out.append(int(pair, 16))
-            i += 2
-        elif " " <= ch <= "~" or ch in "\r\n\t":
-            out.append(ord(ch))
-        else:
-            return None
-        i += 1
-    return bytes(out)
+    """The bytes of "Q" text; None when malformed (the word is then plain text)."""
+    if _Q_TEXT.fullmatch(text) is None:
+        return None
+    raw = text.encode("ascii").replace(b"_", b" ")
+    return _Q_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
 
 
 def _decode_word(word: str) -> tuple[str, bool]:
@@ -260,14 +244,13 @@ class _AddressParser:
             i += 1
         self.i = i
 
-    def _skip_cfws(self) -> bool:
-        """Skip white space and comments; False for an unclosed comment."""
+    def _cfws(self) -> None:
+        """Skip white space and comments; an unclosed comment is an error."""
         self._skip_space()
         while self._consume("("):
             if self._comment() is None:
-                return False
+                raise AddressSyntaxError("misformatted parenthetical comment")
             self._skip_space()
-        return True
 
     def _comment(self) -> str | None:
         """The text of a comment whose `(` was consumed; None if never closed."""
@@ -292,19 +275,14 @@ class _AddressParser:
 
     def _atom(self, *, dot: bool, permissive: bool) -> str:
         """An atom (`dot`: dot-atom). Dots are placed freely only if `permissive`."""
-        s, start = self.s, self.i
-        i = start
-        while i < len(s):
-            ch = s[i]
-            if _is_surrogate(ch):
-                raise AddressSyntaxError("invalid UTF-8 in address")
-            if not _is_atext(ch, dot):
-                break
-            i += 1
-        if i == start:
+        m = (_DOT_ATEXT if dot else _ATEXT).match(self.s, self.i)
+        end = m.end() if m else self.i
+        if end < len(self.s) and _is_surrogate(self.s[end]):  # Go stops on bad UTF-8
+            raise AddressSyntaxError("invalid UTF-8 in address")
+        if m is None:
             raise AddressSyntaxError("expected an atom")
-        atom = s[start:i]
-        self.i = i
+        atom = m.group()
+        self.i = end
         if not permissive:
             if atom.startswith(".") or atom.endswith("."):
                 raise AddressSyntaxError("leading or trailing dot in atom")
@@ -399,8 +377,8 @@ class _AddressParser:
         prev_encoded = False
         failure: AddressSyntaxError | None = None
         while True:
-            if words and not self._skip_cfws():
-                raise AddressSyntaxError("misformatted parenthetical comment")
+            if words:
+                self._cfws()
             self._skip_space()
             if self._empty():
                 break
@@ -448,7 +426,7 @@ class _AddressParser:
         if handle_group and self._consume(":"):
             return self._group_list()
         if not self._consume("<"):
-            if all(_is_atext(ch, True) for ch in name):
+            if _DOT_ATEXT.fullmatch(name) or not name:
                 raise AddressSyntaxError("missing '@' or angle-addr")
             raise AddressSyntaxError("no angle-addr")
         spec = self._addr_spec()
@@ -464,17 +442,14 @@ class _AddressParser:
         group: list[Mailbox] = []
         self._skip_space()
         if self._consume(";"):
-            if not self._skip_cfws():
-                raise AddressSyntaxError("misformatted parenthetical comment")
+            self._cfws()
             return group
         while True:
             self._skip_space()
             group.extend(self._address(handle_group=False))
-            if not self._skip_cfws():
-                raise AddressSyntaxError("misformatted parenthetical comment")
+            self._cfws()
             if self._consume(";"):
-                if not self._skip_cfws():
-                    raise AddressSyntaxError("misformatted parenthetical comment")
+                self._cfws()
                 return group
             if not self._consume(","):
                 raise AddressSyntaxError("expected comma")
@@ -486,8 +461,7 @@ class _AddressParser:
             if self._consume(","):
                 continue  # empty member
             found.extend(self._address(handle_group=True))
-            if not self._skip_cfws():
-                raise AddressSyntaxError("misformatted parenthetical comment")
+            self._cfws()
             if self._empty():
                 return found
             if self._peek() != ",":
@@ -499,8 +473,7 @@ class _AddressParser:
 
     def single_address(self) -> Mailbox:
         found = self._address(handle_group=True)
-        if not self._skip_cfws():
-            raise AddressSyntaxError("misformatted parenthetical comment")
+        self._cfws()
         if not self._empty():
             raise AddressSyntaxError(f"expected single address, got {self.s[self.i :]!r}")
         if not found:
@@ -614,51 +587,25 @@ def _days_in(month: int, year: int) -> int:
 
 
 def _zone_ok(zone: str) -> bool:
-    """`±hhmm` (hh ≤ 24, mm ≤ 60, Go's bounds) or a zone name Go's parser takes."""
-    if len(zone) == 5 and zone[0] in "+-" and zone[1:].isdigit() and zone[1:].isascii():
-        if int(zone[1:3]) <= 24 and int(zone[3:]) <= 60:
-            return True
-    if zone.startswith("UTC"):
-        return zone == "UTC"
-    return _zone_name_length(zone) == len(zone)
+    """Whether Go's `time.Parse` takes `zone` for `-0700` or for `MST`.
 
-
-def _zone_name_length(value: str) -> int:
-    """How much of `value` Go's `time` reads as a zone name (0: none).
-
-    Three upper-case letters; four or five ending in `T` (or `WITA`); the
-    mixed-case `ChST` and `MeST`; `GMT` with an optional signed hour offset;
-    or a bare signed hour offset (`+05`), offsets up to 23.
+    `±hhmm` with hh ≤ 24 and mm ≤ 60 (Go's bounds); `UTC`; `GMT` with an
+    optional signed hour offset up to 23; a bare signed offset up to 23 of at
+    least two digits (`+05`); three upper-case letters, four or five ending
+    in `T`, `WITA`, or the mixed-case `ChST` and `MeST`.
     """
-    if len(value) < 3:
-        return 0
-    if value[:4] in ("ChST", "MeST"):
-        return 4
-    if value.startswith("GMT"):
-        return 3 + (_signed_offset_length(value[3:]) if len(value) > 3 else 0)
-    if value[0] in "+-":
-        return _signed_offset_length(value)
-    upper = 0
-    while upper < min(6, len(value)) and "A" <= value[upper] <= "Z":
-        upper += 1
-    if upper == 3:
-        return 3
-    if upper == 4 and (value[3] == "T" or value[:4] == "WITA"):
-        return 4
-    if upper == 5 and value[4] == "T":
-        return 5
-    return 0
+    digits = zone[1:]
+    if len(zone) == 5 and zone[0] in "+-" and digits.isascii() and digits.isdigit():
+        return int(digits[:2]) <= 24 and int(digits[2:]) <= 60
+    if zone.startswith(("UTC", "GMT", "+", "-")):
+        m = _ZONE_OFFSET.fullmatch(zone)
+        hours = m and (m.group(1) or m.group(2))
+        return m is not None and (not hours or int(hours) <= 23)
+    return _ZONE_NAME.fullmatch(zone) is not None
 
 
-def _signed_offset_length(value: str) -> int:
-    if value[:1] not in ("+", "-"):
-        return 0
-    digits = 0
-    while 1 + digits < len(value) and "0" <= value[1 + digits] <= "9":
-        digits += 1
-    if digits == 0 or int(value[1 : 1 + digits]) > 23:
-        return 0
-    return 1 + digits
+_ZONE_OFFSET = re.compile(r"UTC|GMT(?:[+-]([0-9]+))?|[+-]([0-9]{2,})")
+_ZONE_NAME = re.compile(r"ChST|MeST|WITA|[A-Z]{3}T?|[A-Z]{4}T")
 
 
 def format_date(moment: datetime) -> str:
@@ -677,13 +624,8 @@ def format_date(moment: datetime) -> str:
 
 
 def _invalid(text: str, *, reason: str = "", **misc: object) -> SMTPError:
-    return SMTPError(
-        554,
-        (5, 6, 0),
-        text,
-        reason=reason,
-        misc={"modifier": "submission_prepare", **misc},
-    )
+    misc["modifier"] = "submission_prepare"
+    return SMTPError(554, (5, 6, 0), text, reason=reason, misc=misc)
 
 
 def prepare_submission_header(
@@ -695,7 +637,8 @@ def prepare_submission_header(
     leaves `header` untouched. Otherwise adds, when missing,
     `Message-Id: <UUID@HOSTNAME>` (step 1) and `Date:` (step 7) on top, so
     the header reads `Date`, `Message-Id`, then the original fields byte for
-    byte. Only the first field of each name counts; an empty one is absent.
+    byte. Only the first field of each name counts; an empty one is absent
+    (and is replaced by the one we add).
     `now` (default: the current time) dates a message that has no `Date`.
     """
     # 1. Message-Id. Made first, like maddy, but added only once all passed.
@@ -753,6 +696,19 @@ def prepare_submission_header(
 
     # Prepending: Message-Id first, so Date ends up above it.
     if message_id is not None:
-        header.add("Message-Id", message_id, folded=False)
+        _set_on_top(header, "Message-Id", message_id)
     if new_date is not None:
-        header.add("Date", new_date, folded=False)
+        _set_on_top(header, "Date", new_date)
+
+
+def _set_on_top(header: Header, name: str, value: str) -> None:
+    """Add `name: value` on top, replacing fields of that name (all empty ones).
+
+    We add a field only when its first occurrence is missing or empty; an
+    empty one (and any later one) is removed, as maddy's `Header.Set` does,
+    so the message does not end up with two `Date` or `Message-ID` fields
+    (RFC 5322 §3.6 allows one).
+    """
+    key = name.lower()
+    header.fields[:] = [f for f in header.fields if f.name.lower() != key]
+    header.add(name, value, folded=False)
