@@ -1,8 +1,9 @@
 """SMTP throughput and memory: kittiwake against aiosmtpd, smtp-sink and Postfix.
 
 Run as `python bench/smtp.py [--quick] [--only NAMES] [--json PATH]
-[--profile DIR] [--seconds S] [--dir DIR]`. In one run it starts, each in
-turn and each as its own process on a loopback high port:
+[--profile DIR] [--seconds S] [--repeats N] [--sessions LIST] [--sizes LIST]
+[--per-session LIST] [--no-memory] [--dir DIR]`. In one run it starts
+these servers, each as its own process on a loopback high port:
 
     discarding      kittiwake-discard   kittiwake, `deliver_to dummy`
                     aiosmtpd-discard    aiosmtpd, a handler that returns 250
@@ -13,18 +14,24 @@ turn and each as its own process on a loopback high port:
 
 and drives each with Postfix's `smtp-source` at 1, 10 and 50 concurrent
 sessions, 10 KiB and 100 KiB messages, 1 and 20 messages per session (see
-`smtp_load.py` for how a cell is measured). Then it measures kittiwake's
-memory: the peak (VmHWM) over each matrix, the growth per idle connection
-with 2,000 connections open, and the growth while one 32 MiB message is
-received with `buffer auto 1M` (aiosmtpd is measured the same way, for
-comparison). It prints a table, the memory figures and one PASS/MISS line
-per target of issue 4, and with `--json PATH` writes everything as JSON.
+`smtp_load.py` for how one cell is measured). All servers stay up for the
+whole matrix and every cell is measured on each in turn, twice, in rotating
+order, keeping the better rate: load from elsewhere on the machine then
+hits every server alike. Then it measures memory on fresh processes: the
+growth per idle connection with 2,000 connections open, and the growth
+while one 32 MiB message is received with `buffer auto 1M` (kittiwake, and
+aiosmtpd for comparison); kittiwake's peak (VmHWM) over the matrix comes
+from the matrix processes. It prints a table, the memory figures and one
+PASS/MISS line per target of issue 4, and with `--json PATH` writes
+everything as JSON. `--profile DIR` attaches `py-spy` to the kittiwake
+processes and prints where their time went.
 
-`--quick` runs a reduced matrix (1 and 10 sessions, 10 KiB, 200 idle
-connections, a 4 MiB message) in well under a minute; targets defined at
-50 sessions then read SKIP. The full matrix takes about 5 minutes on 2
-cores: each cell runs for `--seconds` (2 by default) and at least one
-round of `sessions * 20` messages.
+`--quick` runs a reduced matrix (1 and 10 sessions, 10 KiB, one run per
+cell, 200 idle connections, a 4 MiB message) in under 20 seconds; targets
+defined at 50 sessions then read SKIP. The full matrix takes about 5
+minutes on 2 cores: each measurement lasts at least `--seconds` (1.5) and
+at least one round of `sessions * 20` messages (and at least 200 when each
+session sends one message).
 """
 
 from __future__ import annotations

@@ -387,7 +387,11 @@ def _tail_piece(line: bytes, left: int) -> bytes:
 
 
 class Profiler:
-    """`py-spy record` attached to one pid, raw (collapsed) stacks into a file."""
+    """`py-spy record` on one pid: the thread holding the GIL, raw stacks into a file.
+
+    `--gil` keeps only samples where Python code runs, so the profile is where
+    CPU goes; time a thread spends blocked in a system call (fsync) is not in it.
+    """
 
     def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
         binary = tool("py-spy")
@@ -397,7 +401,7 @@ class Profiler:
         self.proc = subprocess.Popen(
             [
                 *(binary, "record", "--pid", str(pid), "--rate", str(rate)),
-                *("--format", "raw", "--function", "--nonblocking", "--output", str(out)),
+                *("--format", "raw", "--function", "--gil", "--nonblocking", "--output", str(out)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ growing delay after failures, the lockout, and submission's rules."""
 from __future__ import annotations
 
 import base64
+import re
 import smtplib
 import ssl
 import threading
@@ -222,7 +223,9 @@ def test_submission_requires_auth_and_delivers(
     with smtplib.SMTP("127.0.0.1", srv.port(), timeout=10) as client:
         client.starttls(context=client_tls)
         client.login("me@example.org", PASSWORD)
-        client.sendmail("me@example.org", ["user@example.org"], b"Subject: s\r\n\r\nsubmitted\r\n")
+        client.sendmail(
+            "me@example.org", ["user@example.org"], b"From: me@example.org\r\n\r\nsubmitted\r\n"
+        )
     (message,) = list((tmp_path / "mail" / "example.org" / "user" / "new").iterdir())
     data = message.read_bytes().replace(b"\n ", b" ")
     # Submission does not trace the client: Received starts with "by".
@@ -253,3 +256,67 @@ def test_auth_is_offered_in_clear_without_tls(
         assert d.cmd("AUTH PLAIN " + plain("me@example.org", PASSWORD)) == (
             "235 2.0.0 Authentication succeeded"
         )
+
+
+@pytest.fixture
+def submission(
+    kittiwake: Start, tmp_path: Path, dns: FakeDNS, cert_files: tuple[str, str]
+) -> Kittiwake:
+    return kittiwake(conf(tmp_path, cert_files, endpoint="submission"))
+
+
+def submit(port: int, context: ssl.SSLContext, header: bytes) -> str:
+    """Send one message with `header`; the final reply's text."""
+    with secure(port, context) as d:
+        assert d.cmd("AUTH PLAIN " + plain("me@example.org", PASSWORD)).startswith("235")
+        d.send(b"MAIL FROM:<me@example.org>\r\nRCPT TO:<user@example.org>\r\nDATA\r\n")
+        assert [d.reply()[-1][:3] for _ in range(3)] == ["250", "250", "354"]
+        d.send(header + b"\r\nbody\r\n.\r\n")
+        return d.reply()[-1]
+
+
+@pytest.mark.parametrize(
+    ("header", "reply"),
+    [
+        (b"Subject: no from\r\n", "554 5.6.0 Message does not contains a From header field"),
+        (b'From: <hello@example.org>, ""\r\n', "554 5.6.0 Invalid address in From"),
+        (b"From:  adasda\r\n", "554 5.6.0 Invalid address in From"),
+        (
+            b'From: a@example.org\r\nReply-To: <hello@example.org>, ""\r\n',
+            "554 5.6.0 Invalid address in Reply-To",
+        ),
+        (b'From: a@example.org\r\nCc: <h@example.org>, ""\r\n', "554 5.6.0 Invalid address in Cc"),
+        (
+            b"From: a@example.org\r\nSender: <hello@example.org> asd\r\n",
+            "554 5.6.0 Invalid address in Sender",
+        ),
+        (b"From: a@example.org, b@example.org\r\n", "554 5.6.0 Missing Sender header field"),
+        (b"From: a@example.org\r\nDate: not a date\r\n", "554 5.6.0 Malformed Date header"),
+    ],
+)
+def test_submission_header_rules(
+    submission: Kittiwake, client_tls: ssl.SSLContext, header: bytes, reply: str
+) -> None:
+    got = submit(submission.port(), client_tls, header)
+    assert got.startswith(reply + " (msg ID = "), got
+
+
+def test_submission_adds_message_id_and_date_only_when_missing(
+    submission: Kittiwake, client_tls: ssl.SSLContext, tmp_path: Path
+) -> None:
+    assert submit(submission.port(), client_tls, b"From: me@example.org\r\n").startswith("250")
+    complete = (
+        b"From: a@example.org, b@example.org\r\nSender: a@example.org\r\n"
+        b"Date: Tue, 05 Mar 2024 10:00:00 +0000\r\nMessage-ID: <x@example.org>\r\n"
+    )
+    assert submit(submission.port(), client_tls, complete).startswith("250")
+    new = tmp_path / "mail" / "example.org" / "user" / "new"
+    files = [f.read_bytes() for f in new.iterdir()]
+    added = next(f for f in files if b"From: me@example.org" in f)
+    head = added.split(b"\n\n", 1)[0].split(b"\n")
+    fields = [line.split(b":", 1)[0] for line in head if not line.startswith((b" ", b"\t"))]
+    assert fields[3:6] == [b"Date", b"Message-Id", b"From"]  # after trace fields
+    assert re.search(rb"Message-Id: <[0-9a-f-]{36}@mx\.example\.com>", added)
+    kept = next(f for f in files if b"Sender: a@example.org" in f)
+    assert kept.count(b"Message-Id") + kept.count(b"Message-ID") == 1
+    assert kept.count(b"\nDate:") == 1

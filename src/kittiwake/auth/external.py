@@ -70,6 +70,7 @@ async def run_helper(
 
     Shared by every module that speaks the helper protocol.
     """
+    data = f"{account}\n{password}\n".encode("utf-8", "surrogateescape")
     try:
         proc = await asyncio.create_subprocess_exec(
             path,
@@ -80,7 +81,7 @@ async def run_helper(
     except OSError as exc:
         log.error("cannot start the authentication helper", err=exc, helper=path)
         raise TemporaryAuthFailure("authentication helper could not be started") from None
-    feeder = asyncio.create_task(_feed(proc, f"{account}\n{password}\n".encode()))
+    feeder = asyncio.create_task(_feed(proc, data))
     reader = asyncio.create_task(_collect(proc))
     try:
         try:

@@ -65,6 +65,9 @@ _INVALID = {
     "pam_acct_mgmt": {PAM_AUTH_ERR, PAM_USER_UNKNOWN, PAM_NEW_AUTHTOK_REQD},
 }
 
+#: Where Linux-PAM looks for a service's policy (the second since Linux-PAM 1.4).
+POLICY_DIRS = ("/etc/pam.d", "/usr/lib/pam.d")
+
 #: Worker threads for PAM transactions (shared by every auth.pam instance).
 MAX_THREADS = 16
 
@@ -104,16 +107,23 @@ class _Binding:
         secret = password.encode("utf-8", "surrogateescape")
         conv = self._conversation(secret)
         try:
-            handle = p.pam_start(service, username, conv_func=conv, encoding="utf-8")
+            handle = p.pam_start(
+                service.encode("utf-8", "surrogateescape"),
+                username.encode("utf-8", "surrogateescape"),
+                conv_func=conv,
+            )
         except p.PAMError as exc:
             return Outcome("pam_start", int(exc.errno or -1), str(exc.message))
         step = "pam_authenticate"
-        code = int(p.PAM_AUTHENTICATE(handle, _FLAGS))
-        if code == PAM_SUCCESS:
-            step = "pam_acct_mgmt"
-            code = int(p.PAM_ACCT_MGMT(handle, _FLAGS))
-        message = "" if code == PAM_SUCCESS else str(p.pam_strerror(handle, code))
-        end = int(p.PAM_END(handle, code))
+        code = -1
+        try:
+            code = int(p.PAM_AUTHENTICATE(handle, _FLAGS))
+            if code == PAM_SUCCESS:
+                step = "pam_acct_mgmt"
+                code = int(p.PAM_ACCT_MGMT(handle, _FLAGS))
+            message = "" if code == PAM_SUCCESS else str(p.pam_strerror(handle, code))
+        finally:
+            end = int(p.PAM_END(handle, code))
         if code == PAM_SUCCESS and end != PAM_SUCCESS:
             return Outcome("pam_end", end, str(p.pam_strerror(p.PamHandle(), end)))
         return Outcome(step if code else "", code, message)
@@ -182,7 +192,7 @@ class PAMAuth(Module):
             self._binding = _Binding()
         except Exception as exc:  # ImportError, or libpam missing (OSError, AttributeError)
             raise cfg.node.error(f"{self.module_name}: PAM is not available: {exc}") from None
-        if not os.path.exists(os.path.join("/etc/pam.d", self.service)):
+        if not any(os.path.exists(os.path.join(d, self.service)) for d in POLICY_DIRS):
             self.log.warn(
                 "no PAM configuration for this service: PAM applies its 'other' policy",
                 service=self.service,

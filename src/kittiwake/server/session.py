@@ -56,6 +56,7 @@ from kittiwake.protocol import replies as R
 from kittiwake.protocol.connection import State
 from kittiwake.protocol.events import MailParams
 from kittiwake.protocol.sasl import INVALID, Challenge, Credentials, Done, Exchange, Step
+from kittiwake.server.submission import prepare_submission_header
 
 if TYPE_CHECKING:
     from kittiwake.dns import Resolver
@@ -609,6 +610,8 @@ class Session(asyncio.Protocol):
         txn.header.finish()
         header = txn.header.header
         assert header is not None
+        if self.cfg.kind == "submission":
+            prepare_submission_header(header, self.cfg.hostname)  # spec §13
         await txn.buffer.finish()
         received = header.count("Received")
         if received > self.cfg.max_received:
