@@ -23,8 +23,9 @@ from kittiwake.module import Endpoint
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
 from kittiwake.server.authenticate import Authenticator
+from kittiwake.server.config import ConnectionGate, SessionConfig
 from kittiwake.server.listener import Listener
-from kittiwake.server.session import ConnectionGate, Session, SessionConfig
+from kittiwake.server.session import Session
 from kittiwake.tables.base import Table
 
 MiB = 1024 * 1024

@@ -1,0 +1,94 @@
+"""What every session of one endpoint shares: its settings and its caps.
+
+The endpoint builds one `SessionConfig` when it starts; sessions only read
+it. `ConnectionGate` is the one piece of shared mutable state: the counts
+behind `max_connections` and `max_connections_per_ip`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kittiwake.buffer import BufferSpec
+from kittiwake.log import Logger
+from kittiwake.protocol import Reply, Settings
+
+if TYPE_CHECKING:
+    from kittiwake.dns import Resolver
+    from kittiwake.pipeline.pipeline import Pipeline
+    from kittiwake.server.authenticate import Authenticator
+
+#: Settled question 1: the n-th failed AUTH of a session is answered after
+#: min(2^(n-1), 8) seconds; the 5th closes the session.
+AUTH_MAX_FAILURES = 5
+AUTH_MAX_DELAY = 8.0
+
+
+@dataclass
+class ConnectionGate:
+    """Caps on simultaneous connections, in all and per client IP.
+
+    Shared by the sessions of one endpoint. Past a cap a new connection is
+    told `421 4.7.0` and closed before any dialogue, so one client cannot
+    use up the server and everybody else is still served. 0 = no cap.
+    Unix-socket clients have no IP and only count towards the total.
+    """
+
+    max_total: int = 10000
+    max_per_ip: int = 100
+    total: int = 0
+    per_ip: dict[str, int] = field(default_factory=dict)
+
+    def enter(self) -> bool:
+        if self.max_total and self.total >= self.max_total:
+            return False
+        self.total += 1
+        return True
+
+    def leave(self) -> None:
+        self.total -= 1
+
+    def enter_ip(self, ip: str) -> bool:
+        count = self.per_ip.get(ip, 0)
+        if self.max_per_ip and count >= self.max_per_ip:
+            return False
+        self.per_ip[ip] = count + 1
+        return True
+
+    def leave_ip(self, ip: str) -> None:
+        count = self.per_ip.pop(ip, 0) - 1
+        if count > 0:
+            self.per_ip[ip] = count
+
+
+@dataclass
+class SessionConfig:
+    """What every session of one endpoint shares (built by the endpoint)."""
+
+    kind: str  # smtp, submission, lmtp
+    hostname: str  # A-label form
+    settings: Settings
+    pipeline: Pipeline
+    buffer: BufferSpec
+    log: Logger
+    io_log: Logger | None
+    resolver: Resolver | None
+    tls_context: ssl.SSLContext | None
+    read_timeout: float
+    write_timeout: float
+    max_header_size: int
+    max_received: int
+    defer_sender_reject: bool
+    max_logged_rcpt_errors: int
+    authenticator: Authenticator | None = None
+    gate: ConnectionGate = field(default_factory=ConnectionGate)
+    #: Seconds of delay for the n-th failed AUTH (tests may shorten it).
+    auth_delay: Callable[[int], float] = lambda n: min(2.0 ** (n - 1), AUTH_MAX_DELAY)
+
+    @property
+    def banner(self) -> Reply:
+        proto = "LMTP" if self.kind == "lmtp" else "ESMTP"
+        return Reply(220, None, f"{self.hostname} {proto} Service Ready")

@@ -1,0 +1,318 @@
+"""The mail transaction side of a session: MAIL, RCPT, the content, delivery.
+
+A transaction starts the pipeline at MAIL (or at the first RCPT with
+`defer_sender_reject`), adds each recipient, streams the content into the
+message's buffer (the header kept aside for parsing) and, at the end of
+the data, hands header and buffer to the pipeline and commits. Only then is
+`250` sent. Whatever happens, the buffer is removed before the final reply
+and an uncommitted delivery is aborted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kittiwake import address
+from kittiwake.buffer import Buffer
+from kittiwake.errors import SMTPError
+from kittiwake.header import HeaderReader
+from kittiwake.message import ConnInfo, MsgMeta, SMTPOptions, new_msg_id
+from kittiwake.protocol import BodyEnd, Data, MailFrom, RcptTo, Reply
+from kittiwake.protocol import replies as R
+from kittiwake.protocol.events import MailParams
+from kittiwake.server.submission import prepare_submission_header
+
+if TYPE_CHECKING:
+    from kittiwake.pipeline.pipeline import MessageDelivery
+    from kittiwake.server.session import Session
+
+INTERNAL_ERROR = SMTPError(451, (4, 3, 0), "Internal server error")
+AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
+
+
+@dataclass
+class Transaction:
+    """One MAIL ... final reply exchange, as the session sees it."""
+
+    mail_from: str
+    params: MailParams
+    msg_id: str = ""
+    meta: MsgMeta | None = None
+    delivery: MessageDelivery | None = None
+    sender_started: bool = False
+    sender_error: Reply | None = None
+    #: accepted recipients: (as the client wrote it, clean form)
+    rcpts: list[tuple[str, str]] = field(default_factory=list)
+    buffer: Buffer | None = None
+    header: HeaderReader | None = None
+    body_error: SMTPError | None = None
+    committed: bool = False
+
+
+class MailTransactions:
+    """MAIL, RCPT, DATA/BDAT and delivery: the transaction side of a session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.cfg = session.cfg
+        self.txn: Transaction | None = None
+        self._rcpt_errors_logged = 0
+
+    async def on_mail(self, event: MailFrom) -> None:
+        if self.cfg.kind == "submission" and not self.session.conn.authenticated:
+            self.session.reply(AUTH_REQUIRED)  # RFC 4954 §6
+            return
+        txn = Transaction(event.address, event.params)
+        if not self.cfg.defer_sender_reject:
+            error = await self._start_sender(txn)
+            if error is not None:
+                # The old transaction (if any) stays as it was (spec §7).
+                self.session.reply(error)
+                return
+        await self.end()
+        self.txn = txn
+        self.session.reply(Reply(250, (2, 0, 0), f"Roger, accepting mail from <{event.address}>"))
+
+    async def _start_sender(self, txn: Transaction) -> Reply | None:
+        """Sender processing (spec §8.2 steps 2-6); the reply on failure."""
+        txn.sender_started = True
+        txn.msg_id = new_msg_id()
+        sender = txn.mail_from
+        if not txn.params.smtputf8 and address.needs_smtputf8(sender):
+            return Reply(550, (5, 6, 7), "SMTPUTF8 is required for non-ASCII senders")
+        try:
+            clean = address.clean_address(sender)
+        except ValueError:
+            return Reply(553, (5, 1, 7), "Unable to normalize the sender address")
+        txn.meta = MsgMeta(
+            id=txn.msg_id,
+            conn=self._conn_info(),
+            smtp=SMTPOptions(
+                size=txn.params.size,
+                body=txn.params.body,
+                smtputf8=txn.params.smtputf8,
+                requiretls=txn.params.requiretls,
+                auth=txn.params.auth,
+            ),
+            original_from=sender,
+            dont_trace_sender=self.cfg.kind == "submission",
+        )
+        try:
+            txn.delivery = await self.cfg.pipeline.start(txn.meta, clean)
+        except SMTPError as exc:
+            self.cfg.log.info("MAIL FROM error", msg_id=txn.msg_id, sender=sender, reason=exc)
+            return Reply.from_error(exc, txn.msg_id)
+        except Exception as exc:
+            self.cfg.log.error("MAIL FROM error", err=exc, msg_id=txn.msg_id)
+            return Reply.from_error(INTERNAL_ERROR, txn.msg_id)
+        self.cfg.log.info(
+            "incoming message",
+            msg_id=txn.msg_id,
+            src_host=self.session.helo,
+            src_ip=self.session.peer_ip or "unix",
+            sender=sender,
+        )
+        return None
+
+    def _conn_info(self) -> ConnInfo:
+        proto = "ESMTPS" if self.session.conn.tls else "ESMTP"
+        if self.cfg.kind == "lmtp":
+            proto = "LMTP"
+        return ConnInfo(
+            remote_ip=self.session.peer_ip,
+            remote_port=self.session.peer_port,
+            helo=self.session.helo,
+            tls=self.session.conn.tls,
+            proto=proto,
+            auth_user=self.session.auth_user,
+            endpoint=self.cfg.kind,
+        )
+
+    async def on_rcpt(self, event: RcptTo) -> None:
+        txn = self.txn
+        assert txn is not None  # the core checked that MAIL was accepted
+        if not txn.sender_started:
+            txn.sender_error = await self._start_sender(txn)
+        if txn.sender_error is not None:
+            # Spec §8.3: every RCPT of the transaction gets the same reply.
+            self.session.reply(txn.sender_error)
+            return
+        rcpt = event.address
+        try:
+            if not txn.params.smtputf8 and address.needs_smtputf8(rcpt):
+                raise SMTPError(553, (5, 6, 7), "SMTPUTF8 is required for non-ASCII recipients")
+            try:
+                clean = address.clean_address(rcpt)
+            except ValueError:
+                raise SMTPError(
+                    501, (5, 1, 2), "Unable to normalize the recipient address"
+                ) from None
+            assert txn.delivery is not None
+            await txn.delivery.add_rcpt(clean)
+        except SMTPError as exc:
+            self._log_rcpt_error(txn, rcpt, exc)
+            self.session.reply(self.session.error_reply(exc))
+            return
+        txn.rcpts.append((rcpt, clean))
+        self.cfg.log.debug("RCPT ok", msg_id=txn.msg_id, rcpt=rcpt)
+        self.session.reply(Reply(250, (2, 0, 0), f"I'll make sure <{rcpt}> gets this"))
+
+    def _log_rcpt_error(self, txn: Transaction, rcpt: str, exc: SMTPError) -> None:
+        """Spec §19: log the first N RCPT errors of a session, then fall silent."""
+        limit = self.cfg.max_logged_rcpt_errors
+        if self._rcpt_errors_logged >= limit:
+            return
+        self._rcpt_errors_logged += 1
+        self.cfg.log.info("RCPT error", msg_id=txn.msg_id, rcpt=rcpt, reason=exc)
+        if self._rcpt_errors_logged == limit:
+            self.cfg.log.info(
+                "too many RCPT errors, possible dictionary attack",
+                src_ip=self.session.peer_ip or "unix",
+                msg_id=txn.msg_id,
+            )
+
+    async def on_data(self, event: Data) -> None:
+        self.open_body()
+        self.session.reply(R.START_DATA)
+
+    def open_body(self) -> None:
+        txn = self.txn
+        assert txn is not None
+        txn.header = HeaderReader(self.cfg.max_header_size)
+        try:
+            txn.buffer = self.cfg.buffer.new()
+        except SMTPError as exc:
+            txn.body_error = exc
+
+    async def body_chunk(self, data: bytes) -> None:
+        txn = self.txn
+        if txn is None or txn.body_error is not None or txn.header is None:
+            return
+        try:
+            if not txn.header.done:
+                rest = txn.header.feed(data)
+                if rest is None:
+                    return
+                data = rest
+            if data and txn.buffer is not None:
+                await txn.buffer.write(data)
+        except SMTPError as exc:
+            txn.body_error = exc
+
+    async def on_body_end(self, event: BodyEnd) -> None:
+        txn = self.txn
+        assert txn is not None
+        if not event.last:
+            error = txn.body_error or (_too_large() if event.too_large else None)
+            if error is None:
+                self.session.reply(R.BDAT_CONTINUE)
+                return
+            self.session.answer_owed(error)
+            await self.end()
+            return
+        try:
+            failure: SMTPError | None = None
+            statuses: list[SMTPError | None] = []
+            try:
+                statuses = await self._deliver(txn, event)
+            except SMTPError as exc:
+                failure = exc
+            except Exception as exc:
+                self.cfg.log.error("delivery failed", err=exc, msg_id=txn.msg_id)
+                failure = INTERNAL_ERROR
+        finally:
+            # Settled question 13: the buffer is gone before the final reply.
+            if txn.buffer is not None:
+                txn.buffer.remove()
+        if failure is not None:
+            self.cfg.log.info("DATA error", msg_id=txn.msg_id, reason=failure)
+            statuses = [failure] * max(1, len(txn.rcpts))
+        if self.cfg.kind == "lmtp":
+            for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
+                self.session.reply(_lmtp_reply(rcpt, status, txn.msg_id))
+        else:
+            status = statuses[0] if statuses else None
+            self.session.reply(R.QUEUED if status is None else Reply.from_error(status, txn.msg_id))
+        await self.end()
+
+    async def _deliver(self, txn: Transaction, event: BodyEnd) -> list[SMTPError | None]:
+        """Finish the content and hand it to the pipeline; one status per recipient."""
+        if event.too_large:
+            raise _too_large()
+        if txn.body_error is not None:
+            raise txn.body_error
+        assert txn.header is not None and txn.buffer is not None
+        assert txn.delivery is not None and txn.meta is not None
+        txn.header.finish()
+        header = txn.header.header
+        assert header is not None
+        if self.cfg.kind == "submission":
+            prepare_submission_header(header, self.cfg.hostname)  # spec §13
+        await txn.buffer.finish()
+        received = header.count("Received")
+        if received > self.cfg.max_received:
+            raise SMTPError(
+                554,
+                (5, 4, 6),
+                f"Too many Received header fields ({received}), possible forwarding loop",
+            )
+        tls_required = header.get("TLS-Required")
+        txn.meta.tls_not_required = tls_required is not None and tls_required.lower() == "no"
+        if self.session.rdns is not None and txn.meta.conn is not None:
+            txn.meta.conn.rdns = await self.session.rdns
+        if self.cfg.kind == "lmtp":
+            collector = _Statuses()
+            await txn.delivery.body_non_atomic(collector, header, txn.buffer)
+            await txn.delivery.commit()
+            txn.committed = True
+            result = [collector.get(clean) for _, clean in txn.rcpts]
+        else:
+            await txn.delivery.body(header, txn.buffer)
+            await txn.delivery.commit()
+            txn.committed = True
+            result = [None]
+        self.cfg.log.info("accepted", msg_id=txn.msg_id, rcpts=len(txn.rcpts), size=len(txn.buffer))
+        return result
+
+    async def end(self) -> None:
+        """Forget the transaction; abort its deliveries unless committed."""
+        txn, self.txn = self.txn, None
+        if txn is None:
+            return
+        if txn.buffer is not None:
+            txn.buffer.remove()
+        if txn.delivery is not None and not txn.committed:
+            try:
+                await txn.delivery.abort()
+            except Exception as exc:
+                self.cfg.log.error("abort failed", err=exc, msg_id=txn.msg_id)
+            self.cfg.log.info("aborted", msg_id=txn.msg_id)
+
+
+class _Statuses:
+    """Collects per-recipient outcomes from body_non_atomic (LMTP)."""
+
+    def __init__(self) -> None:
+        self._errors: dict[str, Exception | None] = {}
+
+    def set_status(self, rcpt: str, error: Exception | None) -> None:
+        self._errors.setdefault(rcpt, error)
+
+    def get(self, rcpt: str) -> SMTPError | None:
+        error = self._errors.get(rcpt)
+        if error is None or isinstance(error, SMTPError):
+            return error
+        return INTERNAL_ERROR
+
+
+def _too_large() -> SMTPError:
+    return SMTPError(552, (5, 3, 4), "Maximum message size exceeded")
+
+
+def _lmtp_reply(rcpt: str, status: SMTPError | None, msg_id: str) -> Reply:
+    """RFC 2033 §4.2 per-recipient reply, naming the recipient as the client did."""
+    if status is None:
+        return Reply(250, (2, 0, 0), f"<{rcpt}> OK: queued")
+    text = f"<{rcpt}> {status.message} (msg ID = {msg_id})"
+    return Reply(status.code, status.enhanced, text)
