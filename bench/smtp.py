@@ -407,7 +407,7 @@ def evaluate(report: Report, plan: Plan) -> None:
 def format_table(report: Report, plan: Plan) -> str:
     head = (
         f"{'server':<18} {'sess':>4} {'size':>5} {'m/sess':>6} {'msgs':>6} {'msgs/s':>7} "
-        f"{'srv':>4} {'cli':>4} {'all':>4}  ratio"
+        f"{'ms/msg':>6} {'srv':>4} {'cli':>4} {'all':>4}  ratio"
     )
     lines = [head, "-" * len(head)]
     for group in ("discard", "durable"):
@@ -439,8 +439,9 @@ def format_table(report: Report, plan: Plan) -> str:
                     for peer, other in rows
                     if peer is not server and other
                 )
+                per_msg = "-" if res.server_cpu is None else f"{1000 * res.server_cpu / rate:.2f}"
                 cpu = (
-                    f"{_percent(res.server_cpu):>4} {_percent(res.client_cpu):>4} "
+                    f"{per_msg:>6} {_percent(res.server_cpu):>4} {_percent(res.client_cpu):>4} "
                     f"{_percent(res.machine_cpu):>4}"
                 )
                 lines.append(f"{prefix} {res.messages:>6} {rate:>7.0f} {cpu}  {ratios}")
@@ -628,9 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"size = smtp-source payload; m/sess = messages per session; msgs/s = best of "
-        f"{plan.repeats} run(s)\nof at least {plan.min_seconds:g}s; CPU (100% = one core): "
-        "srv = the server process (- = several),\ncli = smtp-source, all = the whole machine; "
-        "ratio = this row's rate / the other server's\n"
+        f"{plan.repeats} run(s)\nof at least {plan.min_seconds:g}s; ms/msg = server CPU time "
+        "per message; CPU (100% = one core):\nsrv = the server process (- = several), "
+        "cli = smtp-source, all = the whole machine;\nratio = this row's rate / the other "
+        "server's\n"
     )
     print(format_table(report, plan))
     print(format_memory(report, plan))

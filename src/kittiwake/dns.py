@@ -7,11 +7,19 @@ and local experiments, pointed at a fixed server by `--debug.dnsoverride`.
 from __future__ import annotations
 
 import ipaddress
+import time
+from collections import OrderedDict
 
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import dns.reversename
+
+#: Reverse names are cached: an MTA opens many sessions from one address,
+#: and each session's Received field waits for its lookup.
+PTR_TTL = 300.0
+PTR_NEGATIVE_TTL = 60.0
+PTR_CACHE_SIZE = 10000
 
 
 class Resolver:
@@ -19,6 +27,7 @@ class Resolver:
 
     def __init__(self, override: str | None = None, *, timeout: float = 5.0) -> None:
         self.timeout = timeout
+        self._ptr_cache: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         if override is None:
             self._resolver = dns.asyncresolver.Resolver()
         else:
@@ -32,8 +41,24 @@ class Resolver:
         """The first PTR name of `ip` without its trailing dot, or None.
 
         Any failure (no PTR, SERVFAIL, timeout) is None: a missing reverse
-        name is common and must never fail a message (spec §12.2).
+        name is common and must never fail a message (spec §12.2). Answers
+        are kept for a few minutes (a failure for one), at most
+        `PTR_CACHE_SIZE` of them, least recently used dropped first.
         """
+        now = time.monotonic()
+        cached = self._ptr_cache.get(ip)
+        if cached is not None and cached[0] > now:
+            self._ptr_cache.move_to_end(ip)
+            return cached[1]
+        name = await self._reverse(ip)
+        ttl = PTR_TTL if name is not None else PTR_NEGATIVE_TTL
+        self._ptr_cache[ip] = (now + ttl, name)
+        self._ptr_cache.move_to_end(ip)
+        while len(self._ptr_cache) > PTR_CACHE_SIZE:
+            self._ptr_cache.popitem(last=False)
+        return name
+
+    async def _reverse(self, ip: str) -> str | None:
         try:
             addr = ipaddress.ip_address(ip)
             if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:

@@ -25,6 +25,7 @@ its files root-owned and not group/world writable.
 from __future__ import annotations
 
 import contextlib
+import glob
 import grp
 import json
 import os
@@ -36,7 +37,9 @@ import smtplib
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kw import free_port
 
@@ -87,6 +90,14 @@ def unavailable() -> str | None:
     return None
 
 
+def sasl_plain_missing() -> str | None:
+    """Why Postfix's SASL client cannot do PLAIN here (Cyrus SASL's plugin,
+    Debian package libsasl2-modules), or None."""
+    if glob.glob("/usr/lib/*/sasl2/libplain.so*") or glob.glob("/usr/lib/sasl2/libplain.so*"):
+        return None
+    return "Cyrus SASL PLAIN plugin missing (install libsasl2-modules)"
+
+
 def instance_pids(config_dir: Path) -> list[int]:
     """Processes of the instance whose MAIL_CONFIG is `config_dir` (the
     master passes MAIL_CONFIG on to every daemon it starts)."""
@@ -105,10 +116,15 @@ def instance_pids(config_dir: Path) -> list[int]:
 
 
 def masters(config_dir: Path) -> list[int]:
-    """`pgrep -f postfix/master`, narrowed to this instance (others, such as
-    a benchmark's, may run at the same time)."""
+    """Running Postfix masters of the instance whose config is `config_dir`.
+
+    The master's command line is `/usr/lib/postfix/sbin/master -w` on
+    Debian, so `pgrep -f postfix/master` never matches it: the pattern
+    allows the `sbin/`. Narrowed to this instance by MAIL_CONFIG, as other
+    instances (a benchmark's) may run at the same time.
+    """
     found = subprocess.run(
-        ["pgrep", "-f", "postfix/master"], capture_output=True, text=True, check=False
+        ["pgrep", "-f", r"postfix(/sbin)?/master"], capture_output=True, text=True, check=False
     ).stdout.split()
     mine = set(instance_pids(config_dir))
     return [int(p) for p in found if int(p) in mine]
@@ -264,7 +280,7 @@ class Postfix:
         assert found, text
         return found.group(1).decode()
 
-    def queue(self) -> list[dict[str, object]]:
+    def queue(self) -> list[dict[str, Any]]:
         """`postqueue -j`: one dict per queued message."""
         out = self._run(POSTQUEUE, "-c", str(self.config_dir), "-j").stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -273,15 +289,21 @@ class Postfix:
         """`postqueue -f`: attempt deferred mail now."""
         self._run(POSTQUEUE, "-c", str(self.config_dir), "-f")
 
-    def wait_queue_empty(self, timeout: float = WAIT) -> None:
+    def wait_queue(
+        self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = WAIT
+    ) -> list[dict[str, Any]]:
+        """Poll `postqueue -j` until `done(queue)`; return that queue."""
         deadline = time.monotonic() + timeout
         while True:
             left = self.queue()
-            if not left:
-                return
+            if done(left):
+                return left
             if time.monotonic() > deadline:
-                raise AssertionError(f"queue not empty: {left}\nmaillog:\n{self.log}")
+                raise AssertionError(f"queue now: {left}\nmaillog:\n{self.log}")
             time.sleep(0.1)
+
+    def wait_queue_empty(self, timeout: float = WAIT) -> None:
+        self.wait_queue(lambda left: not left, timeout)
 
     @property
     def log(self) -> str:

@@ -17,19 +17,16 @@ from hypothesis import strategies as st
 
 from kittiwake.errors import SMTPError
 from kittiwake.header import Header
-from kittiwake.server import submission
-from kittiwake.server.submission import (
+from kittiwake.mailaddr import (
     AddressSyntaxError,
-    DateSyntaxError,
     Mailbox,
-    MailDate,
     field_value,
-    format_date,
     parse_address,
     parse_address_list,
-    parse_date,
-    prepare_submission_header,
 )
+from kittiwake.maildate import DateSyntaxError, MailDate, format_date, parse_date
+from kittiwake.server import submission
+from kittiwake.server.submission import prepare_submission_header
 
 HOST = "mx.example.com"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

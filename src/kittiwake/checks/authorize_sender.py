@@ -26,7 +26,7 @@ authentication identity U:
 
 The sender stage checks MAIL FROM. The body stage (with `check_header`)
 checks the header: exactly one From address, read with the same grammar as
-submission uses (`kittiwake.server.submission`); the message passes if that
+submission uses (`kittiwake.mailaddr`); the message passes if that
 address is authorised, or else a different Sender address is; otherwise it
 gets `no_match_action`. A From or Sender that cannot be used is a
 `malformed_action`. Messages kittiwake generates itself (no connection)
@@ -47,16 +47,11 @@ from kittiwake.config.directives import Directives
 from kittiwake.config.registry import register
 from kittiwake.errors import EnhancedCode, SMTPError
 from kittiwake.header import Header
+from kittiwake.mailaddr import AddressSyntaxError, field_value, parse_address, parse_address_list
 from kittiwake.message import MsgMeta
 from kittiwake.module import Module
 from kittiwake.pipeline.check_runner import CheckAction, action_directive
 from kittiwake.pipeline.checks import OK, CheckResult, CheckState, CheckStateBase
-from kittiwake.server.submission import (
-    AddressSyntaxError,
-    field_value,
-    parse_address,
-    parse_address_list,
-)
 from kittiwake.tables.base import Table, lookup_all
 
 __all__ = ["AuthorizeSender"]

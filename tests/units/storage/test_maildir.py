@@ -36,7 +36,8 @@ from kittiwake.errors import ConfigError, SMTPError
 from kittiwake.header import Header
 from kittiwake.message import MsgMeta
 from kittiwake.module import Endpoint
-from kittiwake.storage.maildir import LFConverter, MaildirStorage, encode_host
+from kittiwake.storage.maildir import MaildirStorage, encode_host
+from kittiwake.storage.maildir_files import LFConverter
 from kittiwake.tables.base import Table
 from kittiwake.targets.base import Delivery, DeliveryTarget, PartialDelivery
 
