@@ -85,7 +85,7 @@ def message(tag: str, to: str, body: bytes, *, extra: bytes = b"") -> bytes:
 
 def split_trace(stored: bytes) -> tuple[list[bytes], bytes]:
     """The trace fields on top of a stored message, and the rest."""
-    fields = []
+    fields: list[bytes] = []
     while True:
         field = re.match(rb"([A-Za-z-]+):[^\n]*\n(?:[ \t][^\n]*\n)*", stored)
         if not field or field.group(1).lower() not in TRACE:
@@ -242,6 +242,12 @@ def test_postfix_delivers_over_lmtp(
         r"\(host [^ ]*lmtp\.sock\] said: 451 4\.3\.0 [^\n]*"
     )
     assert "(in reply to end of DATA command)" in deferred
+    # kittiwake says in its own log which recipient failed, and why.
+    srv.wait_log(
+        r"lmtp: delivery failed msg_id=[0-9a-f]{8} rcpt=broken@example\.org"
+        r' reason="451 4\.3\.0 Local delivery error" detail='
+    )
+    srv.wait_log(r"lmtp: accepted msg_id=[0-9a-f]{8} rcpts=1 ")
     (left,) = pf.wait_queue(lambda q: len(q) == 1 and q[0]["queue_name"] == "deferred")
     assert [r["address"] for r in left["recipients"]] == ["broken@example.org"]
 

@@ -17,6 +17,7 @@ from kittiwake import address
 from kittiwake.buffer import Buffer
 from kittiwake.errors import SMTPError
 from kittiwake.header import HeaderReader
+from kittiwake.log import Logger
 from kittiwake.message import ConnInfo, MsgMeta, SMTPOptions, new_msg_id
 from kittiwake.protocol import BodyEnd, Data, MailFrom, RcptTo, Reply
 from kittiwake.protocol import replies as R
@@ -211,11 +212,13 @@ class MailTransactions:
             self.session.answer_owed(error)
             await self.end()
             return
+        size = 0
         try:
             failure: SMTPError | None = None
             statuses: list[SMTPError | None] = []
             try:
                 statuses = await self._deliver(txn, event)
+                size = len(txn.buffer) if txn.buffer is not None else 0
             except SMTPError as exc:
                 failure = exc
             except Exception as exc:
@@ -226,8 +229,12 @@ class MailTransactions:
             if txn.buffer is not None:
                 txn.buffer.remove()
         if failure is not None:
-            self.cfg.log.info("DATA error", msg_id=txn.msg_id, reason=failure)
+            self.cfg.log.info(
+                "DATA error", msg_id=txn.msg_id, reason=failure, detail=failure.reason
+            )
             statuses = [failure] * max(1, len(txn.rcpts))
+        else:
+            self._log_outcome(txn, statuses, size)
         if self.cfg.kind == "lmtp":
             for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
                 self.session.reply(_lmtp_reply(rcpt, status, txn.msg_id))
@@ -262,7 +269,7 @@ class MailTransactions:
         if self.session.rdns is not None and txn.meta.conn is not None:
             txn.meta.conn.rdns = await self.session.rdns
         if self.cfg.kind == "lmtp":
-            collector = _Statuses()
+            collector = _Statuses(self.cfg.log, txn.msg_id)
             await txn.delivery.body_non_atomic(collector, header, txn.buffer)
             await txn.delivery.commit()
             txn.committed = True
@@ -272,8 +279,26 @@ class MailTransactions:
             await txn.delivery.commit()
             txn.committed = True
             result = [None]
-        self.cfg.log.info("accepted", msg_id=txn.msg_id, rcpts=len(txn.rcpts), size=len(txn.buffer))
         return result
+
+    def _log_outcome(self, txn: Transaction, statuses: list[SMTPError | None], size: int) -> None:
+        """One line for what was accepted, one per recipient that was not (LMTP)."""
+        delivered = sum(1 for status in statuses if status is None)
+        if self.cfg.kind == "lmtp":
+            delivered = 0
+            for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
+                if status is None:
+                    delivered += 1
+                    continue
+                self.cfg.log.info(
+                    "delivery failed",
+                    msg_id=txn.msg_id,
+                    rcpt=rcpt,
+                    reason=status,
+                    detail=status.reason,
+                )
+        if delivered:
+            self.cfg.log.info("accepted", msg_id=txn.msg_id, rcpts=delivered, size=size)
 
     async def end(self) -> None:
         """Forget the transaction; abort its deliveries unless committed."""
@@ -293,8 +318,10 @@ class MailTransactions:
 class _Statuses:
     """Collects per-recipient outcomes from body_non_atomic (LMTP)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Logger, msg_id: str) -> None:
         self._errors: dict[str, Exception | None] = {}
+        self._log = log
+        self._msg_id = msg_id
 
     def set_status(self, rcpt: str, error: Exception | None) -> None:
         self._errors.setdefault(rcpt, error)
@@ -303,6 +330,8 @@ class _Statuses:
         error = self._errors.get(rcpt)
         if error is None or isinstance(error, SMTPError):
             return error
+        # Not an error meant for the client: keep its text in the log only.
+        self._log.error("delivery failed", err=error, msg_id=self._msg_id, rcpt=rcpt)
         return INTERNAL_ERROR
 
 
