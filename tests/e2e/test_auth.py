@@ -320,3 +320,44 @@ def test_submission_adds_message_id_and_date_only_when_missing(
     kept = next(f for f in files if b"Sender: a@example.org" in f)
     assert kept.count(b"Message-Id") + kept.count(b"Message-ID") == 1
     assert kept.count(b"\nDate:") == 1
+
+
+def test_authorize_sender_on_submission(
+    kittiwake: Start, tmp_path: Path, cert_files: tuple[str, str], client_tls: ssl.SSLContext
+) -> None:
+    """A logged-in user may send only as the addresses the configuration allows."""
+    block = """    check {
+        authorize_sender {
+            user_to_email static {
+                entry me@example.org me@example.org alias@example.org
+            }
+        }
+    }"""
+    srv = kittiwake(conf(tmp_path, cert_files, endpoint="submission", extra=block))
+
+    def send(mail_from: str, header_from: str) -> tuple[str, str]:
+        with secure(srv.port(), client_tls) as d:
+            assert d.cmd("AUTH PLAIN " + plain("me@example.org", PASSWORD)).startswith("235")
+            mail = d.cmd(f"MAIL FROM:<{mail_from}>")
+            if not mail.startswith("250"):
+                return mail, ""
+            rcpt = d.cmd("RCPT TO:<user@example.org>")
+            if not rcpt.startswith("250"):
+                return rcpt, ""
+            d.send(b"DATA\r\n")
+            assert d.reply()[-1].startswith("354")
+            d.send(f"From: {header_from}\r\n\r\nhi\r\n.\r\n".encode())
+            return rcpt, d.reply()[-1]
+
+    assert send("me@example.org", "me@example.org")[1] == "250 2.0.0 OK: queued"
+    assert send("alias@example.org", "Me <alias@example.org>")[1] == "250 2.0.0 OK: queued"
+    refused, _ = send("boss@example.org", "me@example.org")
+    assert re.fullmatch(
+        r"553 5\.7\.0 Unauthorized use of sender address \(msg ID = [0-9a-f]{8}\)", refused
+    ), refused
+    _, body = send("me@example.org", "boss@example.org")  # envelope fine, header not
+    assert re.fullmatch(
+        r"553 5\.7\.0 Unauthorized use of sender address \(msg ID = [0-9a-f]{8}\)", body
+    ), body
+    delivered = list((tmp_path / "mail" / "example.org" / "user" / "new").iterdir())
+    assert len(delivered) == 2

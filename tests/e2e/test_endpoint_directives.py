@@ -225,3 +225,56 @@ def test_total_connection_cap(kittiwake: Start, tmp_path: Path, dns: FakeDNS) ->
     assert fourth.closed()
     for d in [*open_, fourth]:
         d.close()
+
+
+def test_lmtp_full_disk_fails_only_that_recipient(
+    kittiwake: Start, tmp_path: Path, dns: FakeDNS
+) -> None:
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    config = conf(tmp_path, "", endpoint="lmtp unix://lmtp.sock").replace(
+        "auto_create yes", "auto_create no"
+    )
+    full = tmp_path / "mail" / "example.org" / "full"
+    full.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mount -t tmpfs was refused here")
+    try:
+        for user in ("ok", "full"):
+            for sub in ("new", "cur", "tmp"):
+                (tmp_path / "mail" / "example.org" / user / sub).mkdir(parents=True, exist_ok=True)
+        (full / "filler").write_bytes(b"\0" * 60 * 1024)  # leave almost nothing free
+        srv = kittiwake(config, args=("--debug.dnsoverride", dns.address))
+        client = smtplib.LMTP(str(tmp_path / "run" / "lmtp.sock"), timeout=10)
+        try:
+            client.ehlo("client.example")
+            assert client.mail("a@example.net")[0] == 250
+            assert client.rcpt("full@example.org")[0] == 250
+            assert client.rcpt("ok@example.org")[0] == 250
+            client.putcmd("data")
+            assert client.getreply()[0] == 354
+            client.send(b"Subject: big\r\n\r\n" + (b"x" * 98 + b"\r\n") * 200 + b".\r\n")
+            try:
+                replies = [client.getreply() for _ in range(2)]
+            except smtplib.SMTPServerDisconnected:
+                raise AssertionError(srv.log) from None
+            client.quit()
+        finally:
+            client.close()
+        assert replies[0][0] == 452
+        assert re.fullmatch(
+            rb"4\.3\.1 <full@example\.org> Insufficient system storage \(msg ID = [0-9a-f]{8}\)",
+            replies[0][1],
+        ), replies[0]
+        assert replies[1] == (250, b"2.0.0 <ok@example.org> OK: queued")
+        assert len(bodies(tmp_path, "ok")) == 1
+        assert not list((full / "new").iterdir()) and not list((full / "tmp").iterdir())
+        srv.wait_log(r"delivery failed msg_id=[0-9a-f]{8} rcpt=full@example\.org")
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)
