@@ -49,7 +49,10 @@ class FakeDNS:
                 query = dns.message.from_wire(data)
             except Exception:
                 continue
-            self.sock.sendto(self._answer(query).to_wire(), peer)
+            try:
+                self.sock.sendto(self._answer(query).to_wire(), peer)
+            except OSError:
+                return
 
     def _answer(self, query: dns.message.Message) -> dns.message.Message:
         response = dns.message.make_response(query)
@@ -67,6 +70,7 @@ class FakeDNS:
         return response
 
     def close(self) -> None:
+        # Stop the thread before closing its socket: it may be mid-reply.
         self._stop.set()
+        self._thread.join(5)
         self.sock.close()
-        self._thread.join(2)
