@@ -329,7 +329,10 @@ def ratio_target(
         best = max(t for t in theirs if t is not None)
         ratios.append((mine / best if best else float("inf"), label))
     worst = min(ratios)
-    detail = ", ".join(f"{label} x{r:.2f}" for r, label in ratios)
+    met = sum(r >= factor for r, _ in ratios)
+    detail = f"met in {met} of {len(ratios)} cells: " + ", ".join(
+        f"{label} x{r:.2f}" for r, label in ratios
+    )
     status = "PASS" if worst[0] >= factor else "MISS"
     return {"target": title, "status": status, "worst": worst[0], "detail": detail}
 

@@ -244,11 +244,22 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def _serve(container: Container) -> int:
     logger = log.get("")
     loop = asyncio.get_running_loop()
+    log.attach_loop(loop)
+    try:
+        return await _serve_on(container, loop, logger)
+    finally:
+        log.attach_loop(None)
+
+
+async def _serve_on(
+    container: Container, loop: asyncio.AbstractEventLoop, logger: log.Logger
+) -> int:
     stopping = asyncio.Event()
 
     def on_stop(sig: signal.Signals) -> None:
         if stopping.is_set():
             logger.warn("second signal during shutdown, exiting at once", signal=sig.name)
+            log.flush()
             sys.stdout.flush()
             os._exit(EXIT_FAILURE)
         logger.info("shutting down", signal=sig.name)

@@ -37,6 +37,13 @@ class Resolver:
             self._resolver.port = int(port)
         self._resolver.lifetime = timeout
 
+    def cached_reverse(self, ip: str) -> tuple[bool, str | None]:
+        """(True, name) when a fresh answer for `ip` is cached, else (False, None)."""
+        cached = self._ptr_cache.get(ip)
+        if cached is not None and cached[0] > time.monotonic():
+            return True, cached[1]
+        return False, None
+
     async def reverse(self, ip: str) -> str | None:
         """The first PTR name of `ip` without its trailing dot, or None.
 

@@ -10,6 +10,7 @@ worse than a few microseconds.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
 import os
@@ -26,6 +27,7 @@ class _Sink:
     kind: str  # "stderr", "stderr_ts", "syslog", "file"
     path: str = ""
     stream: TextIO | None = None
+    pending: list[str] = field(default_factory=list)
 
     @property
     def timestamps(self) -> bool:
@@ -37,7 +39,10 @@ class _Output:
     sinks: list[_Sink] = field(default_factory=lambda: [_Sink("stderr")])
     json: bool = False
     debug: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    loop: asyncio.AbstractEventLoop | None = None
+    loop_thread: int = 0
+    flush_scheduled: bool = False
 
 
 _out = _Output()
@@ -73,6 +78,7 @@ def format_line(
 
 def _emit(level: str, name: str, msg: str, fields: dict[str, Any]) -> None:
     with _out.lock:
+        batch = _out.loop is not None and threading.get_ident() == _out.loop_thread
         ts = ""
         for sink in _out.sinks:
             if sink.timestamps and not ts:
@@ -82,13 +88,45 @@ def _emit(level: str, name: str, msg: str, fields: dict[str, Any]) -> None:
             )
             if sink.kind == "syslog":
                 _syslog(level, line)
-                continue
-            stream = sink.stream if sink.stream is not None else sys.stderr
-            try:
-                stream.write(line + "\n")
-                stream.flush()
-            except (OSError, ValueError):
-                pass  # a broken log target must never take a session down
+            elif batch:
+                sink.pending.append(line)
+            else:
+                _write(sink, [line])
+        if batch and not _out.flush_scheduled and _out.loop is not None:
+            _out.flush_scheduled = True
+            _out.loop.call_soon(flush)
+
+
+def _write(sink: _Sink, lines: list[str]) -> None:
+    stream = sink.stream if sink.stream is not None else sys.stderr
+    try:
+        stream.write("\n".join(lines) + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass  # a broken log target must never take a session down
+
+
+def flush() -> None:
+    """Write the lines gathered during this turn of the event loop."""
+    with _out.lock:
+        _out.flush_scheduled = False
+        for sink in _out.sinks:
+            if sink.pending:
+                lines, sink.pending = sink.pending, []
+                _write(sink, lines)
+
+
+def attach_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Gather lines logged on `loop`'s thread and write them once per turn.
+
+    Under load many sessions log in the same turn of the loop: one write
+    instead of one per line. Nothing waits longer than the current turn.
+    `None` detaches and writes what is pending.
+    """
+    flush()
+    with _out.lock:
+        _out.loop = loop
+        _out.loop_thread = threading.get_ident()
 
 
 def _syslog(level: str, line: str) -> None:
@@ -145,6 +183,7 @@ def configure(targets: list[str], *, fmt: str = "text", debug: bool = False) -> 
             sinks.append(_Sink(t))
         else:
             sinks.append(_Sink("file", path=t, stream=_open(t)))
+    flush()
     with _out.lock:
         _close_files(_out.sinks)
         _out.sinks = sinks
@@ -154,6 +193,7 @@ def configure(targets: list[str], *, fmt: str = "text", debug: bool = False) -> 
 
 def reopen() -> None:
     """Reopen log files (SIGHUP), so rotation tools can move them away."""
+    flush()
     with _out.lock:
         for sink in _out.sinks:
             if sink.kind == "file":

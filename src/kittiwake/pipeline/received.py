@@ -34,6 +34,18 @@ def local_now() -> _dt.datetime:
 
 
 def format_date(when: _dt.datetime) -> str:
+    """`format_date` with the text kept for the current second (every message
+    of a busy second carries the same date)."""
+    key = (when.timestamp() // 1, when.utcoffset())
+    if _last[0] != key:
+        _last[0], _last[1] = key, _format_date(when)
+    return str(_last[1])
+
+
+_last: list[object] = [None, ""]
+
+
+def _format_date(when: _dt.datetime) -> str:
     """`Tue, 05 Mar 2024 10:00:00 +0100` (RFC 5322 §3.3 with a numeric zone).
 
     A naive datetime is taken as UTC.

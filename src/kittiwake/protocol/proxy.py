@@ -169,13 +169,13 @@ def parse_header(data: bytes, *, max_v2_length: int = MAX_V2_LENGTH) -> ProxyRes
 def _parse_v1(data: bytes) -> ProxyResult | _NeedData:
     end = data.find(b"\n", 0, MAX_V1_LENGTH)
     if end < 0:
-        # A CR with something other than LF after it can never become a
-        # valid line: refuse now rather than at the deadline.
-        cr = data.find(b"\r", 0, MAX_V1_LENGTH)
-        if 0 <= cr < len(data) - 1:
-            raise ProxyError("PROXY v1 line has a CR not followed by LF")
         if len(data) >= MAX_V1_LENGTH:
             raise ProxyError(f"PROXY v1 line longer than {MAX_V1_LENGTH} bytes")
+        # A CR with something other than LF after it can never become a
+        # valid line: refuse now rather than at the deadline.
+        cr = data.find(b"\r")
+        if 0 <= cr < len(data) - 1:
+            raise ProxyError("PROXY v1 line has a CR not followed by LF")
         return NEED_DATA
     if end == 0 or data[end - 1] != 0x0D:
         raise ProxyError("PROXY v1 line ends with a bare LF")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -81,7 +80,12 @@ class Session(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        # Cached: asyncio.get_running_loop() costs a getpid() call each time.
+        self._loop = asyncio.get_running_loop()
         self.rdns: asyncio.Task[str | None] | None = None
+        self._rdns_done = False
+        self._rdns_name: str | None = None
         self.auth_user: str | None = None
         self.mail = MailTransactions(self)
         self.sasl = SASLHandling(self)
@@ -115,7 +119,7 @@ class Session(asyncio.Protocol):
             self._refuse("connection limit reached")
             return
         self._sessions.add(self)
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task = self._loop.create_task(self._run())
 
     def _refuse(self, why: str) -> None:
         """Turn a connection away before any dialogue (a cap was reached)."""
@@ -131,7 +135,7 @@ class Session(asyncio.Protocol):
         self.conn.receive_data(data)
         if self.conn.state in (State.DATA, State.BDAT):
             # Settled question 6: while content streams, each read re-arms.
-            self._deadline = time.monotonic() + self.cfg.read_timeout
+            self._deadline = self._loop.time() + self.cfg.read_timeout
         if self.conn.pending_input > HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
             if self._transport is not None:
@@ -206,6 +210,8 @@ class Session(asyncio.Protocol):
             await self.mail.end()
             if self.rdns is not None:
                 self.rdns.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             if self._transport is not None:
                 self._transport.close()
             self._sessions.discard(self)
@@ -216,31 +222,40 @@ class Session(asyncio.Protocol):
             self._reading_paused = False
             if self._transport is not None:
                 self._transport.resume_reading()
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        timer = None
         if self.cfg.read_timeout:
-            timer = loop.call_at(self._loop_deadline(loop), self._on_timeout)
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
+            if self._deadline <= self._loop.time():
+                self._timed_out = True
+            else:
+                self._arm_timer()
+        if not self._timed_out:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         if self._timed_out:
             self._out += IDLE_TIMEOUT.render()
             self.closing = True
 
-    def _loop_deadline(self, loop: asyncio.AbstractEventLoop) -> float:
-        return loop.time() + max(0.0, self._deadline - time.monotonic())
+    # The read deadline moves on with every command and every content read.
+    # Instead of a timer per wait, one timer is armed lazily: when it fires
+    # early (the deadline has moved since), it re-arms for the new deadline.
+
+    def _arm_timer(self) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._on_timeout)
 
     def _on_timeout(self) -> None:
-        if self._deadline <= time.monotonic() + 0.001:
+        self._timer = None
+        if self._deadline > self._loop.time():
+            self._arm_timer()
+        elif self._waiter is not None:
             self._timed_out = True
-        self._wake()
+            self._wake()
+        # Otherwise the session is busy, not reading; _wait checks again.
 
     def _reset_deadline(self) -> None:
-        self._deadline = time.monotonic() + self.cfg.read_timeout
+        self._deadline = self._loop.time() + self.cfg.read_timeout
 
     async def flush(self) -> None:
         if not self._out or self._transport is None or self._lost:
@@ -252,7 +267,7 @@ class Session(asyncio.Protocol):
             self.cfg.io_log.debug("write", peer=self.peer_ip, data=data)
         self._transport.write(data)
         if self._writing_paused:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._loop.create_future()
             try:
                 timeout = self.cfg.write_timeout or None
                 await asyncio.wait_for(self._drain, timeout)
@@ -322,10 +337,22 @@ class Session(asyncio.Protocol):
             self.reply(Reply(250, (2, 0, 0), f"Hello {event.domain}"))
 
     def _start_rdns(self) -> None:
-        if self.rdns is None and self.cfg.resolver is not None and self.peer_ip:
-            self.rdns = asyncio.get_running_loop().create_task(
-                self.cfg.resolver.reverse(self.peer_ip)
-            )
+        """Start the PTR lookup at the greeting (spec §4); used by Received."""
+        resolver = self.cfg.resolver
+        if self.rdns is not None or self._rdns_done or resolver is None or not self.peer_ip:
+            return
+        hit, name = resolver.cached_reverse(self.peer_ip)
+        if hit:  # the usual case for an MTA that keeps sending: no task at all
+            self._rdns_done, self._rdns_name = True, name
+            return
+        self.rdns = self._loop.create_task(resolver.reverse(self.peer_ip))
+
+    async def reverse_name(self) -> str | None:
+        """The client's PTR name, waiting for the lookup started at the greeting."""
+        if self.rdns is not None:
+            self._rdns_name = await self.rdns
+            self._rdns_done, self.rdns = True, None
+        return self._rdns_name
 
     async def _on_reset(self, event: Reset) -> None:
         await self.mail.end()
@@ -347,9 +374,8 @@ class Session(asyncio.Protocol):
         await self.flush()
         transport = self._transport
         assert transport is not None and self.cfg.tls_context is not None
-        loop = asyncio.get_running_loop()
         try:
-            new = await loop.start_tls(
+            new = await self._loop.start_tls(
                 transport,
                 self,
                 self.cfg.tls_context,

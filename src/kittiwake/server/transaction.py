@@ -266,8 +266,8 @@ class MailTransactions:
             )
         tls_required = header.get("TLS-Required")
         txn.meta.tls_not_required = tls_required is not None and tls_required.lower() == "no"
-        if self.session.rdns is not None and txn.meta.conn is not None:
-            txn.meta.conn.rdns = await self.session.rdns
+        if txn.meta.conn is not None:
+            txn.meta.conn.rdns = await self.session.reverse_name()
         if self.cfg.kind == "lmtp":
             collector = _Statuses(self.cfg.log, txn.msg_id)
             await txn.delivery.body_non_atomic(collector, header, txn.buffer)
