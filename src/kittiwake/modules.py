@@ -3,6 +3,7 @@
 This is the full list of what a configuration can name.
 """
 
+from kittiwake import limits  # noqa: F401  (limits)
 from kittiwake.auth import (  # noqa: F401  (auth.*)
     dovecot_sasl,
     external,
@@ -15,7 +16,7 @@ from kittiwake.checks import authorize_sender  # noqa: F401
 from kittiwake.config import tls_loaders  # noqa: F401  (tls.loader.*)
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
 from kittiwake.pipeline import modules as pipeline_modules  # noqa: F401  (msgpipeline, checks, modifiers)
-from kittiwake.server import endpoint  # noqa: F401  (smtp, lmtp)
+from kittiwake.server import endpoint  # noqa: F401  (smtp, submission, lmtp)
 from kittiwake.storage import maildir  # noqa: F401
 from kittiwake.tables import (  # noqa: F401
     chain,
@@ -26,4 +27,3 @@ from kittiwake.tables import (  # noqa: F401
     static,
 )
 from kittiwake.targets import dummy  # noqa: F401
-

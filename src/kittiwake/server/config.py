@@ -18,6 +18,7 @@ from kittiwake.protocol import Reply, Settings
 
 if TYPE_CHECKING:
     from kittiwake.dns import Resolver
+    from kittiwake.limits import Limits
     from kittiwake.pipeline.pipeline import Pipeline
     from kittiwake.server.authenticate import Authenticator
 
@@ -85,6 +86,7 @@ class SessionConfig:
     max_logged_rcpt_errors: int
     authenticator: Authenticator | None = None
     gate: ConnectionGate = field(default_factory=ConnectionGate)
+    limits: Limits | None = None
     #: Seconds of delay for the n-th failed AUTH (tests may shorten it).
     auth_delay: Callable[[int], float] = lambda n: min(2.0 ** (n - 1), AUTH_MAX_DELAY)
 

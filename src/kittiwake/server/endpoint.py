@@ -19,20 +19,19 @@ from kittiwake.config.registry import register
 from kittiwake.config.tls import ServerTLS, parse_server_tls
 from kittiwake.config.values import ListenAddress, parse_listen_address
 from kittiwake.dns import Resolver
+from kittiwake.limits import Limits
 from kittiwake.module import Endpoint
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
 from kittiwake.server.authenticate import Authenticator
 from kittiwake.server.config import ConnectionGate, SessionConfig
 from kittiwake.server.listener import Listener
+from kittiwake.server.proxy_accept import ProxyConfig
+from kittiwake.server.proxy_trust import TrustList
 from kittiwake.server.session import Session
 from kittiwake.tables.base import Table
 
 MiB = 1024 * 1024
-
-#: Directives of the seed document that later work adds; until then naming
-#: one is a clear error instead of "unknown pipeline directive".
-_NOT_YET = ("limits", "proxy_protocol")
 
 
 class SMTPEndpoint(Endpoint):
@@ -77,10 +76,8 @@ class SMTPEndpoint(Endpoint):
             else self._parse_buffer(self._buffer_node, state_dir)
         )
         self._configure_auth(cfg)
-        for name in _NOT_YET:
-            found = cfg.get(name)
-            if found is not None:
-                raise found.error(f"{name}: not available in this version of kittiwake yet")
+        self.limits: Limits | None = cfg.module("limits", Limits, "", default_module="limits")
+        self.proxy: ProxyConfig | None = cfg.custom("proxy_protocol", self._parse_proxy, None)
         rest = cfg.finish(allow_unknown=True)
         self.pipeline = Pipeline.from_nodes(
             rest, self.container, block=node, hostname=self.hostname, first_pipeline=True
@@ -122,6 +119,22 @@ class SMTPEndpoint(Endpoint):
             self.authenticator = Authenticator(
                 providers, address.get_normalizer(normalize), auth_map, self.log
             )
+
+    def _parse_proxy(self, node: Node) -> ProxyConfig:
+        """`proxy_protocol [CIDR...] [{ trust CIDR...; tls ... }]` (spec §15)."""
+        entries = list(node.args)
+        tls: ServerTLS | None = None
+        if node.children is not None:
+            block = Directives(node, self.container)
+            entries += [arg for trust in block.all("trust") for arg in trust.args]
+            # No inheritance: the proxy channel's TLS is its own setting.
+            tls = block.custom("tls", self._parse_tls, None)
+            block.finish()
+        try:
+            trust = TrustList.parse(entries)
+        except ValueError as exc:
+            raise node.error(f"proxy_protocol: {exc}") from None
+        return ProxyConfig(trust, tls=tls.context if tls is not None else None)
 
     def _parse_address(self, node: Node, text: str) -> ListenAddress:
         try:
@@ -170,6 +183,7 @@ class SMTPEndpoint(Endpoint):
             max_logged_rcpt_errors=self.max_logged_rcpt_errors,
             authenticator=self.authenticator,
             gate=ConnectionGate(self.max_connections, self.max_connections_per_ip),
+            limits=self.limits,
         )
 
     async def start(self) -> None:
@@ -179,8 +193,10 @@ class SMTPEndpoint(Endpoint):
             raise (self._buffer_node or self._node).error(str(exc)) from None
         config = self._session_config()
 
-        def make_session(sessions: set[Session], tls: bool) -> Session:
-            return Session(config, sessions, tls=tls)
+        def make_session(
+            sessions: set[Session], tls: bool, client: tuple[str, int] | None
+        ) -> Session:
+            return Session(config, sessions, tls=tls, client=client)
 
         self.listener = Listener(
             self.listen,
@@ -188,6 +204,8 @@ class SMTPEndpoint(Endpoint):
             tls_context=self._tls_context,
             make_session=make_session,
             handshake_timeout=self.read_timeout or None,
+            proxy=self.proxy,
+            log=self.log,
         )
         await self.listener.start()
 

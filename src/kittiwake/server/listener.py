@@ -17,6 +17,8 @@ import stat
 from collections.abc import Callable
 
 from kittiwake.config.values import ListenAddress
+from kittiwake.log import Logger
+from kittiwake.server.proxy_accept import ProxyAcceptor, ProxyConfig
 from kittiwake.server.session import Session
 
 #: Unix sockets are for local MTAs: owner and group only.
@@ -32,8 +34,10 @@ class Listener:
         *,
         runtime_dir: str,
         tls_context: Callable[[], ssl.SSLContext | None],
-        make_session: Callable[[set[Session], bool], Session],
+        make_session: Callable[[set[Session], bool, tuple[str, int] | None], Session],
         handshake_timeout: float | None,
+        proxy: ProxyConfig | None = None,
+        log: Logger | None = None,
     ) -> None:
         self._addresses = addresses
         self._runtime_dir = runtime_dir
@@ -41,6 +45,9 @@ class Listener:
         self._make_session = make_session
         self._handshake_timeout = handshake_timeout
         self._servers: list[asyncio.Server] = []
+        self._proxy = proxy
+        self._log = log
+        self._acceptors: list[ProxyAcceptor] = []
         self._bound: list[str] = []
         self.sessions: set[Session] = set()
 
@@ -52,10 +59,13 @@ class Listener:
         loop = asyncio.get_running_loop()
         for addr in self._addresses:
             implicit_tls = addr.scheme == "tls"
+            if self._proxy is not None:
+                self._start_proxied(addr, implicit_tls)
+                continue
             context = self._tls_context() if implicit_tls else None
 
             def factory(tls: bool = implicit_tls) -> Session:
-                return self._make_session(self.sessions, tls)
+                return self._make_session(self.sessions, tls, None)
 
             if addr.scheme == "unix":
                 path = self.unix_path(addr)
@@ -80,12 +90,43 @@ class Listener:
             host = f"[{addr.host}]" if sock.family == socket.AF_INET6 else addr.host
             self._bound.append(f"{addr.scheme}://{host}:{port}")
 
+    def _start_proxied(self, addr: ListenAddress, implicit_tls: bool) -> None:
+        """Accept through a ProxyAcceptor: the header comes before TLS and banner."""
+        assert self._proxy is not None and self._log is not None
+        if addr.scheme == "unix":
+            path = self.unix_path(addr)
+            _remove_stale_socket(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            os.chmod(path, UNIX_SOCKET_MODE)
+            sock.listen(1024)
+            bound = f"unix://{path}"
+        else:
+            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+            sock = socket.create_server((addr.host, addr.port), family=family, backlog=1024)
+            port = sock.getsockname()[1]
+            host = f"[{addr.host}]" if family == socket.AF_INET6 else addr.host
+            bound = f"{addr.scheme}://{host}:{port}"
+        acceptor = ProxyAcceptor(
+            sock,
+            self._proxy,
+            implicit_tls=self._tls_context if implicit_tls else None,
+            make_session=lambda tls, client: self._make_session(self.sessions, tls, client),
+            handshake_timeout=self._handshake_timeout,
+            log=self._log,
+        )
+        acceptor.start()
+        self._acceptors.append(acceptor)
+        self._bound.append(bound)
+
     def unix_path(self, addr: ListenAddress) -> str:
         return os.path.join(self._runtime_dir, addr.path)
 
     async def stop(self, grace: float) -> None:
         for server in self._servers:
             server.close()
+        for acceptor in self._acceptors:
+            await acceptor.stop()
         for session in list(self.sessions):
             session.begin_shutdown()
         tasks = [s.task for s in self.sessions if s.task is not None]

@@ -64,7 +64,15 @@ TOO_MANY_CONNECTIONS = Reply(421, (4, 7, 0), "Too many connections, try again la
 class Session(asyncio.Protocol):
     """The server side of one connection."""
 
-    def __init__(self, cfg: SessionConfig, sessions: set[Session], *, tls: bool) -> None:
+    def __init__(
+        self,
+        cfg: SessionConfig,
+        sessions: set[Session],
+        *,
+        tls: bool,
+        client: tuple[str, int] | None = None,
+    ) -> None:
+        """`client`: the address a trusted PROXY header named, if any."""
         self.cfg = cfg
         self.conn = ServerConnection(cfg.settings, tls=tls)
         self._sessions = sessions
@@ -105,6 +113,7 @@ class Session(asyncio.Protocol):
         self.peer_port = 0
         self.helo = ""
         self.task: asyncio.Task[None] | None = None
+        self._client = client
         self._counted_ip: str | None = None
 
     # -- asyncio.Protocol callbacks -----------------------------------------
@@ -115,6 +124,8 @@ class Session(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
+        if self._client is not None:  # from a trusted PROXY header (spec §15)
+            self.peer_ip, self.peer_port = self._client
         if not self.cfg.gate.enter():
             self._refuse("connection limit reached")
             return

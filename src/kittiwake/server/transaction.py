@@ -25,6 +25,7 @@ from kittiwake.protocol.events import MailParams
 from kittiwake.server.submission import prepare_submission_header
 
 if TYPE_CHECKING:
+    from kittiwake.limits import Ticket
     from kittiwake.pipeline.pipeline import MessageDelivery
     from kittiwake.server.session import Session
 
@@ -49,6 +50,7 @@ class Transaction:
     header: HeaderReader | None = None
     body_error: SMTPError | None = None
     committed: bool = False
+    ticket: Ticket | None = None  # what the endpoint's limits granted
 
 
 class MailTransactions:
@@ -86,6 +88,15 @@ class MailTransactions:
             clean = address.clean_address(sender)
         except ValueError:
             return Reply(553, (5, 1, 7), "Unable to normalize the sender address")
+        if self.cfg.limits is not None:
+            # Spec §16: one token/slot per transaction, held until it ends;
+            # a limit waits up to 5 s, then 451 (no msg ID, spec §8.2).
+            domain = clean.rpartition("@")[2] if "@" in clean else ""
+            try:
+                txn.ticket = await self.cfg.limits.take(self.session.peer_ip, domain)
+            except SMTPError as exc:
+                self.cfg.log.info("limit reached", src_ip=self.session.peer_ip, sender=sender)
+                return Reply.from_error(exc)
         txn.meta = MsgMeta(
             id=txn.msg_id,
             conn=self._conn_info(),
@@ -103,9 +114,11 @@ class MailTransactions:
             txn.delivery = await self.cfg.pipeline.start(txn.meta, clean)
         except SMTPError as exc:
             self.cfg.log.info("MAIL FROM error", msg_id=txn.msg_id, sender=sender, reason=exc)
+            await _release(txn)
             return Reply.from_error(exc, txn.msg_id)
         except Exception as exc:
             self.cfg.log.error("MAIL FROM error", err=exc, msg_id=txn.msg_id)
+            await _release(txn)
             return Reply.from_error(INTERNAL_ERROR, txn.msg_id)
         self.cfg.log.info(
             "incoming message",
@@ -305,6 +318,7 @@ class MailTransactions:
         txn, self.txn = self.txn, None
         if txn is None:
             return
+        await _release(txn)
         if txn.buffer is not None:
             txn.buffer.remove()
         if txn.delivery is not None and not txn.committed:
@@ -333,6 +347,13 @@ class _Statuses:
         # Not an error meant for the client: keep its text in the log only.
         self._log.error("delivery failed", err=error, msg_id=self._msg_id, rcpt=rcpt)
         return INTERNAL_ERROR
+
+
+async def _release(txn: Transaction) -> None:
+    """Give back the transaction's limits (idempotent)."""
+    ticket, txn.ticket = txn.ticket, None
+    if ticket is not None:
+        await ticket.release()
 
 
 def _too_large() -> SMTPError:
