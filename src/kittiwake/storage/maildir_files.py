@@ -25,6 +25,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -99,6 +100,66 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _DirSync:
+    """The fsyncs of one directory, shared by commits that overlap (group commit).
+
+    A commit takes a ticket after its link into the directory; an fsync that
+    *starts* after that covers it. While one fsync runs, later commits wait,
+    and the next fsync (run by one of them) covers them all: fifty deliveries
+    into one busy mailbox share a few fsyncs instead of queueing fifty. A
+    failed fsync fails every commit it was meant to cover (never retried:
+    after EIO the state of the pages is unknown).
+    """
+
+    __slots__ = ("__weakref__", "cond", "covered", "failures", "issued", "running")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.issued = 0  # tickets handed out
+        self.covered = 0  # every ticket up to this one has had its fsync
+        self.running = False
+        self.failures: list[tuple[int, int, OSError]] = []  # (after, upto, error)
+
+    def sync(self, path: str) -> None:
+        with self.cond:
+            self.issued += 1
+            ticket = self.issued
+            while self.covered < ticket and self.running:
+                self.cond.wait()
+            if self.covered >= ticket:
+                for after, upto, error in self.failures:
+                    if after < ticket <= upto:
+                        raise error
+                return
+            self.running = True
+            start, target = self.covered, self.issued
+        failure: OSError | None = None
+        try:
+            _fsync_dir(path)
+        except OSError as exc:
+            failure = exc
+        with self.cond:
+            self.running = False
+            self.covered = max(self.covered, target)
+            if failure is not None:
+                self.failures = [*self.failures[-15:], (start, target, failure)]
+            self.cond.notify_all()
+        if failure is not None:
+            raise failure
+
+
+_dir_syncs: weakref.WeakValueDictionary[str, _DirSync] = weakref.WeakValueDictionary()
+_dir_syncs_lock = threading.Lock()
+
+
+def _sync_dir_shared(path: str) -> None:
+    with _dir_syncs_lock:
+        state = _dir_syncs.get(path)
+        if state is None:
+            state = _dir_syncs[path] = _DirSync()
+    state.sync(path)
 
 
 def _create_maildir(levels: list[str], sync: bool, *, folder: bool = False) -> None:
@@ -348,12 +409,13 @@ def _commit(files: list[_File], host: str, sync: bool) -> None:
             first = first or exc
             _drop_tmp(f)
             continue
+        # Only new/ needs its entry on disk; a tmp/ entry that comes back
+        # after a crash is a stale file readers ignore, so tmp/ is not synced.
         dirs.add(os.path.join(f.folder, "new"))
-        dirs.add(os.path.join(f.folder, "tmp"))
     if sync:
         for d in sorted(dirs):
             try:
-                _fsync_dir(d)
+                _sync_dir_shared(d)
             except OSError as exc:  # never retried: after EIO the page state is unknown
                 first = first or exc
     if first is not None:
