@@ -201,19 +201,22 @@ class ServerConnection:
         self._closed_reported = True
         return self._auto(reply, close=True)
 
-    def _auto(self, *reply_list: Reply, close: bool = False, error: bool = False) -> Event:
-        event = AutoReply(reply_list, close=close, protocol_error=error)
+    def _auto(
+        self, *reply_list: Reply, close: bool = False, error: bool = False, line: str = ""
+    ) -> Event:
+        event = AutoReply(reply_list, close=close, protocol_error=error, line=line)
         return self._expect(event, len(reply_list))
 
-    def _protocol_error(self, reply: Reply) -> Event:
+    def _protocol_error(self, reply: Reply, line: str = "") -> Event:
         self.protocol_errors += 1
+        line = line[:80]
         if self.protocol_errors > self.settings.max_protocol_errors:
             self._buf.clear()
             self._reset_transaction()
             self.state = State.CLOSED
             self._closed_reported = True
-            return self._auto(reply, replies.TOO_MANY_ERRORS, close=True, error=True)
-        return self._auto(reply, error=True)
+            return self._auto(reply, replies.TOO_MANY_ERRORS, close=True, error=True, line=line)
+        return self._auto(reply, error=True, line=line)
 
     def _next_command(self) -> Event | _NeedData:
         if self._buf.startswith(_HTTP_VERBS):
@@ -230,7 +233,7 @@ class ServerConnection:
             return self._starttls()
         n = len(line)
         if n < 4 or n == 5 or (n > 5 and line[4] != " "):
-            return self._protocol_error(replies.BAD_COMMAND)
+            return self._protocol_error(replies.BAD_COMMAND, line)
         verb = line[:4].upper()
         args = line[5:].strip(" \t")
         handler = _HANDLERS.get(verb)
@@ -238,7 +241,7 @@ class ServerConnection:
             return handler(self, args)
         if verb in _NOT_IMPLEMENTED:
             return self._auto(replies.not_implemented(verb))
-        return self._protocol_error(replies.unrecognized(verb))
+        return self._protocol_error(replies.unrecognized(verb), line)
 
     def _greet(self, verb: str, args: str) -> Event:
         if self.settings.lmtp != (verb == "LHLO"):

@@ -135,6 +135,8 @@ class AutoReply(Event):
     replies: tuple[Reply, ...]
     close: bool = False
     protocol_error: bool = False
+    #: For a protocol error, the start of the offending line (for the log).
+    line: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -308,6 +308,11 @@ class Session(asyncio.Protocol):
             return
         if kind is AutoReply:
             assert isinstance(event, AutoReply)
+            if event.protocol_error and event.line.startswith("PROXY "):
+                # Spec §15: never honoured from an untrusted peer, but noted.
+                self.cfg.log.info(
+                    "PROXY header from an untrusted peer ignored", src_ip=self.peer_ip or "unix"
+                )
             for reply in event.replies:
                 self.reply(reply)
             if event.close:
