@@ -129,3 +129,57 @@ class CrashTarget(Module):
 
     async def start_delivery(self, meta: object, mail_from: str) -> _CrashDelivery:
         return _CrashDelivery()
+
+
+class _FakeCheckState:
+    """Rejects at the configured stage; passes every other stage."""
+
+    def __init__(self, owner: FakeCheck, meta: object) -> None:
+        self.owner = owner
+        self.conn = getattr(meta, "conn", None)
+
+    async def check_connection(self) -> object:
+        return self.owner.result("connection", self.conn)
+
+    async def check_sender(self, mail_from: str) -> object:
+        return self.owner.result("sender", self.conn)
+
+    async def check_rcpt(self, rcpt: str) -> object:
+        return self.owner.result("rcpt", self.conn)
+
+    async def check_body(self, header: object, body: object) -> object:
+        return self.owner.result("body", self.conn)
+
+    async def close(self) -> None:
+        return None
+
+
+@register("test.check")
+class FakeCheck(Module):
+    """A check for end-to-end tests: `stage early|sender|rcpt|body`, the reply
+    it rejects with (`code`, `enhanced`, `message`), and `unless_tls` to pass
+    clients that use TLS (spec edge case 33)."""
+
+    def configure(self, cfg: Directives) -> None:
+        from kittiwake.errors import SMTPError
+
+        self.stage = cfg.enum("stage", ["early", "sender", "rcpt", "body"], "sender")
+        code = cfg.integer("code", 550)
+        enhanced = tuple(int(p) for p in cfg.string("enhanced", "5.7.1").split("."))
+        message = cfg.string("message", "Rejected by the test check")
+        self.unless_tls = cfg.boolean("unless_tls", False)
+        cfg.finish()
+        self.error = SMTPError(code, enhanced, message)  # type: ignore[arg-type]
+
+    def result(self, stage: str, conn: object) -> object:
+        from kittiwake.pipeline.checks import CheckResult
+
+        if stage != self.stage or (self.unless_tls and getattr(conn, "tls", False)):
+            return CheckResult()
+        return CheckResult(reject=True, reason=self.error)
+
+    async def check_state(self, meta: object) -> _FakeCheckState:
+        return _FakeCheckState(self, meta)
+
+    async def check_early(self, conn: object) -> object:
+        return self.result("early", conn)

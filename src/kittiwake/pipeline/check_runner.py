@@ -292,8 +292,8 @@ class CheckRunner:
                 )
             elif outcome.reject:
                 if failure is None:
-                    failure = outcome.reason if outcome.reason is not None else (
-                        _generic_reject(state)
+                    failure = (
+                        outcome.reason if outcome.reason is not None else (_generic_reject(state))
                     )
             elif outcome.reason is not None:
                 # `ignore` action: the failure is only worth a log line.
@@ -369,7 +369,9 @@ class CheckRunner:
             if verdict.policy == "quarantine":
                 self.meta.quarantine = True
                 self._log.info(
-                    "quarantined", msg_id=self.meta.id, check="dmarc",
+                    "quarantined",
+                    msg_id=self.meta.id,
+                    check="dmarc",
                     reason=verdict.auth_result.reason,
                 )
         if results:

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 from kittiwake.buffer import Buffer
 from kittiwake.errors import SMTPError
 from kittiwake.header import Header
-from kittiwake.message import MsgMeta
+from kittiwake.message import ConnInfo, MsgMeta
 from kittiwake.module import capability
 
 
@@ -83,3 +83,15 @@ class CheckStateBase:
 @runtime_checkable
 class Check(Protocol):
     async def check_state(self, meta: MsgMeta) -> CheckState: ...
+
+
+@runtime_checkable
+class EarlyCheck(Protocol):
+    """A check that can judge a client as soon as it greets (spec §4).
+
+    Only root-level checks of an endpoint's pipeline run this way (in maddy,
+    `dnsbl` with `check_early`); a reject is the greeting's reply and the
+    client stays un-greeted.
+    """
+
+    async def check_early(self, conn: ConnInfo) -> CheckResult: ...

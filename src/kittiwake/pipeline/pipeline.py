@@ -31,8 +31,9 @@ from kittiwake.buffer import Buffer
 from kittiwake.config.node import Node
 from kittiwake.errors import SMTPError
 from kittiwake.header import Header
-from kittiwake.message import MsgMeta
+from kittiwake.message import ConnInfo, MsgMeta
 from kittiwake.pipeline.check_runner import CheckRunner, DmarcVerifier
+from kittiwake.pipeline.checks import EarlyCheck
 from kittiwake.pipeline.config import (
     DestinationBlock,
     RoutingConfig,
@@ -91,6 +92,7 @@ class Pipeline:
         )
         #: The `dmarc` directive's value (default yes).
         self.dmarc_enabled = self.routing.dmarc
+        self._early = tuple(c for c in self.routing.checks if isinstance(c, EarlyCheck))
         #: Whether DMARC will evaluate messages: enabled, with SPF and DKIM checks.
         self.dmarc_runs = self.routing.dmarc_runs()
 
@@ -107,15 +109,36 @@ class Pipeline:
     ) -> Pipeline:
         """What an endpoint calls with the directives it did not know itself."""
         return cls(
-            nodes, container, block=block, hostname=hostname, first_pipeline=first_pipeline,
+            nodes,
+            container,
+            block=block,
+            hostname=hostname,
+            first_pipeline=first_pipeline,
             logger=logger,
         )
 
     def _nested(self, nodes: list[Node], node: Node) -> DeliveryTarget:
         return Pipeline(
-            nodes, self.container, block=node, hostname=self.hostname, logger=self.log,
-            clock=self.clock, dmarc_factory=self.dmarc_factory,
+            nodes,
+            self.container,
+            block=node,
+            hostname=self.hostname,
+            logger=self.log,
+            clock=self.clock,
+            dmarc_factory=self.dmarc_factory,
         )
+
+    async def check_early(self, conn: ConnInfo) -> None:
+        """Run the root checks that can judge a client at its greeting (spec §4).
+
+        Raises the first rejection as an SMTPError, in configuration order.
+        """
+        for check in self._early:
+            result = await check.check_early(conn)
+            if result.reject and not result.quarantine:
+                raise result.reason or SMTPError(
+                    554, (5, 7, 0), "Message rejected due to a local policy"
+                )
 
     async def start(self, meta: MsgMeta, mail_from: str) -> MessageDelivery:
         """Sender stage (§6.1): checks, sender rewriting, source selection.
@@ -383,13 +406,17 @@ class MessageDelivery:
             except Exception as exc:
                 self._log.error(
                     "destination modifiers failed to rewrite the sender (ignored)",
-                    err=exc, msg_id=self.meta.id, rcpt=rcpt,
+                    err=exc,
+                    msg_id=self.meta.id,
+                    rcpt=rcpt,
                 )
             else:
                 if changed != self.source_addr:
                     self._log.info(
                         "destination-level modifier changed the sender; not supported, ignored",
-                        msg_id=self.meta.id, rcpt=rcpt, sender=self.source_addr,
+                        msg_id=self.meta.id,
+                        rcpt=rcpt,
+                        sender=self.source_addr,
                         modified_sender=changed,
                     )
         return mods
@@ -446,9 +473,7 @@ class MessageDelivery:
             await self._fail()
             raise
 
-    async def body_non_atomic(
-        self, status: StatusCollector, header: Header, body: Buffer
-    ) -> None:
+    async def body_non_atomic(self, status: StatusCollector, header: Header, body: Buffer) -> None:
         """Per-recipient body stage (LMTP); then call `commit` (always).
 
         `status` gets at most one call per accepted recipient, keyed by the

@@ -347,6 +347,14 @@ class Session(asyncio.Protocol):
         await self.mail.end()  # RFC 5321 §4.1.4: a greeting resets
         self.helo = event.domain
         self._start_rdns()
+        try:
+            await self.cfg.pipeline.check_early(self.mail.conn_info())
+        except SMTPError as exc:
+            # Spec §4: the check's error is the reply (no message ID yet) and
+            # the client stays un-greeted.
+            self.cfg.log.info("rejected at greeting", src_ip=self.peer_ip, reason=exc)
+            self.reply(Reply.from_error(exc))
+            return
         if event.extended:
             self.reply(R.ehlo(event.domain, self.conn.ehlo_capabilities()))
         else:

@@ -99,7 +99,7 @@ class MailTransactions:
                 return Reply.from_error(exc)
         txn.meta = MsgMeta(
             id=txn.msg_id,
-            conn=self._conn_info(),
+            conn=self.conn_info(),
             smtp=SMTPOptions(
                 size=txn.params.size,
                 body=txn.params.body,
@@ -129,7 +129,7 @@ class MailTransactions:
         )
         return None
 
-    def _conn_info(self) -> ConnInfo:
+    def conn_info(self) -> ConnInfo:
         proto = "ESMTPS" if self.session.conn.tls else "ESMTP"
         if self.cfg.kind == "lmtp":
             proto = "LMTP"
