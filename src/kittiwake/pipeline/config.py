@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from kittiwake.address import AddressError, normalize_rule
 from kittiwake.config.node import Node
@@ -46,6 +46,18 @@ __all__ = [
 NestedFactory = Callable[[list[Node], Node], DeliveryTarget]
 
 _B = TypeVar("_B")
+
+
+@dataclass
+class _Level(Generic[_B]):
+    """What `_level` read from one selection level."""
+
+    checks: list[Check] = field(default_factory=list)
+    modifiers: list[Modifier] = field(default_factory=list)
+    tables: list[tuple[Table, _B]] = field(default_factory=list)
+    rules: Mapping[str, _B] = field(default_factory=dict)
+    default: _B | None = None
+
 
 _ROOT_HANDLING = frozenset(
     {"deliver_to", "reroute", "reject", "destination", "destination_in", "default_destination"}
@@ -209,134 +221,127 @@ class _Reader:
                 continue
             table[key] = (node, block)
 
-    # -- root -------------------------------------------------------------
+    # -- the two selection levels (root -> sources, source -> destinations) ----
 
-    def root(self, nodes: list[Node], where: Node | None) -> RoutingConfig:
-        checks: list[Check] = []
-        modifiers: list[Modifier] = []
-        tables: list[tuple[Table, SourceBlock]] = []
-        rules: dict[str, tuple[Node, SourceBlock]] = {}
+    def _level(
+        self,
+        nodes: list[Node],
+        kind: str,
+        child: Callable[[list[Node], Node, bool], _B],
+        handling_names: frozenset[str],
+        empty: Callable[[], ConfigError],
+        other: Callable[[Node], bool] = lambda node: False,
+    ) -> _Level[_B]:
+        """Read one selection level: `KIND` rules, `KIND_in` tables, the
+        `default_KIND` block, or handling directives forming the implicit
+        default (spec §2.1). The root (sources) and each source block
+        (destinations) follow the same rules with other names; `other` takes
+        a level's own extra directives (the root's `dmarc`)."""
+        level: _Level[_B] = _Level()
+        rules: dict[str, tuple[Node, _B]] = {}
         first_rule: Node | None = None
         default_node: Node | None = None
         handling: list[Node] = []
-        dmarc = True
+        default_name = f"default_{kind}"
         for node in nodes:
             name = node.name
             if name == "check":
-                checks.extend(self.checks(node))
+                level.checks.extend(self.checks(node))
             elif name == "modify":
-                modifiers.extend(self.modifiers(node))
-            elif name == "source_in":
+                level.modifiers.extend(self.modifiers(node))
+            elif name == f"{kind}_in":
                 table = self.table(node)
-                tables.append((table, self.source(node.block, node)))
-            elif name == "source":
+                level.tables.append((table, child(node.block, node, False)))
+            elif name == kind:
                 if handling:
-                    raise _mixed_sources(node)
-                keys = self.rules(node, "source")
-                block = self.source(node.block, node)
-                self.add_rules(rules, node, keys, block, "source")
+                    raise _mixed(node, kind)
+                keys = self.rules(node, kind)
+                self.add_rules(rules, node, keys, child(node.block, node, False), kind)
                 first_rule = first_rule or node
-            elif name == "default_source":
+            elif name == default_name:
                 if default_node is not None:
-                    raise node.error("duplicate 'default_source' block")
+                    raise node.error(f"duplicate '{default_name}' block")
                 if handling:
-                    raise _mixed_sources(node)
+                    raise _mixed(node, kind)
                 if node.args:
-                    raise node.error("default_source takes no arguments")
+                    raise node.error(f"{default_name} takes no arguments")
                 default_node = node
-            elif name == "dmarc":
-                dmarc = _dmarc(node, dmarc, self.log)
-            elif name in _ROOT_HANDLING:
+            elif other(node):
+                pass
+            elif name in handling_names:
                 if first_rule is not None or default_node is not None:
-                    raise _mixed_sources(node)
+                    raise _mixed(node, kind)
                 handling.append(node)
             else:
                 raise node.error(f"unknown pipeline directive: {name}")
 
         if first_rule is None and default_node is None:
             if not handling:
-                message = "empty pipeline configuration, use 'reject' to reject messages"
-                raise where.error(message) if where is not None else ConfigError(message)
-            default = self.source(handling, handling[0], implicit=True)
+                raise empty()
+            level.default = child(handling, handling[0], True)
         else:
             if default_node is None or not default_node.block:
                 at = default_node or first_rule
                 assert at is not None
                 raise at.error(
-                    "missing or empty default source block, "
-                    "use default_source { reject } to reject messages"
+                    f"missing or empty default {kind} block, "
+                    f"use {default_name} {{ reject }} to reject messages"
                 )
-            default = self.source(default_node.block, default_node)
+            level.default = child(default_node.block, default_node, False)
+        level.rules = MappingProxyType({key: block for key, (_, block) in rules.items()})
+        return level
+
+    # -- root -------------------------------------------------------------
+
+    def root(self, nodes: list[Node], where: Node | None) -> RoutingConfig:
+        dmarc = [True]
+
+        def read_dmarc(node: Node) -> bool:
+            if node.name != "dmarc":
+                return False
+            dmarc[0] = _dmarc(node, dmarc[0], self.log)
+            return True
+
+        def empty() -> ConfigError:
+            message = "empty pipeline configuration, use 'reject' to reject messages"
+            return where.error(message) if where is not None else ConfigError(message)
+
+        level = self._level(
+            nodes,
+            "source",
+            lambda block, owner, implicit: self.source(block, owner, implicit=implicit),
+            _ROOT_HANDLING,
+            empty,
+            read_dmarc,
+        )
+        assert level.default is not None
         return RoutingConfig(
-            default=default,
-            checks=tuple(checks),
-            modifiers=tuple(modifiers),
-            tables=tuple(tables),
-            rules=MappingProxyType({key: block for key, (_, block) in rules.items()}),
-            dmarc=dmarc,
+            default=level.default,
+            checks=tuple(level.checks),
+            modifiers=tuple(level.modifiers),
+            tables=tuple(level.tables),
+            rules=level.rules,
+            dmarc=dmarc[0],
         )
 
     # -- source level -------------------------------------------------------
 
     def source(self, nodes: list[Node], owner: Node, *, implicit: bool = False) -> SourceBlock:
-        checks: list[Check] = []
-        modifiers: list[Modifier] = []
-        tables: list[tuple[Table, DestinationBlock]] = []
-        rules: dict[str, tuple[Node, DestinationBlock]] = {}
-        first_rule: Node | None = None
-        default_node: Node | None = None
-        handling: list[Node] = []
-        for node in nodes:
-            name = node.name
-            if name == "check":
-                checks.extend(self.checks(node))
-            elif name == "modify":
-                modifiers.extend(self.modifiers(node))
-            elif name == "destination_in":
-                table = self.table(node)
-                tables.append((table, self.destination(node.block, node)))
-            elif name == "destination":
-                if handling:
-                    raise _mixed_destinations(node)
-                keys = self.rules(node, "destination")
-                block = self.destination(node.block, node)
-                self.add_rules(rules, node, keys, block, "destination")
-                first_rule = first_rule or node
-            elif name == "default_destination":
-                if default_node is not None:
-                    raise node.error("duplicate 'default_destination' block")
-                if handling:
-                    raise _mixed_destinations(node)
-                if node.args:
-                    raise node.error("default_destination takes no arguments")
-                default_node = node
-            elif name in _SOURCE_HANDLING:
-                if first_rule is not None or default_node is not None:
-                    raise _mixed_destinations(node)
-                handling.append(node)
-            else:
-                raise node.error(f"unknown pipeline directive: {name}")
-
-        if first_rule is None and default_node is None:
-            if not handling:
-                raise owner.error("empty source block, use 'reject' to reject messages")
-            default = self.destination(handling, handling[0], implicit=True)
-        else:
-            if default_node is None or not default_node.block:
-                at = default_node or first_rule
-                assert at is not None
-                raise at.error(
-                    "missing or empty default destination block, "
-                    "use default_destination { reject } to reject messages"
-                )
-            default = self.destination(default_node.block, default_node)
+        level = self._level(
+            nodes,
+            "destination",
+            lambda block, at, implicit: self.destination(block, at, implicit=implicit),
+            _SOURCE_HANDLING,
+            lambda: owner.error("empty source block, use 'reject' to reject messages"),
+        )
+        assert level.default is not None
         return SourceBlock(
             label="default_source (implicit)" if implicit else _label(owner),
-            default=default,
-            checks=tuple(checks),
-            modifiers=tuple(modifiers),
-            tables=tuple(tables),
-            rules=MappingProxyType({key: block for key, (_, block) in rules.items()}),
+            default=level.default,
+            checks=tuple(level.checks),
+            modifiers=tuple(level.modifiers),
+            tables=tuple(level.tables),
+            rules=level.rules,
         )
 
     # -- destination level ----------------------------------------------------
@@ -405,17 +410,10 @@ class _Reader:
         )
 
 
-def _mixed_sources(node: Node) -> ConfigError:
+def _mixed(node: Node, kind: str) -> ConfigError:
     return node.error(
-        "can't put handling directives together with source rules, did you mean to put "
-        "it into 'default_source' block or into all source blocks?"
-    )
-
-
-def _mixed_destinations(node: Node) -> ConfigError:
-    return node.error(
-        "can't put handling directives together with destination rules, did you mean to "
-        "put it into 'default_destination' block or into all destination blocks?"
+        f"can't put handling directives together with {kind} rules, did you mean to put "
+        f"it into 'default_{kind}' block or into all {kind} blocks?"
     )
 
 

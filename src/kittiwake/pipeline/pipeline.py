@@ -21,9 +21,9 @@ pipeline logs the latter here, with the message ID, and re-raises it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from kittiwake import log as _log
 from kittiwake.address import AddressError, normalize_address, split
@@ -54,6 +54,9 @@ DmarcFactory = Callable[[MsgMeta], DmarcVerifier]
 
 
 # --- The pipeline --------------------------------------------------------------
+
+
+_Block = TypeVar("_Block")
 
 
 class Pipeline:
@@ -301,12 +304,23 @@ class MessageDelivery:
             raise SMTPError(
                 501, (5, 1, 7), "Unable to normalize the sender address", reason=exc.reason
             ) from None
-        for table, block in routing.tables:
-            if await self._table_has(table, key, "source_in"):
-                return block
-        block = routing.rules.get(key) or routing.rules.get(_domain_of(key)) or routing.default
+        block = await self._pick(routing.tables, routing.rules, routing.default, key, "source_in")
         self._log.debug("source selected", msg_id=self.meta.id, sender=key, block=block.label)
         return block
+
+    async def _pick(
+        self,
+        tables: Iterable[tuple[Table, _Block]],
+        rules: Mapping[str, _Block],
+        default: _Block,
+        key: str,
+        what: str,
+    ) -> _Block:
+        """Spec §4.2/§4.3 order: tables, then the exact address, then the domain."""
+        for table, block in tables:
+            if await self._table_has(table, key, what):
+                return block
+        return rules.get(key) or rules.get(_domain_of(key)) or default
 
     async def _table_has(self, table: Table, key: str, what: str) -> bool:
         """Table membership; a failing lookup skips the table (§4.2), logged."""
@@ -382,10 +396,7 @@ class MessageDelivery:
             raise SMTPError(
                 553, (5, 1, 2), "Unable to normalize the recipient address", reason=exc.reason
             ) from None
-        for table, block in source.tables:
-            if await self._table_has(table, key, "destination_in"):
-                return block
-        block = source.rules.get(key) or source.rules.get(_domain_of(key)) or source.default
+        block = await self._pick(source.tables, source.rules, source.default, key, "destination_in")
         self._log.debug("destination selected", msg_id=self.meta.id, rcpt=key, block=block.label)
         return block
 
