@@ -256,6 +256,14 @@ def test_header_size_limit(kittiwake: Start, tmp_path: Path, dns: FakeDNS) -> No
     )
     with Dialog(srv.port()) as d:
         greet(d)
+        # At the limit: a header section (with its empty line) of exactly 1 KiB.
+        d.send(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<user@example.org>\r\nDATA\r\n")
+        assert [d.reply()[-1][:3] for _ in range(3)] == ["250", "250", "354"]
+        subject = b"Subject: " + b"x" * (1024 - len(b"Subject: ") - 4) + b"\r\n\r\n"
+        assert len(subject) == 1024
+        d.send(subject + b"body\r\n.\r\n")
+        assert d.reply()[-1] == "250 2.0.0 OK: queued"
+        # Past it:
         d.send(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<user@example.org>\r\nDATA\r\n")
         assert [d.reply()[-1][:3] for _ in range(3)] == ["250", "250", "354"]
         d.send(b"Subject: " + b"x" * 2048 + b"\r\n\r\nbody\r\n.\r\n")
@@ -264,7 +272,7 @@ def test_header_size_limit(kittiwake: Start, tmp_path: Path, dns: FakeDNS) -> No
             d.reply()[-1],
         )
         assert d.cmd("QUIT") == "221 2.0.0 Bye"
-    assert stored(tmp_path) == []
+    assert len(stored(tmp_path)) == 1  # only the one at the limit
 
 
 @pytest.mark.parametrize(("count", "accepted"), [(3, True), (4, False)])
