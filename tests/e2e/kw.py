@@ -39,19 +39,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Kittiwake:
-    """One server process started from configuration text."""
+class ServerProcess:
+    """One `kittiwake run ARGS...` process (through the test launcher).
 
-    def __init__(self, workdir: Path, config: str, *, args: tuple[str, ...] = ()) -> None:
+    Its stdout is read line by line in a thread (readiness lines), its
+    stderr (the log) goes to a file in `workdir`.
+    """
+
+    def __init__(
+        self, workdir: Path, args: list[str], environ: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
-        self.config_path = workdir / "kittiwake.conf"
-        self.config_path.write_text(config)
         self.stderr_path = workdir / f"stderr-{time.monotonic_ns()}.log"
         with open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, str(LAUNCHER), "run", "-c", str(self.config_path), *args],
+                [sys.executable, str(LAUNCHER), "run", *args],
                 cwd=workdir,
-                env=env(),
+                env=environ or env(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -59,7 +63,8 @@ class Kittiwake:
             )
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.addresses: list[str] = []
+        self.stdout: list[str] = []  # every stdout line read so far
+        self.addresses: list[str] = []  # from the readiness lines
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -68,11 +73,14 @@ class Kittiwake:
         self._lines.put(None)
 
     @property
-    def log(self) -> str:
+    def stderr(self) -> str:
         return self.stderr_path.read_text()
 
-    def wait_ready(self, count: int = 1) -> list[str]:
-        deadline = time.monotonic() + WAIT
+    log = stderr
+
+    def wait_ready(self, count: int = 1, timeout: float = WAIT) -> list[str]:
+        """The listening addresses, once `count` readiness lines have come."""
+        deadline = time.monotonic() + timeout
         while len(self.addresses) < count:
             try:
                 line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -83,12 +91,19 @@ class Kittiwake:
                 raise AssertionError(
                     f"exited with {self.proc.returncode} before ready; log:\n{self.log}"
                 )
+            self.stdout.append(line)
             if line.startswith(READY):
                 self.addresses.append(line[len(READY) :])
-        return self.addresses
+        return list(self.addresses)
 
     def port(self, index: int = 0) -> int:
         return int(self.addresses[index].rsplit(":", 1)[1])
+
+    def send(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        return self.proc.wait(timeout)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
@@ -111,6 +126,15 @@ class Kittiwake:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{pattern!r} not logged; log:\n{self.log}")
             time.sleep(0.02)
+
+
+class Kittiwake(ServerProcess):
+    """A server started from configuration text (written to kittiwake.conf)."""
+
+    def __init__(self, workdir: Path, config: str, *, args: tuple[str, ...] = ()) -> None:
+        self.config_path = workdir / "kittiwake.conf"
+        self.config_path.write_text(config)
+        super().__init__(workdir, ["-c", str(self.config_path), *args])
 
 
 class Dialog:

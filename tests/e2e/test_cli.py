@@ -8,33 +8,20 @@ a deadline, and killed in the fixture's teardown if a test left it running.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-LAUNCHER = HERE / "launcher.py"
-SRC = HERE.parent.parent / "src"
-READY = "kittiwake: listening on "
-WAIT = 15.0  # seconds: generous upper bound for anything that should be quick
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "KITTIWAKE_CONFIG"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
-    env.update(extra)
-    return env
+from kw import LAUNCHER, WAIT, free_port
+from kw import ServerProcess as Server
+from kw import env as _env
 
 
 def cli(
@@ -53,12 +40,6 @@ def cli(
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -75,74 +56,12 @@ def echo_conf(port: int = 0, *, extra: str = "", block: str = "", grace: str = "
     )
 
 
-class Server:
-    """One `kittiwake run` process; stdout is read line by line in a thread."""
-
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
-        self.stderr_path = cwd / f"stderr-{time.monotonic_ns()}.txt"
-        with open(self.stderr_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(LAUNCHER), "run", *args],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-            )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self.stdout: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def wait_ready(self, count: int = 1, timeout: float = WAIT) -> list[str]:
-        """The listening addresses, once `count` readiness lines have come."""
-        deadline = time.monotonic() + timeout
-        ready: list[str] = []
-        while len(ready) < count:
-            try:
-                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no readiness line; stderr:\n{self.stderr}") from None
-            if line is None:
-                self.proc.wait(timeout)
-                raise AssertionError(
-                    f"exited with {self.proc.returncode} before ready; stderr:\n{self.stderr}"
-                )
-            self.stdout.append(line)
-            if line.startswith(READY):
-                ready.append(line[len(READY) :])
-        return ready
-
-    def send(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = WAIT) -> int:
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
     def run(*args: str, env: dict[str, str] | None = None) -> Server:
-        server = Server(list(args), tmp_path, env or _env())
+        server = Server(tmp_path, list(args), env or _env())
         servers.append(server)
         return server
 
