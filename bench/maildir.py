@@ -24,12 +24,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from kittiwake.buffer import Buffer
 from kittiwake.config.node import Node
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container
-from kittiwake.header import Header
 from kittiwake.message import MsgMeta
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
 from kittiwake.storage import maildir
 from kittiwake.targets.base import DeliveryTarget
 

@@ -11,17 +11,18 @@ error, as is a reference cycle.
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kittiwake import log
-from kittiwake.config import registry
 from kittiwake.config.directives import Directives
 from kittiwake.config.globals import PARSERS, Globals
 from kittiwake.config.node import Node
 from kittiwake.errors import ConfigError
 from kittiwake.module import Endpoint, Module, capability_label
+from kittiwake.module import find as find_module
 
 T = TypeVar("T")
 
@@ -36,13 +37,22 @@ class DebugFlags:
     smtp_port: int | None = None
 
 
+class BlockState(enum.Enum):
+    """Where a block is in being configured: references are followed depth
+    first, so meeting a block in `CONFIGURING` again means a reference cycle."""
+
+    NEW = "new"
+    CONFIGURING = "configuring"
+    DONE = "done"
+
+
 @dataclass
 class _Block:
     node: Node
     cls: type[Module]
     instance_name: str
     module: Module | None = None
-    state: str = "new"  # new -> configuring -> done
+    state: BlockState = BlockState.NEW
 
 
 class Container:
@@ -98,7 +108,7 @@ class Container:
             self.modules.append(module)
             self.endpoints.append(module)
         for block in self._unique_blocks():
-            if block.state == "new":
+            if block.state is BlockState.NEW:
                 raise block.node.error(
                     f"unused configuration block {block.instance_name} ({block.cls.module_name})"
                 )
@@ -110,7 +120,7 @@ class Container:
                     raise node.error(f"duplicate global directive: {node.name}")
                 self._global_nodes[node.name] = node
                 continue
-            cls = registry.find(node.name)
+            cls = find_module(node.name)
             if cls is None:
                 raise node.error(f"unknown module or global directive: {node.name}")
             if issubclass(cls, Endpoint):
@@ -183,7 +193,7 @@ class Container:
             name, inline = default_module, []
         else:
             raise node.error(f"{node.name}: expected a module name or an &reference")
-        cls = registry.find(name, namespace)
+        cls = find_module(name, namespace)
         if cls is None:
             where = f" (namespace: {namespace})" if namespace else ""
             raise node.error(f"unknown module: {name}{where}")
@@ -200,15 +210,15 @@ class Container:
         block = self._blocks.get(name)
         if block is None:
             raise ref.error(f"unknown configuration block: {name}")
-        if block.state == "configuring":
+        if block.state is BlockState.CONFIGURING:
             raise ref.error(f"reference cycle: {name} refers back to itself")
         if block.module is None:
             block.module = block.cls(self, block.instance_name, [])
         self._check_capability(block.module, cap, ref, name)
-        if block.state == "new":
-            block.state = "configuring"
+        if block.state is BlockState.NEW:
+            block.state = BlockState.CONFIGURING
             block.module.configure(Directives(block.node, self))
-            block.state = "done"
+            block.state = BlockState.DONE
             self.modules.append(block.module)
         return block.module  # type: ignore[return-value]
 

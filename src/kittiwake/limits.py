@@ -50,11 +50,10 @@ from typing import Protocol, runtime_checkable
 from kittiwake.config import values
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
-from kittiwake.config.registry import register
 from kittiwake.errors import SMTPError
 from kittiwake.log import Logger
 from kittiwake.log import get as get_logger
-from kittiwake.module import Module, capability
+from kittiwake.module import Module, capability, register
 
 __all__ = [
     "DEFAULT_DEADLINE",

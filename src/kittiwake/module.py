@@ -1,11 +1,21 @@
-"""What every module is, and the capabilities modules offer each other.
+"""What every module is, how it registers, and the capabilities modules offer.
+
+This is the one facade a module author imports from: `Module` (the base
+class), `register` (configuration name -> class), `capability` (marks a
+`typing.Protocol` as something a block can be asked for) and `Directives`
+(the reader of a module's block).
 
 A module is built from one configuration block: constructed with its names
 and inline arguments, configured once from its block, started after every
 module it references, stopped before them. Capabilities (table, delivery
 target, check, auth provider, limits, ...) are small `typing.Protocol`s
-declared next to the concept they belong to and registered here with a
-label, so a reference to a module of the wrong kind is reported in words.
+declared next to the concept they belong to (`checks/base.py`,
+`targets/base.py`, ...) and registered here with a label, so a reference to
+a module of the wrong kind is reported in words.
+
+The registry only records what registers. It never imports modules itself:
+`kittiwake.modules` lists every built-in module, and the program's entry
+point (`kittiwake.cli`) imports that list, as the composition root.
 """
 
 from __future__ import annotations
@@ -14,13 +24,28 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from kittiwake import log
+from kittiwake.config.directives import Directives
 
 if TYPE_CHECKING:
-    from kittiwake.config.directives import Directives
     from kittiwake.container import Container
+
+__all__ = [
+    "Directives",
+    "Endpoint",
+    "Module",
+    "capability",
+    "capability_label",
+    "find",
+    "names",
+    "register",
+    "unregister",
+]
 
 _LABELS: dict[type, str] = {}
 C = TypeVar("C", bound=type)
+M = TypeVar("M", bound="type[Module]")
+
+_MODULES: dict[str, type[Module]] = {}
 
 
 def capability(label: str) -> Callable[[C], C]:
@@ -83,3 +108,39 @@ class Endpoint(Module):
 
     def addresses(self) -> list[str]:
         raise NotImplementedError
+
+
+# --- The registry --------------------------------------------------------------
+
+
+def register(name: str) -> Callable[[M], M]:
+    """Register a module class under its configuration name."""
+
+    def add(cls: M) -> M:
+        if name in _MODULES and _MODULES[name] is not cls:
+            raise RuntimeError(f"module {name} registered twice")
+        _MODULES[name] = cls
+        if not cls.__dict__.get("module_name"):
+            cls.module_name = name
+        return cls
+
+    return add
+
+
+def unregister(name: str) -> None:
+    """Remove a registration (tests register throw-away modules)."""
+    _MODULES.pop(name, None)
+
+
+def find(name: str, namespace: str = "") -> type[Module] | None:
+    """Look a module up, trying `NAMESPACE.NAME` first for a bare name."""
+    if namespace and "." not in name:
+        cls = _MODULES.get(f"{namespace}.{name}")
+        if cls is not None:
+            return cls
+    return _MODULES.get(name)
+
+
+def names() -> list[str]:
+    """Every registered configuration name, sorted."""
+    return sorted(_MODULES)

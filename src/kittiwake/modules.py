@@ -1,6 +1,9 @@
 """Every built-in module, imported here so that each registers itself.
 
-This is the full list of what a configuration can name.
+This is the full list of what a configuration can name. The registry in
+`kittiwake.module` never imports it; the program's entry point
+(`kittiwake.cli`) does, as the composition root, and so do the tests that
+build configurations (`tests/conftest.py`).
 """
 
 from kittiwake import limits  # noqa: F401  (limits)
@@ -13,9 +16,8 @@ from kittiwake.auth import (  # noqa: F401  (auth.*)
     shadow,
 )
 from kittiwake.checks import authorize_sender  # noqa: F401
-from kittiwake.config import tls_loaders  # noqa: F401  (tls.loader.*)
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
-from kittiwake.pipeline import modules as pipeline_modules  # noqa: F401  (msgpipeline, checks, modifiers)
+from kittiwake.pipeline import groups  # noqa: F401  (msgpipeline, checks, modifiers)
 from kittiwake.server import endpoint  # noqa: F401  (smtp, submission, lmtp)
 from kittiwake.storage import maildir  # noqa: F401
 from kittiwake.tables import (  # noqa: F401
@@ -27,3 +29,4 @@ from kittiwake.tables import (  # noqa: F401
     static,
 )
 from kittiwake.targets import dummy  # noqa: F401
+from kittiwake.tls import loaders  # noqa: F401  (tls.loader.*)

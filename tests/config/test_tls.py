@@ -24,13 +24,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kittiwake.config import registry, tls, tls_loaders
+from kittiwake import module as registry
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError
 from kittiwake.module import Endpoint, Module
+from kittiwake.tls import directive as tls
+from kittiwake.tls import loaders as tls_loaders
 
 CONF = "test.conf"
 

@@ -16,9 +16,8 @@ import asyncio
 import contextlib
 
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
 from kittiwake.config.values import ListenAddress, parse_listen_address
-from kittiwake.module import Endpoint, Module
+from kittiwake.module import Endpoint, Module, register
 from kittiwake.tables.base import Table
 
 
@@ -172,7 +171,7 @@ class FakeCheck(Module):
         self.error = SMTPError(code, enhanced, message)  # type: ignore[arg-type]
 
     def result(self, stage: str, conn: object) -> object:
-        from kittiwake.pipeline.checks import CheckResult
+        from kittiwake.checks.base import CheckResult
 
         if stage != self.stage or (self.unless_tls and getattr(conn, "tls", False)):
             return CheckResult()

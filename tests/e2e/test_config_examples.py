@@ -189,8 +189,11 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def registered() -> frozenset[str]:
-    """The names a fresh `kittiwake` process knows (`registry.names()`)."""
-    code = "from kittiwake.config import registry; print('\\n'.join(registry.names()))"
+    """The names a fresh `kittiwake` process knows (`module.names()`)."""
+    code = (
+        "import kittiwake.modules; from kittiwake import module; "
+        "print('\\n'.join(module.names()))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=_env(),

@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
-from kittiwake.buffer import Buffer
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container
-from kittiwake.header import Header
 from kittiwake.message import MsgMeta
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
 from kittiwake.targets.base import DeliveryTarget
 
 DOVEADM = shutil.which("doveadm")

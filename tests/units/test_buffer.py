@@ -1,4 +1,4 @@
-"""kittiwake.buffer: the three kinds, spilling, memory bounds, disk errors,
+"""kittiwake.message.buffer: the three kinds, spilling, memory bounds, disk errors,
 removal, and the `buffer` directive."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from kittiwake.buffer import (
+from kittiwake.errors import SMTPError
+from kittiwake.message.buffer import (
     DEFAULT_MAX_RAM,
     Buffer,
     BufferSpec,
     default_buffer_spec,
     parse_buffer_directive,
 )
-from kittiwake.errors import SMTPError
 
 MiB = 1024 * 1024
 # Binary and line-ish content: every byte value, bare CR/LF, NULs, dots.

@@ -12,10 +12,9 @@ import pytest
 
 from kittiwake.config.directives import Directives
 from kittiwake.config.parser import parse_text
-from kittiwake.config.registry import register, unregister
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError
-from kittiwake.module import Endpoint, Module, capability
+from kittiwake.module import Endpoint, Module, capability, register, unregister
 
 EVENTS: list[str] = []
 

@@ -14,7 +14,6 @@ import pytest
 
 from kittiwake.config.directives import Directives
 from kittiwake.config.parser import parse_text
-from kittiwake.config.registry import register, unregister
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError, SMTPError
 from kittiwake.limits import (
@@ -24,7 +23,7 @@ from kittiwake.limits import (
     MemoryLimitStore,
     Rule,
 )
-from kittiwake.module import Endpoint
+from kittiwake.module import Endpoint, register, unregister
 
 
 class LimitedEndpoint(Endpoint):

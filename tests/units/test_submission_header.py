@@ -16,15 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kittiwake.errors import SMTPError
-from kittiwake.header import Header
-from kittiwake.mailaddr import (
+from kittiwake.message.header import Header
+from kittiwake.message.mailaddr import (
     AddressSyntaxError,
     Mailbox,
     field_value,
     parse_address,
     parse_address_list,
 )
-from kittiwake.maildate import DateSyntaxError, MailDate, format_date, parse_date
+from kittiwake.message.maildate import DateSyntaxError, MailDate, format_date, parse_date
 from kittiwake.server import submission
 from kittiwake.server.submission import prepare_submission_header
 

@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from kittiwake.auth.base import InvalidCredentials, TemporaryAuthFailure
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
-from kittiwake.config.registry import register
 from kittiwake.config.values import ListenAddress, parse_listen_address
 from kittiwake.errors import KittiwakeError
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 
 SERVICE = "SMTP"
 #: Handshake lines accepted before DONE; a real server sends about ten.

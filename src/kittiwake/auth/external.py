@@ -31,9 +31,8 @@ import os
 from kittiwake.auth.base import InvalidCredentials, TemporaryAuthFailure
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
-from kittiwake.config.registry import register
 from kittiwake.log import Logger
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 
 #: Where maddy installs its helper; the default keeps maddy setups working.
 DEFAULT_HELPER = "/usr/lib/maddy/maddy-auth-helper"

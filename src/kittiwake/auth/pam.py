@@ -42,8 +42,7 @@ from typing import Any
 
 from kittiwake.auth.base import InvalidCredentials, TemporaryAuthFailure
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 
 DEFAULT_SERVICE = "maddy"
 

@@ -33,9 +33,8 @@ from kittiwake.address import NormalizationError, precis_casefold
 from kittiwake.auth import hashing
 from kittiwake.auth.base import InvalidCredentials, TemporaryAuthFailure
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
 from kittiwake.errors import KittiwakeError
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 from kittiwake.tables.base import MutableTable, Table
 
 

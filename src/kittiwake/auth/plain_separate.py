@@ -28,8 +28,7 @@ from __future__ import annotations
 
 from kittiwake.auth.base import InvalidCredentials, PasswordAuth, TemporaryAuthFailure
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 from kittiwake.tables.base import Table
 
 

@@ -38,9 +38,8 @@ from typing import Literal
 
 from kittiwake.auth.base import InvalidCredentials, TemporaryAuthFailure
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
 from kittiwake.errors import KittiwakeError
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 
 #: The file read by `auth.shadow`. A module attribute rather than a
 #: directive, so configurations cannot point it elsewhere; tests replace it

@@ -1,7 +1,8 @@
 """Check modules (`check.NAME`): per-message verdicts for the pipeline.
 
 Each module here registers under its configuration name and implements the
-`Check` capability of `kittiwake.pipeline.checks`; `kittiwake.modules`
-imports them all. The shared action syntax (`*_action ignore | quarantine |
-reject [CODE [ENH [MESSAGE]]]`) lives in `kittiwake.pipeline.check_runner`.
+`Check` capability of `checks/base.py`, which also holds the action syntax
+every check shares (`*_action ignore | quarantine | reject [CODE [ENH
+[MESSAGE]]]`); `kittiwake.modules` imports them all. A check never imports
+the pipeline: the pipeline imports the contract from here.
 """

@@ -26,7 +26,7 @@ authentication identity U:
 
 The sender stage checks MAIL FROM. The body stage (with `check_header`)
 checks the header: exactly one From address, read with the same grammar as
-submission uses (`kittiwake.mailaddr`); the message passes if that
+submission uses (`kittiwake.message.mailaddr`); the message passes if that
 address is authorised, or else a different Sender address is; otherwise it
 gets `no_match_action`. A From or Sender that cannot be used is a
 `malformed_action`. Messages kittiwake generates itself (no connection)
@@ -42,16 +42,26 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from kittiwake.address import NORMALIZERS, get_normalizer, split
-from kittiwake.buffer import Buffer
+from kittiwake.checks.base import (
+    OK,
+    CheckAction,
+    CheckResult,
+    CheckState,
+    CheckStateBase,
+    action_directive,
+)
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
 from kittiwake.errors import EnhancedCode, SMTPError
-from kittiwake.header import Header
-from kittiwake.mailaddr import AddressSyntaxError, field_value, parse_address, parse_address_list
 from kittiwake.message import MsgMeta
-from kittiwake.module import Module
-from kittiwake.pipeline.check_runner import CheckAction, action_directive
-from kittiwake.pipeline.checks import OK, CheckResult, CheckState, CheckStateBase
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
+from kittiwake.message.mailaddr import (
+    AddressSyntaxError,
+    field_value,
+    parse_address,
+    parse_address_list,
+)
+from kittiwake.module import Module, register
 from kittiwake.tables.base import Table, lookup_all
 
 __all__ = ["AuthorizeSender"]

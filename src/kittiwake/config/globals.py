@@ -80,13 +80,13 @@ def _enum(*choices: str) -> Callable[[Node, Container], str]:
 
 
 def _tls(node: Node, c: Container) -> Any:
-    from kittiwake.config import tls
+    from kittiwake.tls import directive as tls
 
     return tls.parse_server_tls(node, c)
 
 
 def _tls_client(node: Node, c: Container) -> Any:
-    from kittiwake.config import tls
+    from kittiwake.tls import directive as tls
 
     return tls.parse_client_tls(node, c)
 

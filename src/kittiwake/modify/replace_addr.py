@@ -26,11 +26,10 @@ from __future__ import annotations
 
 from kittiwake.address import AddressError, is_valid_address_rule, normalize_address, split
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
 from kittiwake.errors import KittiwakeError
 from kittiwake.message import MsgMeta
-from kittiwake.module import Module
-from kittiwake.pipeline.modifiers import ModifierState, ModifierStateBase
+from kittiwake.modify.base import ModifierState, ModifierStateBase
+from kittiwake.module import Module, register
 from kittiwake.tables.base import Table, lookup_all
 
 __all__ = ["ReplaceAddress", "ReplaceError", "ReplaceRecipient", "ReplaceSender"]

@@ -17,43 +17,39 @@ and authentication results and header fields accumulate whatever the
 verdict. The runner keeps those until the body stage, when `apply_results`
 writes them into the header.
 
-The second half of the file is the shared `NAME_action` parser
-(spec/checks.md §1.1) and the reply override it shares with the pipeline's
-`reject` directive, so both read `CODE [ENH [MESSAGE]]` the same way.
+The action syntax checks use (`NAME_action`) is part of the check contract
+and lives in `kittiwake.checks.base`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from kittiwake.address import to_alabel_domain
-from kittiwake.buffer import Buffer
-from kittiwake.config.node import Node
+from kittiwake.checks.base import (
+    DEFAULT_REJECT_MESSAGE,
+    AuthResult,
+    Check,
+    CheckResult,
+    CheckState,
+)
 from kittiwake.errors import SMTPError
-from kittiwake.header import Header
 from kittiwake.log import Logger
 from kittiwake.message import MsgMeta
-from kittiwake.pipeline.checks import AuthResult, Check, CheckResult, CheckState
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
 
 __all__ = [
-    "CheckAction",
     "CheckRunner",
     "DmarcVerdict",
     "DmarcVerifier",
     "GroupCheckState",
-    "action_directive",
     "format_auth_results",
     "merge_results",
-    "parse_action",
-    "parse_reply",
 ]
-
-#: What a `reject` (or a check action override) says when given no text.
-DEFAULT_REJECT_MESSAGE = "Message rejected due to a local policy"
 
 _Outcome = CheckResult | Exception
 
@@ -445,106 +441,3 @@ def format_auth_results(hostname: str, results: Sequence[AuthResult]) -> str:
         entry = f"{res.method}={res.result}"
         parts.append(" ".join([entry, *params]))
     return "; ".join(parts)
-
-
-# --- Actions and reply overrides (spec/checks.md §1.1) -------------------------
-
-_DIGITS = re.compile(r"[0-9]{1,3}")
-
-
-def parse_reply(args: Sequence[str]) -> SMTPError:
-    """`[CODE [ENH [MESSAGE]]]` -> the reply it describes; ValueError if invalid.
-
-    Defaults: `554`, `x.7.0` with x the first digit of CODE, and
-    `Message rejected due to a local policy`. Both codes must be in class 4
-    or 5; when both are given their classes must agree (RFC 3463 §2; maddy
-    does not check, but such a reply cannot be sent consistently).
-    """
-    if len(args) > 3:
-        raise ValueError("invalid count of arguments: expected [CODE [ENHANCED-CODE [MESSAGE]]]")
-    code = 554
-    if args:
-        if not re.fullmatch(r"[0-9]+", args[0]):
-            raise ValueError(f"invalid error code integer: {args[0]!r}")
-        code = int(args[0])
-        if code // 100 not in (4, 5):
-            raise ValueError("error code should start with either 4 or 5")
-    enhanced = (code // 100, 7, 0)
-    if len(args) >= 2:
-        parts = args[1].split(".")
-        if len(parts) != 3:
-            raise ValueError(f"wrong amount of enhanced code parts: {args[1]!r}")
-        if not all(_DIGITS.fullmatch(p) for p in parts):
-            raise ValueError(f"invalid enhanced code: {args[1]!r}")
-        enhanced = (int(parts[0]), int(parts[1]), int(parts[2]))
-        if enhanced[0] not in (4, 5):
-            raise ValueError("enhanced code should use either 4 or 5 as a first number")
-        if enhanced[0] != code // 100:
-            raise ValueError(
-                f"enhanced code {args[1]} does not match the class of error code {code}"
-            )
-    message = DEFAULT_REJECT_MESSAGE
-    if len(args) == 3:
-        message = args[2]
-        if not message:
-            raise ValueError("message can't be empty")
-    return SMTPError(code, enhanced, message, reason="reject directive used")
-
-
-@dataclass(frozen=True, slots=True)
-class CheckAction:
-    """What a check does with a failure: `ignore`, `quarantine` or `reject`.
-
-    `override`, if set, replaces the code, enhanced code and text the client
-    sees; the check's own error is kept in the log fields.
-    """
-
-    kind: Literal["ignore", "quarantine", "reject"]
-    override: SMTPError | None = field(default=None)
-
-    def apply(self, result: CheckResult) -> CheckResult:
-        """Set the verdict flags of a result whose `reason` says it failed."""
-        reason = result.reason
-        if reason is None:
-            return result
-        if self.override is not None:
-            o = self.override
-            reason = SMTPError(
-                o.code,
-                o.enhanced,
-                o.message,
-                check_name=reason.check_name,
-                reason=f"{reason}" + (f": {reason.reason}" if reason.reason else ""),
-                misc=dict(reason.misc),
-            )
-        return replace(
-            result,
-            reason=reason,
-            reject=result.reject or self.kind == "reject",
-            quarantine=result.quarantine or self.kind == "quarantine",
-        )
-
-
-def parse_action(args: Sequence[str]) -> CheckAction:
-    """`ignore` | `quarantine [CODE [ENH [MSG]]]` | `reject [CODE [ENH [MSG]]]`."""
-    if not args:
-        raise ValueError("expected at least 1 argument")
-    kind, rest = args[0], args[1:]
-    if kind == "ignore":
-        if rest:
-            raise ValueError("ignore takes no arguments")
-        return CheckAction("ignore")
-    if kind not in ("quarantine", "reject"):
-        raise ValueError(f"invalid action: {kind!r} (expected ignore, quarantine or reject)")
-    override = parse_reply(rest) if rest else None
-    return CheckAction("quarantine" if kind == "quarantine" else "reject", override)
-
-
-def action_directive(node: Node) -> CheckAction:
-    """Parser for `Directives.custom("fail_action", action_directive, default=...)`."""
-    if node.children is not None:
-        raise node.error(f"{node.name}: can't declare block here")
-    try:
-        return parse_action(node.args)
-    except ValueError as exc:
-        raise node.error(f"{node.name}: {exc}") from None

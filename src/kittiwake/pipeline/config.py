@@ -21,13 +21,12 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from kittiwake.address import AddressError, normalize_rule
+from kittiwake.checks.base import Check, parse_reply
 from kittiwake.config.node import Node
 from kittiwake.errors import ConfigError, SMTPError
 from kittiwake.log import Logger
-from kittiwake.pipeline.check_runner import parse_reply
-from kittiwake.pipeline.checks import Check
-from kittiwake.pipeline.modifiers import Modifier
-from kittiwake.pipeline.modules import CheckGroup, ModifierGroup
+from kittiwake.modify.base import Modifier
+from kittiwake.pipeline.groups import CheckGroup, ModifierGroup
 from kittiwake.tables.base import Table
 from kittiwake.targets.base import DeliveryTarget
 

@@ -21,26 +21,27 @@ pipeline logs the latter here, with the message ID, and re-raises it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from kittiwake import log as _log
 from kittiwake.address import AddressError, normalize_address, split
-from kittiwake.buffer import Buffer
+from kittiwake.checks.base import EarlyCheck
 from kittiwake.config.node import Node
 from kittiwake.errors import SMTPError
-from kittiwake.header import Header
 from kittiwake.message import ConnInfo, MsgMeta
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
 from kittiwake.pipeline.check_runner import CheckRunner, DmarcVerifier
-from kittiwake.pipeline.checks import EarlyCheck
 from kittiwake.pipeline.config import (
     DestinationBlock,
     RoutingConfig,
     SourceBlock,
     parse_routing,
 )
-from kittiwake.pipeline.modules import NO_MODIFIERS, ModifierChain
+from kittiwake.pipeline.groups import NO_MODIFIERS, ModifierChain
 from kittiwake.pipeline.received import Clock, local_now, received_value
 from kittiwake.tables.base import Table
 from kittiwake.targets.base import Delivery, DeliveryTarget, PartialDelivery, StatusCollector
@@ -98,27 +99,6 @@ class Pipeline:
         self._early = tuple(c for c in self.routing.checks if isinstance(c, EarlyCheck))
         #: Whether DMARC will evaluate messages: enabled, with SPF and DKIM checks.
         self.dmarc_runs = self.routing.dmarc_runs()
-
-    @classmethod
-    def from_nodes(
-        cls,
-        nodes: list[Node],
-        container: Container,
-        *,
-        block: Node | None = None,
-        hostname: str,
-        first_pipeline: bool = False,
-        logger: _log.Logger | None = None,
-    ) -> Pipeline:
-        """What an endpoint calls with the directives it did not know itself."""
-        return cls(
-            nodes,
-            container,
-            block=block,
-            hostname=hostname,
-            first_pipeline=first_pipeline,
-            logger=logger,
-        )
 
     def _nested(self, nodes: list[Node], node: Node) -> DeliveryTarget:
         return Pipeline(
@@ -232,7 +212,16 @@ def _tag(error: SMTPError, rcpt: str) -> SMTPError:
         return error
 
 
-_OPEN, _BODY, _DONE, _FAILED = "open", "body", "done", "failed"
+class DeliveryState(enum.Enum):
+    """The life of one `MessageDelivery`: recipients are added while `OPEN`,
+    the body moves it to `BODY`, commit to `DONE`; abort or an error that
+    ends the message moves it to `FAILED`."""
+
+    OPEN = "open"
+    BODY = "body"
+    DONE = "done"
+    FAILED = "failed"
+
 
 
 class MessageDelivery:
@@ -273,7 +262,7 @@ class MessageDelivery:
         self._accepted: dict[str, None] = {}
         #: The envelope sender every target gets (after root and source rewriting).
         self.source_addr = ""
-        self._state = _OPEN
+        self._state = DeliveryState.OPEN
         self._closed = False
         self._reported = False
 
@@ -292,7 +281,7 @@ class MessageDelivery:
             self.source_addr = await self._source_mods.rewrite_sender(mail_from)
         except BaseException as exc:
             self._note_failure("sender stage failed", exc)
-            self._state = _FAILED
+            self._state = DeliveryState.FAILED
             await self._close_states()
             raise
 
@@ -334,7 +323,7 @@ class MessageDelivery:
 
     async def add_rcpt(self, rcpt: str) -> None:
         """Route one recipient (clean form); its error is that RCPT's reply."""
-        if self._state != _OPEN:
+        if self._state is not DeliveryState.OPEN:
             raise RuntimeError(f"add_rcpt in state {self._state}")
         try:
             await self._add_rcpt(rcpt)
@@ -444,9 +433,9 @@ class MessageDelivery:
     # -- body stage (§6.4) ------------------------------------------------------
 
     def _begin_body(self) -> None:
-        if self._state != _OPEN:
+        if self._state is not DeliveryState.OPEN:
             raise RuntimeError(f"body in state {self._state}")
-        self._state = _BODY
+        self._state = DeliveryState.BODY
 
     async def _prepare(self, header: Header, body: Buffer) -> None:
         """Steps 1-4: body checks, Received, check results, body modifiers."""
@@ -537,9 +526,9 @@ class MessageDelivery:
 
     async def commit(self) -> None:
         """Commit every delivery, in start order; the first failure aborts the rest."""
-        if self._state == _FAILED and self._reported:
+        if self._state is DeliveryState.FAILED and self._reported:
             return  # body_non_atomic already gave every recipient its error
-        if self._state != _BODY:
+        if self._state is not DeliveryState.BODY:
             raise RuntimeError(f"commit in state {self._state}")
         await self._close_states()
         for started in self._started:
@@ -552,16 +541,16 @@ class MessageDelivery:
                 await self._fail()
                 raise
             started.finished = True
-        self._state = _DONE
+        self._state = DeliveryState.DONE
 
     async def abort(self) -> None:
         """Undo everything not committed; safe at any time, any number of times."""
-        if self._state in (_DONE, _FAILED):
+        if self._state in (DeliveryState.DONE, DeliveryState.FAILED):
             return
         await self._fail()
 
     async def _fail(self) -> None:
-        self._state = _FAILED
+        self._state = DeliveryState.FAILED
         for started in self._started:
             if not started.finished:
                 started.finished = True

@@ -17,8 +17,8 @@ import ipaddress
 from collections.abc import Callable
 
 from kittiwake.address import NormalizationError, split, to_alabel_domain, to_ulabel_domain
-from kittiwake.header import fold
 from kittiwake.message import MsgMeta
+from kittiwake.message.header import fold
 
 __all__ = ["Clock", "format_date", "local_now", "received_field", "received_value"]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 
+from kittiwake.protocol import replies
 from kittiwake.protocol.events import MailParams
 from kittiwake.protocol.replies import Reply
 
@@ -164,7 +165,7 @@ def parse_mail(args: str, max_size: int) -> tuple[str, MailParams]:
                 raise ParseError(Reply(501, (5, 5, 4), "Unable to parse SIZE as an integer"))
             size = int(value)
             if max_size and size > max_size:
-                raise ParseError(Reply(552, (5, 3, 4), "Max message size exceeded"))
+                raise ParseError(replies.SIZE_EXCEEDED_MAIL)
         elif key == "BODY":
             v = (value or "").upper()
             if v == "BINARYMIME":

@@ -47,10 +47,6 @@ class Reply:
         return self.render(utf8=True).decode("utf-8").rstrip("\r\n")
 
 
-def smtp_error(code: int, enhanced: EnhancedCode, text: str) -> Reply:
-    return Reply(code, enhanced, text)
-
-
 # Replies the core produces itself (spec/smtp-endpoint.md §3-§11).
 BAD_SYNTAX = Reply(500, (5, 5, 2), "Error: bad syntax")
 BAD_COMMAND = Reply(501, (5, 5, 2), "Bad command")
@@ -74,7 +70,6 @@ DATA_ARGS = Reply(501, (5, 5, 4), "DATA command should not have any arguments")
 BDAT_CONTINUE = Reply(250, (2, 0, 0), "Continue")
 QUEUED = Reply(250, (2, 0, 0), "OK: queued")
 SIZE_EXCEEDED_MAIL = Reply(552, (5, 3, 4), "Max message size exceeded")
-AUTH_CANCELLED = Reply(501, (5, 0, 0), "Negotiation cancelled")
 
 
 def not_implemented(verb: str) -> Reply:

@@ -12,24 +12,23 @@ from typing import ClassVar
 
 from kittiwake import address, log
 from kittiwake.auth.base import PasswordAuth
-from kittiwake.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
-from kittiwake.config.registry import register
-from kittiwake.config.tls import ServerTLS, parse_server_tls
 from kittiwake.config.values import ListenAddress, parse_listen_address
 from kittiwake.dns import Resolver
 from kittiwake.limits import Limits
-from kittiwake.module import Endpoint
+from kittiwake.message.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
+from kittiwake.module import Endpoint, register
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
 from kittiwake.server.authenticate import Authenticator
-from kittiwake.server.config import ConnectionGate, SessionConfig
 from kittiwake.server.listener import Listener
 from kittiwake.server.proxy_accept import ProxyConfig
 from kittiwake.server.proxy_trust import TrustList
 from kittiwake.server.session import Session
+from kittiwake.server.session_config import ConnectionGate, EndpointKind, SessionConfig
 from kittiwake.tables.base import Table
+from kittiwake.tls.directive import ServerTLS, parse_server_tls
 
 MiB = 1024 * 1024
 
@@ -37,7 +36,7 @@ MiB = 1024 * 1024
 class SMTPEndpoint(Endpoint):
     """ESMTP on port 25 (or wherever it is told to listen)."""
 
-    kind: ClassVar[str] = "smtp"
+    kind: ClassVar[EndpointKind] = EndpointKind.SMTP
     tls_required: ClassVar[bool] = True
 
     def configure(self, cfg: Directives) -> None:
@@ -57,7 +56,10 @@ class SMTPEndpoint(Endpoint):
         self.log.debug_enabled = cfg.boolean("debug", False, inherit=True)
         self.read_timeout = cfg.duration("read_timeout", 600.0)
         self.write_timeout = cfg.duration("write_timeout", 60.0)
-        self.shutdown_timeout = cfg.duration("shutdown_timeout", 180.0)
+        # How long sessions in progress may finish when the server stops
+        # (docs/server.md): 10 s by default, the contract of `kittiwake run`;
+        # maddy's default is 3 minutes, which a service manager rarely waits.
+        self.grace = cfg.duration("shutdown_timeout", 10.0)
         max_message_size = cfg.size("max_message_size", 32 * MiB)
         self.max_header_size = cfg.size("max_header_size", MiB)
         max_recipients = cfg.integer("max_recipients", 20000, minimum=0)
@@ -79,13 +81,13 @@ class SMTPEndpoint(Endpoint):
         self.limits: Limits | None = cfg.module("limits", Limits, "", default_module="limits")
         self.proxy: ProxyConfig | None = cfg.custom("proxy_protocol", self._parse_proxy, None)
         rest = cfg.finish(allow_unknown=True)
-        self.pipeline = Pipeline.from_nodes(
+        self.pipeline = Pipeline(
             rest, self.container, block=node, hostname=self.hostname, first_pipeline=True
         )
         if any(a.scheme == "tls" for a in self.listen) and self.tls is None:
             raise node.error("can't bind on SMTPS endpoint without TLS configuration")
         self.settings = Settings(
-            lmtp=self.kind == "lmtp",
+            lmtp=self.kind is EndpointKind.LMTP,
             max_line_length=max_line,
             max_message_size=max_message_size,
             max_recipients=max_recipients,
@@ -107,10 +109,10 @@ class SMTPEndpoint(Endpoint):
         # Without TLS there is no safe channel to wait for: AUTH in clear is
         # the only AUTH (spec §2); LMTP talks to a local MTA.
         insecure = cfg.boolean("insecure_auth", False)
-        self.insecure_auth = insecure or self.tls is None or self.kind == "lmtp"
+        self.insecure_auth = insecure or self.tls is None or self.kind is EndpointKind.LMTP
         auth_map: Table | None = cfg.module("auth_map", Table, "table", inherit=True)
         normalize = cfg.enum("auth_map_normalize", address.NORMALIZERS, "auto", inherit=True)
-        if self.kind == "submission" and not providers:
+        if self.kind is EndpointKind.SUBMISSION and not providers:
             raise self._node.error("auth. provider must be set for submission endpoint")
         self.mechanisms: tuple[str, ...] = ()
         self.authenticator: Authenticator | None = None
@@ -141,7 +143,7 @@ class SMTPEndpoint(Endpoint):
             addr = parse_listen_address(text)
         except ValueError as exc:
             raise node.error(f"{text}: invalid address: {exc}") from None
-        if self.kind == "lmtp" and addr.scheme != "unix" and addr.port == 25:
+        if self.kind is EndpointKind.LMTP and addr.scheme != "unix" and addr.port == 25:
             raise node.error(f"{text}: LMTP must not listen on port 25 (RFC 2033 §5)")
         return addr
 
@@ -165,6 +167,8 @@ class SMTPEndpoint(Endpoint):
 
     def _session_config(self) -> SessionConfig:
         flags = self.container.debug_flags
+        # Submission clients are authenticated: their rDNS name is not needed.
+        wants_rdns = self.kind is not EndpointKind.SUBMISSION
         return SessionConfig(
             kind=self.kind,
             hostname=self.hostname,
@@ -173,7 +177,7 @@ class SMTPEndpoint(Endpoint):
             buffer=self.buffer,
             log=self.log,
             io_log=self.io_log,
-            resolver=Resolver(flags.dns_override) if self.kind != "submission" else None,
+            resolver=Resolver(flags.dns_override) if wants_rdns else None,
             tls_context=self._tls_context(),
             read_timeout=self.read_timeout,
             write_timeout=self.write_timeout,
@@ -226,12 +230,12 @@ class SMTP(SMTPEndpoint):
 class Submission(SMTPEndpoint):
     """Mail from a domain's own users: authentication first, header checked."""
 
-    kind: ClassVar[str] = "submission"
+    kind: ClassVar[EndpointKind] = EndpointKind.SUBMISSION
 
 
 @register("lmtp")
 class LMTP(SMTPEndpoint):
     """LMTP (RFC 2033): one reply per recipient; TLS optional."""
 
-    kind: ClassVar[str] = "lmtp"
+    kind: ClassVar[EndpointKind] = EndpointKind.LMTP
     tls_required: ClassVar[bool] = False

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from kittiwake.auth.base import InvalidCredentials, TemporaryAuthFailure
 from kittiwake.protocol import Auth, AuthLine, Reply
 from kittiwake.protocol.sasl import INVALID, Challenge, Credentials, Done, Exchange, Step
-from kittiwake.server.config import AUTH_MAX_FAILURES
+from kittiwake.server.session_config import AUTH_MAX_FAILURES
 
 if TYPE_CHECKING:
     from kittiwake.server.session import Session

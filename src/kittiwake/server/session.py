@@ -45,8 +45,8 @@ from kittiwake.protocol import (
 )
 from kittiwake.protocol import replies as R
 from kittiwake.protocol.connection import State
-from kittiwake.server.config import SessionConfig
 from kittiwake.server.sasl import SASLHandling
+from kittiwake.server.session_config import SessionConfig
 from kittiwake.server.transaction import INTERNAL_ERROR, MailTransactions
 
 if TYPE_CHECKING:

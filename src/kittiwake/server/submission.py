@@ -14,8 +14,8 @@ anything is added, so a refused header is left exactly as it was; a passing
 header gets at most two new fields on top and every original byte kept.
 
 The grammars live in their own modules, shared with `check.authorize_sender`:
-addresses and field values in `kittiwake.mailaddr`, dates in
-`kittiwake.maildate`. This module only applies them in maddy's order.
+addresses and field values in `kittiwake.message.mailaddr`, dates in
+`kittiwake.message.maildate`. This module only applies them in maddy's order.
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ import uuid
 from datetime import UTC, datetime
 
 from kittiwake.errors import SMTPError
-from kittiwake.header import Header
-from kittiwake.mailaddr import AddressSyntaxError, field_value, parse_address, parse_address_list
-from kittiwake.maildate import DateSyntaxError, format_date, parse_date
+from kittiwake.message.header import Header
+from kittiwake.message.mailaddr import (
+    AddressSyntaxError,
+    field_value,
+    parse_address,
+    parse_address_list,
+)
+from kittiwake.message.maildate import DateSyntaxError, format_date, parse_date
 
 __all__ = ["prepare_submission_header"]
 

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kittiwake import address
-from kittiwake.buffer import Buffer
 from kittiwake.errors import SMTPError
-from kittiwake.header import HeaderReader
 from kittiwake.log import Logger
 from kittiwake.message import ConnInfo, MsgMeta, SMTPOptions, new_msg_id
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import HeaderReader
 from kittiwake.protocol import BodyEnd, Data, MailFrom, RcptTo, Reply
 from kittiwake.protocol import replies as R
 from kittiwake.protocol.events import MailParams
+from kittiwake.server.session_config import EndpointKind
 from kittiwake.server.submission import prepare_submission_header
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class MailTransactions:
         self._rcpt_errors_logged = 0
 
     async def on_mail(self, event: MailFrom) -> None:
-        if self.cfg.kind == "submission" and not self.session.conn.authenticated:
+        if self.cfg.kind is EndpointKind.SUBMISSION and not self.session.conn.authenticated:
             self.session.reply(AUTH_REQUIRED)  # RFC 4954 §6
             return
         txn = Transaction(event.address, event.params)
@@ -108,7 +109,7 @@ class MailTransactions:
                 auth=txn.params.auth,
             ),
             original_from=sender,
-            dont_trace_sender=self.cfg.kind == "submission",
+            dont_trace_sender=self.cfg.kind is EndpointKind.SUBMISSION,
         )
         try:
             txn.delivery = await self.cfg.pipeline.start(txn.meta, clean)
@@ -131,7 +132,7 @@ class MailTransactions:
 
     def conn_info(self) -> ConnInfo:
         proto = "ESMTPS" if self.session.conn.tls else "ESMTP"
-        if self.cfg.kind == "lmtp":
+        if self.cfg.kind is EndpointKind.LMTP:
             proto = "LMTP"
         return ConnInfo(
             remote_ip=self.session.peer_ip,
@@ -248,7 +249,7 @@ class MailTransactions:
             statuses = [failure] * max(1, len(txn.rcpts))
         else:
             self._log_outcome(txn, statuses, size)
-        if self.cfg.kind == "lmtp":
+        if self.cfg.kind is EndpointKind.LMTP:
             for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
                 self.session.reply(_lmtp_reply(rcpt, status, txn.msg_id))
         else:
@@ -267,7 +268,7 @@ class MailTransactions:
         txn.header.finish()
         header = txn.header.header
         assert header is not None
-        if self.cfg.kind == "submission":
+        if self.cfg.kind is EndpointKind.SUBMISSION:
             prepare_submission_header(header, self.cfg.hostname)  # spec §13
         await txn.buffer.finish()
         received = header.count("Received")
@@ -281,7 +282,7 @@ class MailTransactions:
         txn.meta.tls_not_required = tls_required is not None and tls_required.lower() == "no"
         if txn.meta.conn is not None:
             txn.meta.conn.rdns = await self.session.reverse_name()
-        if self.cfg.kind == "lmtp":
+        if self.cfg.kind is EndpointKind.LMTP:
             collector = _Statuses(self.cfg.log, txn.msg_id)
             await txn.delivery.body_non_atomic(collector, header, txn.buffer)
             await txn.delivery.commit()
@@ -297,7 +298,7 @@ class MailTransactions:
     def _log_outcome(self, txn: Transaction, statuses: list[SMTPError | None], size: int) -> None:
         """One line for what was accepted, one per recipient that was not (LMTP)."""
         delivered = sum(1 for status in statuses if status is None)
-        if self.cfg.kind == "lmtp":
+        if self.cfg.kind is EndpointKind.LMTP:
             delivered = 0
             for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
                 if status is None:

@@ -61,13 +61,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kittiwake import address
-from kittiwake.buffer import Buffer
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
 from kittiwake.errors import SMTPError
-from kittiwake.header import Header
 from kittiwake.message import MsgMeta
-from kittiwake.module import Module
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
+from kittiwake.module import Module, register
 from kittiwake.storage.maildir_files import (
     _DIR_MODE,
     _FILE_MODE,

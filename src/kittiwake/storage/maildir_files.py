@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kittiwake.buffer import Buffer
 from kittiwake.errors import SMTPError
+from kittiwake.message.buffer import Buffer
 
 if TYPE_CHECKING:
     from kittiwake.storage.maildir import Mailbox

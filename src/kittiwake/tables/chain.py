@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 from kittiwake.tables.base import Table, lookup_all
 
 

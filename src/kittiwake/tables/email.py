@@ -9,8 +9,7 @@ and with several domains fans one user name out into several addresses
 from __future__ import annotations
 
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 
 # RFC 5322 §3.2.3 atext without the letters and digits; RFC 6531 §3.3 adds
 # every non-ASCII character.

@@ -19,9 +19,8 @@ import time
 from dataclasses import dataclass
 
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
 from kittiwake.errors import ConfigError
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 
 Mapping = dict[str, list[str]]
 

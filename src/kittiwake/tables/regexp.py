@@ -24,8 +24,7 @@ import warnings
 from dataclasses import dataclass, replace
 
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 
 _MAX_RUNE = 0x10FFFF
 _MAX_REPEAT = 1000  # RE2 refuses larger repeat counts

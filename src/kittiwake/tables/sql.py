@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
-from kittiwake.config.registry import register
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 from kittiwake.tables.sql_driver import (
     Row,
     SQLDriver,

@@ -8,8 +8,7 @@ as maddy does, so a later line can override an earlier snippet.
 from __future__ import annotations
 
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
-from kittiwake.module import Module
+from kittiwake.module import Module, register
 
 
 @register("table.static")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from kittiwake.buffer import Buffer
-from kittiwake.header import Header
 from kittiwake.message import MsgMeta
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
 from kittiwake.module import capability
 
 

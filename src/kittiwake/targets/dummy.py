@@ -10,12 +10,11 @@ a server that faces anyone but you.
 
 from __future__ import annotations
 
-from kittiwake.buffer import Buffer
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
-from kittiwake.header import Header
 from kittiwake.message import MsgMeta
-from kittiwake.module import Module
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
+from kittiwake.module import Module, register
 from kittiwake.targets.base import Delivery
 
 __all__ = ["Dummy"]

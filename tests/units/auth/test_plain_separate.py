@@ -19,10 +19,9 @@ from kittiwake.auth.plain_separate import PlainSeparate
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.config.parser import parse_text
-from kittiwake.config.registry import register, unregister
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError
-from kittiwake.module import Module
+from kittiwake.module import Module, register, unregister
 
 FAKE_AUTH = "auth.test_ps_fake"
 BROKEN_TABLE = "table.test_ps_broken"

@@ -14,18 +14,17 @@ from pathlib import Path
 import pytest
 
 from kittiwake import log
-from kittiwake.buffer import Buffer
 from kittiwake.checks.authorize_sender import AuthorizeSender
+from kittiwake.checks.base import Check, CheckResult
 from kittiwake.config.directives import Directives
 from kittiwake.config.parser import parse_text
-from kittiwake.config.registry import register, unregister
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError, SMTPError
-from kittiwake.header import Header
 from kittiwake.message import ConnInfo, MsgMeta
-from kittiwake.module import Endpoint, Module
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
+from kittiwake.module import Endpoint, Module, register, unregister
 from kittiwake.pipeline.check_runner import CheckRunner
-from kittiwake.pipeline.checks import Check, CheckResult
 
 PROBE = "kw_authz_probe"
 

@@ -8,7 +8,7 @@
 * `modify.test NAME { sender A B; rcpt A B C; header N V }`: a modifier.
 * `table.test_broken`: a table whose lookups fail.
 * `kw_pipe`: an endpoint that builds its pipeline like the real ones
-  (unknown directives -> `Pipeline.from_nodes(..., first_pipeline=True)`).
+  (unknown directives -> `Pipeline(..., first_pipeline=True)`).
 
 Every fake is found by its name in `FAKES` (the block name, or the first
 inline argument), and appends to `EVENTS`, so a test can assert the order of
@@ -23,16 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kittiwake.buffer import Buffer
+from kittiwake.checks.base import CheckResult
 from kittiwake.config.directives import Directives
 from kittiwake.config.parser import parse_text
-from kittiwake.config.registry import register, unregister
 from kittiwake.container import Container
 from kittiwake.errors import SMTPError
-from kittiwake.header import Header
 from kittiwake.message import ConnInfo, MsgMeta
-from kittiwake.module import Endpoint, Module
-from kittiwake.pipeline.checks import CheckResult
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
+from kittiwake.module import Endpoint, Module, register, unregister
 from kittiwake.pipeline.pipeline import MessageDelivery, Pipeline
 from kittiwake.targets.base import StatusCollector
 
@@ -278,7 +277,7 @@ class PipeProbe(Endpoint):
     def configure(self, cfg: Directives) -> None:
         hostname = cfg.string("hostname", default="mx.example.com", inherit=True)
         rest = cfg.finish(allow_unknown=True)
-        self.pipeline = Pipeline.from_nodes(
+        self.pipeline = Pipeline(
             rest, self.container, block=cfg.node, hostname=hostname, first_pipeline=True
         )
         self.pipeline.clock = lambda: FIXED_NOW

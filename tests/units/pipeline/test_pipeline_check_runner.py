@@ -9,20 +9,20 @@ from pathlib import Path
 import pytest
 from pipefakes import EVENTS, FAKES, buffer, deliver, err, header, meta, pipe
 
-from kittiwake.config.node import Node
-from kittiwake.errors import ConfigError, SMTPError
-from kittiwake.header import Header
-from kittiwake.message import MsgMeta
-from kittiwake.pipeline.check_runner import (
+from kittiwake.checks.base import (
+    AuthResult,
+    Check,
     CheckAction,
-    DmarcVerdict,
+    CheckResult,
     action_directive,
-    format_auth_results,
-    merge_results,
     parse_action,
 )
-from kittiwake.pipeline.checks import AuthResult, Check, CheckResult
-from kittiwake.pipeline.modules import CheckGroup
+from kittiwake.config.node import Node
+from kittiwake.errors import ConfigError, SMTPError
+from kittiwake.message import MsgMeta
+from kittiwake.message.header import Header
+from kittiwake.pipeline.check_runner import DmarcVerdict, format_auth_results, merge_results
+from kittiwake.pipeline.groups import CheckGroup
 
 LEVELS = """
   check { test root }

@@ -18,8 +18,8 @@ from pipefakes import (
     pipe,
 )
 
+from kittiwake.checks.base import CheckResult
 from kittiwake.errors import SMTPError
-from kittiwake.pipeline.checks import CheckResult
 from kittiwake.pipeline.pipeline import Pipeline
 
 TWO_TARGETS = (

@@ -27,15 +27,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kittiwake.buffer import Buffer
 from kittiwake.config.directives import Directives
 from kittiwake.config.parser import parse_text
-from kittiwake.config.registry import register, unregister
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError, SMTPError
-from kittiwake.header import Header
 from kittiwake.message import MsgMeta
-from kittiwake.module import Endpoint
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
+from kittiwake.module import Endpoint, register, unregister
 from kittiwake.storage.maildir import MaildirStorage, encode_host
 from kittiwake.storage.maildir_files import LFConverter
 from kittiwake.tables.base import Table

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from table_harness import PROBE, Harness, Probe
 
-from kittiwake.config.registry import register, unregister
+from kittiwake.module import register, unregister
 
 
 @pytest.fixture(autouse=True, scope="session")

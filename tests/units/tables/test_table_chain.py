@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from table_harness import Harness
 
-from kittiwake.config.registry import register, unregister
-from kittiwake.module import Module
+from kittiwake.module import Module, register, unregister
 
 
 class Boom(Module):

@@ -19,15 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kittiwake.buffer import Buffer
+from kittiwake.checks.base import Check, CheckState
 from kittiwake.config.directives import Directives
-from kittiwake.config.registry import register
-from kittiwake.header import Header
 from kittiwake.message import MsgMeta
-from kittiwake.module import Module
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
+from kittiwake.modify.base import Modifier, ModifierState
+from kittiwake.module import Module, register
 from kittiwake.pipeline.check_runner import GroupCheckState
-from kittiwake.pipeline.checks import Check, CheckState
-from kittiwake.pipeline.modifiers import Modifier, ModifierState
 from kittiwake.targets.base import Delivery
 
 if TYPE_CHECKING:

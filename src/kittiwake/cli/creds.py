@@ -18,7 +18,7 @@ from kittiwake import log
 from kittiwake.auth import hashing
 from kittiwake.auth.base import UserDB
 from kittiwake.auth.pass_table import PassTable
-from kittiwake.cli import (
+from kittiwake.cli.common import (
     EMBEDDED_NAME,
     EXIT_CONFIG,
     EXIT_FAILURE,

@@ -5,11 +5,11 @@ a named block of one) owns certificate/key pairs as PEM bytes (`CertPair`),
 each validated by `load_pair` at configuration time, so a bad file is a
 `FILE:LINE` error before anything listens. Every minute a loader's own
 background task looks at its source again; when the pairs change it calls
-its listeners (a `ServerTLS` in `config/tls.py`, which rebuilds its
+its listeners (a `ServerTLS` in `tls/directive.py`, which rebuilds its
 per-pair contexts). A reload that fails keeps the old pairs and logs once.
 
 This file knows nothing of TLS *options* or of `SSLContext` policy: that is
-`config/tls.py`, which imports from here and never the other way round.
+`tls/directive.py`, which imports from here and never the other way round.
 What both need from certificates (reading a pair, `load_chain` into a
 context) lives here because loaders must validate with exactly the code
 that later loads.
@@ -43,8 +43,7 @@ from kittiwake import log
 from kittiwake.config.directives import Directives
 from kittiwake.config.globals import PARSERS
 from kittiwake.config.node import Node
-from kittiwake.config.registry import register
-from kittiwake.module import Module, capability
+from kittiwake.module import Module, capability, register
 
 if TYPE_CHECKING:
     from kittiwake.container import Container

@@ -2,7 +2,7 @@
 
 Strategy. A `tls` directive names a *certificate loader* module
 (`tls.loader.file`, `tls.loader.self_signed`, or `&name` of one; see
-`config/tls_loaders.py`) plus a few options. `ServerTLS` turns the loader's
+`tls/loaders.py`) plus a few options. `ServerTLS` turns the loader's
 pairs into one `ssl.SSLContext` per pair and hands out a single *front*
 context whose SNI callback switches each handshake to the pair that matches
 the requested name. The front context never changes identity, so a listener
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kittiwake import log
-from kittiwake.config import registry
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
-from kittiwake.config.tls_loaders import (
+from kittiwake.module import find as find_module
+from kittiwake.tls.loaders import (
     ACME_UNSUPPORTED,
     LOADER_NAMESPACE,
     CertificateError,
@@ -374,7 +374,7 @@ def _legacy_form(node: Node, args: list[str], container: Container) -> list[str]
         return args
     if "/" not in first and (
         not os.path.isfile(os.path.join(container.cwd, first))
-        or registry.find(first, LOADER_NAMESPACE) is not None  # a loader name wins
+        or find_module(first, LOADER_NAMESPACE) is not None  # a loader name wins
     ):
         return args
     _log.warn(

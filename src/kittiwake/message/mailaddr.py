@@ -17,7 +17,7 @@ as Go's `mime.WordDecoder` does.
 Field values are read as maddy's header library hands them to `net/mail`
 (`field_value`): folded lines trimmed and joined with one space. A tab left
 by folding would otherwise make a valid `Date` invalid, so the date grammar
-(`kittiwake.maildate`) is fed the same way.
+(`kittiwake.message.maildate`) is fed the same way.
 
 Pure functions: no I/O, nothing logged.
 """
@@ -34,7 +34,7 @@ import pkgutil
 import re
 from dataclasses import dataclass
 
-from kittiwake.header import Header
+from kittiwake.message.header import Header
 
 __all__ = [
     "AddressSyntaxError",
@@ -59,7 +59,7 @@ def field_value(header: Header, name: str) -> str:
     line end is dropped) and the non-empty lines are joined with one space,
     as go-message's `Header.Get` does. Bytes that are not UTF-8 become lone
     surrogates, which both grammars (addresses here, dates in
-    `kittiwake.maildate`) refuse as Go refuses invalid UTF-8.
+    `kittiwake.message.maildate`) refuse as Go refuses invalid UTF-8.
     """
     key = name.lower()
     for f in header:

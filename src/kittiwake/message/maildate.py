@@ -4,7 +4,7 @@ Its own module because it is a grammar of its own, unrelated to addresses:
 submission (`server/submission.py`) refuses a message whose `Date` none of
 maddy's layouts accepts, and dates a message that has none. The grammar is
 the union of maddy's layouts: one regular expression plus the range checks
-of Go's `time.Parse`. Values are read with `kittiwake.mailaddr.field_value`,
+of Go's `time.Parse`. Values are read with `kittiwake.message.mailaddr.field_value`,
 as maddy reads them.
 
 Pure functions: no I/O, nothing logged.

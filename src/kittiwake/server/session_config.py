@@ -7,13 +7,14 @@ behind `max_connections` and `max_connections_per_ip`.
 
 from __future__ import annotations
 
+import enum
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kittiwake.buffer import BufferSpec
 from kittiwake.log import Logger
+from kittiwake.message.buffer import BufferSpec
 from kittiwake.protocol import Reply, Settings
 
 if TYPE_CHECKING:
@@ -26,6 +27,18 @@ if TYPE_CHECKING:
 #: min(2^(n-1), 8) seconds; the 5th closes the session.
 AUTH_MAX_FAILURES = 5
 AUTH_MAX_DELAY = 8.0
+
+
+class EndpointKind(enum.StrEnum):
+    """Which of the three endpoint modules a session belongs to.
+
+    A `StrEnum`, so the value is also the module's configuration name and
+    what `ConnInfo.endpoint` tells checks and logs.
+    """
+
+    SMTP = "smtp"
+    SUBMISSION = "submission"
+    LMTP = "lmtp"
 
 
 @dataclass
@@ -69,7 +82,7 @@ class ConnectionGate:
 class SessionConfig:
     """What every session of one endpoint shares (built by the endpoint)."""
 
-    kind: str  # smtp, submission, lmtp
+    kind: EndpointKind
     hostname: str  # A-label form
     settings: Settings
     pipeline: Pipeline
@@ -92,5 +105,5 @@ class SessionConfig:
 
     @property
     def banner(self) -> Reply:
-        proto = "LMTP" if self.kind == "lmtp" else "ESMTP"
+        proto = "LMTP" if self.kind is EndpointKind.LMTP else "ESMTP"
         return Reply(220, None, f"{self.hostname} {proto} Service Ready")

@@ -1,0 +1,107 @@
+"""The `kittiwake` command: the parser, the entry point and the small commands.
+
+`run` lives in `cli/run.py`, `creds` and `hash` in `cli/creds.py`, what they
+share in `cli/common.py`. This module is the program's composition root: it
+imports `kittiwake.modules`, the list of every built-in module, so that a
+configuration can name them (the registry never imports modules itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+
+import kittiwake.modules  # noqa: F401  (registers every built-in module)
+from kittiwake import __version__, log
+from kittiwake.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_debug_flags,
+    build,
+    config_error,
+    config_option,
+    default_config_text,
+)
+from kittiwake.cli.creds import add_creds_commands
+from kittiwake.cli.run import cmd_run, traceback_fields
+from kittiwake.errors import ConfigError
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"kittiwake {__version__} (Python {platform.python_version()})")
+    return EXIT_OK
+
+
+def cmd_config_default(args: argparse.Namespace) -> int:
+    sys.stdout.write(default_config_text())
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        container, _ = build(args)
+    except ConfigError as exc:
+        return config_error(exc)
+    print(f"{container.config_file}: configuration OK")
+    return EXIT_OK
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kittiwake",
+        description="kittiwake mail server: SMTP, Submission and LMTP.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run the server in the foreground")
+    config_option(run)
+    add_debug_flags(run)
+    run.set_defaults(handler=cmd_run)
+
+    config = commands.add_parser("config", help="check or print configuration")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = config_commands.add_parser(
+        "check", help="parse and build the configuration without binding anything"
+    )
+    config_option(check)
+    add_debug_flags(check)
+    check.set_defaults(handler=cmd_config_check)
+    default = config_commands.add_parser("default", help="print the embedded default configuration")
+    default.set_defaults(handler=cmd_config_default)
+
+    add_creds_commands(commands, config_option)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(handler=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (2) and --help (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    try:
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except KeyboardInterrupt:  # SIGINT before the event loop took it over
+        return 130
+    except BrokenPipeError:
+        # `kittiwake config default | head`: the reader left, which is fine.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:
+        _report_unexpected(exc)
+        return EXIT_FAILURE
+
+
+def _report_unexpected(exc: BaseException) -> None:
+    logger = log.get("")
+    logger.error("unexpected error, exiting", err=exc, **traceback_fields(logger, exc))

@@ -1,0 +1,196 @@
+"""`kittiwake run`: start every module, serve until a signal, stop cleanly.
+
+Strategy: everything that can be wrong with the configuration is found
+before the event loop starts (parse, build, log targets, directories), so a
+broken file never leaves a half-started server. Only then are modules
+started; the readiness lines are printed after *every* endpoint is bound,
+because scripts wait for them. Signals are handled inside the event loop:
+SIGTERM/SIGINT start a graceful stop (the endpoints bound it by their grace
+period), a second one exits at once, SIGHUP reopens log files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+
+from kittiwake import __version__, log
+from kittiwake.cli.common import EXIT_FAILURE, EXIT_OK, build, config_error
+from kittiwake.config.node import Node
+from kittiwake.container import Container
+from kittiwake.errors import ConfigError
+
+
+def _raise_open_file_limit() -> None:
+    """Use the hard limit on open files: every connection is one.
+
+    The soft limit is often 1,024, far below what `max_connections` allows;
+    raising it to the hard limit needs no privilege.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # Until the event loop handles SIGHUP, a log rotation must not kill us.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _raise_open_file_limit()
+    try:
+        container, nodes = build(args)
+        container.prepare_dirs()
+        _configure_logging(container, nodes)
+    except ConfigError as exc:
+        return config_error(exc)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_serve(container))
+
+
+def _configure_logging(container: Container, nodes: list[Node]) -> None:
+    g = container.globals
+    try:
+        log.configure(g.log, fmt=g.log_format, debug=g.debug)
+    except OSError as exc:
+        where = next((n for n in nodes if n.name == "log"), None)
+        message = f"log: cannot open {exc.filename}: {exc.strerror}"
+        if where is None:
+            raise ConfigError(message, container.config_file) from None
+        raise where.error(message) from None
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (the `fast` extra), else asyncio's."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def _serve(container: Container) -> int:
+    logger = log.get("")
+    loop = asyncio.get_running_loop()
+    log.attach_loop(loop)
+    try:
+        return await _serve_on(container, loop, logger)
+    finally:
+        log.attach_loop(None)
+
+
+async def _serve_on(
+    container: Container, loop: asyncio.AbstractEventLoop, logger: log.Logger
+) -> int:
+    stopping = asyncio.Event()
+
+    def on_stop(sig: signal.Signals) -> None:
+        if stopping.is_set():
+            logger.warn("second signal during shutdown, exiting at once", signal=sig.name)
+            log.flush()
+            sys.stdout.flush()
+            os._exit(EXIT_FAILURE)
+        logger.info("shutting down", signal=sig.name)
+        stopping.set()
+
+    def on_hup() -> None:
+        try:
+            log.reopen()
+        except OSError as exc:
+            logger.error("cannot reopen log files", err=exc)
+            return
+        logger.info(
+            "log files reopened; configuration reload is not supported, restart to apply changes"
+        )
+
+    def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        # asyncio would print these through the stdlib `logging` module,
+        # around our log targets; keep them in our own format instead.
+        exc = context.get("exception")
+        error = exc if isinstance(exc, BaseException) else None
+        fields = traceback_fields(logger, error)
+        logger.error(
+            "unhandled error in a background task",
+            err=error,
+            detail=str(context.get("message", "")),
+            **fields,
+        )
+
+    loop.set_exception_handler(on_loop_error)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        _log_debug_flags(container, logger)
+        try:
+            await container.start()
+        except ConfigError as exc:
+            return config_error(exc)
+        except OSError as exc:
+            _report_start_failure(container, exc)
+            return EXIT_FAILURE
+        if not stopping.is_set():
+            _announce(container)
+            logger.info("started", version=__version__, config=container.config_file)
+            await stopping.wait()
+        await container.stop()
+        logger.info("stopped")
+        return EXIT_OK
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+def _log_debug_flags(container: Container, logger: log.Logger) -> None:
+    flags = container.debug_flags
+    if flags.dns_override is not None:
+        logger.warn(
+            "debug flag in use: DNS queries go to a fixed server", server=flags.dns_override
+        )
+    if flags.smtp_port is not None:
+        logger.warn("debug flag in use: outbound SMTP port changed", port=flags.smtp_port)
+
+
+def _announce(container: Container) -> None:
+    """The readiness lines scripts wait for, all at once, after every bind."""
+    lines = [
+        f"kittiwake: listening on {address}\n"
+        for endpoint in container.endpoints
+        for address in endpoint.addresses()
+    ]
+    try:
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+    except OSError:
+        pass  # nobody reads stdout; the server itself is fine
+
+
+def _report_start_failure(container: Container, exc: OSError) -> None:
+    detail = exc.strerror or str(exc)
+    if exc.filename:
+        detail = f"{exc.filename}: {detail}"
+    print(f"kittiwake: cannot start: {detail}", file=sys.stderr, flush=True)
+    if any(t not in ("stderr", "stderr_ts", "off") for t in container.globals.log):
+        log.get("").error("cannot start", err=exc)  # also where the operator reads logs
+
+
+def traceback_fields(logger: log.Logger, exc: BaseException | None) -> dict[str, str]:
+    """The traceback as one field (one line once rendered), in debug mode only."""
+    if exc is None or not logger.debug_enabled:
+        return {}
+    return {"traceback": "".join(traceback.format_exception(exc))}
+
+

@@ -1,0 +1,18 @@
+"""The message model: what kittiwake knows about one message in transit.
+
+* `message.meta` - `MsgMeta`, `ConnInfo`, `SMTPOptions` and message IDs:
+  everything about a message besides its content (re-exported here);
+* `message.header` - the header, kept byte-exact, and the reader that cuts
+  it off the incoming content;
+* `message.buffer` - where the body lives while the message is handled (RAM,
+  a file, or RAM then a file);
+* `message.mailaddr` - the address grammar of header fields (RFC 5322
+  `From:`, `Sender:`), used by submission and sender checks;
+* `message.maildate` - the `Date:` field grammar (RFC 5322 §3.3).
+
+Envelope addresses (MAIL FROM, RCPT TO) are `kittiwake.address`'s job.
+"""
+
+from kittiwake.message.meta import ConnInfo, MsgMeta, SMTPOptions, new_msg_id
+
+__all__ = ["ConnInfo", "MsgMeta", "SMTPOptions", "new_msg_id"]
