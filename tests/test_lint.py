@@ -1,7 +1,8 @@
 """The linters are part of the test suite: ruff over the code, mypy --strict over src.
 
 Both run as subprocesses from the repository root with the settings in
-pyproject.toml; a test is skipped only when its tool is not installed.
+pyproject.toml. The tools come with the `test` extra: a missing one fails
+the test rather than skipping it, so a clean run always means linted code.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _run_tool(module: str, *args: str) -> None:
     if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed")
+        pytest.fail(f"{module} is not installed: pip install -e '.[test]'", pytrace=False)
     result = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
@@ -36,6 +37,12 @@ def _run_tool(module: str, *args: str) -> None:
 def test_ruff() -> None:
     paths = [p for p in ("src", "tests", "bench") if (ROOT / p).exists()]
     _run_tool("ruff", "check", *paths)
+
+
+def test_ruff_format() -> None:
+    """The code is in `ruff format`'s shape: run `ruff format src tests bench` to fix."""
+    paths = [p for p in ("src", "tests", "bench") if (ROOT / p).exists()]
+    _run_tool("ruff", "format", "--check", *paths)
 
 
 def test_mypy_strict() -> None:

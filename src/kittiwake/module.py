@@ -72,6 +72,7 @@ class Module:
 
     #: Set by `@register`: the configuration name.
     module_name: ClassVar[str] = ""
+
     def __init__(self, container: Container, instance_name: str, inline_args: list[str]) -> None:
         self.container = container
         self.instance_name = instance_name

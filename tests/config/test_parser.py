@@ -523,7 +523,7 @@ def test_parse_file_missing(tmp_path: Path) -> None:
 
 def test_parse_file_invalid_utf8_and_bom(tmp_path: Path) -> None:
     path = tmp_path / "x.conf"
-    path.write_bytes(b"\xef\xbb\xbfa \xff\xfeb \"q\xc3\"\r\nc\r\n")
+    path.write_bytes(b'\xef\xbb\xbfa \xff\xfeb "q\xc3"\r\nc\r\n')
     nodes = parse_file(str(path), environ={})
     assert shape(nodes) == [("a", ["\ufffd\ufffdb", "q\ufffd"], 1), ("c", [], 2)]
 

@@ -181,9 +181,7 @@ names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,8}", fullmatch=True).filter(
 # that ends in a backslash or holds `\"` (quoted values cannot).
 plain_args = st.text(
     alphabet=st.sampled_from(list("ab1 #{}\n\t\\;&é\"'")), min_size=0, max_size=8
-).filter(
-    lambda a: a not in ("{", "}", "\\") and not a.endswith("\\") and '\\"' not in a
-)
+).filter(lambda a: a not in ("{", "}", "\\") and not a.endswith("\\") and '\\"' not in a)
 
 
 @st.composite

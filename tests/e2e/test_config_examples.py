@@ -191,8 +191,7 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def registered() -> frozenset[str]:
     """The names a fresh `kittiwake` process knows (`module.names()`)."""
     code = (
-        "import kittiwake.modules; from kittiwake import module; "
-        "print('\\n'.join(module.names()))"
+        "import kittiwake.modules; from kittiwake import module; print('\\n'.join(module.names()))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

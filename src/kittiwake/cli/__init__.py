@@ -50,7 +50,6 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kittiwake",

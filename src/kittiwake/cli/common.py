@@ -145,8 +145,6 @@ def _debug_flags(args: argparse.Namespace) -> DebugFlags:
     )
 
 
-
-
 def config_option(p: argparse.ArgumentParser) -> None:
     """`-c FILE`, as every command that reads the configuration takes it."""
     p.add_argument(

@@ -192,5 +192,3 @@ def traceback_fields(logger: log.Logger, exc: BaseException | None) -> dict[str,
     if exc is None or not logger.debug_enabled:
         return {}
     return {"traceback": "".join(traceback.format_exception(exc))}
-
-

@@ -180,8 +180,7 @@ class _TreeBuilder:
             if kind == _Kind.SNIPPET:
                 if node.args:
                     raise node.error(
-                        f"snippet declaration ({node.name}) can't have arguments, "
-                        "only a block"
+                        f"snippet declaration ({node.name}) can't have arguments, only a block"
                     )
                 ctx.snippets[node.name] = node.children if node.children is not None else []
                 continue
@@ -319,8 +318,7 @@ def _check_name(name: str, at: Token) -> None:
         for ch in name:
             if not (ch.isalpha() or ch.isdecimal() or ch in "._-"):
                 problem = (
-                    f"character {_show(ch)} is not allowed "
-                    "(use letters, digits, '.', '-' and '_')"
+                    f"character {_show(ch)} is not allowed (use letters, digits, '.', '-' and '_')"
                 )
                 break
     if problem:

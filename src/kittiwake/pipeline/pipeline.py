@@ -223,7 +223,6 @@ class DeliveryState(enum.Enum):
     FAILED = "failed"
 
 
-
 class MessageDelivery:
     """Everything the pipeline holds for one message (§6)."""
 

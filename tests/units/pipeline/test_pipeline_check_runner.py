@@ -177,16 +177,21 @@ async def test_failed_replay_closes_the_new_state_and_retries(tmp_path: Path) ->
 async def test_auth_results_assembly(tmp_path: Path) -> None:
     pipeline = pipe(
         "  hostname mx.example.org\n"
-        "  check {\n    test spf\n    test dkim\n  }\n  deliver_to test t\n", tmp_path
+        "  check {\n    test spf\n    test dkim\n  }\n  deliver_to test t\n",
+        tmp_path,
     )
     FAKES["spf"].delay["sender"] = 0.05  # config order, not completion order
     FAKES["spf"].sender = CheckResult(
-        auth_results=[AuthResult("spf", "pass", {"smtp.mailfrom": "sender.net",
-                                                 "smtp.helo": "mail.sender.net"})]
+        auth_results=[
+            AuthResult(
+                "spf", "pass", {"smtp.mailfrom": "sender.net", "smtp.helo": "mail.sender.net"}
+            )
+        ]
     )
     FAKES["dkim"].sender = CheckResult(
-        auth_results=[AuthResult("dkim", "pass", {"header.d": "sender.net",
-                                                  "header.i": "@sender.net"})]
+        auth_results=[
+            AuthResult("dkim", "pass", {"header.d": "sender.net", "header.i": "@sender.net"})
+        ]
     )
     await deliver(pipeline, "s@example.org", ["x@a.org"])
     first = FAKES["t"].committed[0].header.split(b"\r\nReceived:")[0].decode()
@@ -199,8 +204,9 @@ async def test_auth_results_assembly(tmp_path: Path) -> None:
 
 def test_auth_results_format() -> None:
     results = [
-        AuthResult("spf", "fail", {"smtp.mailfrom": "x.org", "smtp.helo": ""},
-                   reason="SPF record says so"),
+        AuthResult(
+            "spf", "fail", {"smtp.mailfrom": "x.org", "smtp.helo": ""}, reason="SPF record says so"
+        ),
         AuthResult("dkim", "none"),
         AuthResult("dmarc", "pass", {"header.from": "x.org", "reason": "aligned"}),
         AuthResult("auth", "pass", {"smtp.auth": "a b"}),
@@ -300,8 +306,9 @@ async def test_dmarc_off(tmp_path: Path) -> None:
 
 def test_merge_results() -> None:
     a = CheckResult(reject=True, reason=err(550, (5, 7, 1), "a"), header_fields=[("X-A", "1")])
-    b = CheckResult(reject=True, reason=err(550, (5, 7, 1), "b"),
-                    auth_results=[AuthResult("spf", "pass")])
+    b = CheckResult(
+        reject=True, reason=err(550, (5, 7, 1), "b"), auth_results=[AuthResult("spf", "pass")]
+    )
     q = CheckResult(quarantine=True, reject=True, reason=err(550, (5, 7, 1), "q"))
     merged = merge_results([q, a, b])
     assert merged.reject and merged.quarantine
@@ -336,8 +343,11 @@ async def test_checks_group_as_single_check(tmp_path: Path) -> None:
         (["reject"], "reject", None),
         (["reject", "450"], "reject", "450 4.7.0 Message rejected due to a local policy"),
         (["reject", "550", "5.7.23", "SPF failed"], "reject", "550 5.7.23 SPF failed"),
-        (["quarantine", "451", "4.7.1"], "quarantine",
-         "451 4.7.1 Message rejected due to a local policy"),
+        (
+            ["quarantine", "451", "4.7.1"],
+            "quarantine",
+            "451 4.7.1 Message rejected due to a local policy",
+        ),
     ],
 )
 def test_parse_action(args: list[str], kind: str, reply: str | None) -> None:
@@ -353,8 +363,10 @@ def test_parse_action(args: list[str], kind: str, reply: str | None) -> None:
         (["drop"], "invalid action: 'drop' (expected ignore, quarantine or reject)"),
         (["ignore", "550"], "ignore takes no arguments"),
         (["reject", "650"], "error code should start with either 4 or 5"),
-        (["reject", "550", "4.7.0"], "enhanced code 4.7.0 does not match the class of error "
-         "code 550"),
+        (
+            ["reject", "550", "4.7.0"],
+            "enhanced code 4.7.0 does not match the class of error code 550",
+        ),
         (["reject", "550", "5.7.0", ""], "message can't be empty"),
     ],
 )
@@ -376,8 +388,9 @@ def test_action_directive_positions_errors() -> None:
 
 
 def test_action_apply() -> None:
-    original = SMTPError(550, (5, 7, 23), "SPF authentication failed", check_name="spf",
-                         reason="fail")
+    original = SMTPError(
+        550, (5, 7, 23), "SPF authentication failed", check_name="spf", reason="fail"
+    )
     failed = CheckResult(reason=original, auth_results=[AuthResult("spf", "fail")])
     assert CheckAction("ignore").apply(failed) == failed
     quarantined = CheckAction("quarantine").apply(failed)

@@ -126,8 +126,11 @@ BAD = {
         2,
         "invalid source match rule: @example.",
     ),
-    "unknown root directive": ("kw_pipe x {\n  reject\n  frobnicate\n}\n", 3,
-                               "unknown pipeline directive: frobnicate"),
+    "unknown root directive": (
+        "kw_pipe x {\n  reject\n  frobnicate\n}\n",
+        3,
+        "unknown pipeline directive: frobnicate",
+    ),
     "bad dmarc": ("kw_pipe x {\n  dmarc maybe\n  reject\n}\n", 2, "invalid argument for dmarc"),
     # -- source level ----------------------------------------------------------
     "deliver_to after destination": (
@@ -194,12 +197,21 @@ BAD = {
         2,
         "required at least one argument",
     ),
-    "reroute without block": ("kw_pipe x {\n  reroute\n}\n", 2,
-                              "missing or empty reroute pipeline configuration"),
-    "reroute with empty block": ("kw_pipe x {\n  reroute {\n  }\n}\n", 2,
-                                 "missing or empty reroute pipeline configuration"),
-    "reroute content is a pipeline": ("kw_pipe x {\n  reroute {\n    check { test c }\n  }\n}\n",
-                                      2, EMPTY_PIPELINE),
+    "reroute without block": (
+        "kw_pipe x {\n  reroute\n}\n",
+        2,
+        "missing or empty reroute pipeline configuration",
+    ),
+    "reroute with empty block": (
+        "kw_pipe x {\n  reroute {\n  }\n}\n",
+        2,
+        "missing or empty reroute pipeline configuration",
+    ),
+    "reroute content is a pipeline": (
+        "kw_pipe x {\n  reroute {\n    check { test c }\n  }\n}\n",
+        2,
+        EMPTY_PIPELINE,
+    ),
     "error inside reroute": (
         "kw_pipe x {\n  reroute {\n    reject\n    bogus\n  }\n}\n",
         4,
@@ -253,28 +265,47 @@ BAD = {
         "unknown module: nosuch (namespace: target)",
     ),
     # -- reject arguments (§3) -------------------------------------------------------
-    "reject code not a number": ("kw_pipe x {\n  reject 55x\n}\n", 2,
-                                 "reject: invalid error code integer: '55x'"),
-    "reject code class": ("kw_pipe x {\n  reject 354\n}\n", 2,
-                          "reject: error code should start with either 4 or 5"),
-    "reject enhanced parts": ("kw_pipe x {\n  reject 550 5.7\n}\n", 2,
-                              "reject: wrong amount of enhanced code parts: '5.7'"),
-    "reject enhanced not numeric": ("kw_pipe x {\n  reject 550 5.x.1\n}\n", 2,
-                                    "reject: invalid enhanced code: '5.x.1'"),
-    "reject enhanced class": ("kw_pipe x {\n  reject 550 2.7.0\n}\n", 2,
-                              "reject: enhanced code should use either 4 or 5 as a first number"),
+    "reject code not a number": (
+        "kw_pipe x {\n  reject 55x\n}\n",
+        2,
+        "reject: invalid error code integer: '55x'",
+    ),
+    "reject code class": (
+        "kw_pipe x {\n  reject 354\n}\n",
+        2,
+        "reject: error code should start with either 4 or 5",
+    ),
+    "reject enhanced parts": (
+        "kw_pipe x {\n  reject 550 5.7\n}\n",
+        2,
+        "reject: wrong amount of enhanced code parts: '5.7'",
+    ),
+    "reject enhanced not numeric": (
+        "kw_pipe x {\n  reject 550 5.x.1\n}\n",
+        2,
+        "reject: invalid enhanced code: '5.x.1'",
+    ),
+    "reject enhanced class": (
+        "kw_pipe x {\n  reject 550 2.7.0\n}\n",
+        2,
+        "reject: enhanced code should use either 4 or 5 as a first number",
+    ),
     "reject classes disagree": (
         "kw_pipe x {\n  reject 450 5.7.0\n}\n",
         2,
         "reject: enhanced code 5.7.0 does not match the class of error code 450",
     ),
-    "reject empty message": ('kw_pipe x {\n  reject 550 5.7.0 ""\n}\n', 2,
-                             "reject: message can't be empty"),
-    "reject too many": ('kw_pipe x {\n  reject 550 5.7.0 "a" b\n}\n', 2,
-                        "reject: invalid count of arguments: expected "
-                        "[CODE [ENHANCED-CODE [MESSAGE]]]"),
-    "two rejects": ("kw_pipe x {\n  reject\n  reject 450\n}\n", 3,
-                    "duplicate 'reject' directive"),
+    "reject empty message": (
+        'kw_pipe x {\n  reject 550 5.7.0 ""\n}\n',
+        2,
+        "reject: message can't be empty",
+    ),
+    "reject too many": (
+        'kw_pipe x {\n  reject 550 5.7.0 "a" b\n}\n',
+        2,
+        "reject: invalid count of arguments: expected [CODE [ENHANCED-CODE [MESSAGE]]]",
+    ),
+    "two rejects": ("kw_pipe x {\n  reject\n  reject 450\n}\n", 3, "duplicate 'reject' directive"),
 }
 
 
@@ -427,8 +458,14 @@ def test_destination_checks_warn_about_body_stage(
 
 @pytest.mark.parametrize(
     ("directives", "enabled"),
-    [("", True), ("dmarc", True), ("dmarc yes", True), ("dmarc no", False),
-     ("dmarc no\n  dmarc", True), ("dmarc no\n  dmarc yes extra", False)],
+    [
+        ("", True),
+        ("dmarc", True),
+        ("dmarc yes", True),
+        ("dmarc no", False),
+        ("dmarc no\n  dmarc", True),
+        ("dmarc no\n  dmarc yes extra", False),
+    ],
 )
 def test_dmarc_directive(directives: str, enabled: bool, tmp_path: Path) -> None:
     pipeline = build(f"kw_pipe x {{\n  {directives}\n  reject\n}}\n", tmp_path)

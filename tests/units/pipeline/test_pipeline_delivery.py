@@ -53,9 +53,7 @@ async def test_body_failure_aborts_every_delivery(tmp_path: Path) -> None:
 
 
 async def test_commit_failure_aborts_the_rest(tmp_path: Path) -> None:
-    pipeline = pipe(
-        TWO_TARGETS + "  ", tmp_path
-    )
+    pipeline = pipe(TWO_TARGETS + "  ", tmp_path)
     delivery = await _open(pipeline, ["x@a.org", "y@b.org"])
     await delivery.body(header(), await buffer())
     FAKES["first"].commit_err = err(451, (4, 3, 0), "No")
@@ -271,7 +269,7 @@ async def test_reroute_matches_final_addresses(tmp_path: Path) -> None:
         "    reroute {\n      check { test inner }\n"
         "      destination local.org { deliver_to test mbox }\n"
         "      default_destination { deliver_to test relay }\n    }\n  }\n"
-        "  default_destination { reject 550 5.7.1 \"No relaying\" }\n",
+        '  default_destination { reject 550 5.7.1 "No relaying" }\n',
         tmp_path,
     )
     m = meta()
@@ -292,8 +290,9 @@ async def test_reroute_matches_final_addresses(tmp_path: Path) -> None:
 
 
 async def test_reroute_combined_with_deliver_to(tmp_path: Path) -> None:
-    pipeline = pipe("  deliver_to test direct\n  reroute {\n    deliver_to test nested\n  }\n",
-                    tmp_path)
+    pipeline = pipe(
+        "  deliver_to test direct\n  reroute {\n    deliver_to test nested\n  }\n", tmp_path
+    )
     await deliver(pipeline, "s@example.org", ["a@x.org"])
     assert FAKES["direct"].committed[0].rcpts == ["a@x.org"]
     assert FAKES["nested"].committed[0].rcpts == ["a@x.org"]
@@ -318,8 +317,11 @@ async def test_msgpipeline_module_as_target(tmp_path: Path) -> None:
 
 
 async def test_nested_pipeline_errors_pass_through_untagged(tmp_path: Path) -> None:
-    pipeline = pipe("  reroute {\n    destination x.org { reject 550 5.1.1 Nope }\n"
-                    "    default_destination { deliver_to test t }\n  }\n", tmp_path)
+    pipeline = pipe(
+        "  reroute {\n    destination x.org { reject 550 5.1.1 Nope }\n"
+        "    default_destination { deliver_to test t }\n  }\n",
+        tmp_path,
+    )
     delivery = await pipeline.start(meta(), "s@example.org")
     with pytest.raises(SMTPError) as info:
         await delivery.add_rcpt("a@x.org")

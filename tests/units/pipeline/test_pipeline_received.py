@@ -152,8 +152,9 @@ def test_locally_generated_message_has_none() -> None:
             "Sun, 01 Dec 2024 23:59:07 +0100",
         ),
         (
-            dt.datetime(2001, 7, 9, 1, 2, 3,
-                        tzinfo=dt.timezone(-dt.timedelta(hours=3, minutes=30))),
+            dt.datetime(
+                2001, 7, 9, 1, 2, 3, tzinfo=dt.timezone(-dt.timedelta(hours=3, minutes=30))
+            ),
             "Mon, 09 Jul 2001 01:02:03 -0330",
         ),
     ],

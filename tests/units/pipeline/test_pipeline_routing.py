@@ -27,7 +27,7 @@ SOURCES = """
     deliver_to test default
   }
 """
-SENDER_TABLE = "table.static senders {\n  entry listed@example.net yes\n  entry \"\" yes\n}\n"
+SENDER_TABLE = 'table.static senders {\n  entry listed@example.net yes\n  entry "" yes\n}\n'
 
 
 @pytest.mark.parametrize(
@@ -139,8 +139,7 @@ async def test_destination_selection(rcpt: str, target: str, tmp_path: Path) -> 
 
 async def test_unnormalisable_recipient_after_rewriting(tmp_path: Path) -> None:
     pipeline = pipe(
-        "  modify {\n    test m {\n      rcpt a@example.org junk\n    }\n  }\n"
-        "  deliver_to test t",
+        "  modify {\n    test m {\n      rcpt a@example.org junk\n    }\n  }\n  deliver_to test t",
         tmp_path,
     )
     delivery = await pipeline.start(meta(), "s@example.org")
