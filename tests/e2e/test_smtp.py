@@ -317,8 +317,9 @@ def test_line_length_limit(kittiwake: Start, tmp_path: Path, dns: FakeDNS) -> No
     )
     with Dialog(srv.port()) as d:
         greet(d)
-        # 11 + 1970 + 13 = 1994 bytes (+ CR LF): within the limit.
-        assert d.cmd("MAIL FROM:<" + "a" * 1970 + "@example.net>").startswith("250")
+        # 5 + 1989 = 1994 bytes (+ CR LF): within the limit. (A path that
+        # long would be refused for its own length, docs/address.md.)
+        assert d.cmd("NOOP " + "a" * 1989).startswith("250")
         assert d.cmd("MAIL FROM:<" + "a" * 2000 + ">") == (
             "500 5.4.0 Too long line, closing connection"
         )

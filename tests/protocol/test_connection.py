@@ -146,6 +146,16 @@ def test_pipelined_group_is_answered_in_order() -> None:
         (b"HELO", "501 5.5.2 Domain/address argument required for HELO"),
         (b"HELO  ", "501 5.5.2 Domain/address argument required for HELO"),
         (b"HELO x y", "250 2.0.0 Hello x"),
+        (b"HELO [192.0.2.1]", "250 2.0.0 Hello [192.0.2.1]"),
+        (b"EHLO a\x00b", "501 5.5.2 Invalid domain/address argument"),
+        (b"EHLO a\x0bb", "501 5.5.2 Invalid domain/address argument"),
+        (b"EHLO a\x0cb", "501 5.5.2 Invalid domain/address argument"),
+        (b"EHLO a\tb", "501 5.5.2 Invalid domain/address argument"),
+        (b"HELO a\x7f", "501 5.5.2 Invalid domain/address argument"),
+        (b"HELO \xffhost", "501 5.5.2 Invalid domain/address argument"),
+        (b"EHLO h\xc3\xa9.example", "501 5.5.2 Invalid domain/address argument"),
+        (b"\xffABC", "500 5.5.2 Syntax errors, ?ABC command unrecognized"),
+        (b"X\x00\x1bZ", "500 5.5.2 Syntax errors, X??Z command unrecognized"),
         (b"LHLO x", "500 5.5.1 This is not a LMTP server"),
         (b"MAIL FROM:<a@b>", "503 5.5.1 Please introduce yourself first."),
         (b"AUTH PLAIN", "503 5.5.1 Please introduce yourself first."),
@@ -157,6 +167,16 @@ def test_pipelined_group_is_answered_in_order() -> None:
 def test_single_command_replies(line: bytes, reply: str) -> None:
     d = run(line + b"\r\n")
     assert d.lines[0] == reply
+
+
+def test_unknown_8bit_verb_in_an_smtputf8_transaction_is_answered() -> None:
+    """An undecodable verb after MAIL ... SMTPUTF8 is a 500, not a crash."""
+    d = run(b"EHLO x\r\nMAIL FROM:<a@b> SMTPUTF8\r\n\xffABC\r\nNOOP\r\n")
+    assert d.lines[-3:] == [
+        "250 2.0.0 Roger, accepting mail from <a@b>",
+        "500 5.5.2 Syntax errors, ?ABC command unrecognized",
+        "250 2.0.0 I have successfully done nothing",
+    ]
 
 
 def test_lmtp_rejects_smtp_greetings() -> None:
@@ -198,7 +218,12 @@ def test_http_requests_are_hung_up_on() -> None:
         (b"MAIL FROM:<a@b", "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"),
         (b"MAIL FROM:<a>", "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"),
         (b"MAIL FROM:<@b>", "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"),
-        (b"MAIL FROM:<a(b@c>", "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"),
+        (b"MAIL FROM:<a(b@c>", "501 5.1.7 Bad sender address syntax"),
+        (b"MAIL FROM:<u@remote@local>", "501 5.1.7 Bad sender address syntax"),
+        (b"MAIL FROM:<u@[300.1.1.1]>", "501 5.1.7 Bad sender address syntax"),
+        (b"MAIL FROM:", "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"),
+        (b"MAIL FROM:<" + b"a" * 600 + b"@b>", "501 5.5.2 Path too long"),
+        (b"MAIL FROM:<\xffa@b>", "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"),
         (b"MAIL FROM:<a@b\x01c>", "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"),
         (b"MAIL FROM:<a@b\x7f>", "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"),
         (b"MAIL FROM:<postmaster>", "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"),
@@ -228,6 +253,13 @@ def test_mail_from(command: bytes, reply: str) -> None:
         (b"RCPT TO:<c@d>", "250 2.0.0 I'll make sure <c@d> gets this"),
         (b"RCPT TO:<Postmaster>", "250 2.0.0 I'll make sure <Postmaster> gets this"),
         (b"RCPT TO:<postmaster@d>", "250 2.0.0 I'll make sure <postmaster@d> gets this"),
+        (b"RCPT TO:<POSTMASTER>", "250 2.0.0 I'll make sure <POSTMASTER> gets this"),
+        (b'RCPT TO:<"john doe"@d>', "250 2.0.0 I'll make sure <john doe@d> gets this"),
+        (b'RCPT TO:<"a>b"@d>', "250 2.0.0 I'll make sure <a>b@d> gets this"),
+        (b"RCPT TO:<u@remote@local>", "501 5.1.3 Bad recipient address syntax"),
+        (b"RCPT TO:<u@[300.1.1.1]>", "501 5.1.3 Bad recipient address syntax"),
+        (b"RCPT TO:<u@[192.0.2.1]>", "250 2.0.0 I'll make sure <u@[192.0.2.1]> gets this"),
+        (b"RCPT TO:<" + b"a" * 600 + b"@d>", "501 5.5.2 Path too long"),
         (b"RCPT TO:<>", "501 5.5.2 Was expecting RCPT arg syntax of TO:<address>"),
         (b"RCPT TO:<postmaster", "501 5.5.2 Was expecting RCPT arg syntax of TO:<address>"),
         (b"RCPT FROM:<c@d>", "501 5.5.2 Was expecting RCPT arg syntax of TO:<address>"),

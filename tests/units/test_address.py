@@ -1,6 +1,6 @@
 """kittiwake.address: path parsing, IDNA, the address forms, rules.
 
-Mostly tables: each row is one case from the spec or the RFCs, so a failure
+Mostly tables: each row is one case from docs/address.md or the RFCs, so a failure
 names the input. Limits are tested at the limit and one past it.
 """
 
@@ -19,13 +19,16 @@ from kittiwake.address import (
     MAX_LOCAL_PART,
     MAX_PATH,
     NULL_ADDRESS,
+    REPLIES,
     Address,
     AddressError,
+    MailboxSyntaxError,
     NormalizationError,
     PathSyntaxError,
     PathTooLong,
     SMTPUTF8Required,
     clean_address,
+    clean_path,
     get_normalizer,
     is_valid_address_rule,
     is_valid_domain_rule,
@@ -158,42 +161,42 @@ INVALID: list[tuple[str, bool, type[AddressError], str]] = [
     # Local part.
     ("@x.org", False, PathSyntaxError, "empty local part"),
     ('""@x.org', False, PathSyntaxError, "empty local part"),
-    ("john doe@x.org", False, PathSyntaxError, "invalid character ' '"),
-    ("a,b@x.org", False, PathSyntaxError, "invalid character ','"),
-    ("a(b)@x.org", False, PathSyntaxError, "invalid character '('"),
-    ("a\\b@x.org", False, PathSyntaxError, "backslash"),
-    ('a"b"@x.org', False, PathSyntaxError, "quote inside"),
+    ("john doe@x.org", False, MailboxSyntaxError, "invalid character ' '"),
+    ("a,b@x.org", False, MailboxSyntaxError, "invalid character ','"),
+    ("a(b)@x.org", False, MailboxSyntaxError, "invalid character '('"),
+    ("a\\b@x.org", False, MailboxSyntaxError, "backslash"),
+    ('a"b"@x.org', False, MailboxSyntaxError, "quote inside"),
     ('"ab@x.org', False, PathSyntaxError, "unterminated"),
     ('"ab\\"@x.org', False, PathSyntaxError, "unterminated"),
-    ('"ab"c@x.org', False, PathSyntaxError, "after the closing quote"),
+    ('"ab"c@x.org', False, MailboxSyntaxError, "after the closing quote"),
     ('"ab"', False, PathSyntaxError, "missing '@'"),
     ("user", False, PathSyntaxError, "missing '@'"),
-    ("postmaster@", False, PathSyntaxError, "empty domain"),
+    ("postmaster@", False, MailboxSyntaxError, "empty domain"),
     # Domain.
-    ("user@", False, PathSyntaxError, "empty domain"),
-    ("user@.", False, PathSyntaxError, "only a dot"),
-    ("user@.x.org", False, PathSyntaxError, "empty label"),
-    ("user@x..org", False, PathSyntaxError, "empty label"),
-    ("user@x.org..", False, PathSyntaxError, "empty label"),
-    ("user@x y.org", False, PathSyntaxError, "invalid character ' '"),
-    ("user@x@y.org", False, PathSyntaxError, "invalid character '@'"),
-    ("user@x.org>", False, PathSyntaxError, "invalid character '>'"),
-    ("user@x/y.org", False, PathSyntaxError, "invalid character '/'"),
+    ("user@", False, MailboxSyntaxError, "empty domain"),
+    ("user@.", False, MailboxSyntaxError, "only a dot"),
+    ("user@.x.org", False, MailboxSyntaxError, "empty label"),
+    ("user@x..org", False, MailboxSyntaxError, "empty label"),
+    ("user@x.org..", False, MailboxSyntaxError, "empty label"),
+    ("user@x y.org", False, MailboxSyntaxError, "invalid character ' '"),
+    ("user@x@y.org", False, MailboxSyntaxError, "invalid character '@'"),
+    ("user@x.org>", False, MailboxSyntaxError, "invalid character '>'"),
+    ("user@x/y.org", False, MailboxSyntaxError, "invalid character '/'"),
     # Address literals.
-    ("user@[192.0.2.1", False, PathSyntaxError, "unterminated address literal"),
-    ("user@[192.0.2]", False, PathSyntaxError, "invalid address literal"),
-    ("user@[192.0.2.256]", False, PathSyntaxError, "invalid address literal"),
-    ("user@[192.000.2.1]", False, PathSyntaxError, "invalid address literal"),
-    ("user@[IPv6:2001:db8::g]", False, PathSyntaxError, "invalid address literal"),
-    ("user@[IPv6:192.0.2.1]", False, PathSyntaxError, "invalid address literal"),
-    ("user@[IPv6:fe80::1%eth0]", False, PathSyntaxError, "invalid address literal"),
-    ("user@[2001:db8::1]", False, PathSyntaxError, "unsupported address literal tag"),
-    ("user@[x-tag:abc]", False, PathSyntaxError, "unsupported address literal tag"),
-    ("user@[]", False, PathSyntaxError, "invalid address literal"),
+    ("user@[192.0.2.1", False, MailboxSyntaxError, "unterminated address literal"),
+    ("user@[192.0.2]", False, MailboxSyntaxError, "invalid address literal"),
+    ("user@[192.0.2.256]", False, MailboxSyntaxError, "invalid address literal"),
+    ("user@[192.000.2.1]", False, MailboxSyntaxError, "invalid address literal"),
+    ("user@[IPv6:2001:db8::g]", False, MailboxSyntaxError, "invalid address literal"),
+    ("user@[IPv6:192.0.2.1]", False, MailboxSyntaxError, "invalid address literal"),
+    ("user@[IPv6:fe80::1%eth0]", False, MailboxSyntaxError, "invalid address literal"),
+    ("user@[2001:db8::1]", False, MailboxSyntaxError, "unsupported address literal tag"),
+    ("user@[x-tag:abc]", False, MailboxSyntaxError, "unsupported address literal tag"),
+    ("user@[]", False, MailboxSyntaxError, "invalid address literal"),
     # Source routes.
     ("@:user@x.org", False, PathSyntaxError, "malformed source route"),
     ("@a,b:user@x.org", False, PathSyntaxError, "malformed source route"),
-    ("@a..b:user@x.org", False, PathSyntaxError, "source route domain"),
+    ("@a..b:user@x.org", False, MailboxSyntaxError, "source route domain"),
     ("@a.example", False, PathSyntaxError, "empty local part"),
     # SMTPUTF8.
     ("ѣ@example.org", False, SMTPUTF8Required, "SMTPUTF8"),
@@ -252,15 +255,18 @@ def test_null_path_is_no_recipient() -> None:
 
 # --- replies ---------------------------------------------------------------
 
-# (error, role, code, enhanced, text): smtp-endpoint.md §8.1, §8.2, §9.
+# (error, role, code, enhanced, text): the table of docs/address.md.
 _SENDER_UTF8 = "SMTPUTF8 is required for non-ASCII senders"
 _RCPT_UTF8 = "SMTPUTF8 is required for non-ASCII recipients"
-REPLIES = [
+REPLIES_TESTED = [
     (PathSyntaxError("x"), "sender", 501, (5, 5, 2),
      "Was expecting MAIL arg syntax of FROM:<address>"),
     (PathSyntaxError("x"), "recipient", 501, (5, 5, 2),
      "Was expecting RCPT arg syntax of TO:<address>"),
+    (MailboxSyntaxError("x"), "sender", 501, (5, 1, 7), "Bad sender address syntax"),
+    (MailboxSyntaxError("x"), "recipient", 501, (5, 1, 3), "Bad recipient address syntax"),
     (PathTooLong("x"), "sender", 501, (5, 5, 2), "Path too long"),
+    (PathTooLong("x"), "recipient", 501, (5, 5, 2), "Path too long"),
     (SMTPUTF8Required("x", NULL_ADDRESS), "sender", 550, (5, 6, 7), _SENDER_UTF8),
     (SMTPUTF8Required("x", NULL_ADDRESS), "recipient", 553, (5, 6, 7), _RCPT_UTF8),
     (NormalizationError("x"), "sender", 553, (5, 1, 7),
@@ -270,7 +276,7 @@ REPLIES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("error", "role", "code", "enhanced", "text"), REPLIES)
+@pytest.mark.parametrize(("error", "role", "code", "enhanced", "text"), REPLIES_TESTED)
 def test_smtp_replies(
     error: AddressError, role: str, code: int, enhanced: tuple[int, int, int], text: str
 ) -> None:
@@ -280,9 +286,35 @@ def test_smtp_replies(
     assert reply.reason == "x"  # the detail goes to the log, not the client
 
 
+def test_every_reply_of_the_table_is_tested() -> None:
+    tested = {(type(error), role) for error, role, *_ in REPLIES_TESTED}
+    assert tested == set(REPLIES)
+
+
 def test_errors_are_value_errors() -> None:
-    for cls in (PathSyntaxError, PathTooLong, SMTPUTF8Required, NormalizationError):
+    for cls in (PathSyntaxError, MailboxSyntaxError, PathTooLong, SMTPUTF8Required):
         assert issubclass(cls, ValueError)
+    assert issubclass(NormalizationError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("addr", "utf8", "result"),
+    [
+        ("user@Example.ORG.", False, "user@example.org"),
+        ("ѣ@example.org", True, "ѣ@example.org"),
+        ("ѣ@example.org", False, SMTPUTF8Required),
+        ("user@xn--zz.example", False, NormalizationError),
+        ("PostMaster", False, "PostMaster"),
+        ("", False, ""),
+    ],
+)
+def test_clean_path(addr: str, utf8: bool, result: str | type[Exception]) -> None:
+    """The SMTPUTF8 rule first, then the clean form (what the server calls)."""
+    if isinstance(result, str):
+        assert clean_path(addr, smtputf8=utf8) == result
+    else:
+        with pytest.raises(result):
+            clean_path(addr, smtputf8=utf8)
 
 
 # --- the address forms -----------------------------------------------------
@@ -328,7 +360,7 @@ ALABEL = [
     ("é.example.com", "xn--9ca.example.com"),
     ("É.example.com", "xn--9ca.example.com"),
     ("E\u0301.example.com", "xn--9ca.example.com"),
-    ("凱凱.invalid", "xn--y9qa.invalid"),  # smtp-endpoint.md §22 case 19
+    ("凱凱.invalid", "xn--y9qa.invalid"),  # an IDN HELO in Received
     ("bücher.example.", "xn--bcher-kva.example."),
     ("[IPv6:::1]", "[IPv6:::1]"),
 ]
@@ -356,8 +388,8 @@ def test_alabel_round_trip() -> None:
 CLEAN = [
     ("", ""),
     ("postmaster", "postmaster"),
-    ("PostMaster", "PostMaster"),  # stays as is (pipeline.md §4.1)
-    ("foo@E\u0301.example.org", "foo@é.example.org"),  # smtp-endpoint.md §22 case 16
+    ("PostMaster", "PostMaster"),  # stays as is (docs/address.md)
+    ("foo@E\u0301.example.org", "foo@é.example.org"),  # NFC before lowercasing
     ("Foo.Bar@EXAMPLE.org", "Foo.Bar@example.org"),  # local part untouched
     ("E\u0301@x.org", "E\u0301@x.org"),
     ("user@xn--9ca.example.com.", "user@é.example.com"),
@@ -382,7 +414,7 @@ LOOKUP = [
     ("postmaster", "postmaster"),
     ("POSTMASTER", "postmaster"),
     ("User@Example.ORG", "user@example.org"),
-    ("X@E\u0301.EXAMPLE.com", "x@é.example.com"),  # pipeline.md §4.3
+    ("X@E\u0301.EXAMPLE.com", "x@é.example.com"),  # docs/address.md
     ("x@xn--9ca.example.com", "x@é.example.com"),
     ("E\u0301X@x.org", "éx@x.org"),  # local part: NFC, then lowercase
     ("Ünïcode@x.org.", "ünïcode@x.org"),
@@ -403,7 +435,7 @@ def test_normalize_address_errors(addr: str) -> None:
 
 
 def test_lookup_form_matches_across_spellings() -> None:
-    # pipeline.md §4.3: A-/U-label-, NFC- and case-insensitive matching.
+    # docs/address.md: A-/U-label-, NFC- and case-insensitive matching.
     rule = normalize_rule("é.example.com")
     for rcpt in ("x@xn--9ca.example.com", "X@E\u0301.EXAMPLE.com", "x@É.Example.Com."):
         assert split(normalize_address(rcpt))[1] == rule
@@ -433,7 +465,7 @@ SUBADDRESS = [
     ("user", "+", ("user", "")),
     ("user+", "+", ("user", "")),
     ("a+b+c", "+", ("a", "b+c")),
-    ("+user", "+", ("+user", "")),  # targets.md §7.2: kept whole
+    ("+user", "+", ("+user", "")),  # kept whole (docs/storage-maildir.md)
     ("Local+x", "+", ("Local", "x")),
     ("user-tag", "-", ("user", "tag")),
     ("user--tag", "--", ("user", "tag")),
@@ -490,7 +522,7 @@ def test_needs_smtputf8() -> None:
     assert needs_smtputf8("ѣ@example.org")
 
 
-# --- storage / user-name forms (auth.md §1.3) -----------------------------
+# --- storage / user-name forms (docs/address.md) ---------------------------
 
 NORMALIZERS_TABLE = [
     ("precis_casefold_email", "Ünïcode@XN--9CA.Example.com", "ünïcode@é.example.com"),
@@ -537,14 +569,14 @@ def test_unknown_normalizer() -> None:
 
 
 def test_maildir_mailbox_name() -> None:
-    # targets.md §7.2: `Local+x@Example.ORG` -> example.org / local.
+    # `Local+x@Example.ORG` -> example.org / local (docs/storage-maildir.md).
     local, domain = split(precis_casefold_email("Local+x@Example.ORG"))
     assert (split_subaddress(local)[0], to_alabel_domain(domain)) == ("local", "example.org")
     local, domain = split(precis_casefold_email("Ü@E\u0301.org"))
     assert (local, to_alabel_domain(domain)) == ("ü", "xn--9ca.org")
 
 
-# --- routing rules (pipeline.md §4.1, §2.2) -------------------------------
+# --- routing rules (docs/address.md) -------------------------------------
 
 RULES = [
     ("example.org", "example.org"),

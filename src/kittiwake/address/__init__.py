@@ -7,15 +7,15 @@ address`, `address.clean_address(...)`); the modules behind it each do one
 job:
 
 * `address.path` - the RFC 5321 path grammar (`parse_reverse_path`,
-  `parse_forward_path`), the `Address` model, the length limits, `split`
-  and quoting;
+  `parse_forward_path`), the one the server runs, the `Address` model, the
+  length limits, `split` and quoting;
 * `address.domain` - domains: IDNA (A-labels and U-labels), address
   literals, the lookup form of a domain;
 * `address.normalize` - the clean and lookup forms of a whole address, the
   PRECIS storage forms (`NORMALIZERS`) and routing-rule keys;
-* `address.errors` - `AddressError` and its kinds, with their replies.
+* `address.errors` - `AddressError` and its kinds, and `REPLIES`.
 
-Forms of an address (pipeline.md §4.1):
+Forms of an address (docs/address.md, "The forms of an address"):
 
 * **internal form** - what `Address.__str__` gives and what the pipeline,
   checks and targets pass around: the local part *unquoted* (`"john doe"@x`
@@ -26,14 +26,15 @@ Forms of an address (pipeline.md §4.1):
   local part untouched. What the endpoint hands the pipeline.
 * **lookup form** (`normalize_address`) - clean form plus a NFC-lowercased
   local part. Keys of routing rules and tables.
-* **storage forms** (`NORMALIZERS`) - PRECIS and friends (auth.md §1.3),
+* **storage forms** (`NORMALIZERS`) - PRECIS and friends (docs/address.md),
   for user names and mailbox names.
 
 Errors are `AddressError` (a `ValueError`) subclasses with a `reason` for
-the log. `AddressError.smtp_error(role)` gives the reply smtp-endpoint.md
-§8/§9 fixes for that kind of failure at MAIL or RCPT, so the reply texts
-live here once. (The pipeline's own normalisation failures use other codes,
-pipeline.md §4.2/§4.3, and build their replies themselves.)
+the log. `AddressError.smtp_error(role)` gives the reply for that kind of
+failure at MAIL or RCPT from `REPLIES`, the one table of those replies
+(docs/address.md, "Errors and replies"); the protocol core and the server
+both answer from it. (The pipeline's own normalisation failures, in routing
+rules and tables, use other codes and build their replies themselves.)
 
 This package performs no I/O and may be used by the sans-IO protocol core.
 """
@@ -42,7 +43,9 @@ from __future__ import annotations
 
 from kittiwake.address.domain import normalize_domain, to_alabel_domain, to_ulabel_domain
 from kittiwake.address.errors import (
+    REPLIES,
     AddressError,
+    MailboxSyntaxError,
     NormalizationError,
     PathSyntaxError,
     PathTooLong,
@@ -52,6 +55,7 @@ from kittiwake.address.errors import (
 from kittiwake.address.normalize import (
     NORMALIZERS,
     clean_address,
+    clean_path,
     get_normalizer,
     is_valid_address_rule,
     is_valid_domain_rule,
@@ -86,14 +90,17 @@ __all__ = [
     "MAX_RULE_ADDRESS",
     "NORMALIZERS",
     "NULL_ADDRESS",
+    "REPLIES",
     "Address",
     "AddressError",
+    "MailboxSyntaxError",
     "NormalizationError",
     "PathSyntaxError",
     "PathTooLong",
     "Role",
     "SMTPUTF8Required",
     "clean_address",
+    "clean_path",
     "get_normalizer",
     "is_valid_address_rule",
     "is_valid_domain_rule",

@@ -57,7 +57,7 @@ def _alabel(label: str) -> str:
 def _ulabel(label: str) -> str | None:
     """U-label of one `xn--` label, or None when it is not a usable A-label.
 
-    Lenient (plain punycode, pipeline.md §4.1), but refuses results that
+    Lenient (plain punycode, docs/address.md), but refuses results that
     would alias or break things: empty, pure ASCII (`xn--abc-` would equal
     `abc`), and control or surrogate code points.
     """
@@ -75,7 +75,7 @@ def _ulabel(label: str) -> str | None:
 def to_ulabel_domain(domain: str, *, strict: bool = True) -> str:
     """Decode every `xn--` label to Unicode and apply NFC. Case is kept.
 
-    For showing a name to an SMTPUTF8 peer (Received, smtp-endpoint.md
+    For showing a name to an SMTPUTF8 peer (Received, docs/server.md
     §12.2). A label that does not decode raises `NormalizationError`, or with
     `strict=False` is kept as written - maddy's fallback when it only needs
     something to compare.
@@ -97,7 +97,7 @@ def to_ulabel_domain(domain: str, *, strict: bool = True) -> str:
 def normalize_domain(domain: str, *, strict: bool = True) -> str:
     """Lookup form of a domain: U-labels, NFC, lowercase, no trailing dot.
 
-    pipeline.md §4.1. Lowercasing is `str.lower` (simple, like Go's
+    docs/address.md. Lowercasing is `str.lower` (simple, like Go's
     `strings.ToLower`), not full case folding. Address literals get a
     canonical spelling (`[IPv6:2001:DB8:0::1]` -> `[ipv6:2001:db8::1]`) so
     that they compare equal however they were written. The trailing root dot
@@ -128,8 +128,8 @@ def normalize_domain(domain: str, *, strict: bool = True) -> str:
 def to_alabel_domain(domain: str) -> str:
     """Encode every non-ASCII label as an A-label (`xn--...`).
 
-    For peers without SMTPUTF8 (Received, EHLO, smtp-endpoint.md §12.2) and
-    for Maildir directory names (targets.md §7.2). Non-ASCII labels are NFC-
+    For peers without SMTPUTF8 (Received, EHLO; docs/server.md) and
+    for Maildir directory names (docs/storage-maildir.md). Non-ASCII labels are NFC-
     and lower-cased first (an A-label of an upper-case label would be a
     different name); ASCII labels are left as written, so feed it the result
     of `normalize_domain` when a canonical form is wanted. Address literals

@@ -3,8 +3,8 @@
 Its own module because this is policy over parsed addresses, not grammar:
 the endpoint hands the pipeline the clean form, routing rules and tables
 are keyed by the lookup form, and user and mailbox names use the PRECIS
-storage forms (auth.md §1.3) chosen by configuration name. Routing-rule
-keys (pipeline.md §4.1) are here too, since a rule is valid exactly when it
+storage forms (docs/address.md) chosen by configuration name. Routing-rule
+keys (docs/address.md, "Routing rules") are here too, since a rule is valid exactly when it
 normalises. The forms themselves are described in the package docstring.
 """
 
@@ -18,7 +18,12 @@ from precis_i18n import get_profile
 from precis_i18n.profile import Profile
 
 from kittiwake.address.domain import normalize_domain
-from kittiwake.address.errors import AddressError, NormalizationError, PathSyntaxError
+from kittiwake.address.errors import (
+    AddressError,
+    NormalizationError,
+    PathSyntaxError,
+    SMTPUTF8Required,
+)
 from kittiwake.address.path import (
     _BAD_LOCAL_CHAR,
     _BAD_PATH_CHAR,
@@ -28,12 +33,14 @@ from kittiwake.address.path import (
     MAX_RULE_ADDRESS,
     _check_domain,
     _octets,
+    needs_smtputf8,
     split,
 )
 
 __all__ = [
     "NORMALIZERS",
     "clean_address",
+    "clean_path",
     "get_normalizer",
     "is_valid_address_rule",
     "is_valid_domain_rule",
@@ -55,7 +62,7 @@ def _lower_local(local: str) -> str:
 
 
 def clean_address(addr: str) -> str:
-    """Clean form (pipeline.md §4.1): normalised domain, local part untouched.
+    """Clean form (docs/address.md): normalised domain, local part untouched.
 
     `""` (null sender) and bare `postmaster` stay as they are.
     """
@@ -67,8 +74,23 @@ def clean_address(addr: str) -> str:
     return f"{local}@{normalize_domain(domain)}"
 
 
+def clean_path(addr: str, *, smtputf8: bool) -> str:
+    """The clean form of a path a client sent (internal form), for the pipeline.
+
+    First the SMTPUTF8 rule: a non-ASCII address needs a transaction that
+    said SMTPUTF8 (RFC 6531 §3.5); then the domain is normalised. Raises
+    `SMTPUTF8Required` or `NormalizationError`, whose `smtp_error(role)` is
+    the reply. The endpoint calls this when it processes MAIL and RCPT, not
+    the protocol core, because `defer_sender_reject` moves the sender's
+    reply to the first RCPT (docs/server.md).
+    """
+    if not smtputf8 and needs_smtputf8(addr):
+        raise SMTPUTF8Required("non-ASCII address in a transaction without SMTPUTF8")
+    return clean_address(addr)
+
+
 def normalize_address(addr: str) -> str:
-    """Lookup form (pipeline.md §4.1): the key for rules and tables.
+    """Lookup form (docs/address.md): the key for rules and tables.
 
     Local part NFC then lowercase, domain as `normalize_domain`. `""` stays
     `""`; bare `postmaster` in any case becomes `postmaster`.
@@ -81,7 +103,7 @@ def normalize_address(addr: str) -> str:
     return f"{_lower_local(local)}@{normalize_domain(domain)}"
 
 
-# --- Storage / user-name forms (auth.md §1.3) ----------------------------
+# --- Storage / user-name forms (docs/address.md) ----------------------------
 
 
 @functools.cache
@@ -150,7 +172,7 @@ NORMALIZERS: dict[str, Callable[[str], str]] = {
     "casefold": _casefold,
     "noop": _noop,
 }
-"""Normalisation functions by their configuration name (auth.md §1.3).
+"""Normalisation functions by their configuration name (docs/address.md).
 
 Each raises `NormalizationError` for input its form cannot hold.
 """
@@ -165,7 +187,7 @@ def get_normalizer(name: str) -> Callable[[str], str]:
         raise ValueError(f"unknown normalization function {name!r} (known: {known})") from None
 
 
-# --- Routing rules (pipeline.md §4.1, §2.2) ------------------------------
+# --- Routing rules (docs/address.md) --------------------------------
 
 
 def _is_valid_domain(domain: str) -> bool:
@@ -209,7 +231,7 @@ def normalize_rule(rule: str) -> str:
 
     A rule with `@` is an address rule, anything else a domain rule (bare
     `postmaster` comes out as `postmaster` either way). The result must be a
-    valid domain or address (pipeline.md §4.1); otherwise the pipeline
+    valid domain or address (docs/address.md); otherwise the pipeline
     reports "invalid ... match rule".
     """
     if "@" in rule:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from kittiwake.address.domain import _alabel, _canonical_literal_or_none, normalize_domain
 from kittiwake.address.errors import (
+    MailboxSyntaxError,
     NormalizationError,
     PathSyntaxError,
     PathTooLong,
@@ -58,7 +59,7 @@ MAX_LOCAL_PART = 255
 # A-label form without a trailing dot, since that is what DNS carries.
 MAX_DOMAIN = 255
 # RFC 1035 §2.3.4: 63 octets per label (A-label form), FOLLOWED. (maddy's
-# rule validation lets 64 through, pipeline.md §4.1.)
+# rule validation lets 64 through.)
 MAX_LABEL = 63
 # RFC 5321 §4.5.3.1.3: 256 octets for a path including `<` and `>`. RELAXED
 # to 512 octets of path content (brackets excluded) so that the largest
@@ -67,7 +68,7 @@ MAX_LABEL = 63
 # work one command can cause.
 MAX_PATH = 512
 # RFC 3696 erratum 1690 (and maddy): 320 octets for an address in a
-# routing rule (pipeline.md §4.1).
+# routing rule (docs/address.md, "Routing rules").
 MAX_RULE_ADDRESS = 320
 
 # --- The model -----------------------------------------------------------
@@ -151,7 +152,7 @@ def needs_smtputf8(text: str) -> bool:
     """Whether `text` may only travel in an SMTPUTF8 transaction.
 
     [quirk] U+0080 itself does not count, as in maddy (it compares with
-    `> 0x80`, smtp-endpoint.md §9); everything above it does.
+    `> 0x80`; docs/address.md); everything above it does.
     """
     return not text.isascii() and max(text) > "\x80"
 
@@ -163,7 +164,7 @@ def parse_reverse_path(text: str, *, smtputf8: bool) -> Address:
     """Parse MAIL FROM's path content (what was inside `<` and `>`).
 
     `""` is the null path. A bare `postmaster` is refused: RFC 5321 allows
-    it only as a recipient (smtp-endpoint.md §8.1).
+    it only as a recipient (RFC 5321 §4.5.1).
     """
     if not text:
         return NULL_ADDRESS
@@ -214,7 +215,7 @@ def _parse_path_slow(text: str, *, smtputf8: bool, postmaster_ok: bool) -> Addre
         if at == len(rest):
             raise PathSyntaxError("missing '@' and domain after the local part")
         if rest[at] != "@":
-            raise PathSyntaxError("text after the closing quote of the local part")
+            raise MailboxSyntaxError("text after the closing quote of the local part")
     else:
         at = rest.find("@")
         if at < 0:
@@ -257,30 +258,35 @@ def _check_dot_string(local: str) -> None:
         return
     ch = bad.group()
     if ch == "\\":
-        raise PathSyntaxError("backslash outside a quoted local part")
+        raise MailboxSyntaxError("backslash outside a quoted local part")
     if ch == '"':
-        raise PathSyntaxError("quote inside an unquoted local part")
-    raise PathSyntaxError(f"invalid character {ch!r} in the local part")
+        raise MailboxSyntaxError("quote inside an unquoted local part")
+    raise MailboxSyntaxError(f"invalid character {ch!r} in the local part")
 
 
 def _check_domain(domain: str, *, what: str = "domain") -> None:
-    """Validate a domain or address literal; raise `PathSyntaxError`/`PathTooLong`."""
+    """Validate a domain or address literal; raise `MailboxSyntaxError`/`PathTooLong`.
+
+    An unquoted second `@` lands here as a character of the domain, so
+    `u@remote@local` is a syntax error and never the local mailbox
+    `u@remote` (the old "percent hack" of source routing through a relay).
+    """
     if not domain:
-        raise PathSyntaxError(f"empty {what}")
+        raise MailboxSyntaxError(f"empty {what}")
     if domain.startswith("["):
         _check_literal(domain)
         return
     name = domain[:-1] if domain.endswith(".") else domain
     if not name:
-        raise PathSyntaxError(f"{what} is only a dot")
+        raise MailboxSyntaxError(f"{what} is only a dot")
     total = len(name)
     ascii_name = name.isascii()
     for label in name.split("."):
         if not label:
-            raise PathSyntaxError(f"empty label in {what} (leading dot or '..')")
+            raise MailboxSyntaxError(f"empty label in {what} (leading dot or '..')")
         bad = _BAD_LABEL_CHAR.search(label)
         if bad is not None:
-            raise PathSyntaxError(f"invalid character {bad.group()!r} in {what}")
+            raise MailboxSyntaxError(f"invalid character {bad.group()!r} in {what}")
         if ascii_name or label.isascii():
             size = len(label)
         else:
@@ -300,12 +306,12 @@ def _check_literal(domain: str) -> None:
     IPv4 octets with leading zeros are refused (`ipaddress` semantics).
     """
     if not domain.endswith("]"):
-        raise PathSyntaxError("unterminated address literal")
+        raise MailboxSyntaxError("unterminated address literal")
     if _canonical_literal_or_none(domain) is None:
         tag, colon, _ = domain[1:-1].partition(":")
         if colon and tag.lower() != "ipv6":
-            raise PathSyntaxError(f"unsupported address literal tag {tag!r}")
-        raise PathSyntaxError(f"invalid address literal {domain!r}")
+            raise MailboxSyntaxError(f"unsupported address literal tag {tag!r}")
+        raise MailboxSyntaxError(f"invalid address literal {domain!r}")
 
 
 # --- Splitting and quoting -----------------------------------------------
@@ -335,7 +341,7 @@ def split_subaddress(local: str, sep: str = "+") -> tuple[str, str]:
     """(base, tag) of a local part: `user+tag` -> `("user", "tag")`.
 
     Cut at the *first* separator, so `a+b+c` is user `a` with tag `b+c`
-    (targets.md §7.2). A local part that starts with the separator has no
+    (docs/storage-maildir.md). A local part that starts with the separator has no
     tag (`+x` stays whole), and so has one without it: the tag is then
     `""`, as it is for `user+`.
     """

@@ -60,8 +60,12 @@ def _format_date(when: _dt.datetime) -> str:
     )
 
 
+_CONTROLS = dict.fromkeys((*range(32), 127))
+
+
 def _clean(text: str) -> str:
-    return text.replace("\r", "").replace("\n", "")
+    """No control character ever reaches the header, whatever DNS answered."""
+    return text if text.isprintable() else text.translate(_CONTROLS)
 
 
 def _domain(name: str, utf8: bool) -> str | None:

@@ -15,7 +15,7 @@ limits, the LMTP reply count. Policy (who may send, where mail goes) is the
 server's: it answers the events with `send(reply)`, and the core learns from
 each reply's code whether a MAIL, RCPT, DATA, AUTH or STARTTLS took effect.
 
-End of data (RFC 5321 §4.1.1.4, spec §10.1): only CR LF `.` CR LF ends DATA,
+End of data (RFC 5321 §4.1.1.4, docs/protocol.md): only CR LF `.` CR LF ends DATA,
 and only a `.` right after CR LF (or at the very start) is a stuffed dot. A
 bare LF is stored as CR LF but starts no line for these rules, so no
 combination of bare CR and LF can end the data early or differently from how
@@ -249,6 +249,11 @@ class ServerConnection:
         domain = args.split(" ", 1)[0] if args else ""
         if not domain:
             return self._auto(replies.HELO_ARG)
+        if not (domain.isascii() and domain.isprintable()):
+            # A domain or address literal is printable ASCII (RFC 5321
+            # §4.1.1.1): a control character or an 8-bit byte is refused,
+            # so it can never reach a reply, a log line or `Received`.
+            return self._auto(replies.HELO_BAD_ARG)
         # RFC 5321 §4.1.4: a greeting resets any transaction in progress.
         self._reset_transaction()
         self.greeting = None
@@ -554,7 +559,7 @@ class ServerConnection:
         self._buf.clear()
 
     def ehlo_capabilities(self) -> list[str]:
-        """The EHLO/LHLO keyword lines, in the order of spec §4."""
+        """The EHLO/LHLO keyword lines, in the order docs/protocol.md gives."""
         s = self.settings
         caps = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING"]
         if s.tls_available and not self.tls:

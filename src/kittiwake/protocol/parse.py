@@ -1,18 +1,21 @@
-"""The grammar of command arguments: paths and ESMTP parameters.
+"""The grammar of command arguments: where the path is, and ESMTP parameters.
 
-Strategy: parsing follows what maddy's engine (go-smtp) accepts, since that
-is what clients in the field were tested against (spec/smtp-endpoint.md
-§8.1): angle brackets optional, source routes skipped, quoted local parts
-unquoted, the domain taken up to white space or `>`. On top of it kittiwake
-refuses control bytes and unclosed brackets (settled question 3), because a
-path with a CR or NUL in it can only be an attack on whatever reads it next.
-Errors are `ParseError`s carrying the reply, so the connection can send it.
+Strategy: this module only finds the path inside a MAIL or RCPT argument and
+reads the parameters after it; what a valid path is, and the reply for each
+way it can be wrong, is `kittiwake.address`'s (one grammar, one reply table:
+docs/address.md). Finding the path follows what clients in the field were
+tested against (maddy's parser): angle brackets are optional, and without
+them the path ends at the first space. A `>` or a space inside a quoted
+local part does not end it. Errors are `ParseError`s carrying the reply, so
+the connection can send it.
 """
 
 from __future__ import annotations
 
 import binascii
 
+from kittiwake import address
+from kittiwake.address import AddressError, PathSyntaxError, Role
 from kittiwake.protocol import replies
 from kittiwake.protocol.events import MailParams
 from kittiwake.protocol.replies import Reply
@@ -28,84 +31,57 @@ class ParseError(Exception):
         self.reply = reply
 
 
-_LOCAL_FORBIDDEN = frozenset('()<>[]:;\\,"@ \t')
+def _address_reply(exc: AddressError, role: Role) -> ParseError:
+    error = exc.smtp_error(role)
+    return ParseError(Reply(error.code, error.enhanced, error.message))
 
 
-def _has_control(text: str) -> bool:
-    return any(c < " " or c == "\x7f" or "\udc80" <= c <= "\udcff" for c in text)
+def split_path(text: str) -> tuple[str, str]:
+    """Cut the path off the front of a MAIL/RCPT argument: (content, rest).
 
-
-def parse_path(text: str, *, allow_null: bool, allow_postmaster: bool) -> tuple[str, str]:
-    """Parse a MAIL/RCPT path at the start of `text`; return (address, rest).
-
-    `address` is `""` for the null path and `local@domain` otherwise (quotes
-    and escapes of a quoted local part removed). Raises ValueError.
+    With `<`, the content runs to the `>` that closes it; without, to the
+    first space or tab. Quoted strings (with their backslash escapes) are
+    skipped over whole. Raises `PathSyntaxError` for an unclosed `<` and
+    for an empty path without brackets.
     """
-    pos = 0
-    n = len(text)
     bracket = text.startswith("<")
-    if bracket:
-        pos = 1
-        if text.startswith(">", pos):
-            if not allow_null:
-                raise ValueError("null path not allowed")
-            return "", text[pos + 1 :]
-        if text.startswith("@", pos):  # source route <@a,@b:user@dom> is skipped
-            colon = text.find(":", pos)
-            if colon < 0:
-                raise ValueError("unterminated source route")
-            pos = colon + 1
-    # local part
-    if text.startswith('"', pos):
-        pos += 1
-        chars = []
-        while True:
-            if pos >= n:
-                raise ValueError("unterminated quoted local part")
-            c = text[pos]
+    start = i = 1 if bracket else 0
+    n = len(text)
+    quoted = False
+    while i < n:
+        c = text[i]
+        if quoted:
             if c == "\\":
-                if pos + 1 >= n:
-                    raise ValueError("unterminated quoted local part")
-                chars.append(text[pos + 1])
-                pos += 2
-                continue
-            pos += 1
-            if c == '"':
-                break
-            chars.append(c)
-        local = "".join(chars)
-    else:
-        start = pos
-        while pos < n and text[pos] not in _LOCAL_FORBIDDEN:
-            pos += 1
-        local = text[start:pos]
-    if not text.startswith("@", pos):
-        # RFC 5321 §4.5.1: <postmaster> without a domain must be accepted.
-        if (
-            allow_postmaster
-            and bracket
-            and local.lower() == "postmaster"
-            and text.startswith(">", pos)
-        ):
-            if _has_control(local):
-                raise ValueError("control character in path")
-            return local, text[pos + 1 :]
-        raise ValueError("missing domain")
-    pos += 1
-    start = pos
-    while pos < n and text[pos] not in " \t>":
-        pos += 1
-    domain = text[start:pos]
-    if not local or not domain:
-        raise ValueError("empty local part or domain")
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif bracket and c == ">":
+            return text[start:i], text[i + 1 :]
+        elif not bracket and c in " \t":
+            break
+        i += 1
     if bracket:
-        if not text.startswith(">", pos):
-            raise ValueError("unclosed '<'")
-        pos += 1
-    address = f"{local}@{domain}"
-    if _has_control(address):
-        raise ValueError("control character in path")
-    return address, text[pos:]
+        raise PathSyntaxError("unclosed '<'")
+    if i == 0:
+        raise PathSyntaxError("empty path")
+    return text[:i], text[i:]
+
+
+def _path(args: str, role: Role) -> tuple[str, str]:
+    """The path in internal form (`""` for `<>`) and the text after it."""
+    try:
+        content, rest = split_path(args.lstrip(" "))
+        if role == "sender":
+            parsed = address.parse_reverse_path(content, smtputf8=True)
+        else:
+            parsed = address.parse_forward_path(content, smtputf8=True)
+    except AddressError as exc:
+        raise _address_reply(exc, role) from None
+    # The SMTPUTF8 rule is the server's to apply (address.clean_path): with
+    # `defer_sender_reject` a sender's reply moves to the first RCPT.
+    return str(parsed), rest
 
 
 def split_params(text: str, err: Reply) -> list[tuple[str, str | None]]:
@@ -141,20 +117,15 @@ def decode_xtext(value: str) -> str:
     return "".join(out)
 
 
-_MAIL_SYNTAX = Reply(501, (5, 5, 2), "Was expecting MAIL arg syntax of FROM:<address>")
-_RCPT_SYNTAX = Reply(501, (5, 5, 2), "Was expecting RCPT arg syntax of TO:<address>")
 _MAIL_PARAMS = Reply(501, (5, 5, 4), "Unable to parse MAIL ESMTP parameters")
 _RCPT_PARAMS = Reply(501, (5, 5, 4), "Unable to parse RCPT ESMTP parameters")
 
 
 def parse_mail(args: str, max_size: int) -> tuple[str, MailParams]:
-    """The argument of MAIL: `FROM:<path> [params]` (spec §8.1)."""
+    """The argument of MAIL: `FROM:<path> [params]` (docs/protocol.md)."""
     if args[:5].upper() != "FROM:":
-        raise ParseError(_MAIL_SYNTAX)
-    try:
-        address, rest = parse_path(args[5:].lstrip(" "), allow_null=True, allow_postmaster=False)
-    except ValueError:
-        raise ParseError(_MAIL_SYNTAX) from None
+        raise _address_reply(PathSyntaxError("no FROM:"), "sender")
+    mailbox, rest = _path(args[5:], "sender")
     size: int | None = None
     body = ""
     smtputf8 = requiretls = False
@@ -183,7 +154,7 @@ def parse_mail(args: str, max_size: int) -> tuple[str, MailParams]:
             raise ParseError(Reply(504, (5, 5, 4), f"{key} is not implemented"))
         else:
             raise ParseError(Reply(500, (5, 5, 4), "Unknown MAIL FROM argument"))
-    return address, MailParams(size, body, smtputf8, requiretls, auth)
+    return mailbox, MailParams(size, body, smtputf8, requiretls, auth)
 
 
 def _parse_auth_param(value: str | None) -> str:
@@ -202,18 +173,15 @@ def _parse_auth_param(value: str | None) -> str:
 
 
 def parse_rcpt(args: str) -> str:
-    """The argument of RCPT: `TO:<path> [params]` (spec §9)."""
+    """The argument of RCPT: `TO:<path> [params]` (docs/protocol.md)."""
     if args[:3].upper() != "TO:":
-        raise ParseError(_RCPT_SYNTAX)
-    try:
-        address, rest = parse_path(args[3:].lstrip(" "), allow_null=False, allow_postmaster=True)
-    except ValueError:
-        raise ParseError(_RCPT_SYNTAX) from None
+        raise _address_reply(PathSyntaxError("no TO:"), "recipient")
+    mailbox, rest = _path(args[3:], "recipient")
     for key, _ in split_params(rest, _RCPT_PARAMS):
         if key in ("NOTIFY", "ORCPT"):
             raise ParseError(Reply(504, (5, 5, 4), f"{key} is not implemented"))
         raise ParseError(Reply(500, (5, 5, 4), "Unknown RCPT TO argument"))
-    return address
+    return mailbox
 
 
 def valid_base64(text: str) -> bool:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from kittiwake.errors import EnhancedCode, SMTPError
 
+#: C0 controls and DEL become `?` in reply text; CR and LF a space.
+_UNPRINTABLE = {c: "?" for c in (*range(32), 127)} | {13: " ", 10: " "}
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -36,18 +39,21 @@ class Reply:
         last = len(lines) - 1
         out = []
         for i, line in enumerate(lines):
-            # A reply line never carries a line break: a check's text or an
-            # echoed client argument must not be able to inject a reply.
-            clean = line.replace("\r", " ").replace("\n", " ")
+            # A reply line never carries a line break or another control
+            # character: a check's text or an echoed client argument must not
+            # be able to inject a reply or reach a terminal raw.
+            clean = line if line.isprintable() else line.translate(_UNPRINTABLE)
             out.append(f"{self.code}{' ' if i == last else '-'}{ecode}{clean}\r\n")
         text = "".join(out)
-        return text.encode("utf-8") if utf8 else text.encode("ascii", "replace")
+        # "replace" also stands for bytes the client sent that were not UTF-8
+        # (decoded as lone surrogates): they become `?`, never an exception.
+        return text.encode("utf-8" if utf8 else "ascii", "replace")
 
     def __str__(self) -> str:
         return self.render(utf8=True).decode("utf-8").rstrip("\r\n")
 
 
-# Replies the core produces itself (spec/smtp-endpoint.md §3-§11).
+# Replies the core produces itself (docs/protocol.md lists when).
 BAD_SYNTAX = Reply(500, (5, 5, 2), "Error: bad syntax")
 BAD_COMMAND = Reply(501, (5, 5, 2), "Bad command")
 TOO_MANY_ERRORS = Reply(500, (5, 5, 1), "Too many errors. Quiting now")
@@ -60,6 +66,7 @@ NEED_GREETING = Reply(503, (5, 5, 1), "Please introduce yourself first.")
 NOT_LMTP = Reply(500, (5, 5, 1), "This is not a LMTP server")
 IS_LMTP = Reply(500, (5, 5, 1), "This is a LMTP server, use LHLO")
 HELO_ARG = Reply(501, (5, 5, 2), "Domain/address argument required for HELO")
+HELO_BAD_ARG = Reply(501, (5, 5, 2), "Invalid domain/address argument")
 START_DATA = Reply(354, None, "Go ahead. End your data with <CR><LF>.<CR><LF>")
 READY_TLS = Reply(220, (2, 0, 0), "Ready to start TLS")
 ALREADY_TLS = Reply(503, (5, 5, 1), "Already running in TLS")
@@ -85,5 +92,5 @@ def during_transfer(verb: str) -> Reply:
 
 
 def ehlo(greeting: str, capabilities: list[str]) -> Reply:
-    """The EHLO/LHLO reply: no enhanced codes, first line `Hello ARG` (spec §4)."""
+    """The EHLO/LHLO reply: no enhanced codes, first line `Hello ARG` (docs/protocol.md)."""
     return Reply(250, None, (f"Hello {greeting}", *capabilities))

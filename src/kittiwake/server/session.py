@@ -8,10 +8,13 @@ for more input. Message content goes from the core straight into the
 message's buffer chunk by chunk, and reading pauses when unprocessed input
 piles up, so a connection's memory stays small whatever the message size.
 
-This module is the only place where exceptions become SMTP replies: an
-`SMTPError` is answered as it says (with the message ID once there is one);
-anything else is logged in full and answered `451 4.3.0` (a 4xx loses no
-mail); a fault in the dialogue itself closes with `421 4.0.0`.
+Errors: every exception raised while one command is handled goes through
+`server/errors.py`'s `client_error` (an `SMTPError` is answered as it says,
+with the message ID once there is one; anything else is logged in full and
+answered `451 4.3.0`, since a 4xx loses no mail) and answers every reply
+that command still owes. Replies already owed to earlier pipelined commands
+are never dropped: a fault in the dialogue itself (a bug outside any
+command) adds `421 4.0.0` after them and closes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from kittiwake.errors import SMTPError
 from kittiwake.protocol import (
@@ -45,12 +48,10 @@ from kittiwake.protocol import (
 )
 from kittiwake.protocol import replies as R
 from kittiwake.protocol.connection import State
+from kittiwake.server.errors import client_error
 from kittiwake.server.sasl import SASLHandling
 from kittiwake.server.session_config import SessionConfig
-from kittiwake.server.transaction import INTERNAL_ERROR, MailTransactions
-
-if TYPE_CHECKING:
-    pass
+from kittiwake.server.transaction import MailTransactions
 
 HIGH_WATER = 256 * 1024  # unprocessed input that pauses reading
 LOW_WATER = 64 * 1024  # ... and resumes it
@@ -124,7 +125,7 @@ class Session(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
-        if self._client is not None:  # from a trusted PROXY header (spec §15)
+        if self._client is not None:  # from a trusted PROXY header (docs/proxy.md)
             self.peer_ip, self.peer_port = self._client
         if not self.cfg.gate.enter():
             self._refuse("connection limit reached")
@@ -210,7 +211,7 @@ class Session(asyncio.Protocol):
             raise
         except Exception as exc:
             self.cfg.log.error("session fault", err=exc, peer=self.peer_ip)
-            self._out.clear()
+            # What earlier commands were told stays; the 421 comes after it.
             self._out += FAULT.render()
             with contextlib.suppress(Exception):
                 await self.flush()
@@ -293,11 +294,24 @@ class Session(asyncio.Protocol):
         self._out += self.conn.send(reply)
 
     async def _dispatch(self, event: Event) -> None:
-        kind = type(event)
-        if kind is BodyChunk:
+        """Handle one event; whatever it raises answers what it still owes."""
+        if type(event) is BodyChunk:  # content: no reply, no new deadline
             assert isinstance(event, BodyChunk)
             await self.mail.body_chunk(event.data)
             return
+        try:
+            await self._handle(event)
+        except Exception as exc:
+            msg_id = self.mail.txn.msg_id if self.mail.txn else ""
+            error = client_error(
+                exc, self.cfg.log, "internal error", msg_id=msg_id, peer=self.peer_ip
+            )
+            self.answer_owed(error)
+        if self.conn.state is not State.BDAT:
+            self._reset_deadline()
+
+    async def _handle(self, event: Event) -> None:
+        kind = type(event)
         if kind is Bdat:
             assert isinstance(event, Bdat)
             if event.first:
@@ -313,33 +327,22 @@ class Session(asyncio.Protocol):
                 self.cfg.log.info(
                     "PROXY header from an untrusted peer ignored", src_ip=self.peer_ip or "unix"
                 )
-            for reply in event.replies:
-                self.reply(reply)
             if event.close:
                 self.closing = True
-            self._reset_deadline()
+            for reply in event.replies:
+                self.reply(reply)
             return
         handler = self._handlers.get(kind)
         if handler is None:
             raise RuntimeError(f"no handler for {event!r}")
-        try:
-            await handler(event)
-        except SMTPError as exc:
-            self.answer_owed(exc)
-        except Exception as exc:
-            msg_id = self.mail.txn.msg_id if self.mail.txn else ""
-            self.cfg.log.error("internal error", err=exc, msg_id=msg_id, peer=self.peer_ip)
-            self.answer_owed(INTERNAL_ERROR)
-        self._reset_deadline()
+        await handler(event)
 
     def answer_owed(self, exc: SMTPError) -> None:
-        reply = self.error_reply(exc)
+        """Answer every reply the current event still owes with `exc`."""
+        msg_id = self.mail.txn.msg_id if self.mail.txn else ""
+        reply = Reply.from_error(exc, msg_id)
         while self.conn.replies_owed:
             self.reply(reply)
-
-    def error_reply(self, exc: SMTPError) -> Reply:
-        msg_id = self.mail.txn.msg_id if self.mail.txn else ""
-        return Reply.from_error(exc, msg_id)
 
     # -- commands -----------------------------------------------------------
 
@@ -349,11 +352,12 @@ class Session(asyncio.Protocol):
         self._start_rdns()
         try:
             await self.cfg.pipeline.check_early(self.mail.conn_info())
-        except SMTPError as exc:
-            # Spec §4: the check's error is the reply (no message ID yet) and
-            # the client stays un-greeted.
-            self.cfg.log.info("rejected at greeting", src_ip=self.peer_ip, reason=exc)
-            self.reply(Reply.from_error(exc))
+        except Exception as exc:
+            # The check's error is the reply (no message ID yet) and the
+            # client stays un-greeted (docs/checks.md, "Early checks").
+            error = client_error(exc, self.cfg.log, "early check failed", src_ip=self.peer_ip)
+            self.cfg.log.info("rejected at greeting", src_ip=self.peer_ip, reason=error)
+            self.reply(Reply.from_error(error))
             return
         if event.extended:
             self.reply(R.ehlo(event.domain, self.conn.ehlo_capabilities()))
@@ -361,7 +365,7 @@ class Session(asyncio.Protocol):
             self.reply(Reply(250, (2, 0, 0), f"Hello {event.domain}"))
 
     def _start_rdns(self) -> None:
-        """Start the PTR lookup at the greeting (spec §4); used by Received."""
+        """Start the PTR lookup at the greeting; used by Received (docs/server.md)."""
         resolver = self.cfg.resolver
         if self.rdns is not None or self._rdns_done or resolver is None or not self.peer_ip:
             return

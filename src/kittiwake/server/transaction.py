@@ -22,6 +22,7 @@ from kittiwake.message.header import HeaderReader
 from kittiwake.protocol import BodyEnd, Data, MailFrom, RcptTo, Reply
 from kittiwake.protocol import replies as R
 from kittiwake.protocol.events import MailParams
+from kittiwake.server.errors import client_error
 from kittiwake.server.session_config import EndpointKind
 from kittiwake.server.submission import prepare_submission_header
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from kittiwake.pipeline.pipeline import MessageDelivery
     from kittiwake.server.session import Session
 
-INTERNAL_ERROR = SMTPError(451, (4, 3, 0), "Internal server error")
 AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
 
 
@@ -71,7 +71,7 @@ class MailTransactions:
         if not self.cfg.defer_sender_reject:
             error = await self._start_sender(txn)
             if error is not None:
-                # The old transaction (if any) stays as it was (spec §7).
+                # The old transaction (if any) stays as it was (docs/protocol.md).
                 self.session.reply(error)
                 return
         await self.end()
@@ -79,25 +79,24 @@ class MailTransactions:
         self.session.reply(Reply(250, (2, 0, 0), f"Roger, accepting mail from <{event.address}>"))
 
     async def _start_sender(self, txn: Transaction) -> Reply | None:
-        """Sender processing (spec §8.2 steps 2-6); the reply on failure."""
+        """Sender processing: ID, SMTPUTF8, clean form, limits, pipeline; the reply on failure."""
         txn.sender_started = True
         txn.msg_id = new_msg_id()
         sender = txn.mail_from
-        if not txn.params.smtputf8 and address.needs_smtputf8(sender):
-            return Reply(550, (5, 6, 7), "SMTPUTF8 is required for non-ASCII senders")
         try:
-            clean = address.clean_address(sender)
-        except ValueError:
-            return Reply(553, (5, 1, 7), "Unable to normalize the sender address")
+            clean = address.clean_path(sender, smtputf8=txn.params.smtputf8)
+        except address.AddressError as exc:
+            return Reply.from_error(exc.smtp_error("sender"))  # no msg ID (docs/server.md)
         if self.cfg.limits is not None:
             # Spec §16: one token/slot per transaction, held until it ends;
-            # a limit waits up to 5 s, then 451 (no msg ID, spec §8.2).
+            # a limit waits up to 5 s, then 451 without msg ID (docs/limits.md).
             domain = clean.rpartition("@")[2] if "@" in clean else ""
             try:
                 txn.ticket = await self.cfg.limits.take(self.session.peer_ip, domain)
-            except SMTPError as exc:
+            except Exception as exc:
+                error = client_error(exc, self.cfg.log, "limits failed", msg_id=txn.msg_id)
                 self.cfg.log.info("limit reached", src_ip=self.session.peer_ip, sender=sender)
-                return Reply.from_error(exc)
+                return Reply.from_error(error)
         txn.meta = MsgMeta(
             id=txn.msg_id,
             conn=self.conn_info(),
@@ -113,14 +112,11 @@ class MailTransactions:
         )
         try:
             txn.delivery = await self.cfg.pipeline.start(txn.meta, clean)
-        except SMTPError as exc:
-            self.cfg.log.info("MAIL FROM error", msg_id=txn.msg_id, sender=sender, reason=exc)
-            await _release(txn)
-            return Reply.from_error(exc, txn.msg_id)
         except Exception as exc:
-            self.cfg.log.error("MAIL FROM error", err=exc, msg_id=txn.msg_id)
+            error = client_error(exc, self.cfg.log, "MAIL FROM error", msg_id=txn.msg_id)
+            self.cfg.log.info("MAIL FROM error", msg_id=txn.msg_id, sender=sender, reason=error)
             await _release(txn)
-            return Reply.from_error(INTERNAL_ERROR, txn.msg_id)
+            return Reply.from_error(error, txn.msg_id)
         self.cfg.log.info(
             "incoming message",
             msg_id=txn.msg_id,
@@ -155,19 +151,16 @@ class MailTransactions:
             return
         rcpt = event.address
         try:
-            if not txn.params.smtputf8 and address.needs_smtputf8(rcpt):
-                raise SMTPError(553, (5, 6, 7), "SMTPUTF8 is required for non-ASCII recipients")
             try:
-                clean = address.clean_address(rcpt)
-            except ValueError:
-                raise SMTPError(
-                    501, (5, 1, 2), "Unable to normalize the recipient address"
-                ) from None
+                clean = address.clean_path(rcpt, smtputf8=txn.params.smtputf8)
+            except address.AddressError as exc:
+                raise exc.smtp_error("recipient") from None
             assert txn.delivery is not None
             await txn.delivery.add_rcpt(clean)
-        except SMTPError as exc:
-            self._log_rcpt_error(txn, rcpt, exc)
-            self.session.reply(self.session.error_reply(exc))
+        except Exception as exc:
+            error = client_error(exc, self.cfg.log, "RCPT error", msg_id=txn.msg_id, rcpt=rcpt)
+            self._log_rcpt_error(txn, rcpt, error)
+            self.session.reply(Reply.from_error(error, txn.msg_id))
             return
         txn.rcpts.append((rcpt, clean))
         self.cfg.log.debug("RCPT ok", msg_id=txn.msg_id, rcpt=rcpt)
@@ -197,8 +190,8 @@ class MailTransactions:
         txn.header = HeaderReader(self.cfg.max_header_size)
         try:
             txn.buffer = self.cfg.buffer.new()
-        except SMTPError as exc:
-            txn.body_error = exc
+        except Exception as exc:
+            txn.body_error = client_error(exc, self.cfg.log, "buffer failed", msg_id=txn.msg_id)
 
     async def body_chunk(self, data: bytes) -> None:
         txn = self.txn
@@ -212,8 +205,10 @@ class MailTransactions:
                 data = rest
             if data and txn.buffer is not None:
                 await txn.buffer.write(data)
-        except SMTPError as exc:
-            txn.body_error = exc
+        except Exception as exc:
+            # The error waits for the end of the content: the client is
+            # still sending, and the reply belongs after the final dot.
+            txn.body_error = client_error(exc, self.cfg.log, "content failed", msg_id=txn.msg_id)
 
     async def on_body_end(self, event: BodyEnd) -> None:
         txn = self.txn
@@ -233,11 +228,8 @@ class MailTransactions:
             try:
                 statuses = await self._deliver(txn, event)
                 size = len(txn.buffer) if txn.buffer is not None else 0
-            except SMTPError as exc:
-                failure = exc
             except Exception as exc:
-                self.cfg.log.error("delivery failed", err=exc, msg_id=txn.msg_id)
-                failure = INTERNAL_ERROR
+                failure = client_error(exc, self.cfg.log, "delivery failed", msg_id=txn.msg_id)
         finally:
             # Settled question 13: the buffer is gone before the final reply.
             if txn.buffer is not None:
@@ -269,7 +261,7 @@ class MailTransactions:
         header = txn.header.header
         assert header is not None
         if self.cfg.kind is EndpointKind.SUBMISSION:
-            prepare_submission_header(header, self.cfg.hostname)  # spec §13
+            prepare_submission_header(header, self.cfg.hostname)  # docs/submission.md
         await txn.buffer.finish()
         received = header.count("Received")
         if received > self.cfg.max_received:
@@ -343,11 +335,9 @@ class _Statuses:
 
     def get(self, rcpt: str) -> SMTPError | None:
         error = self._errors.get(rcpt)
-        if error is None or isinstance(error, SMTPError):
-            return error
-        # Not an error meant for the client: keep its text in the log only.
-        self._log.error("delivery failed", err=error, msg_id=self._msg_id, rcpt=rcpt)
-        return INTERNAL_ERROR
+        if error is None:
+            return None
+        return client_error(error, self._log, "delivery failed", msg_id=self._msg_id, rcpt=rcpt)
 
 
 async def _release(txn: Transaction) -> None:

@@ -127,6 +127,22 @@ def _check_component(part: str, what: str) -> None:
         raise _invalid_name(f"{what} longer than {_MAX_NAME} bytes")
 
 
+def _mailbox_local(local: str) -> str:
+    """The folder form of a local part: PRECIS case-mapped (docs/storage-maildir.md).
+
+    PRECIS has no room for a space, which an RFC 5321 quoted local part may
+    hold (`"john doe"@example.org`). An ASCII local part it refuses can only
+    be refused for that, so it is lowercased instead: such an address is
+    valid mail, and is answered like any other mailbox, present or not.
+    """
+    try:
+        return address.precis_casefold(local)
+    except ValueError:
+        if not local.isascii():
+            raise
+        return local.lower()
+
+
 def resolve_mailbox(root: str, rcpt: str) -> Mailbox:
     """The Maildir of recipient `rcpt` under `root` (targets.md §7.2).
 
@@ -141,7 +157,7 @@ def resolve_mailbox(root: str, rcpt: str) -> Mailbox:
     if not domain:
         raise _no_such_user(f"{rcpt!r} has no domain")
     try:
-        local = address.precis_casefold(local)
+        local = _mailbox_local(local)
         domain = address.to_alabel_domain(address.normalize_domain(domain))
     except ValueError as exc:  # AddressError and UnicodeError are ValueErrors
         raise _invalid_name(f"{rcpt!r}: {exc}") from None
