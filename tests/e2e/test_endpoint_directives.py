@@ -54,7 +54,8 @@ def bodies(tmp: Path, user: str = "user") -> list[bytes]:
 def test_every_buffer_kind_stores_intact(
     kittiwake: Start, tmp_path: Path, dns: FakeDNS, buffer: str
 ) -> None:
-    # Spec edge cases 40 and 42: bodies of 13, 0 and 5 bytes.
+    # maddy's own cases: bodies of 13, 0 and 5 bytes in every kind of buffer
+    # (docs/buffer.md, "Where the line is for `auto`").
     srv = kittiwake(
         conf(tmp_path, f"    buffer {buffer}"), args=("--debug.dnsoverride", dns.address)
     )

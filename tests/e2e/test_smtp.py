@@ -104,7 +104,8 @@ def test_smtplib_delivers_into_maildir(server: Kittiwake, tmp_path: Path) -> Non
     assert lines[1] == b"Delivered-To: user@example.org"
     received = message.split(b"\nFrom:", 1)[0].split(b"\n", 2)[2].decode()
     folded = received.split("\n")
-    # Spec §12.2 folding: `Received: ` + 66 characters, then lines of <= 76.
+    # Folding (docs/server.md, "Received"): `Received: ` + 66 characters, then
+    # lines of <= 76.
     assert len(folded[0]) <= len("Received: ") + 66
     assert all(len(line) <= 76 and line.startswith(" ") for line in folded[1:])
     assert re.fullmatch(
@@ -334,7 +335,7 @@ def test_read_timeout_is_a_deadline_per_command(
     with Dialog(srv.port()) as d:
         greet(d)
         started = time.monotonic()
-        # Trickling bytes does not extend the deadline (settled question 6).
+        # Trickling bytes does not extend the deadline (docs/server.md, "Timeouts").
         for c in b"NOOP":
             d.send(bytes([c]))
             time.sleep(0.3)

@@ -184,7 +184,7 @@ async def test_pam_right_wrong_unknown(tmp_path: Path, pam_system: dict[str, str
 
 async def test_pam_account_step(tmp_path: Path, pam_system: dict[str, str]) -> None:
     """The account step runs: a password that must be changed is refused (535);
-    an expired account is a failure to decide (454), as spec §5 maps it."""
+    an expired account is a failure to decide (454), as docs/auth.md maps it."""
     _, auth = build(tmp_path, f"pam {{\n service {PAM_SERVICE}\n}}")
     with pytest.raises(InvalidCredentials, match="pam_acct_mgmt"):
         await auth.auth_plain(pam_system["must_change"], PASSWORD)
