@@ -493,7 +493,7 @@ def test_import_directory_is_an_error(tmp_path: Path) -> None:
     assert "is a directory" in err.message
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="this platform has no FIFOs (os.mkfifo)")
 def test_import_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
     assert "not a regular file" in fails("import pipe", base_dir=str(tmp_path)).message

@@ -8,7 +8,6 @@ it with smtplib, raw sockets or swaks.
 from __future__ import annotations
 
 import re
-import shutil
 import smtplib
 import socket
 import ssl
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import trustme
 from fakedns import SERVFAIL, FakeDNS
-from kw import Dialog, Kittiwake, maildir_files
+from kw import Dialog, Kittiwake, maildir_files, need_tool
 
 Start = Callable[..., Kittiwake]
 
@@ -466,11 +465,10 @@ def test_implicit_tls_listener(
 # -- real clients and operations --------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
 def test_swaks(server: Kittiwake, tmp_path: Path) -> None:
     result = subprocess.run(
         [
-            "swaks",
+            need_tool("swaks", "swaks"),
             "--to",
             "user@example.org",
             "--from",
