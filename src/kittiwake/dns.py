@@ -48,9 +48,9 @@ class Resolver:
         """The first PTR name of `ip` without its trailing dot, or None.
 
         Any failure (no PTR, SERVFAIL, timeout) is None: a missing reverse
-        name is common and must never fail a message (spec §12.2). Answers
-        are kept for a few minutes (a failure for one), at most
-        `PTR_CACHE_SIZE` of them, least recently used dropped first.
+        name is common and must never fail a message (docs/server.md,
+        "Received"). Answers are kept for a few minutes (a failure for one),
+        at most `PTR_CACHE_SIZE` of them, least recently used dropped first.
         """
         now = time.monotonic()
         cached = self._ptr_cache.get(ip)

@@ -1,4 +1,4 @@
-"""The `limits` module: rate and concurrency limits by scope (spec §16).
+"""The `limits` module: rate and concurrency limits by scope (docs/limits.md).
 
 ```
 limits {                      # inline: this endpoint's own counters
@@ -17,7 +17,7 @@ shared by several kittiwake nodes without touching the rest.
   replace.
 - `Limiter` is the policy: the rules in order all → ip → source, the keys
   (Unix clients count as 127.0.0.1, the null sender is ""), and the wait:
-  a limit that is hit is retried until the deadline (5 s, spec §16), then
+  a limit that is hit is retried until the deadline (5 s, docs/limits.md), then
   answered `451 4.4.5`, temporary, so the sender retries later and no mail
   is lost. It never answers 5xx.
 - `LimitsModule` is the configuration block; it owns one `Limiter`, so every
@@ -68,13 +68,14 @@ __all__ = [
     "Ticket",
 ]
 
-#: How long a transaction waits for a limit before the 451 (spec §16).
+#: How long a transaction waits for a limit before the 451 (docs/limits.md,
+#: "Waiting, then 451").
 DEFAULT_DEADLINE = 5.0
 #: A bucket unused this long (or one period, if longer) is dropped.
 IDLE_TTL = 60.0
 #: Buckets (or keys holding slots) kept per rule at most.
 MAX_KEYS = 20_000
-#: The `ip` key of a client on a Unix socket (spec §16).
+#: The `ip` key of a client on a Unix socket (docs/limits.md, "Scopes").
 UNIX_CLIENT_IP = "127.0.0.1"
 #: How often a waiter re-checks a full concurrency slot. Releases in this
 #: process wake waiters at once; the poll only matters for releases the
@@ -83,8 +84,9 @@ SLOT_POLL = 0.25
 #: Shortest sleep between two tries, so rounding can never make a spin loop.
 _MIN_WAIT = 0.001
 
-#: Config scope name -> the scope it means. `endpoint` is the seed
-#: document's spelling, which maddy refuses; kittiwake takes it as `all`.
+#: Config scope name -> the scope it means. `endpoint` is the spelling of
+#: the founding example (tests/e2e/fixtures/seed-smtp.conf), which maddy
+#: refuses; kittiwake takes it as `all` (docs/limits.md, "Scopes").
 _SCOPES = {
     "all": "all",
     "endpoint": "all",
@@ -287,7 +289,8 @@ class Limiter:
     def __init__(
         self, rules: Sequence[Rule], store: LimitStore | None = None, *, log: Logger | None = None
     ) -> None:
-        # Spec order all -> ip -> source; file order within a scope.
+        # Order all -> ip -> source, file order within a scope (docs/limits.md,
+        # "When a limit is taken and given back").
         self.rules = sorted(rules, key=lambda r: _ORDER[r.scope])
         self.store: LimitStore = store if store is not None else MemoryLimitStore()
         self.log = log if log is not None else get_logger("limits")
@@ -441,7 +444,7 @@ def _parse_rule(node: Node, index: int) -> Rule | None:
         raise node.error(f"unknown limit scope: {node.name}")
     if unlimited or scope == "destination":
         # destination limits need the recipient before the transaction
-        # starts; maddy accepts and ignores them in endpoints (spec §16).
+        # starts; maddy accepts and ignores them in endpoints (docs/limits.md).
         return None
     name = f"{scope}.{kind}.{index}"
     return Rule(scope, kind, name, burst=burst, period=period, max_slots=max_slots)

@@ -102,7 +102,7 @@ class Endpoint(Module):
     Its inline arguments are listen addresses. After `start` has bound them,
     `addresses()` names them for the readiness lines; `stop` stops accepting,
     lets sessions in progress finish within `grace` seconds and closes the
-    rest (SIGTERM, interface.md).
+    rest (SIGTERM; docs/server.md, "Shutdown").
     """
 
     grace: float = 10.0

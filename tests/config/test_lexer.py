@@ -1,8 +1,9 @@
-"""Lexer tests: config.md §2, row by row, plus a differential check.
+"""Lexer tests: docs/config-language.md, "Words, quotes and comments", rule by
+rule, plus a differential check.
 
 The differential test compares `tokenize` (a regex scanner tuned for speed)
 with `reference_tokenize` below, a plain character loop written straight
-from the rules in the spec, on random text made of the characters that
+from the rules in the docs, on random text made of the characters that
 matter.
 """
 
@@ -196,7 +197,7 @@ def test_long_hostile_inputs_are_linear() -> None:
 
 
 def reference_tokenize(text: str) -> list[tuple[str, int, int]]:
-    """The spec's rules as a character loop: slow, obvious, independent."""
+    """The documented rules as a character loop: slow, obvious, independent."""
     out: list[tuple[str, int, int]] = []
     i = 1 if text.startswith("\ufeff") else 0
     line = 1

@@ -95,9 +95,9 @@ def shape(nodes: list[Node]) -> list[object]:
     return out
 
 
-# --------------------------------------------------- config.md §14, literally
+# ------------ maddy's own parser cases (framework/cfgparser/parse_test.go), literally
 
-SPEC_14_OK = [
+MADDY_OK = [
     ("a", [("a", [], 1)]),
     ("a a1 a2", [("a", ["a1", "a2"], 1)]),
     ("a a1 a2 \\\na3 a4", [("a", ["a1", "a2", "a3", "a4"], 1)]),
@@ -116,7 +116,7 @@ SPEC_14_OK = [
     ("(s) {\ndir $(m)\n}\n$(m) = x\nimport s", [("dir", [], 2)]),
 ]
 
-SPEC_14_ERRORS = [
+MADDY_ERRORS = [
     "a {",
     "a }",
     "{ a_child1 c1arg1 }",
@@ -138,18 +138,18 @@ SPEC_14_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), SPEC_14_OK)
-def test_spec_14_parses(text: str, expected: list[object]) -> None:
+@pytest.mark.parametrize(("text", "expected"), MADDY_OK)
+def test_maddy_case_parses(text: str, expected: list[object]) -> None:
     assert shape(parse(text)) == expected
 
 
-@pytest.mark.parametrize("text", SPEC_14_ERRORS)
-def test_spec_14_fails(text: str) -> None:
+@pytest.mark.parametrize("text", MADDY_ERRORS)
+def test_maddy_case_fails(text: str) -> None:
     err = fails(text)
     assert err.file == "t.conf" and err.line >= 1
 
 
-def test_spec_14_env() -> None:
+def test_maddy_case_env() -> None:
     text = "a {env:TESTING_VARIABLE}"
     assert parse(text, environ={"TESTING_VARIABLE": "ABCDEF"})[0].args == ["ABCDEF"]
     assert parse(text, environ={})[0].args == [""]
@@ -159,7 +159,7 @@ def test_spec_14_env() -> None:
 # ------------------------------------------------------------- positions
 
 
-def test_spec_14_nested_block_lines() -> None:
+def test_maddy_case_nested_block_lines() -> None:
     nodes = parse("a a1 a2 {\n    c1 x\n    c2 y }\nb\n")
     assert shape(nodes) == [
         ("a", ["a1", "a2"], 1, [("c1", ["x"], 2), ("c2", ["y"], 3)]),
@@ -493,7 +493,7 @@ def test_import_directory_is_an_error(tmp_path: Path) -> None:
     assert "is a directory" in err.message
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="this platform has no FIFOs (os.mkfifo)")
 def test_import_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
     assert "not a regular file" in fails("import pipe", base_dir=str(tmp_path)).message

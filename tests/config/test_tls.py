@@ -1,4 +1,4 @@
-"""The `tls` and `tls_client` directives (spec/config.md §9, §12).
+"""The `tls` and `tls_client` directives (docs/tls.md).
 
 Every success case ends in a real TLS handshake between Python's `ssl` on
 both ends of a socket pair (the server side in a thread), so what is tested

@@ -1,4 +1,5 @@
-"""Value syntaxes (spec/config.md §10, §11): each accepted and refused form."""
+"""Value syntaxes (docs/config-language.md, "Values" and "Listen addresses"): each
+accepted and refused form."""
 
 from __future__ import annotations
 

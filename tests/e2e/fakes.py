@@ -157,7 +157,7 @@ class _FakeCheckState:
 class FakeCheck(Module):
     """A check for end-to-end tests: `stage early|sender|rcpt|body`, the reply
     it rejects with (`code`, `enhanced`, `message`), and `unless_tls` to pass
-    clients that use TLS (spec edge case 33)."""
+    clients that use TLS."""
 
     def configure(self, cfg: Directives) -> None:
         from kittiwake.errors import SMTPError

@@ -26,16 +26,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kw import free_port
+from kw import TOOL_PATH, free_port
 
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+HAPROXY = shutil.which("haproxy", path=TOOL_PATH) or "/usr/sbin/haproxy"
 WAIT = 20.0
 #: The address HAProxy connects to kittiwake from.
 PROXY_SOURCE = "127.0.0.9"
-
-
-def available() -> bool:
-    return shutil.which("haproxy") is not None or Path(HAPROXY).exists()
 
 
 @dataclass(frozen=True)

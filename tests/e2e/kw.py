@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -19,11 +20,31 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 LAUNCHER = HERE / "launcher.py"
 SRC = HERE.parent.parent / "src"
 READY = "kittiwake: listening on "
 WAIT = 20.0
+#: Where tools are looked for: PATH, then the sbin folders a non-root PATH
+#: often lacks (haproxy, dovecot and Postfix's tools live there on Debian).
+TOOL_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def need_tool(tool: str, package: str) -> str:
+    """The path of `tool`, which `.ci/run` installs from Debian package `package`.
+
+    Without it the test fails rather than skips: a skip would report a
+    clean run while the feature the tool checks went untested.
+    """
+    found = shutil.which(tool, path=TOOL_PATH)
+    if found is None:
+        pytest.fail(
+            f"{tool} is missing: install it: .ci/run installs Debian package {package}",
+            pytrace=False,
+        )
+    return found
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kw import free_port
 
 POSTFIX = "/usr/sbin/postfix"
@@ -76,26 +77,41 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-def unavailable() -> str | None:
-    """Why a private Postfix cannot run here, or None if it can."""
+def need_postfix() -> None:
+    """Fail (not skip) unless Postfix is installed the way `.ci/run` installs it."""
     for tool in (POSTFIX, POSTQUEUE, POSTSUPER):
         if not os.access(tool, os.X_OK):
-            return f"Postfix is not installed ({tool} missing)"
-    if os.geteuid() != 0:
-        return "starting Postfix needs root"
+            pytest.fail(
+                f"{tool} is missing: install it: .ci/run installs Debian package postfix",
+                pytrace=False,
+            )
     try:
         grp.getgrnam("postfix")
     except KeyError:
-        return "no postfix group (Postfix not installed properly)"
+        pytest.fail(
+            "no postfix group, so Postfix is not installed properly: "
+            "install it: .ci/run installs Debian package postfix",
+            pytrace=False,
+        )
+
+
+def not_root() -> str | None:
+    """Why a private Postfix cannot start here: its master must be root to
+    set up the queue and switch its daemons to the postfix user."""
+    if os.geteuid() != 0:
+        return "starting a private Postfix needs root (its daemons run as user postfix)"
     return None
 
 
-def sasl_plain_missing() -> str | None:
-    """Why Postfix's SASL client cannot do PLAIN here (Cyrus SASL's plugin,
-    Debian package libsasl2-modules), or None."""
+def need_sasl_plain() -> None:
+    """Fail unless Postfix's SASL client can do PLAIN (Cyrus SASL's plugin)."""
     if glob.glob("/usr/lib/*/sasl2/libplain.so*") or glob.glob("/usr/lib/sasl2/libplain.so*"):
-        return None
-    return "Cyrus SASL PLAIN plugin missing (install libsasl2-modules)"
+        return
+    pytest.fail(
+        "the Cyrus SASL PLAIN plugin is missing: install it: "
+        ".ci/run installs Debian package libsasl2-modules",
+        pytrace=False,
+    )
 
 
 def instance_pids(config_dir: Path) -> list[int]:

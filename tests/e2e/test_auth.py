@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import bcrypt
 import pytest
 import trustme
 from fakedns import FakeDNS
@@ -19,7 +20,6 @@ from kw import Dialog, Kittiwake
 
 Start = Callable[..., Kittiwake]
 
-bcrypt = pytest.importorskip("bcrypt")
 PASSWORD = "correct horse"
 HASH = "bcrypt:" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4, b"2a")).decode()
 

@@ -1,5 +1,9 @@
-"""How check results reach the client (spec §22 edge cases 3, 4, 5, 13, 14, 33),
-with a test-only check module (`test.check`, tests/e2e/fakes.py)."""
+"""How check results reach the client, with a test-only check module
+(`test.check`, tests/e2e/fakes.py). The `edgeN` tests are maddy's own cases:
+an early check (docs/checks.md, "When checks run"), a sender check at MAIL
+or deferred to every RCPT (docs/server.md, "Transactions"), non-ASCII reply
+text with and without SMTPUTF8 (docs/server.md), a check passing TLS
+clients only."""
 
 from __future__ import annotations
 

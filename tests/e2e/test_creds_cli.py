@@ -231,8 +231,7 @@ def test_operational_errors_exit_1(conf: Path, tmp_path: Path) -> None:
 
 def test_the_embedded_default_configuration(tmp_path: Path) -> None:
     default = kw("config", "default", cwd=tmp_path)
-    if "local_authdb" not in default.stdout:
-        pytest.skip("the embedded default configuration has no local_authdb block yet")
+    assert "auth.pass_table local_authdb" in default.stdout, default.stdout
     r = kw("creds", "create", "me@localhost", "-p", "x", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     db = tmp_path / "kittiwake-data" / "credentials.db"
@@ -299,7 +298,9 @@ class Terminal:
         return self.proc.returncode, out.decode(), (self.stderr + err).decode()
 
 
-needs_pty = pytest.mark.skipif(not hasattr(os, "openpty"), reason="no pseudo-terminals here")
+needs_pty = pytest.mark.skipif(
+    not hasattr(os, "openpty"), reason="this platform has no pseudo-terminals (os.openpty)"
+)
 
 
 @needs_pty

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kw import need_tool
 
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container
@@ -34,9 +35,6 @@ from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
 from kittiwake.targets.base import DeliveryTarget
-
-DOVEADM = shutil.which("doveadm")
-pytestmark = pytest.mark.skipif(DOVEADM is None, reason="doveadm (Debian dovecot-core) missing")
 
 USER = "user@example.org"
 NOBODY = 65534  # Dovecot refuses to open mail as root
@@ -105,11 +103,10 @@ class Doveadm:
         )
 
     def run(self, *args: str) -> str:
-        assert DOVEADM is not None
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "USER": USER}
         env["HOME"] = str(self.base / "home")
         result = subprocess.run(
-            [DOVEADM, "-c", str(self.conf), *args],
+            [need_tool("doveadm", "dovecot-core"), "-c", str(self.conf), *args],
             env=env,
             capture_output=True,
             check=False,
@@ -130,6 +127,7 @@ class Doveadm:
 def base() -> Iterator[Path]:
     # Not pytest's tmp_path: its parents are 0700, and doveadm drops to
     # an unprivileged user who must be able to walk down to the Maildir.
+    need_tool("doveadm", "dovecot-core")  # before any work
     path = Path(tempfile.mkdtemp(prefix="kw-dovecot-"))
     path.chmod(0o755)
     try:

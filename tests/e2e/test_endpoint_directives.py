@@ -54,7 +54,8 @@ def bodies(tmp: Path, user: str = "user") -> list[bytes]:
 def test_every_buffer_kind_stores_intact(
     kittiwake: Start, tmp_path: Path, dns: FakeDNS, buffer: str
 ) -> None:
-    # Spec edge cases 40 and 42: bodies of 13, 0 and 5 bytes.
+    # maddy's own cases: bodies of 13, 0 and 5 bytes in every kind of buffer
+    # (docs/buffer.md, "Where the line is for `auto`").
     srv = kittiwake(
         conf(tmp_path, f"    buffer {buffer}"), args=("--debug.dnsoverride", dns.address)
     )
@@ -234,17 +235,21 @@ def test_lmtp_full_disk_fails_only_that_recipient(
     import subprocess
 
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        pytest.skip("running as non-root: a full disk is made by mounting a small tmpfs")
     config = conf(tmp_path, "", endpoint="lmtp unix://lmtp.sock").replace(
         "auto_create yes", "auto_create no"
     )
     full = tmp_path / "mail" / "example.org" / "full"
     full.mkdir(parents=True)
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=False
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if mounted.returncode != 0:
-        pytest.skip("mount -t tmpfs was refused here")
+        # A container without the right to mount cannot fake a full disk.
+        pytest.skip(f"mount -t tmpfs was refused here: {mounted.stderr.strip()}")
     try:
         for user in ("ok", "full"):
             for sub in ("new", "cur", "tmp"):

@@ -11,7 +11,6 @@ checks (`check-send-proxy`, `option smtpchk`) must pass too.
 from __future__ import annotations
 
 import re
-import shutil
 import smtplib
 import socket
 import subprocess
@@ -22,12 +21,8 @@ from pathlib import Path
 import pytest
 import trustme
 from fakedns import FakeDNS
-from haproxy import PROXY_SOURCE, HAProxy, Route, available
-from kw import Kittiwake, maildir_files
-
-pytestmark = pytest.mark.skipif(
-    not available(), reason="haproxy is not installed (Debian package `haproxy`)"
-)
+from haproxy import PROXY_SOURCE, HAProxy, Route
+from kw import Kittiwake, maildir_files, need_tool
 
 Start = Callable[..., Kittiwake]
 CLIENT = "127.0.0.5"
@@ -55,6 +50,11 @@ smtp tcp://127.0.0.1:0 {{
     }}
 }}
 """
+
+
+@pytest.fixture(autouse=True)
+def _haproxy_installed() -> None:
+    need_tool("haproxy", "haproxy")
 
 
 @pytest.fixture
@@ -121,7 +121,6 @@ def test_received_names_the_client_not_haproxy(
     assert "bad or missing PROXY header" not in srv.log
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
 def test_swaks_starttls_through_haproxy_v2(
     kittiwake: Start,
     tmp_path: Path,
@@ -130,6 +129,7 @@ def test_swaks_starttls_through_haproxy_v2(
     cert_files: tuple[str, str],
 ) -> None:
     # HAProxy in tcp mode relays the STARTTLS exchange untouched.
+    swaks = need_tool("swaks", "swaks")
     cert, key = cert_files
     srv = kittiwake(
         config(tmp_path, tls=f"tls file {cert} {key}"),
@@ -142,7 +142,7 @@ def test_swaks_starttls_through_haproxy_v2(
         proxy.start()
         result = subprocess.run(
             [
-                "swaks",
+                swaks,
                 "--server",
                 "127.0.0.1",
                 "--port",

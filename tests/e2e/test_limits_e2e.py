@@ -1,4 +1,4 @@
-"""`limits` (spec §16) against the real server, from several client addresses.
+"""`limits` (docs/limits.md) against the real server, from several client addresses.
 
 Each test starts `kittiwake run` with a `limits` block and drives raw SMTP
 dialogues from chosen loopback addresses (127.0.0.1, 127.0.0.2, ...). A
@@ -30,7 +30,7 @@ from kw import Dialog, Kittiwake, maildir_files
 Start = Callable[..., Kittiwake]
 
 HIGH_LOAD = "451 4.4.5 High load, try again later"
-#: The wait before the 451 (spec §16), and the slack allowed around it.
+#: The wait before the 451 (docs/limits.md), and the slack allowed around it.
 DEADLINE = 5.0
 EARLY, LATE = DEADLINE - 0.5, DEADLINE + 3.0
 #: What "at once" means for a reply that must not wait for a limit.
@@ -173,7 +173,7 @@ def test_all_rate_at_the_bound_and_past_it(start: Callable[..., Kittiwake], tmp_
         # Tokens are spent for good: ending a transaction gives none back.
         assert clients[1].cmd("RSET") == "250 2.0.0 Session reset"
         reply, took = clients[3].timed("MAIL FROM:<a@example.net>")
-        assert reply == HIGH_LOAD  # temporary, no msg ID (spec §8.2)
+        assert reply == HIGH_LOAD  # temporary, no msg ID (docs/server.md, "Transactions")
         assert EARLY <= took <= LATE, took
         # The session goes on: a refused MAIL opens no transaction.
         assert clients[3].cmd("RCPT TO:<user@example.org>").startswith("503 ")
@@ -207,14 +207,15 @@ def test_rate_wait_shorter_than_the_deadline_succeeds(
 def test_second_mail_on_one_connection_waits_then_451(
     start: Callable[..., Kittiwake], tmp_path: Path
 ) -> None:
-    # Edge case 38: the first transaction holds the only slot; the second
+    # maddy's case: the first transaction holds the only slot; the second
     # MAIL cannot get it and is answered 451 after about 5 s.
     srv = start(config(tmp_path, "limits {\n        all concurrency 1\n    }"))
     with Client(srv.port()) as c:
         assert accepted(c.mail())
         reply, took = c.timed("MAIL FROM:<b@example.net>")
         assert reply == HIGH_LOAD and EARLY <= took <= LATE, (reply, took)
-        # The old transaction stays as it was (spec §7) and completes.
+        # The old transaction stays as it was (docs/server.md, "Transactions")
+        # and completes.
         assert c.finish("first") == "250 2.0.0 OK: queued"
         # Its end released the slot: the next MAIL is answered at once.
         reply, took = c.timed("MAIL FROM:<b@example.net>")
@@ -226,7 +227,7 @@ def test_second_mail_on_one_connection_waits_then_451(
 def test_endpoint_concurrency_slot_passes_to_a_waiting_client(
     start: Callable[..., Kittiwake], tmp_path: Path
 ) -> None:
-    # `endpoint` is kittiwake's synonym of `all` (the seed's spelling).
+    # `endpoint` is kittiwake's synonym of `all` (docs/limits.md, "Scopes").
     srv = start(config(tmp_path, "limits {\n        endpoint concurrency 1\n    }"))
     a, b = Client(srv.port(), "127.0.0.2"), Client(srv.port(), "127.0.0.3")
     try:
@@ -254,7 +255,7 @@ def test_endpoint_concurrency_slot_passes_to_a_waiting_client(
 def test_ip_concurrency_is_per_client_address(
     start: Callable[..., Kittiwake], tmp_path: Path
 ) -> None:
-    # Edge case 39.
+    # maddy's case: one slot per client address.
     srv = start(config(tmp_path, "limits {\n        ip concurrency 1\n    }"))
     one, two = Client(srv.port(), "127.0.0.1"), Client(srv.port(), "127.0.0.2")
     one_again, three = Client(srv.port(), "127.0.0.1"), Client(srv.port(), "127.0.0.3")
@@ -298,7 +299,7 @@ class UnixClient(Dialog):
 def test_unix_socket_client_counts_as_127_0_0_1(
     start: Callable[..., Kittiwake], tmp_path: Path
 ) -> None:
-    # Spec §16: for the `ip` scope a Unix-socket client is 127.0.0.1.
+    # For the `ip` scope a Unix-socket client is 127.0.0.1 (docs/limits.md, "Scopes").
     text = config(tmp_path, "limits {\n        ip concurrency 1\n    }").replace(
         "smtp tcp://127.0.0.1:0 {\n    tls off", "lmtp tcp://127.0.0.1:0 unix://lmtp.sock {"
     )
@@ -399,13 +400,13 @@ def test_deferred_mode_applies_at_the_first_rcpt(
         assert reply.startswith("250 ") and took < PROMPT, (reply, took)  # b has the slot
         reply, took = a.timed("RCPT TO:<user@example.org>")
         assert reply == HIGH_LOAD and EARLY <= took <= LATE, (reply, took)
-        # Spec §8.3: every further RCPT of that transaction gets the same
-        # reply, at once.
+        # Every further RCPT of that transaction gets the same reply, at once
+        # (docs/server.md, "Transactions").
         reply, took = a.timed("RCPT TO:<other@example.org>")
         assert reply == HIGH_LOAD and took < PROMPT, (reply, took)
         assert b.cmd("DATA").startswith("354")
         assert b.cmd("Subject: b\r\n\r\nb\r\n.") == "250 2.0.0 OK: queued"
-        # The failure does not stick past the transaction (deviation, §8.3).
+        # The failure does not stick past the transaction (maddy's does).
         assert a.cmd("RSET").startswith("250 ")
         assert accepted(a.mail())
         assert a.finish("a") == "250 2.0.0 OK: queued"
@@ -526,7 +527,7 @@ def test_concurrency_released_when_a_client_vanishes(
         assert accepted(reply, "n@example.net") and took < PROMPT, (reply, took)
         assert nxt.finish("whole") == "250 2.0.0 OK: queued"
         # A client that vanishes while its MAIL waits for the slot: the wait
-        # goes on (spec §16), takes the slot when it frees, and the dead
+        # goes on (docs/limits.md), takes the slot when it frees, and the dead
         # session gives it back, so nothing leaks.
         assert accepted(nxt.mail())
         ghost.send(b"MAIL FROM:<g@example.net>\r\n")

@@ -25,7 +25,7 @@ import pytest
 import trustme
 from fakedns import FakeDNS
 from kw import Kittiwake, maildir_files
-from postfix import Postfix, instance_pids, masters, sasl_plain_missing, unavailable
+from postfix import Postfix, instance_pids, masters, need_postfix, need_sasl_plain, not_root
 
 Start = Callable[..., Kittiwake]
 NewPostfix = Callable[[dict[str, str]], Postfix]
@@ -49,7 +49,8 @@ def dns() -> Iterator[FakeDNS]:
 def postfix(tmp_path: Path) -> Iterator[NewPostfix]:
     """Private Postfix instances (not yet started: settings may still change);
     all are stopped, and checked gone, after the test."""
-    reason = unavailable()
+    need_postfix()
+    reason = not_root()
     if reason:
         pytest.skip(reason)
     made: list[Postfix] = []
@@ -326,15 +327,13 @@ def relay_through(pf: Postfix, port: int, password: str, ca: trustme.CA) -> None
 
 @pytest.fixture
 def submission(
-    postfix: NewPostfix,  # first: skips before kittiwake starts
+    postfix: NewPostfix,  # first: fails or skips before kittiwake starts
     kittiwake: Start,
     tmp_path: Path,
     dns: FakeDNS,
     cert_files: tuple[str, str],
 ) -> Kittiwake:
-    reason = sasl_plain_missing()
-    if reason:
-        pytest.skip(reason)
+    need_sasl_plain()
     return kittiwake(
         submission_conf(tmp_path, cert_files), args=("--debug.dnsoverride", dns.address)
     )

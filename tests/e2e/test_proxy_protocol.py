@@ -1,4 +1,4 @@
-"""`proxy_protocol` (spec §15) against the real server, with headers written by hand.
+"""`proxy_protocol` (docs/proxy.md) against the real server, with headers written by hand.
 
 Every test talks to a real `kittiwake run` over real sockets. The header is
 built byte by byte here (v1 text, v2 binary with TLVs), so what is tested is
@@ -35,7 +35,7 @@ PROXIED4 = "203.0.113.7"
 PROXIED6 = "2001:db8::7"
 TRUSTED = "127.0.0.1"
 UNTRUSTED = "127.0.0.2"
-#: The server waits this long for a trusted peer's header (spec §15).
+#: The server waits this long for a trusted peer's header (docs/proxy.md).
 HEADER_DEADLINE = 5.0
 
 
@@ -167,7 +167,7 @@ def deliver(d: Dialog, *, greeted: bool = False, tag: str = "hi") -> None:
 
 
 def from_part(rdns: str | None, ip: str) -> str:
-    """The `from HELO (RDNS [IP])` part of the Received field (spec §12.2)."""
+    """The `from HELO (RDNS [IP])` part of the Received field (docs/server.md, "Received")."""
     inner = f"{re.escape(rdns)} " if rdns else ""
     return rf"^Received: from client\.example \({inner}\[{re.escape(ip)}\]\) by mx\.example\.com "
 
@@ -215,12 +215,12 @@ def test_header_names_the_client(
     (field,) = received(tmp_path)
     assert re.match(from_part(rdns, ip), field), field
     assert "127.0.0.1" not in field
-    # Logs see the proxied client too (spec §15).
+    # Logs see the proxied client too (docs/proxy.md).
     proxied.wait_log(rf"incoming message .*src_ip={re.escape(ip)}\b")
 
 
 def test_ipv4_mapped_client_is_shown_dotted(proxied: Kittiwake, tmp_path: Path) -> None:
-    # Spec §12.2: an IPv4-mapped IPv6 address is written in dotted form.
+    # An IPv4-mapped IPv6 address is written in dotted form (docs/server.md, "Received").
     with Dialog(proxied.port(), source=TRUSTED, timeout=10) as d:
         d.send(v1(f"::ffff:{PROXIED4}", "::ffff:127.0.0.1"))
         deliver(d)
@@ -274,7 +274,7 @@ def test_v2_unix_family_keeps_the_real_peer(proxied: Kittiwake, tmp_path: Path) 
     "header", [v1(PROXIED4), v2_proxy(PROXIED4, "192.0.2.25", tlvs=SAMPLE_TLVS)], ids=["v1", "v2"]
 )
 def test_header_and_smtp_in_one_segment(proxied: Kittiwake, tmp_path: Path, header: bytes) -> None:
-    # The bytes after the header belong to the session (spec §15): an eager
+    # The bytes after the header belong to the session (docs/proxy.md): an eager
     # client's EHLO and whole pipelined envelope arrive with the header.
     with Dialog(proxied.port(), source=TRUSTED, timeout=10) as d:
         d.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -310,10 +310,9 @@ def test_second_proxy_line_is_part_of_the_session(proxied: Kittiwake, tmp_path: 
 
 
 def test_untrusted_peer_proxy_line_is_a_bad_command(proxied: Kittiwake, tmp_path: Path) -> None:
-    # Settled question 15: from an untrusted peer no header is expected; a
-    # PROXY line is answered like any bad command (§3.1: `PROXY` has no
-    # space as its 5th character) and the session goes on with the real
-    # address.
+    # From an untrusted peer no header is expected; a PROXY line is answered
+    # like any bad command (`PROXY` has no space as its 5th character) and
+    # the session goes on with the real address (docs/proxy.md).
     with Dialog(proxied.port(), source=UNTRUSTED, timeout=10) as d:
         assert d.reply()[0].startswith("220 mx.example.com ESMTP")  # no header asked for
         assert d.cmd(v1(PROXIED4).decode().strip()) == "501 5.5.2 Bad command"
@@ -324,7 +323,7 @@ def test_untrusted_peer_proxy_line_is_a_bad_command(proxied: Kittiwake, tmp_path
 
 
 def test_untrusted_peer_proxy_line_is_logged(proxied: Kittiwake) -> None:
-    # Spec §15: never honoured, but logged, with the real peer's address.
+    # Never honoured, but logged, with the real peer's address (docs/proxy.md).
     with Dialog(proxied.port(), source=UNTRUSTED, timeout=10) as d:
         assert d.reply()[0].startswith("220 ")
         assert d.cmd(v1(PROXIED4).decode().strip()).startswith("501 ")
@@ -336,7 +335,7 @@ def test_untrusted_peer_proxy_line_is_logged(proxied: Kittiwake) -> None:
 def test_header_from_an_untrusted_peer_sent_first_is_not_honoured(
     kittiwake: Start, tmp_path: Path, ptr_dns: FakeDNS
 ) -> None:
-    # Edge case 35: the trust list names somebody else; the very same
+    # maddy's case: the trust list names somebody else; the very same
     # header, sent before the banner, is just a bad command line.
     srv = kittiwake(
         config(tmp_path, proxy="proxy_protocol {\n        trust fe80::bad/128\n    }"),
@@ -582,7 +581,7 @@ def test_tls_listener_without_header_gets_nothing(
     kittiwake: Start, tmp_path: Path, ptr_dns: FakeDNS, cert_files: tuple[str, str]
 ) -> None:
     # maddy expected the header inside TLS; kittiwake wants it in clear
-    # (spec §15 deviation), so a ClientHello first is a bad header.
+    # (docs/proxy.md, "TLS"), so a ClientHello first is a bad header.
     cert, key = cert_files
     srv = kittiwake(
         config(tmp_path, listen="tls://127.0.0.1:0", tls=f"tls file {cert} {key}"),

@@ -8,7 +8,6 @@ it with smtplib, raw sockets or swaks.
 from __future__ import annotations
 
 import re
-import shutil
 import smtplib
 import socket
 import ssl
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import trustme
 from fakedns import SERVFAIL, FakeDNS
-from kw import Dialog, Kittiwake, maildir_files
+from kw import Dialog, Kittiwake, maildir_files, need_tool
 
 Start = Callable[..., Kittiwake]
 
@@ -104,7 +103,8 @@ def test_smtplib_delivers_into_maildir(server: Kittiwake, tmp_path: Path) -> Non
     assert lines[1] == b"Delivered-To: user@example.org"
     received = message.split(b"\nFrom:", 1)[0].split(b"\n", 2)[2].decode()
     folded = received.split("\n")
-    # Spec §12.2 folding: `Received: ` + 66 characters, then lines of <= 76.
+    # Folding (docs/server.md, "Received"): `Received: ` + 66 characters, then
+    # lines of <= 76.
     assert len(folded[0]) <= len("Received: ") + 66
     assert all(len(line) <= 76 and line.startswith(" ") for line in folded[1:])
     assert re.fullmatch(
@@ -335,7 +335,7 @@ def test_read_timeout_is_a_deadline_per_command(
     with Dialog(srv.port()) as d:
         greet(d)
         started = time.monotonic()
-        # Trickling bytes does not extend the deadline (settled question 6).
+        # Trickling bytes does not extend the deadline (docs/server.md, "Timeouts").
         for c in b"NOOP":
             d.send(bytes([c]))
             time.sleep(0.3)
@@ -466,11 +466,10 @@ def test_implicit_tls_listener(
 # -- real clients and operations --------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
 def test_swaks(server: Kittiwake, tmp_path: Path) -> None:
     result = subprocess.run(
         [
-            "swaks",
+            need_tool("swaks", "swaks"),
             "--to",
             "user@example.org",
             "--from",

@@ -76,7 +76,7 @@ def test_empty_message_and_dot_stuffing() -> None:
         (b"a\n.\r\nb\r\n.\r\n", b"a\r\n.\r\nb\r\n"),
         (b"a\r.\rb\r\n.\r\n", b"a\r.\rb\r\n"),
         (b"a\r\n.\rb\r\n.\r\n", b"a\r\n\rb\r\n"),
-        (b"a\r\n.\nb\r\n.\r\n", b"a\r\n\r\nb\r\n"),  # spec edge case 46
+        (b"a\r\n.\nb\r\n.\r\n", b"a\r\n\r\nb\r\n"),  # CR LF . LF: data
         (b"a\r.\r\nb\r\n.\r\n", b"a\r.\r\nb\r\n"),
         # Bare LFs are stored as CR LF; a bare CR is kept.
         (b"x\ny\r\n.\r\n", b"x\r\ny\r\n"),
@@ -361,7 +361,8 @@ def test_bdat_zero_last() -> None:
 )
 def test_bdat_errors_discard_the_chunk(command: bytes, reply: str, discarded: bool) -> None:
     # The 4 payload bytes are dropped whenever the size could be read
-    # (settled question 4); otherwise they can only be read as a command.
+    # (docs/protocol.md, "Message content"); otherwise they can only be read
+    # as a command.
     d = run(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n" + command + b"\r\nXXXXNOOP\r\n")
     assert d.lines[-2] == reply
     if discarded:

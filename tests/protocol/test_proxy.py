@@ -1,7 +1,7 @@
 """The PROXY protocol header parser (v1 and v2) and the trust list.
 
-Every valid form, every refusal (R44-R48), one byte at a time as well as all
-at once, bytes after the header kept (R47), and random input never raising
+Every valid form, every refusal (docs/proxy.md), one byte at a time as well
+as all at once, bytes after the header kept, and random input never raising
 anything but `ProxyError`."""
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def test_a_finished_parser_refuses_more_data() -> None:
 
 def test_a_second_proxy_line_is_session_data() -> None:
     # Only the first header is the proxy's; a second one is the client's
-    # (R48) and goes to the SMTP session, where it is an unknown command.
+    # and goes to the SMTP session, where it is an unknown command.
     second = b"PROXY TCP4 203.0.113.9 198.51.100.1 1 25\r\n"
     result = parse(b"PROXY TCP4 192.0.2.10 198.51.100.1 56324 25\r\n" + second)
     assert result.header == TCP4

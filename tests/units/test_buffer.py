@@ -128,7 +128,8 @@ async def test_auto_keeps_one_byte_under_max_in_memory(tmp_path: Path) -> None:
 
 
 async def test_auto_spills_when_the_body_reaches_max(tmp_path: Path) -> None:
-    # Spec §17 / edge case 40: a body of exactly MAX bytes goes to a file.
+    # A body of exactly MAX bytes goes to a file (docs/buffer.md, "Where the line
+    # is for `auto`").
     with Buffer.auto(1000, str(tmp_path)) as buf:
         await buf.write(b"x" * 999)
         assert buf.in_memory
@@ -154,7 +155,7 @@ async def test_auto_spill_in_one_big_chunk(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", [13, 0, 5, 6])
 async def test_auto_5b_bodies_stay_intact(tmp_path: Path, size: int) -> None:
-    # smtp-endpoint.md §22 case 40.
+    # maddy's own case: bodies of 13, 0 and 5 bytes through `auto 5b`.
     data = os.urandom(size)
     with Buffer.auto(5, str(tmp_path)) as buf:
         await _fill(buf, data, (2,))

@@ -1,4 +1,4 @@
-"""Submission header preprocessing (spec/smtp-endpoint.md §13, §22 cases 23-31).
+"""Submission header preprocessing (docs/submission.md), with maddy's own cases.
 
 The step table drives whole headers through `prepare_submission_header`;
 the grammar tables drive the address and date parsers on their own; the
@@ -154,7 +154,7 @@ def test_message_id_generation_failure_is_an_internal_error(
     assert reply(*COMPLETE) is None  # not needed, not generated
 
 
-# --- Edge cases 23-31, verbatim ----------------------------------------------------
+# --- maddy's own test cases, verbatim ----------------------------------------------
 
 
 def test_edge_23_no_from_fails() -> None:

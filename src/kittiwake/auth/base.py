@@ -1,4 +1,4 @@
-"""The authentication capability (spec/auth.md §2).
+"""The authentication capability (docs/auth.md).
 
 A provider answers `auth_plain(username, password)`: it returns on success,
 raises `InvalidCredentials` for an unknown user or a wrong password (the

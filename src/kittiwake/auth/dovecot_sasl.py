@@ -1,4 +1,4 @@
-"""`auth.dovecot_sasl`: let a Dovecot auth server check passwords (spec/auth.md §9).
+"""`auth.dovecot_sasl`: let a Dovecot auth server check passwords (docs/auth.md).
 
 Strategy: speak the client side of Dovecot's auth protocol (version 1.x:
 tab-separated lines ending in LF). At start one connection checks that the

@@ -1,4 +1,4 @@
-"""`auth.external`: ask a helper program whether a password is right (spec/auth.md §7).
+"""`auth.external`: ask a helper program whether a password is right (docs/auth.md).
 
 The helper protocol is maddy's, so helpers written for maddy work unchanged:
 one process per attempt, started directly (no shell, no arguments), given

@@ -1,4 +1,6 @@
-"""Password hashes in the form maddy's `auth.pass_table` stores them (spec/auth.md §3).
+"""Password hashes in the form maddy's `auth.pass_table` stores them.
+
+The formats, for operators, are in docs/auth.md, "Stored entries".
 
 A stored entry is `ALGO:REST`:
 

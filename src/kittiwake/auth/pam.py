@@ -1,4 +1,4 @@
-"""`auth.pam`: check passwords with the system's PAM stack (spec/auth.md §5).
+"""`auth.pam`: check passwords with the system's PAM stack (docs/auth.md, "auth.pam").
 
 Each attempt is one PAM transaction, as in maddy: `pam_start` for the
 service (`maddy` by default, so an existing `/etc/pam.d/maddy` keeps

@@ -1,4 +1,4 @@
-"""`auth.pass_table`: passwords checked against hashes kept in a table (spec/auth.md §3).
+"""`auth.pass_table`: passwords checked against hashes kept in a table (docs/auth.md).
 
 ```
 auth.pass_table local_authdb { table sql_table { driver sqlite3; dsn credentials.db; ... } }

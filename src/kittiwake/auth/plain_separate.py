@@ -1,4 +1,6 @@
-"""`auth.plain_separate`: who exists from tables, whose password from providers (spec/auth.md §8).
+"""`auth.plain_separate`: who exists from tables, whose password from providers.
+
+For operators: docs/auth.md, "auth.plain_separate".
 
 ```
 auth.plain_separate {

@@ -1,4 +1,4 @@
-"""`auth.shadow`: system accounts from /etc/shadow (spec/auth.md §6).
+"""`auth.shadow`: system accounts from /etc/shadow (docs/auth.md, "auth.shadow").
 
 Strategy: nothing is cached. Each attempt re-reads the file in a worker
 thread, so a `passwd` or `usermod` takes effect on the next login, and then

@@ -12,8 +12,8 @@
         from_normalize auto
     }
 
-Algorithm (spec/checks.md §8), for an address E and the session's raw
-authentication identity U:
+Algorithm (docs/checks.md, "How an address is judged"), for an address E
+and the session's raw authentication identity U:
 
 1. no U: `unauth_action` (530 5.7.0);
 2. E' = from_normalize(E), U' = auth_normalize(U); a failure is an

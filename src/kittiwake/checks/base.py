@@ -97,7 +97,7 @@ class Check(Protocol):
 
 @runtime_checkable
 class EarlyCheck(Protocol):
-    """A check that can judge a client as soon as it greets (spec §4).
+    """A check that can judge a client as soon as it greets (docs/checks.md, "When checks run").
 
     Only root-level checks of an endpoint's pipeline run this way (in maddy,
     `dnsbl` with `check_early`); a reject is the greeting's reply and the

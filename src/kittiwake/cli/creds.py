@@ -32,7 +32,7 @@ from kittiwake.container import Container
 from kittiwake.errors import ConfigError, KittiwakeError
 from kittiwake.module import Module
 
-# -- credentials: creds and hash (spec/auth.md §4) ---------------------------------
+# -- credentials: creds and hash (docs/auth.md, "Managing users") --------------------
 
 #: The configuration block `creds` manages unless `--cfg-block` names another.
 DEFAULT_CFG_BLOCK = "local_authdb"
@@ -49,7 +49,7 @@ def _error(message: str, status: int) -> int:
 
 
 def _read_line_password() -> str:
-    """One line of stdin, without its LF or CRLF (settled question 10)."""
+    """One line of stdin, without its LF or CRLF (docs/auth.md, "Managing users")."""
     stream = sys.stdin
     line = stream.buffer.readline() if stream is not None else b""
     if line.endswith(b"\n"):
@@ -172,7 +172,7 @@ def cmd_creds(args: argparse.Namespace) -> int:
             prompt = "Enter password for new user" if action == "create" else "Enter new password"
             password = _read_password(args.password, prompt)
             if not password:
-                # The endpoints refuse empty passwords (settled question 2).
+                # The endpoints refuse empty passwords (docs/server.md, "Authentication").
                 raise _CredsUsage("the password is empty")
         return asyncio.run(_with_modules(modules, lambda: _creds_action(args, db, password)))
     except _CredsUsage as exc:

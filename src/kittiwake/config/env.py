@@ -1,9 +1,10 @@
-"""`{env:NAME}` placeholders (config.md §7): the last step of parsing.
+"""`{env:NAME}` placeholders: the last step of parsing.
 
 Its own module because it works on a finished tree, after every import is
 resolved, and is also called on its own (`substitute_env`) by code that
-builds trees another way. The rules are maddy's, quirks included, written
-so that long arguments full of `{env:` stay linear.
+builds trees another way. The rules are maddy's, quirks included
+(docs/config-language.md, "Environment variables"), written so that long
+arguments full of `{env:` stay linear.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ _ENV_OPEN = "{env:"
 def substitute_env(nodes: list[Node], environ: Mapping[str, str]) -> None:
     """Replace `{env:NAME}` in every name and argument of a tree, in place.
 
-    This is the last step of parsing (config.md §7), exposed so callers that
-    build trees another way get the same treatment.
+    This is the last step of parsing, exposed so callers that build trees
+    another way get the same treatment.
     """
     stack = [nodes]
     while stack:
@@ -42,8 +43,9 @@ def _expand_env(s: str, environ: Mapping[str, str]) -> str:
     Step one is Go's strings.Replacer over `{env:KEY}` for every variable:
     left to right, non-overlapping, replacement text not re-scanned. Step
     two is the regexp `{env:([^$]+)}`, whose greedy match runs to the last
-    `}` before the next `$` (the quirk in config.md §7). Both are written
-    with `find` so that long arguments full of `{env:` stay linear.
+    `}` before the next `$` (the quirk docs/config-language.md describes
+    under "Environment variables"). Both are written with `find` so that
+    long arguments full of `{env:` stay linear.
     """
     parts: list[str] = []
     done = 0

@@ -1,4 +1,4 @@
-"""The global directives (spec/config.md §9): which names, and how to read them.
+"""The global directives (docs/config-language.md): which names, and how to read them.
 
 Globals are parsed once by the container, before any module block, and their
 values are what modules inherit (`cfg.string("hostname", inherit=True)`).

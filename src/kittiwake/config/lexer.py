@@ -10,7 +10,8 @@ backtracks and lexing stays linear even on hostile input such as a megabyte
 of `"\\\\`. Line numbers come from counting `\\n` between consecutive token
 starts with `str.count`, which keeps the per-character work in C.
 
-The rules follow maddy (config.md §2), quirks included:
+The rules follow maddy (docs/config-language.md, "Words, quotes and
+comments"), quirks included:
 
 * white space is Go's `unicode.IsSpace`, which is narrower than Python's
   `str.isspace` (U+001C..U+001F are ordinary characters here);

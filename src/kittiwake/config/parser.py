@@ -1,4 +1,4 @@
-"""Turn configuration text into a tree of `Node`s (config.md §1-§7).
+"""Turn configuration text into a tree of `Node`s (docs/config-language.md).
 
 The pipeline is maddy's: lex, build the directive tree (removing snippet and
 macro declarations and expanding macro references as each directive is

@@ -1,4 +1,4 @@
-"""One file's directive tree, built from its tokens (config.md §3, §4, §6).
+"""One file's directive tree, built from its tokens (docs/config-language.md).
 
 Its own module because this is the intricate part of parsing and it works
 on one file's tokens alone (charging macro output to the parse's budget):
@@ -56,7 +56,7 @@ class _Macro:
 
 @dataclass(slots=True)
 class _FileContext:
-    """What one file knows while it is parsed on its own (config.md §5)."""
+    """What one file knows while it is parsed on its own (docs/config-language.md, "import")."""
 
     file: str
     base_dir: str
@@ -75,7 +75,8 @@ class _Kind(enum.Enum):
 
 
 class _TreeBuilder:
-    """maddy's readNode/readNodes over a token list (config.md §3, §4, §6).
+    """maddy's readNode/readNodes over a token list (docs/config-language.md:
+    "Directives and blocks", "Snippets", "Macros").
 
     The cursor methods mirror maddy's dispenser: `_next` takes any token,
     `_next_arg` only one that starts on the line where the current one ends,
@@ -256,7 +257,7 @@ class _TreeBuilder:
         return node, kind, last_line
 
     def expand_macros(self, args: list[str], node: Node) -> list[str]:
-        """Substitute macro references in arguments (config.md §6)."""
+        """Substitute macro references in arguments (docs/config-language.md, "Macros")."""
         macros = self.ctx.macros
         out: list[str] = []
         for arg in args:

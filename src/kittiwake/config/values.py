@@ -1,4 +1,5 @@
-"""Value syntaxes of the configuration language (spec/config.md §10, §11).
+"""Value syntaxes of the configuration language (docs/config-language.md,
+"Values" and "Listen addresses").
 
 Each parser takes the arguments of one directive and returns a Python value
 or raises `ValueError` with an operator-readable message; the directive

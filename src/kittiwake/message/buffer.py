@@ -2,13 +2,13 @@
 
 The body streams in chunk by chunk (`write`), is closed (`finish`), and is
 then read any number of times, once per target (`open`, `chunks`). Whoever
-creates a buffer removes it (`remove`), and spec README settled question 13
-says when: before the final reply of the transaction.
+creates a buffer removes it (`remove`), before the final reply of the
+transaction (docs/buffer.md, "Files").
 
-Kinds (smtp-endpoint.md §17): `ram` keeps everything in memory; `fs` writes
-to a file from the first byte; `auto MAX` keeps a body of at most MAX bytes
-in memory and moves it to a file as soon as it grows past MAX (a body of
-exactly MAX bytes stays in memory). The file is named with 64 random hex
+Kinds (docs/buffer.md): `ram` keeps everything in memory; `fs` writes to a
+file from the first byte; `auto MAX` keeps a body shorter than MAX bytes in
+memory and moves it to a file as soon as it reaches MAX (a body of exactly
+MAX bytes goes to a file, as in maddy). The file is named with 64 random hex
 digits, created with `O_EXCL` and mode 0600, and never outlives the buffer:
 a failed write deletes it at once.
 
@@ -67,7 +67,7 @@ __all__ = [
     "parse_buffer_directive",
 ]
 
-DEFAULT_MAX_RAM = 1024 * 1024  # smtp-endpoint.md §17: `auto 1M`
+DEFAULT_MAX_RAM = 1024 * 1024  # the default `auto 1M` (docs/buffer.md)
 _BATCH = 256 * 1024
 _THREAD_MIN = 1024 * 1024
 _READ_CHUNK = 256 * 1024
@@ -75,7 +75,7 @@ _NAME_BYTES = 32  # 64 hex digits
 
 
 def _storage_error(exc: OSError) -> SMTPError:
-    """The reply for a failed buffer write (smtp-endpoint.md §12.1).
+    """The reply for a failed buffer write (docs/buffer.md, "Failures").
 
     A full disk or an exhausted quota on the buffer directory is the
     server's storage, not a mailbox's, so both are `452 4.3.1`. Anything
@@ -174,8 +174,8 @@ class Buffer:
         """Prefer the factories `ram`, `fs`, `auto` or `BufferSpec.new`.
 
         `spill_at`: the body moves to a file in `directory` once it
-        reaches this many bytes (spec §17 and edge case 40: "length >= MAX
-        goes to a file"); None keeps it in memory whatever its size.
+        reaches this many bytes (docs/buffer.md, "Where the line is for
+        `auto`"); None keeps it in memory whatever its size.
         """
         self._data = bytearray()  # the whole body in RAM, else the unwritten tail
         self._size = 0
@@ -439,9 +439,9 @@ class BufferSpec:
         """Create the directory (mode 0700) and check that files can be made in it.
 
         Run once at start, so a bad directory is a configuration error at
-        the `buffer` line instead of a failed DATA later (smtp-endpoint.md
-        §17 [deviation]). Raises `ValueError` with an operator-readable
-        message.
+        the `buffer` line instead of a failed DATA later; maddy finds out at
+        the first large message (docs/buffer.md). Raises `ValueError` with
+        an operator-readable message.
         """
         if self.kind == "ram":
             return
@@ -467,7 +467,7 @@ def _resolve(state_dir: str, directory: str) -> str:
 
 
 def parse_buffer_directive(args: Sequence[str], state_dir: str) -> BufferSpec:
-    """Parse the arguments of `buffer` (smtp-endpoint.md §17).
+    """Parse the arguments of `buffer` (docs/buffer.md, "Configuration").
 
     `ram` | `fs [DIR]` | `auto [MAX [DIR]]`, DIR relative to `state_dir`
     unless absolute, MAX one data-size token (`parse_size`). Raises

@@ -1,7 +1,7 @@
 """The modifier capability: rewriting sender, recipients and header.
 
 Calls are strictly ordered per message: `rewrite_sender` before any
-`rewrite_rcpt`, `rewrite_body` last (spec/pipeline.md §6.3). A recipient may
+`rewrite_rcpt`, `rewrite_body` last (docs/modify.md). A recipient may
 become several (aliases expand); the body content itself is never changed,
 only header fields are added.
 """

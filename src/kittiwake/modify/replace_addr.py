@@ -5,7 +5,8 @@
         replace_sender static { entry old@example.org new@example.org }
     }
 
-Algorithm (spec/pipeline.md §6.3), for an address A:
+Algorithm (docs/modify.md, "`replace_rcpt` and `replace_sender`"), for an
+address A:
 
 1. the key is A's lookup form (domain U-labels, everything NFC and
    lowercase); an address that has none is an error;

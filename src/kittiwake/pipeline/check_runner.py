@@ -1,8 +1,9 @@
 """Running a pipeline's checks for one message, and the check action syntax.
 
-Strategy (spec/pipeline.md §6.5). A `CheckRunner` lives for one message. A
-check module gets one *state* per message, created the first time a level
-listing it is used, and shared by every level that lists the same module
+Strategy (docs/pipeline.md, "Checks and modifiers"). A `CheckRunner` lives
+for one message. A check module gets one *state* per message, created the
+first time a level listing it is used, and shared by every level that lists
+the same module
 object. A state created late has missed earlier stages, so the runner
 replays them for it: `connection()`, `sender()` with the sender the runner
 saw last, and `rcpt()` for every recipient checked so far. Each
@@ -66,7 +67,7 @@ class DmarcVerdict:
 
 
 class DmarcVerifier(Protocol):
-    """Per-message DMARC evaluation (spec/checks.md §4), plugged into the runner.
+    """Per-message DMARC evaluation (docs/pipeline.md, "DMARC"), plugged into the runner.
 
     `fetch_record` starts the policy lookup at the first body-stage call
     without waiting for it; `evaluate` runs after every body check, with
@@ -115,8 +116,8 @@ def merge_results(results: Sequence[CheckResult]) -> CheckResult:
     """Combine one group's results into one (config order decides the reason).
 
     A result with `quarantine` counts as quarantine even if it also says
-    reject (spec/pipeline.md §6.5); the first rejecting result's reason is
-    the group's reason.
+    reject; the first rejecting result's reason is the group's reason
+    (docs/pipeline.md, "Checks and modifiers").
     """
     merged = CheckResult()
     for res in results:
@@ -176,7 +177,7 @@ class GroupCheckState:
 
 
 class CheckRunner:
-    """Check states and merged results of one message (spec/pipeline.md §6.5)."""
+    """Check states and merged results of one message (docs/pipeline.md)."""
 
     __slots__ = (
         "_body_done",
@@ -345,7 +346,7 @@ class CheckRunner:
 
         Each field is prepended, so the result reads from the top: fields
         from checks, `Authentication-Results`, then whatever was already
-        there (spec/pipeline.md §8).
+        there (docs/pipeline.md, "Header fields added at the body stage").
         """
         if self.quarantine:
             self.meta.quarantine = True
@@ -397,7 +398,7 @@ def _describe(reason: SMTPError | None, state: object) -> str:
     return f"{text} ({reason.reason})" if reason.reason else text
 
 
-# --- Authentication-Results (spec/pipeline.md §8.2) ----------------------------
+# --- Authentication-Results (RFC 8601; docs/pipeline.md) -----------------------
 
 _TSPECIALS = frozenset('()<>@,;:\\"/[]?=')
 _ADDRESS_PUNCT = frozenset("#$%&'*+,./-@[]\\^_`{|}~")

@@ -1,16 +1,17 @@
 """Reading pipeline directives into an immutable routing structure.
 
-Strategy: the three levels of spec/pipeline.md §2 (root, source blocks,
-destination blocks) become three frozen classes built once at start-up,
-so the per-message code only looks things up: rule keys are already in
-lookup form, module references are resolved, `check`/`modify` groups are
-flattened into plain tuples, and every `reject` is a ready reply.
+Strategy: the three levels of a pipeline (root, source blocks, destination
+blocks; docs/pipeline.md, "Three levels") become three frozen classes built
+once at start-up, so the per-message code only looks things up: rule keys
+are already in lookup form, module references are resolved,
+`check`/`modify` groups are flattened into plain tuples, and every `reject`
+is a ready reply.
 
 Directives are read in file order. When two directives conflict, the error
-is reported at the later one (spec README, settled question 11). Blocks
-whose body depends on the whole level (the implicit default blocks of
-§2.1 and the `default_*` blocks) are built once the level has been read,
-as maddy does.
+is reported at the later one (docs/config-language.md). Blocks whose body
+depends on the whole level (the implicit default blocks and the
+`default_*` blocks) are built once the level has been read, as maddy
+does. The errors are listed in docs/pipeline.md, "Configuration errors".
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ _ROOT_HANDLING = frozenset(
 )
 _SOURCE_HANDLING = frozenset({"deliver_to", "reroute", "reject"})
 
-# Check modules whose results DMARC evaluates (spec/pipeline.md §9). A check
+# Check modules whose results DMARC evaluates (docs/pipeline.md, "DMARC"). A check
 # module may also say so itself with a `dmarc_input = "spf"` class attribute.
 _DMARC_INPUTS = {"check.spf": "spf", "check.dkim": "dkim"}
 
@@ -233,9 +234,10 @@ class _Reader:
     ) -> _Level[_B]:
         """Read one selection level: `KIND` rules, `KIND_in` tables, the
         `default_KIND` block, or handling directives forming the implicit
-        default (spec §2.1). The root (sources) and each source block
-        (destinations) follow the same rules with other names; `other` takes
-        a level's own extra directives (the root's `dmarc`)."""
+        default (docs/pipeline.md, "Three levels"). The root (sources) and
+        each source block (destinations) follow the same rules with other
+        names; `other` takes a level's own extra directives (the root's
+        `dmarc`)."""
         level: _Level[_B] = _Level()
         rules: dict[str, tuple[Node, _B]] = {}
         first_rule: Node | None = None
@@ -417,7 +419,7 @@ def _mixed(node: Node, kind: str) -> ConfigError:
 
 
 def _dmarc(node: Node, current: bool, log: Logger) -> bool:
-    """`dmarc` / `dmarc yes` / `dmarc no` (smtp-endpoint.md §20)."""
+    """`dmarc` / `dmarc yes` / `dmarc no` (docs/pipeline.md, "DMARC")."""
     if not node.args:
         return True
     if len(node.args) > 1:

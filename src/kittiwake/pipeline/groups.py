@@ -1,4 +1,4 @@
-"""Top-level pipeline modules: `msgpipeline`, `checks`, `modifiers` (spec/pipeline.md §11).
+"""Top-level pipeline modules: `msgpipeline`, `checks`, `modifiers` (docs/pipeline.md).
 
 `checks` and `modifiers` name an ordered list once so several pipelines can
 share it (`check &inbound_checks`); `check { ... }` and `modify { ... }` in
@@ -45,7 +45,7 @@ __all__ = [
 
 
 class ModifierChain:
-    """The states of an ordered list of modifiers, applied serially (§6.3).
+    """The states of an ordered list of modifiers, applied serially (docs/modify.md).
 
     For recipients, each modifier is applied to every output of the one
     before it (1:N at each step, no deduplication).
@@ -167,7 +167,7 @@ class MsgPipelineModule(Module):
 
     Its own checks and modifiers run for what is routed to it; it sees the
     final recipients of the pipeline that delivers to it and never adds
-    `Received` (§7.4).
+    `Received` (docs/pipeline.md, "Nested pipelines").
     """
 
     #: Errors from a nested pipeline pass through the outer one untagged.

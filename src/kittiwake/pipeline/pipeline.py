@@ -1,4 +1,4 @@
-"""The message pipeline: one message from MAIL FROM to commit (spec/pipeline.md §6-§8).
+"""The message pipeline: one message from MAIL FROM to commit (docs/pipeline.md).
 
 Strategy. `Pipeline` is built once from configuration (`config.parse_routing`
 does all the reading); per message, `start()` returns a `MessageDelivery`
@@ -63,7 +63,8 @@ _Block = TypeVar("_Block")
 class Pipeline:
     """A configured message pipeline; also a delivery target (for nesting)."""
 
-    #: Errors from nested pipelines pass through untagged (§6.2).
+    #: Errors from nested pipelines pass through untagged: the inner pipeline
+    #: has already named its own final address (`effective_rcpt`).
     is_message_pipeline: ClassVar[bool] = True
 
     def __init__(
@@ -112,7 +113,7 @@ class Pipeline:
         )
 
     async def check_early(self, conn: ConnInfo) -> None:
-        """Run the root checks that can judge a client at its greeting (spec §4).
+        """Run the root checks that can judge a client at its greeting (docs/checks.md).
 
         Raises the first rejection as an SMTPError, in configuration order.
         """
@@ -124,7 +125,7 @@ class Pipeline:
                 )
 
     async def start(self, meta: MsgMeta, mail_from: str) -> MessageDelivery:
-        """Sender stage (§6.1): checks, sender rewriting, source selection.
+        """Sender stage: checks, sender rewriting, source selection (docs/pipeline.md).
 
         `mail_from` is in clean form (`""` for the null sender). Errors are
         raised; nothing needs aborting then.
@@ -166,7 +167,7 @@ class _Outcomes:
     A recipient may reach several targets (or several final addresses); its
     outcome is the first error any of them reported, else success if one
     reported it. The endpoint's collector gets at most one call per
-    recipient (the delivery contract, targets.md §1).
+    recipient (the delivery contract, docs/flow.md, "6. Targets").
     """
 
     __slots__ = ("_errors", "_ok")
@@ -191,7 +192,11 @@ class _Outcomes:
 
 
 class _Translate:
-    """A target's status collector: final addresses back to what add_rcpt got (§7.3)."""
+    """A target's status collector: final addresses back to what add_rcpt got.
+
+    Replies name the address the client gave, never the alias it became
+    (docs/pipeline.md, "One message, several targets").
+    """
 
     __slots__ = ("_outcomes", "_started")
 
@@ -224,7 +229,7 @@ class DeliveryState(enum.Enum):
 
 
 class MessageDelivery:
-    """Everything the pipeline holds for one message (§6)."""
+    """Everything the pipeline holds for one message (docs/flow.md, "5. Pipeline")."""
 
     __slots__ = (
         "_accepted",
@@ -265,7 +270,7 @@ class MessageDelivery:
         self._closed = False
         self._reported = False
 
-    # -- sender stage (§6.1) --------------------------------------------------
+    # -- sender stage -----------------------------------------------------------
 
     async def _start(self, mail_from: str) -> None:
         routing = self._p.routing
@@ -304,21 +309,24 @@ class MessageDelivery:
         key: str,
         what: str,
     ) -> _Block:
-        """Spec §4.2/§4.3 order: tables, then the exact address, then the domain."""
+        """Tables, then the exact address, then the domain.
+
+        The order of docs/pipeline.md, "Selecting a block".
+        """
         for table, block in tables:
             if await self._table_has(table, key, what):
                 return block
         return rules.get(key) or rules.get(_domain_of(key)) or default
 
     async def _table_has(self, table: Table, key: str, what: str) -> bool:
-        """Table membership; a failing lookup skips the table (§4.2), logged."""
+        """Table membership; a failing lookup skips the table, logged."""
         try:
             return await table.lookup(key) is not None
         except Exception as exc:
             self._log.error(f"{what} lookup failed", err=exc, msg_id=self.meta.id, key=key)
             return False
 
-    # -- recipient stage (§6.2) -------------------------------------------------
+    # -- recipient stage --------------------------------------------------------
 
     async def add_rcpt(self, rcpt: str) -> None:
         """Route one recipient (clean form); its error is that RCPT's reply."""
@@ -429,7 +437,7 @@ class MessageDelivery:
             self._started.append(started)
         return started
 
-    # -- body stage (§6.4) ------------------------------------------------------
+    # -- body stage -------------------------------------------------------------
 
     def _begin_body(self) -> None:
         if self._state is not DeliveryState.OPEN:

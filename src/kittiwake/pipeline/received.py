@@ -1,4 +1,4 @@
-"""The `Received` trace field the first pipeline adds (smtp-endpoint.md §12.2).
+"""The `Received` trace field the first pipeline adds (docs/server.md, "Received").
 
 `from HELO (RDNS [IP]) by HOSTNAME (envelope-sender <SENDER>) with PROTO id ID; DATE`
 

@@ -3,13 +3,13 @@
 A proxy in front of kittiwake (HAProxy, an AWS or GCP load balancer, ...)
 opens each connection with one header that names the real client. From a
 trusted proxy that header is mandatory and comes before anything we send
-(spec/smtp-endpoint.md §15), so the server feeds the first bytes of the
+(docs/proxy.md), so the server feeds the first bytes of the
 connection to a `ProxyParser` before the banner and gets back:
 
 - `NEED_DATA`: the header is not complete yet; read more (within the
   deadline, which is the caller's: this module has no clock);
 - a `ProxyResult`: the header, plus the bytes that followed it in the same
-  read. Those belong to the SMTP session and must be fed to it (R47);
+  read. Those belong to the SMTP session and must be fed to it;
 - a `ProxyError`: the connection is closed without a banner.
 
 Strategy: the parser holds at most one header's worth of bytes. The first

@@ -1,4 +1,4 @@
-"""Checking a user name and password for an endpoint (spec/auth.md §1.3).
+"""Checking a user name and password for an endpoint (docs/server.md, "Authentication").
 
 The name is normalised (`auth_map_normalize`), optionally mapped
 (`auth_map`), then offered to each provider in order; the first that
@@ -26,7 +26,8 @@ class Authenticator:
     async def verify(self, username: str, password: str) -> str:
         """The mapped account name on success; raises an AuthError otherwise."""
         if not password:
-            raise InvalidCredentials("empty password")  # settled question 2
+            # Refused before any provider is asked (docs/server.md, "Authentication").
+            raise InvalidCredentials("empty password")
         try:
             name = self.normalize(username)
         except ValueError:

@@ -1,4 +1,4 @@
-"""The `smtp`, `submission` and `lmtp` endpoint modules (spec/smtp-endpoint.md §2).
+"""The `smtp`, `submission` and `lmtp` endpoint modules (docs/server.md, "Directives").
 
 One class reads every directive; the three registered names differ only in
 protocol (LMTP) and in submission's stricter rules. Directives the endpoint
@@ -103,11 +103,11 @@ class SMTPEndpoint(Endpoint):
         self.listener: Listener | None = None
 
     def _configure_auth(self, cfg: Directives) -> None:
-        """`auth` providers and how user names reach them (auth.md §1.1)."""
+        """`auth` providers and how user names reach them (docs/server.md, "Authentication")."""
         providers: list[PasswordAuth] = cfg.modules("auth", PasswordAuth, "auth")
         sasl_login = cfg.boolean("sasl_login", False)
         # Without TLS there is no safe channel to wait for: AUTH in clear is
-        # the only AUTH (spec §2); LMTP talks to a local MTA.
+        # the only AUTH; LMTP talks to a local MTA (docs/server.md, "Authentication").
         insecure = cfg.boolean("insecure_auth", False)
         self.insecure_auth = insecure or self.tls is None or self.kind is EndpointKind.LMTP
         auth_map: Table | None = cfg.module("auth_map", Table, "table", inherit=True)
@@ -123,7 +123,7 @@ class SMTPEndpoint(Endpoint):
             )
 
     def _parse_proxy(self, node: Node) -> ProxyConfig:
-        """`proxy_protocol [CIDR...] [{ trust CIDR...; tls ... }]` (spec §15)."""
+        """`proxy_protocol [CIDR...] [{ trust CIDR...; tls ... }]` (docs/proxy.md)."""
         entries = list(node.args)
         tls: ServerTLS | None = None
         if node.children is not None:

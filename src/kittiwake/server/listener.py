@@ -3,7 +3,7 @@
 Each accepted connection becomes a `Session`. On stop the listening sockets
 close first; sessions without an open transaction are told `421 4.3.2` at
 once, the others may finish within the grace period, and whoever is left
-then is told the same and disconnected (interface.md, settled question 8).
+then is told the same and disconnected (docs/server.md, "Shutdown").
 """
 
 from __future__ import annotations

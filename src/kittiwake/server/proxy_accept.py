@@ -1,4 +1,4 @@
-"""Accepting connections behind a PROXY-protocol proxy (spec §15).
+"""Accepting connections behind a PROXY-protocol proxy (docs/proxy.md).
 
 Strategy: for an endpoint with `proxy_protocol`, the listener accepts
 sockets itself instead of letting asyncio do it, and reads the header from

@@ -1,4 +1,4 @@
-"""Which peers may speak the PROXY protocol to an endpoint (spec §15).
+"""Which peers may speak the PROXY protocol to an endpoint (docs/proxy.md).
 
 A PROXY header rewrites the client address that checks, limits, rDNS,
 Received and logs see, so honouring one from the wrong peer lets anybody

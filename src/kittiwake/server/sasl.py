@@ -66,7 +66,8 @@ class SASLHandling:
         except InvalidCredentials:
             await self._auth_failed(step.username)
             return
-        self.session.auth_user = step.username  # the raw authcid (auth.md §1.3)
+        # The name as the client sent it (docs/server.md, "Authentication").
+        self.session.auth_user = step.username
         self.cfg.log.info(
             "authenticated", username=step.username, account=account, src_ip=self.session.peer_ip
         )

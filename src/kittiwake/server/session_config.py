@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from kittiwake.pipeline.pipeline import Pipeline
     from kittiwake.server.authenticate import Authenticator
 
-#: Settled question 1: the n-th failed AUTH of a session is answered after
-#: min(2^(n-1), 8) seconds; the 5th closes the session.
+#: The n-th failed AUTH of a session is answered after min(2^(n-1), 8)
+#: seconds; the 5th closes the session (docs/server.md, "Authentication").
 AUTH_MAX_FAILURES = 5
 AUTH_MAX_DELAY = 8.0
 

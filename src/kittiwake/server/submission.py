@@ -1,4 +1,4 @@
-"""Submission header preprocessing (spec/smtp-endpoint.md §13).
+"""Submission header preprocessing (docs/submission.md).
 
 A message from an authenticated user is a message the user's client wrote,
 so before it leaves we make sure its header is one other servers will take:
@@ -44,7 +44,7 @@ def _invalid(text: str, *, reason: str = "", **misc: object) -> SMTPError:
 def prepare_submission_header(
     header: Header, hostname_alabel: str, *, now: datetime | None = None
 ) -> None:
-    """Apply spec/smtp-endpoint.md §13 steps 1-7 to `header`, in order.
+    """Apply the seven steps of docs/submission.md ("The steps") to `header`, in order.
 
     Raises the step's `SMTPError` (554) for the first failing step and then
     leaves `header` untouched. Otherwise adds, when missing,

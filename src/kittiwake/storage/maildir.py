@@ -1,6 +1,6 @@
 """`storage.maildir`: durable local delivery into Dovecot-compatible Maildirs.
 
-Layout (interface.md, targets.md §7): a recipient `Local+tag@Example.ORG` is
+Layout (docs/storage-maildir.md): a recipient `Local+tag@Example.ORG` is
 stored in `PATH/example.org/local/` (local part PRECIS-case-folded,
 sub-address dropped, domain lowercased in A-labels), one file per message
 in `new/`, named `SECONDS.M<µs>P<pid>Q<n>R<random>.<host>,S=<size>,W=<vsize>`
@@ -112,7 +112,7 @@ class Mailbox:
 
 
 def _check_component(part: str, what: str) -> None:
-    """targets.md §7.2 step 4: a name that is one safe directory component.
+    """A name that is one safe directory component (docs/storage-maildir.md).
 
     A leading dot is refused too: Maildir++ keeps folders (`.Junk`) there,
     and `..` must never climb out of the tree.
@@ -144,7 +144,7 @@ def _mailbox_local(local: str) -> str:
 
 
 def resolve_mailbox(root: str, rcpt: str) -> Mailbox:
-    """The Maildir of recipient `rcpt` under `root` (targets.md §7.2).
+    """The Maildir of recipient `rcpt` under `root` (docs/storage-maildir.md).
 
     Pure computation, no file-system access. Raises `SMTPError`: `553 5.1.3`
     for a name that cannot be a mailbox, `550 5.1.1` for a bare `postmaster`
@@ -185,7 +185,7 @@ def _format_address(addr: str) -> str:
 
 
 class MaildirDelivery:
-    """One message's delivery into one or more mailboxes (targets.md §1, §7.4)."""
+    """One message's delivery into one or more mailboxes (docs/storage-maildir.md)."""
 
     def __init__(self, storage: MaildirStorage, meta: MsgMeta, mail_from: str) -> None:
         self._storage = storage
@@ -201,7 +201,7 @@ class MaildirDelivery:
     async def add_rcpt(self, rcpt: str) -> None:
         mailbox = resolve_mailbox(self._storage.path, rcpt)
         known = self._files.get(mailbox.path)
-        if known is not None:  # §7.2 step 7: one copy per mailbox
+        if known is not None:  # one copy per mailbox (docs/storage-maildir.md)
             if rcpt not in known.rcpts:
                 known.rcpts.append(rcpt)
             return
@@ -251,7 +251,7 @@ class MaildirDelivery:
             body=body,
             host=self._storage.host,
             sync=self._storage.fsync,
-            junk=self._meta.quarantine,  # final at body time (targets.md §1)
+            junk=self._meta.quarantine,  # final at body time (docs/flow.md, "6. Targets")
             atomic=atomic,
             cancel=self._cancel,
         )
@@ -316,13 +316,13 @@ class MaildirStorage(Module):
         path = cfg.string("path", default="maildir")
         if not path:
             raise cfg.node.error("path: must not be empty")
-        # Relative paths are inside state_dir (interface.md, "Files on disk").
+        # Relative paths are inside state_dir (docs/storage-maildir.md).
         self.path = os.path.abspath(self.container.state_path(path))
         self.auto_create = cfg.boolean("auto_create", default=False)
         self.fsync = cfg.boolean("fsync", default=True)
         cfg.finish()
-        # Settled question 12: the machine's own name, not the `hostname`
-        # directive, so two servers sharing a tree never produce one name.
+        # The machine's own name, not the `hostname` directive, so two servers
+        # sharing a tree never produce one name (docs/storage-maildir.md).
         self.host = encode_host(socket.gethostname())
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 

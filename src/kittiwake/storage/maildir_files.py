@@ -6,7 +6,7 @@ holds the configuration, the mailbox names and the delivery objects that
 schedule this work. Reading one file tells you what may block and what
 may not.
 
-What is here (targets.md §7.3, §7.4): unique file names; creating
+What is here (docs/storage-maildir.md): unique file names; creating
 Maildirs (race-safe, parents fsynced); `LFConverter`, which turns CR LF
 into LF as the body streams and counts the S and W sizes exactly; the
 `_Job` that writes one message into `tmp/` for every mailbox at once and
@@ -56,7 +56,7 @@ _counter_lock = threading.Lock()
 
 
 def _io_error(exc: OSError, what: str) -> SMTPError:
-    """targets.md §7.4: the reply for a failed file-system call.
+    """The reply for a failed file-system call (docs/storage-maildir.md, "Errors").
 
     Always temporary: the sender keeps the message and retries, so a full
     disk never turns into a bounce. The OS text goes to the log only.
@@ -73,7 +73,7 @@ def _io_error(exc: OSError, what: str) -> SMTPError:
 
 
 def _base_name(host: str) -> str:
-    """A unique base name (targets.md §7.3).
+    """A unique base name (docs/storage-maildir.md, "What the file holds and what it is called").
 
     Time to the microsecond, pid and a per-process counter make it unique on
     this host as long as the clock does not step back; 64 random bits cover
@@ -90,7 +90,7 @@ def _base_name(host: str) -> str:
 
 
 def is_maildir(path: str) -> bool:
-    """targets.md §7.2 step 5: a Maildir is there iff its three folders are."""
+    """A Maildir is there iff its three folders are (docs/storage-maildir.md)."""
     return all(os.path.isdir(os.path.join(path, sub)) for sub in _SUBDIRS)
 
 
@@ -371,7 +371,8 @@ def _drop_tmp(f: _File) -> None:
 
 
 def _publish(f: _File, host: str) -> None:
-    """Give a prepared file its final name in new/ (targets.md §7.4 step 5)."""
+    """Give a prepared file its final name in new/ (docs/storage-maildir.md,
+    "How delivery is made safe", step 2)."""
     base = f.base
     for _ in range(_NAME_TRIES):
         target = os.path.join(f.folder, "new", f"{base},S={f.size},W={f.vsize}")

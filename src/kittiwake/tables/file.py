@@ -40,7 +40,7 @@ class TableFileError(ValueError):
 
 
 def parse_table_text(text: str, path: str) -> Mapping:
-    """Parse the file format of maddy's `table.file` (spec auth.md §10.2).
+    """Parse the file format of maddy's `table.file` (docs/tables.md, "`file`").
 
     Only `\\n` ends a line (a trailing `\\r` is dropped), like Go's line
     scanner; `str.splitlines` would also split on form feeds and the like.

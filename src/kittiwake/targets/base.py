@@ -1,4 +1,4 @@
-"""The delivery contract (spec/targets.md §1).
+"""The delivery contract (docs/flow.md, "6. Targets: where the message ends up").
 
 A delivery is a transaction: `start_delivery` once per message and target,
 `add_rcpt` per recipient (its error is that RCPT's reply), `body` with the

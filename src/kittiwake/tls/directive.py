@@ -1,4 +1,4 @@
-"""TLS: the `tls` and `tls_client` directives (spec/config.md §9, §12).
+"""TLS: the `tls` and `tls_client` directives (docs/tls.md).
 
 Strategy. A `tls` directive names a *certificate loader* module
 (`tls.loader.file`, `tls.loader.self_signed`, or `&name` of one; see
@@ -242,7 +242,7 @@ def _no_block(node: Node) -> None:
 
 def _server_context(options: TLSOptions) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    # spec §12: no session tickets. OP_NO_TICKET covers TLS <= 1.2;
+    # No session tickets (docs/tls.md, "Options"). OP_NO_TICKET covers TLS <= 1.2;
     # num_tickets = 0 stops OpenSSL's TLS 1.3 tickets as well.
     ctx.options |= ssl.OP_NO_TICKET | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 0

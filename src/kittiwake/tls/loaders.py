@@ -54,10 +54,10 @@ _log = log.get("tls")
 #: The namespace of loader modules: `tls file` means `tls.loader.file`.
 LOADER_NAMESPACE = "tls.loader"
 
-#: How often loaders look at their files again (spec §12: every minute).
+#: How often loaders look at their files again (docs/tls.md, "Loaders").
 RELOAD_INTERVAL = 60.0
 
-#: `self_signed` certificates (spec §12): valid 7 days, renewed with a day left.
+#: `self_signed` certificates (docs/tls.md): valid 7 days, renewed with a day left.
 SELF_SIGNED_DAYS = 7
 RENEW_BEFORE = dt.timedelta(days=1)
 #: The state-directory certificate of the embedded default configuration.
@@ -498,8 +498,7 @@ class SelfSignedLoader(_LoaderBase):
     Arguments are the DNS names or IP addresses it is for; by default the
     global hostname, else `localhost`. [deviation] maddy makes a fresh one in
     memory at each start; kittiwake keeps it in `state_dir/tls/` and reuses
-    it across restarts (interface.md: the embedded default's certificate is
-    "generated on first start and reused after"), so clients that pin it on
+    it across restarts (docs/tls.md, "Loaders"), so clients that pin it on
     first use are not alarmed at every restart. It is renewed when less than
     a day remains, also while running. Files are written at start, never by
     `config check`.

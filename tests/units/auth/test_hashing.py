@@ -1,4 +1,4 @@
-"""Password hashes in maddy's stored format (spec/auth.md §3).
+"""Password hashes in maddy's stored format (docs/auth.md, "Stored entries").
 
 Expected values are computed here with the `bcrypt` and `argon2` libraries
 directly, or taken from outside kittiwake (OpenBSD's bcrypt test vectors,

@@ -249,7 +249,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path, shadow_file: Path) -> No
         build(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: root reads any file, mode 0 or not")
 def test_unreadable_file_is_a_config_error(tmp_path: Path, shadow_file: Path) -> None:
     shadow_file.chmod(0)
     with pytest.raises(ConfigError, match="permission denied"):

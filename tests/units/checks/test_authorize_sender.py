@@ -1,4 +1,4 @@
-"""check.authorize_sender (spec/checks.md §8, §1.1 actions; auth.md §1.3 normalisation).
+"""check.authorize_sender: docs/checks.md ("`authorize_sender`", and the actions).
 
 Every test builds the check from configuration text through a real
 `Container`, with real table modules, and drives its per-message state the

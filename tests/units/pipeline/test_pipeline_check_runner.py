@@ -1,5 +1,5 @@
-"""Check scheduling and merging (spec/pipeline.md §6.5, §8.2, §9) and the
-check action syntax (spec/checks.md §1.1)."""
+"""Check scheduling and merging, Authentication-Results and DMARC
+(docs/pipeline.md), and the check action syntax (docs/checks.md)."""
 
 from __future__ import annotations
 
@@ -332,7 +332,7 @@ async def test_checks_group_as_single_check(tmp_path: Path) -> None:
     assert FAKES["a"].closed == FAKES["b"].closed == 1
 
 
-# --- actions (checks.md §1.1) ---------------------------------------------------------------
+# --- actions (docs/checks.md) ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
-"""Pipeline configuration: every rule of spec/pipeline.md §2.2 and §3, with its line.
+"""Pipeline configuration: every error of docs/pipeline.md, "Configuration errors",
+with its line.
 
 Each bad configuration is a whole file; the error must be `t.conf:LINE: message`
 exactly, LINE being the directive the message is about (the later one when
-two directives conflict: spec README, settled question 11).
+two directives conflict: docs/config-language.md).
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ BAD = {
         2,
         "unknown module: nosuch (namespace: target)",
     ),
-    # -- reject arguments (§3) -------------------------------------------------------
+    # -- reject arguments -----------------------------------------------------------
     "reject code not a number": (
         "kw_pipe x {\n  reject 55x\n}\n",
         2,
@@ -344,7 +345,7 @@ def test_reject_arguments(
 
 def test_implicit_blocks(tmp_path: Path) -> None:
     """No source rules: the root's handling directives become the default source's
-    default destination; check/modify stay at their level (§2.1)."""
+    default destination; check/modify stay at their level (docs/pipeline.md)."""
     pipeline = build(
         "kw_pipe x {\n  check { test root }\n  modify { test m }\n"
         "  deliver_to test t\n  deliver_to test u\n}\n",

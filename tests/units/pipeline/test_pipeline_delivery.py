@@ -1,5 +1,5 @@
 """The message transaction: body, commit, abort on every failure path, LMTP
-statuses, nested pipelines (spec/pipeline.md §6.4, §7)."""
+statuses, nested pipelines (docs/pipeline.md, docs/flow.md)."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ async def test_misuse_is_a_programming_error(tmp_path: Path) -> None:
     assert FAKES["t"].started[0].aborted == 0
 
 
-# --- header changes (§8) --------------------------------------------------------------------
+# --- header changes ----------------------------------------------------------------------------
 
 
 async def test_header_order_and_received(tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ async def test_body_non_atomic_check_failure_sets_every_status(tmp_path: Path) -
 
 
 async def test_body_non_atomic_adds_received_like_smtp(tmp_path: Path) -> None:
-    """kittiwake deviation (§6.4): the LMTP path adds Received too."""
+    """kittiwake deviation (docs/pipeline.md): the LMTP path adds Received too."""
     pipeline = pipe("  deliver_to test_partial t\n", tmp_path)
     delivery = await _open(pipeline, ["a@x.org"])
     await delivery.body_non_atomic(Statuses(), header(), await buffer())
@@ -258,7 +258,7 @@ async def test_failed_rcpt_gets_no_status(tmp_path: Path) -> None:
     assert statuses.got == {"good@x.org": None}
 
 
-# --- nested pipelines (§7.4) -----------------------------------------------------------------
+# --- nested pipelines ----------------------------------------------------------------------
 
 
 async def test_reroute_matches_final_addresses(tmp_path: Path) -> None:

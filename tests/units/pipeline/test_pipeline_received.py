@@ -1,5 +1,5 @@
-"""The Received field: exact text and folding (smtp-endpoint.md §12.2 and its
-edge cases 1, 2, 12, 19-22, 41)."""
+"""The Received field: exact text and folding (docs/server.md, "Received"),
+with the cases of maddy's own tests."""
 
 from __future__ import annotations
 

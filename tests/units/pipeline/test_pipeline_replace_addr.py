@@ -1,4 +1,4 @@
-"""`modify.replace_rcpt` / `modify.replace_sender` (spec/pipeline.md §6.3) and `dummy`."""
+"""`modify.replace_rcpt` / `modify.replace_sender` (docs/modify.md) and `dummy`."""
 
 from __future__ import annotations
 

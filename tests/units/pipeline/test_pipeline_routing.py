@@ -1,5 +1,5 @@
 """Routing: source and destination selection, rejects, splitting across targets,
-modifiers, original recipients (spec/pipeline.md §3, §4, §6.1-§6.3, §7)."""
+modifiers, original recipients (docs/pipeline.md, docs/modify.md)."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ async def test_unnormalisable_recipient_after_rewriting(tmp_path: Path) -> None:
 
 
 async def test_source_level_reject_is_per_recipient(tmp_path: Path) -> None:
-    """§3: a reject in a source block answers RCPT, never MAIL."""
+    """A reject in a source block answers RCPT, never MAIL (docs/pipeline.md)."""
     pipeline = pipe(
         '  source example.org {\n    reject 501 5.1.8 "Use Submission"\n  }\n'
         "  default_source {\n    deliver_to test t\n  }\n",
@@ -191,7 +191,7 @@ async def test_reject_error_is_a_fresh_copy_per_rcpt(tmp_path: Path) -> None:
     assert FAKES["t"].committed[0].rcpts == ["ok@b.org"]
 
 
-# --- splitting across targets (§7) ------------------------------------------------------
+# --- splitting across targets ------------------------------------------------------------
 
 
 async def test_message_split_across_targets(tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ async def test_commit_in_delivery_start_order(tmp_path: Path) -> None:
     ]
 
 
-# --- modifiers (§6.3) -----------------------------------------------------------------------
+# --- modifiers -----------------------------------------------------------------------------
 
 MODIFIED = """
   modify {
@@ -339,7 +339,7 @@ async def test_unchanged_recipient_is_not_in_original_rcpts(tmp_path: Path) -> N
 
 
 async def test_rcpt_error_after_partial_acceptance_is_not_rolled_back(tmp_path: Path) -> None:
-    """§6.2.4: a failing expanded address fails the RCPT; earlier targets keep theirs."""
+    """A failing expanded address fails the RCPT; earlier targets keep theirs."""
     pipeline = pipe(
         "  modify {\n    test m {\n      rcpt list@x.org a@x.org b@x.org\n    }\n  }\n"
         "  deliver_to test t\n",

@@ -583,7 +583,10 @@ def _fd_path(fd: int) -> str:
 async def test_fsync_really_called_in_order(
     env: Env, monkeypatch: pytest.MonkeyPatch, sync: bool
 ) -> None:
-    """R52 in miniature: fsync(file) < link into new/ < fsync(new/) < commit returns."""
+    """fsync(file) < link into new/ < fsync(new/) < commit returns.
+
+    The order of docs/storage-maildir.md, "How delivery is made safe".
+    """
     storage = await env.start(f"fsync {'yes' if sync else 'no'}")
     box = env.make("example.org", "user")
     events: list[tuple[str, str]] = []
