@@ -121,7 +121,8 @@ def test_write_timeout_drops_a_client_that_never_reads(
     kittiwake: Start, tmp_path: Path, dns: FakeDNS
 ) -> None:
     srv = kittiwake(
-        conf(tmp_path, "    write_timeout 1s"), args=("--debug.dnsoverride", dns.address)
+        conf(tmp_path, "    write_timeout 1s\n    max_junk_commands 0"),
+        args=("--debug.dnsoverride", dns.address),
     )
     sock = socket.create_connection(("127.0.0.1", srv.port()), timeout=30)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -6,6 +6,13 @@ goes straight to the body buffer. The header is split into fields but every
 field keeps its original bytes (folding, spacing, even 8-bit text), so what we
 forward or store is exactly what we received plus the fields we add on top.
 Nothing here runs `email.parser` over a whole message.
+
+Memory: a header costs about its own size twice while it is parsed, never a
+multiple of its field count. `max_fields` bounds the number of fields (a
+header of a million one-byte fields would otherwise become a million
+objects); the streaming reader counts field starts as bytes arrive, with
+`bytes.count` over each new chunk only, and gives up on a header that is
+over the bound at once, dropping what it holds.
 """
 
 from __future__ import annotations
@@ -18,8 +25,17 @@ from kittiwake.errors import SMTPError
 MALFORMED = SMTPError(554, (5, 6, 0), "Malformed message header")
 
 
+#: Fields per header when nothing else is configured (`max_header_fields`):
+#: generous for real mail, whose headers rarely reach 100 fields.
+MAX_FIELDS = 1000
+
+
 def header_too_big() -> SMTPError:
     return SMTPError(552, (5, 3, 4), "Message header size exceeds limit")
+
+
+def too_many_fields() -> SMTPError:
+    return SMTPError(552, (5, 3, 4), "Too many header fields")
 
 
 @dataclass(slots=True)
@@ -70,37 +86,42 @@ class Header:
         self.fields = fields if fields is not None else []
 
     @classmethod
-    def parse(cls, data: bytes) -> Header:
+    def parse(cls, data: bytes, max_fields: int = 0) -> Header:
         """Split a header section (without its final empty line) into fields.
 
         Raises the `554 5.6.0` SMTPError for a continuation line with no field
         before it, a line without a colon, or a name outside RFC 5322's
-        printable characters.
+        printable characters, and `552 5.3.4` past `max_fields` (0: no cap).
+        Each field's bytes are one slice of `data`: no list of lines.
         """
         fields: list[Field] = []
         if not data:
             return cls(fields)
-        lines = data.split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
-        current: list[bytes] = []
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        n = len(data)
+        pos = 0
+        start = -1  # where the current field began
         name = ""
-        for line in lines:
-            if line[:1] in (b" ", b"\t"):
-                if not current:
+        while pos < n:
+            end = data.find(b"\n", pos) + 1
+            if data[pos] in (0x20, 0x09):  # a continuation line
+                if start < 0:
                     raise MALFORMED
-                current.append(line + b"\n")
+                pos = end
                 continue
-            if current:
-                fields.append(Field(name, b"".join(current)))
-            colon = line.find(b":")
-            raw_name = line[:colon].rstrip(b" \t")
-            if colon <= 0 or not raw_name or any(b < 33 or b > 126 for b in raw_name):
+            if start >= 0:
+                fields.append(Field(name, data[start:pos]))
+                if max_fields and len(fields) >= max_fields:
+                    raise too_many_fields()
+            colon = data.find(b":", pos, end)
+            raw_name = data[pos:colon].rstrip(b" \t") if colon > pos else b""
+            if not raw_name or any(b < 33 or b > 126 for b in raw_name):
                 raise MALFORMED
             name = raw_name.decode("ascii")
-            current = [line + b"\n"]
-        if current:
-            fields.append(Field(name, b"".join(current)))
+            start = pos
+            pos = end
+        fields.append(Field(name, data[start:]))
         return cls(fields)
 
     def __iter__(self) -> Iterator[Field]:
@@ -143,12 +164,14 @@ class HeaderReader:
     `finish()` handles a message that ended inside its header (header only).
     """
 
-    __slots__ = ("_buf", "_done", "header", "max_size")
+    __slots__ = ("_buf", "_done", "_starts", "header", "max_fields", "max_size")
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, max_fields: int = MAX_FIELDS) -> None:
         self.max_size = max_size
+        self.max_fields = max_fields
         self._buf = bytearray()
         self._done = False
+        self._starts = 0  # line breaks not followed by white space, so far
         self.header: Header | None = None
 
     @property
@@ -156,9 +179,12 @@ class HeaderReader:
         return self._done
 
     def feed(self, chunk: bytes) -> bytes | None:
-        start = max(0, len(self._buf) - 3)
+        old = len(self._buf)
+        start = max(0, old - 3)
         self._buf += chunk
         buf = self._buf
+        if self.max_fields:
+            self._count_fields(old)
         # head_end: where the header's last line ends; body_at: where the
         # body starts. DATA content has CR LF line ends only; BDAT content
         # may use bare LFs, so an LF LF also ends the header.
@@ -175,23 +201,51 @@ class HeaderReader:
                 head_end, body_at = crlf + 2, crlf + 4
             else:
                 if self.max_size and len(buf) > self.max_size:
+                    self._give_up()
                     raise header_too_big()
                 return None
         if self.max_size and body_at > self.max_size:
+            self._give_up()
             raise header_too_big()
-        self.header = Header.parse(bytes(buf[:head_end]))
-        self._done = True
+        try:
+            self.header = Header.parse(bytes(buf[:head_end]), self.max_fields)
+        finally:
+            self._done = True
         rest = bytes(buf[body_at:])
         self._buf = bytearray()
         return rest
+
+    def _count_fields(self, old: int) -> None:
+        """Count field starts in what `feed` just added; give up past the bound.
+
+        A field starts after every line break not followed by a space or a
+        tab. Line breaks are counted in the new bytes only, and the two-byte
+        continuation patterns where they end in the new bytes, so each is
+        counted once; a break at the very end still waiting for its next
+        byte counts as a start, and the empty line and the body after it add
+        two more, hence the slack of two.
+        """
+        buf = self._buf
+        cont_from = max(0, old - 1)
+        self._starts += (
+            buf.count(b"\n", old) - buf.count(b"\n ", cont_from) - buf.count(b"\n\t", cont_from)
+        )
+        if self._starts > self.max_fields + 2:
+            self._give_up()
+            raise too_many_fields()
+
+    def _give_up(self) -> None:
+        """Drop what was collected: the message is refused, its bytes unneeded."""
+        self._buf = bytearray()
+        self._done = True
 
     def finish(self) -> None:
         """End of content: what was collected is the whole header."""
         if self._done:
             return
         data = bytes(self._buf)
+        self._buf = bytearray()
+        self._done = True
         if data and not data.endswith(b"\r\n"):
             data += b"\r\n"
-        self.header = Header.parse(data)
-        self._done = True
-        self._buf = bytearray()
+        self.header = Header.parse(data, self.max_fields)

@@ -85,9 +85,17 @@ class Settings:
     auth_mechanisms: tuple[str, ...] = ()  # offered when AUTH is allowed
     insecure_auth: bool = False
     max_protocol_errors: int = 3  # the next one closes the connection
+    #: Commands that move no message forward (NOOP, RSET, VRFY, greetings,
+    #: MAIL, empty BDAT chunks, ...) allowed between two messages; the next
+    #: one closes the connection. 0 = no limit.
+    max_junk_commands: int = 100
 
 
 _NOT_IMPLEMENTED = frozenset({"SEND", "SOML", "SAML", "EXPN", "HELP", "TURN"})
+# Commands that make no progress on their own: a client that only sends
+# these (or keeps starting transactions it never finishes) holds a session
+# and its resources for nothing, like Postfix's smtpd_junk_command_limit.
+_JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELO", "EHLO", "LHLO", "MAIL"}) | _NOT_IMPLEMENTED
 # Cross-protocol attacks (a browser made to POST to port 25) start like this:
 # hang up at once instead of answering line after line of HTTP.
 _HTTP_VERBS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"CONNECT ", b"OPTIONS ")
@@ -106,6 +114,7 @@ class ServerConnection:
         self.greeting: str | None = None
         self.authenticated = False
         self.protocol_errors = 0
+        self.junk_commands = 0  # since the last message's content ended
         self._buf = bytearray()
         self._eof = False
         self._closed_reported = False
@@ -236,12 +245,20 @@ class ServerConnection:
             return self._protocol_error(replies.BAD_COMMAND, line)
         verb = line[:4].upper()
         args = line[5:].strip(" \t")
+        if verb in _JUNK and self._junk():
+            return self._fatal(replies.TOO_MANY_JUNK)
         handler = _HANDLERS.get(verb)
         if handler is not None:
             return handler(self, args)
         if verb in _NOT_IMPLEMENTED:
             return self._auto(replies.not_implemented(verb))
         return self._protocol_error(replies.unrecognized(verb), line)
+
+    def _junk(self) -> bool:
+        """Count a command that makes no progress; True once past the limit."""
+        self.junk_commands += 1
+        limit = self.settings.max_junk_commands
+        return bool(limit) and self.junk_commands > limit
 
     def _greet(self, verb: str, args: str) -> Event:
         if self.settings.lmtp != (verb == "LHLO"):
@@ -330,6 +347,10 @@ class ServerConnection:
             return self._next_bdat()
         assert size is not None
         last = len(words) == 2
+        if not size and not last and self._junk():
+            # An empty chunk that is not the last moves nothing forward.
+            self._remaining = 0
+            return self._fatal(replies.TOO_MANY_JUNK)
         first = not self._bdat_active
         self._bdat_active = True
         self._bdat_last = last
@@ -468,6 +489,8 @@ class ServerConnection:
         # RFC 2033 §4.2: after the final chunk LMTP owes one reply per
         # accepted recipient, whatever the outcome (a size failure included).
         count = self.rcpt_count if (self.settings.lmtp and last) else 1
+        if last:
+            self.junk_commands = 0  # a whole message came: that is progress
         return self._expect(BodyEnd(last=last, too_large=self._too_large), count)
 
     def _next_bdat(self) -> Event | _NeedData:

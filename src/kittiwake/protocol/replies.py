@@ -57,6 +57,7 @@ class Reply:
 BAD_SYNTAX = Reply(500, (5, 5, 2), "Error: bad syntax")
 BAD_COMMAND = Reply(501, (5, 5, 2), "Bad command")
 TOO_MANY_ERRORS = Reply(500, (5, 5, 1), "Too many errors. Quiting now")
+TOO_MANY_JUNK = Reply(421, (4, 7, 0), "Too many commands without a message, closing")
 LINE_TOO_LONG = Reply(500, (5, 4, 0), "Too long line, closing connection")
 NOOP = Reply(250, (2, 0, 0), "I have successfully done nothing")
 VRFY = Reply(252, (2, 5, 0), "Cannot VRFY user, but will accept message")

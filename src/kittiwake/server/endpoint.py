@@ -18,6 +18,7 @@ from kittiwake.config.values import ListenAddress, parse_listen_address
 from kittiwake.dns import Resolver
 from kittiwake.limits import Limits
 from kittiwake.message.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
+from kittiwake.message.header import MAX_FIELDS
 from kittiwake.module import Endpoint, register
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
@@ -62,11 +63,18 @@ class SMTPEndpoint(Endpoint):
         self.grace = cfg.duration("shutdown_timeout", 10.0)
         max_message_size = cfg.size("max_message_size", 32 * MiB)
         self.max_header_size = cfg.size("max_header_size", MiB)
+        # kittiwake's own: fields per header (docs/server.md, "Directives").
+        self.max_header_fields = cfg.integer("max_header_fields", MAX_FIELDS, minimum=0)
         max_recipients = cfg.integer("max_recipients", 20000, minimum=0)
         self.max_received = cfg.integer("max_received", 50, minimum=0)
         self.max_logged_rcpt_errors = cfg.integer("max_logged_rcpt_errors", 5, minimum=0)
         self.defer_sender_reject = cfg.boolean("defer_sender_reject", True)
         max_line = cfg.integer("smtp_max_line_length", 4000, minimum=0)
+        # kittiwake's own limits on sessions that hold resources without
+        # progress (docs/server.md, "Timeouts"): commands between two
+        # messages, and the slowest content transfer allowed.
+        max_junk = cfg.integer("max_junk_commands", 100, minimum=0)
+        self.min_data_rate = cfg.size("min_data_rate", 500)
         # kittiwake's own: protect the listener itself (docs/server.md).
         self.max_connections = cfg.integer("max_connections", 10000, minimum=0)
         self.max_connections_per_ip = cfg.integer("max_connections_per_ip", 100, minimum=0)
@@ -94,6 +102,7 @@ class SMTPEndpoint(Endpoint):
             tls_available=self.tls is not None,
             auth_mechanisms=self.mechanisms,
             insecure_auth=self.insecure_auth,
+            max_junk_commands=max_junk,
         )
         self.io_log: log.Logger | None = None
         if io_debug:
@@ -182,6 +191,8 @@ class SMTPEndpoint(Endpoint):
             read_timeout=self.read_timeout,
             write_timeout=self.write_timeout,
             max_header_size=self.max_header_size,
+            max_header_fields=self.max_header_fields,
+            min_data_rate=self.min_data_rate,
             max_received=self.max_received,
             defer_sender_reject=self.defer_sender_reject,
             max_logged_rcpt_errors=self.max_logged_rcpt_errors,

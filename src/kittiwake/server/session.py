@@ -58,6 +58,7 @@ LOW_WATER = 64 * 1024  # ... and resumes it
 
 SHUTTING_DOWN = Reply(421, (4, 3, 2), "Service shutting down, try again later")
 IDLE_TIMEOUT = Reply(421, (4, 4, 2), "Idle timeout, bye bye")
+TOO_SLOW = Reply(421, (4, 4, 2), "Message content too slow, bye bye")
 FAULT = Reply(421, (4, 0, 0), "Internal server error")
 TOO_MANY_CONNECTIONS = Reply(421, (4, 7, 0), "Too many connections, try again later")
 
@@ -89,6 +90,11 @@ class Session(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._deadline = 0.0
+        # The content of the current message (DATA, or every BDAT chunk):
+        # when it began (-1: none) and how many bytes came since.
+        self._transfer_start = -1.0
+        self._transfer_bytes = 0
+        self._idle_deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         # Cached: asyncio.get_running_loop() costs a getpid() call each time.
         self._loop = asyncio.get_running_loop()
@@ -146,8 +152,13 @@ class Session(asyncio.Protocol):
             self.cfg.io_log.debug("read", peer=self.peer_ip, data=data)
         self.conn.receive_data(data)
         if self.conn.state in (State.DATA, State.BDAT):
-            # Settled question 6: while content streams, each read re-arms.
-            self._deadline = self._loop.time() + self.cfg.read_timeout
+            # While content streams, each read re-arms the read timeout, but
+            # the whole transfer must keep up min_data_rate (below).
+            now = self._loop.time()
+            if self._transfer_start < 0:
+                self._transfer_start = now
+            self._transfer_bytes += len(data)
+            self._deadline = self._content_deadline(now)
         if self.conn.pending_input > HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
             if self._transport is not None:
@@ -246,7 +257,12 @@ class Session(asyncio.Protocol):
             finally:
                 self._waiter = None
         if self._timed_out:
-            self._out += IDLE_TIMEOUT.render()
+            slow = self._transfer_start >= 0 and self._loop.time() < self._idle_deadline
+            self.cfg.log.info(
+                "content too slow, closing" if slow else "idle timeout, closing",
+                src_ip=self.peer_ip or "unix",
+            )
+            self._out += (TOO_SLOW if slow else IDLE_TIMEOUT).render()
             self.closing = True
 
     # The read deadline moves on with every command and every content read.
@@ -267,7 +283,24 @@ class Session(asyncio.Protocol):
         # Otherwise the session is busy, not reading; _wait checks again.
 
     def _reset_deadline(self) -> None:
-        self._deadline = self._loop.time() + self.cfg.read_timeout
+        self._deadline = self._content_deadline(self._loop.time())
+
+    def _content_deadline(self, now: float) -> float:
+        """The read deadline, and while a message's content is coming, its pace.
+
+        Each read must come within `read_timeout`. On top of that the
+        content as a whole, from its first byte until its end (across every
+        BDAT chunk), gets `read_timeout` plus the time `min_data_rate` takes
+        for what has arrived so far, as Postfix's smtpd_min_data_rate does.
+        So a client trickling a byte a second cannot hold a session, a
+        buffer and a limit slot for ever, while any honest link finishes.
+        """
+        self._idle_deadline = now + self.cfg.read_timeout
+        rate = self.cfg.min_data_rate
+        if not rate or self._transfer_start < 0:
+            return self._idle_deadline
+        paced = self._transfer_start + self.cfg.read_timeout + self._transfer_bytes / rate
+        return min(self._idle_deadline, paced)
 
     async def flush(self) -> None:
         if not self._out or self._transport is None or self._lost:
@@ -307,6 +340,9 @@ class Session(asyncio.Protocol):
                 exc, self.cfg.log, "internal error", msg_id=msg_id, peer=self.peer_ip
             )
             self.answer_owed(error)
+        if self._transfer_start >= 0 and self.conn.mail is None:
+            self._transfer_start = -1.0  # the transaction is over
+            self._transfer_bytes = 0
         if self.conn.state is not State.BDAT:
             self._reset_deadline()
 

@@ -94,6 +94,8 @@ class SessionConfig:
     read_timeout: float
     write_timeout: float
     max_header_size: int
+    max_header_fields: int
+    min_data_rate: int  # bytes per second over a whole message; 0 = none
     max_received: int
     defer_sender_reject: bool
     max_logged_rcpt_errors: int

@@ -187,7 +187,7 @@ class MailTransactions:
     def open_body(self) -> None:
         txn = self.txn
         assert txn is not None
-        txn.header = HeaderReader(self.cfg.max_header_size)
+        txn.header = HeaderReader(self.cfg.max_header_size, self.cfg.max_header_fields)
         try:
             txn.buffer = self.cfg.buffer.new()
         except Exception as exc:

@@ -1,0 +1,226 @@
+"""What an attacker or a careless operator could do to kittiwake, against the real server.
+
+Each test reproduces one way the server broke under attack and checks the
+fixed behaviour end to end; memory cases print the server's measured RSS
+(`pytest -s` shows it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kw import Dialog, Kittiwake, free_port
+
+Start = Callable[..., Kittiwake]
+MiB = 1024 * 1024
+
+
+def config(tmp: Path, *, block: str = "", top: str = "", kind: str = "smtp") -> str:
+    return f"""
+state_dir {tmp}/state
+hostname mx.example.com
+{top}
+storage.maildir mb {{
+    path {tmp}/mail
+    auto_create yes
+}}
+{kind} tcp://127.0.0.1:{free_port()} {{
+    tls off
+{block}
+    destination example.org {{
+        deliver_to &mb
+    }}
+    default_destination {{
+        reject 550 5.7.1 "Relaying denied"
+    }}
+}}
+"""
+
+
+def rss_kib(server: Kittiwake) -> int:
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def open_data(port: int) -> Dialog:
+    """A session inside DATA, after the 354."""
+    d = Dialog(port, timeout=20)
+    assert d.reply()[0].startswith("220 ")
+    d.send(
+        b"EHLO client.example\r\nMAIL FROM:<a@example.net>\r\n"
+        b"RCPT TO:<user@example.org>\r\nDATA\r\n"
+    )
+    replies = [d.reply()[-1] for _ in range(4)]
+    assert replies[-1].startswith("354 "), replies
+    return d
+
+
+# -- 1. a header of many tiny fields ---------------------------------------------
+
+
+def message_with_fields(count: int) -> bytes:
+    return b"".join(b"X-F%d: v\r\n" % i for i in range(count)) + b"\r\nbody\r\n.\r\n"
+
+
+@pytest.mark.parametrize(
+    ("block", "fields", "reply"),
+    [
+        ("", 1000, "250 2.0.0 OK: queued"),
+        ("", 1001, "552 5.3.4 Too many header fields"),
+        ("    max_header_fields 10", 10, "250 2.0.0 OK: queued"),
+        ("    max_header_fields 10", 11, "552 5.3.4 Too many header fields"),
+    ],
+)
+def test_header_field_count_at_and_past_the_limit(
+    kittiwake: Start, tmp_path: Path, block: str, fields: int, reply: str
+) -> None:
+    server = kittiwake(config(tmp_path, block=block))
+    with open_data(server.port()) as d:
+        d.send(message_with_fields(fields))
+        assert d.reply()[-1].startswith(reply)
+        # The session goes on after a refused message.
+        assert d.cmd("NOOP") == "250 2.0.0 I have successfully done nothing"
+
+
+def test_many_tiny_header_fields_cost_no_memory(kittiwake: Start, tmp_path: Path) -> None:
+    """100 sessions each send a header of 262,000 empty fields and never the dot.
+
+    Before the fix each cost about 27 MB (one object per field): 100 of
+    them took the server past 2.5 GB. The bound: 100 sessions may grow the
+    server by at most 64 MiB in all.
+    """
+    server = kittiwake(config(tmp_path, block="    max_connections_per_ip 0"))
+    before = rss_kib(server)
+    sessions = [open_data(server.port()) for _ in range(100)]
+    try:
+        attack = b"a:\r\n" * 262000 + b"\r\nbody\r\n"
+        for d in sessions:
+            d.send(attack)
+        # Every session still answers: the server read it all and is idle.
+        time.sleep(1.0)
+        with Dialog(server.port(), timeout=10) as d:
+            assert d.reply()[0].startswith("220 ")
+        after = rss_kib(server)
+    finally:
+        for d in sessions:
+            d.close()
+    grown = after - before
+    print(f"\nRSS before {before} KiB, after 100 sessions {after} KiB (+{grown} KiB)")
+    assert grown < 64 * 1024, grown
+
+
+def test_a_large_header_costs_a_small_multiple_of_its_size(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    """20 sessions each hold a 1,000-field header just under 1 MiB (no dot yet).
+
+    The header is kept until the message ends, as its bytes: each session
+    may cost a few MiB, never a multiple of its field count.
+    """
+    server = kittiwake(config(tmp_path, block="    max_connections_per_ip 0"))
+    before = rss_kib(server)
+    field = b"X-Long: " + b"v" * 1000 + b"\r\n"
+    header = field * 1000
+    assert len(header) < MiB
+    sessions = [open_data(server.port()) for _ in range(20)]
+    try:
+        for d in sessions:
+            d.send(header + b"\r\nbody\r\n")
+        time.sleep(1.0)
+        after = rss_kib(server)
+        for d in sessions:
+            assert d.cmd(".").startswith("250 2.0.0 OK: queued")
+    finally:
+        for d in sessions:
+            d.close()
+    per_session = (after - before) / 20
+    print(f"\nRSS +{after - before} KiB for 20 sessions: {per_session:.0f} KiB each")
+    assert per_session < 4 * 1024, per_session
+
+
+# -- 4. sessions that hold resources without progress ------------------------------
+
+
+def greeted(server: Kittiwake) -> Dialog:
+    d = Dialog(server.port(), timeout=10)
+    assert d.reply()[0].startswith("220 ")
+    assert d.cmd("EHLO client.example").startswith("250 ")
+    return d
+
+
+JUNK_CLOSE = "421 4.7.0 Too many commands without a message, closing"
+
+
+def test_noop_flood_at_and_past_the_limit(kittiwake: Start, tmp_path: Path) -> None:
+    server = kittiwake(config(tmp_path, block="    max_junk_commands 20"))
+    with greeted(server) as d:  # the EHLO was the first
+        d.send(b"NOOP\r\n" * 19)
+        assert [d.reply()[0] for _ in range(19)][-1].startswith("250 ")
+        assert d.cmd("NOOP") == JUNK_CLOSE
+        assert d.closed()
+
+
+def test_rset_mail_cycles_are_junk_but_a_message_resets_the_count(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    server = kittiwake(config(tmp_path, block="    max_junk_commands 20"))
+    with greeted(server) as d:
+        for _ in range(9):  # EHLO + 9 x (MAIL, RSET) = 19
+            assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+            assert d.cmd("RSET").startswith("250 ")
+        assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")  # 20
+        assert d.cmd("RCPT TO:<user@example.org>").startswith("250 ")
+        assert d.cmd("DATA").startswith("354 ")
+        assert d.cmd("Subject: x\r\n\r\nhi\r\n.").startswith("250 ")
+        for _ in range(20):  # counting starts again after a message
+            assert d.cmd("NOOP").startswith("250 ")
+        assert d.cmd("RSET") == JUNK_CLOSE
+
+
+def test_empty_bdat_chunks_are_junk(kittiwake: Start, tmp_path: Path) -> None:
+    server = kittiwake(config(tmp_path, block="    max_junk_commands 5"))
+    with greeted(server) as d:
+        assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+        assert d.cmd("RCPT TO:<user@example.org>").startswith("250 ")
+        for _ in range(3):  # EHLO, MAIL, and three empty chunks = 5
+            assert d.cmd("BDAT 0") == "250 2.0.0 Continue"
+        assert d.cmd("BDAT 0") == JUNK_CLOSE
+        assert d.closed()
+
+
+def test_content_trickled_below_the_minimum_rate_is_cut(kittiwake: Start, tmp_path: Path) -> None:
+    """One byte every 0.3 s re-arms the 2 s read timeout each time, yet the
+    message as a whole must keep up 1 KiB/s: after about 2 s it is cut."""
+    server = kittiwake(config(tmp_path, block="    read_timeout 2s\n    min_data_rate 1K"))
+    with open_data(server.port()) as d:
+        started = time.monotonic()
+        d.sock.settimeout(0.3)
+        reply = None
+        while reply is None and time.monotonic() - started < 10:
+            try:
+                d.send(b"x")
+                reply = d.line()
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError, EOFError):
+                break
+        took = time.monotonic() - started
+        assert reply == "421 4.4.2 Message content too slow, bye bye"
+    assert 1.5 < took < 4.5, took
+    server.wait_log("content too slow, closing")
+
+
+def test_content_at_the_minimum_rate_gets_through(kittiwake: Start, tmp_path: Path) -> None:
+    """4 KiB/s for 4 s against a 1 KiB/s minimum: well inside, delivered."""
+    server = kittiwake(config(tmp_path, block="    read_timeout 2s\n    min_data_rate 1K"))
+    with open_data(server.port()) as d:
+        d.send(b"Subject: slow\r\n\r\n")
+        for _ in range(16):
+            d.send(b"y" * 1022 + b"\r\n")
+            time.sleep(0.25)
+        assert d.cmd(".").startswith("250 2.0.0 OK: queued")
