@@ -197,6 +197,8 @@ class MaildirDelivery:
         self._future: concurrent.futures.Future[Any] | None = None
         self._cancel = threading.Event()
         self._body_called = False
+        #: Where per-recipient outcomes go (LMTP), set by body_non_atomic.
+        self._status: StatusCollector | None = None
 
     async def add_rcpt(self, rcpt: str) -> None:
         mailbox = resolve_mailbox(self._storage.path, rcpt)
@@ -220,6 +222,7 @@ class MaildirDelivery:
         job = self._start_body(header, body, atomic=False)
         if job is None:
             return
+        self._status = status  # commit reports each mailbox's outcome here too
         try:
             await self._in_thread(job.run)
         except Exception as exc:  # the buffer could not be read: it is everyone's
@@ -258,21 +261,37 @@ class MaildirDelivery:
         return self._job
 
     async def commit(self) -> None:
-        """Publish into new/ and fsync; returns only once the messages are durable."""
+        """Publish into new/ and fsync; returns only once the messages are durable.
+
+        After `body` (all or nothing) a copy that did not make it raises,
+        though the others are delivered: the client is told `451` and its
+        retry duplicates them, which loses nothing (docs/storage-maildir.md,
+        "Errors"). After `body_non_atomic` each mailbox's outcome goes to
+        its recipients' statuses instead, so LMTP tells each the truth.
+        """
         files, self._prepared = self._prepared, []
         if not files:
             return
         storage = self._storage
         try:
-            await self._in_thread(_commit, files, storage.host, storage.fsync)
-        except OSError as exc:
-            error = _io_error(exc, "maildir commit")
-            storage.log.error("commit failed", reason=error.reason, msg_id=self._meta.id)
-            raise error from exc
+            failed = await self._in_thread(_commit, files, storage.host, storage.fsync)
         finally:
             if self._job is not None:
                 self._job.created.clear()
-        storage.log.debug("delivered", msg_id=self._meta.id, mailboxes=len(files))
+        first: SMTPError | None = None
+        for i, exc in sorted(failed.items()):
+            f = files[i]
+            error = _io_error(exc, f"maildir commit into {f.folder}")
+            storage.log.error(
+                "commit failed", reason=error.reason, msg_id=self._meta.id, rcpt=f.rcpts[0]
+            )
+            if self._status is not None:
+                for rcpt in f.rcpts:
+                    self._status.set_status(rcpt, error)
+            first = first or error
+        if first is not None and self._status is None:
+            raise first
+        storage.log.debug("delivered", msg_id=self._meta.id, mailboxes=len(files) - len(failed))
 
     async def abort(self) -> None:
         """Remove every prepared tmp/ file; safe at any point, and repeatable."""
@@ -365,9 +384,16 @@ class MaildirStorage(Module):
         return MaildirDelivery(self, meta, mail_from)
 
     def ensure_mailbox(self, mailbox: Mailbox) -> None:
-        """The recipient check of add_rcpt (worker thread): exists, or is created."""
-        if is_maildir(mailbox.path):
-            return
+        """The recipient check of add_rcpt (worker thread): exists, or is created.
+
+        Only a mailbox that is not there is `550 5.1.1`; a failure to look
+        (permissions, I/O) is temporary (`451 4.3.0`), never a bounce.
+        """
+        try:
+            if is_maildir(mailbox.path):
+                return
+        except OSError as exc:
+            raise _io_error(exc, f"looking up {mailbox.path}") from exc
         if not self.auto_create:
             raise _no_such_user(f"no Maildir at {mailbox.path}")
         domain_dir = os.path.dirname(mailbox.path)
@@ -383,4 +409,8 @@ class MaildirStorage(Module):
             mailbox = resolve_mailbox(self.path, key)
         except SMTPError:
             return None
-        return "" if await self.run(is_maildir, mailbox.path) else None
+        try:
+            found = await self.run(is_maildir, mailbox.path)
+        except OSError as exc:
+            raise _io_error(exc, f"looking up {mailbox.path}") from exc
+        return "" if found else None

@@ -23,6 +23,7 @@ import errno
 import itertools
 import os
 import secrets
+import stat
 import threading
 import time
 import weakref
@@ -90,8 +91,20 @@ def _base_name(host: str) -> str:
 
 
 def is_maildir(path: str) -> bool:
-    """A Maildir is there iff its three folders are (docs/storage-maildir.md)."""
-    return all(os.path.isdir(os.path.join(path, sub)) for sub in _SUBDIRS)
+    """A Maildir is there iff its three folders are (docs/storage-maildir.md).
+
+    Only "not there" answers False: any other error looking (a folder we may
+    not read, EIO) is raised, because a mailbox we cannot see may well exist,
+    and calling it unknown would bounce its mail for good.
+    """
+    for sub in _SUBDIRS:
+        try:
+            info = os.stat(os.path.join(path, sub))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not stat.S_ISDIR(info.st_mode):
+            return False
+    return True
 
 
 def _fsync_dir(path: str) -> None:
@@ -394,33 +407,34 @@ def _publish(f: _File, host: str) -> None:
     raise OSError(errno.EEXIST, "no unique file name in new/")
 
 
-def _commit(files: list[_File], host: str, sync: bool) -> None:
-    """Move every file into new/, then fsync the directories.
+def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
+    """Move every file into new/, then fsync the directories; the failures.
 
-    Files are all moved even if one fails (each one moved is delivered, and
-    a client that retries gets a duplicate, never a loss). The first error
-    is raised after the directory fsyncs, which run whatever happened.
+    Files are all moved even if one fails: each one moved is delivered.
+    Returns the error of each file that is not durably in new/, by its
+    index in `files` (its link failed, or the fsync of its new/ did); the
+    directory fsyncs run whatever happened before them.
     """
-    first: OSError | None = None
-    dirs: set[str] = set()
-    for f in files:
+    failed: dict[int, OSError] = {}
+    dirs: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
         try:
             _publish(f, host)
         except OSError as exc:
-            first = first or exc
+            failed[i] = exc
             _drop_tmp(f)
             continue
         # Only new/ needs its entry on disk; a tmp/ entry that comes back
         # after a crash is a stale file readers ignore, so tmp/ is not synced.
-        dirs.add(os.path.join(f.folder, "new"))
+        dirs.setdefault(os.path.join(f.folder, "new"), []).append(i)
     if sync:
         for d in sorted(dirs):
             try:
                 _sync_dir_shared(d)
             except OSError as exc:  # never retried: after EIO the page state is unknown
-                first = first or exc
-    if first is not None:
-        raise first
+                for i in dirs[d]:
+                    failed[i] = exc
+    return failed
 
 
 def _unlink_all(paths: list[str]) -> None:
