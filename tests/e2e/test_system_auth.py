@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kw import Dialog, Kittiwake, need_tool
+from kw import Dialog, Kittiwake, env, need_tool
 
 from kittiwake.auth.base import InvalidCredentials, PasswordAuth, TemporaryAuthFailure
 from kittiwake.auth.dovecot_sasl import split_line
@@ -241,6 +242,37 @@ def test_pam_through_the_server(
         "454 4.7.0 Temporary authentication failure"
     )
     assert PASSWORD not in server.log
+
+
+def test_pam_without_pamela_names_the_extra(tmp_path: Path) -> None:
+    """pamela is the optional `pam` extra: without it, `config check` says how to get it."""
+    config = tmp_path / "k.conf"
+    config.write_text(
+        "hostname mx.example.com\ntls self_signed\n"
+        "submission tcp://127.0.0.1:0 {\n    auth pam\n    reject\n}\n"
+    )
+    # None in sys.modules makes `import pamela` fail as if it were not installed.
+    code = (
+        "import sys\n"
+        "sys.modules['pamela'] = None\n"
+        "from kittiwake.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "config", "check", "-c", str(config)],
+        cwd=tmp_path,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"{config}:4: auth.pam: the pamela package is not installed: pip install 'kittiwake[pam]'\n"
+    )
 
 
 def test_pam_configuration(tmp_path: Path) -> None:

@@ -189,7 +189,15 @@ class PAMAuth(Module):
             raise cfg.node.error(f"{self.module_name}: only Linux-PAM is supported")
         try:
             self._binding = _Binding()
-        except Exception as exc:  # ImportError, or libpam missing (OSError, AttributeError)
+        except ImportError as exc:
+            if exc.name != "pamela":
+                raise cfg.node.error(f"{self.module_name}: PAM is not available: {exc}") from None
+            # An optional dependency: say how to get it (pyproject.toml).
+            raise cfg.node.error(
+                f"{self.module_name}: the pamela package is not installed: "
+                "pip install 'kittiwake[pam]'"
+            ) from None
+        except Exception as exc:  # libpam missing (OSError, AttributeError)
             raise cfg.node.error(f"{self.module_name}: PAM is not available: {exc}") from None
         if not any(os.path.exists(os.path.join(d, self.service)) for d in POLICY_DIRS):
             self.log.warn(
