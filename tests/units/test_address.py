@@ -147,7 +147,7 @@ def test_postmaster_with_domain_is_an_ordinary_address() -> None:
 
 # (path content, smtputf8, error type, part of the reason)
 INVALID: list[tuple[str, bool, type[AddressError], str]] = [
-    # Settled question 3: control bytes anywhere.
+    # Control bytes anywhere (docs/address.md).
     ("us\x00er@x.org", False, PathSyntaxError, "U+0000"),
     ("us\x07er@x.org", False, PathSyntaxError, "U+0007"),
     ("user\t@x.org", False, PathSyntaxError, "U+0009"),

@@ -134,8 +134,8 @@ _BAD_LOCAL_CHAR = re.compile(rf"[^{_ATEXT}.\x80-\U0010ffff]")
 # refused for the same reason. Non-ASCII is allowed here and caught by the
 # SMTPUTF8 rule.
 _BAD_LABEL_CHAR = re.compile(r"[^A-Za-z0-9_\-\x80-\U0010ffff]")
-# Settled question 3: C0 controls and DEL are a syntax error anywhere in a
-# path, quoted or not. Lone surrogates come from undecodable bytes
+# C0 controls and DEL are a syntax error anywhere in a path, quoted or not
+# (docs/address.md). Lone surrogates come from undecodable bytes
 # (`surrogateescape`): the path was not UTF-8.
 _BAD_PATH_CHAR = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')

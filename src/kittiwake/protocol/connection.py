@@ -339,8 +339,8 @@ class ServerConnection:
         if error is not None:
             if size is None:
                 return self._auto(error)
-            # Settled question 4: the chunk is read and dropped before the
-            # reply, so its bytes are never taken for commands.
+            # The chunk is read and dropped before the reply, so its bytes
+            # are never taken for commands (docs/protocol.md, "BDAT").
             self._discard_reply = error
             self._remaining = size
             self.state = State.BDAT

@@ -168,7 +168,7 @@ class Session(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
         self._wake()
-        # Settled question 7: answer what came before the client's EOF.
+        # Answer what came before the client's EOF (docs/protocol.md).
         return self._plain
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -359,7 +359,7 @@ class Session(asyncio.Protocol):
         if kind is AutoReply:
             assert isinstance(event, AutoReply)
             if event.protocol_error and event.line.startswith("PROXY "):
-                # Spec §15: never honoured from an untrusted peer, but noted.
+                # Never honoured from an untrusted peer, but noted (docs/proxy.md).
                 self.cfg.log.info(
                     "PROXY header from an untrusted peer ignored", src_ip=self.peer_ip or "unix"
                 )

@@ -88,7 +88,7 @@ class MailTransactions:
         except address.AddressError as exc:
             return Reply.from_error(exc.smtp_error("sender"))  # no msg ID (docs/server.md)
         if self.cfg.limits is not None:
-            # Spec §16: one token/slot per transaction, held until it ends;
+            # One token/slot per transaction, held until it ends (docs/limits.md);
             # a limit waits up to 5 s, then 451 without msg ID (docs/limits.md).
             domain = clean.rpartition("@")[2] if "@" in clean else ""
             try:
@@ -146,7 +146,7 @@ class MailTransactions:
         if not txn.sender_started:
             txn.sender_error = await self._start_sender(txn)
         if txn.sender_error is not None:
-            # Spec §8.3: every RCPT of the transaction gets the same reply.
+            # Every RCPT of the transaction gets the same reply (docs/server.md, "Transactions").
             self.session.reply(txn.sender_error)
             return
         rcpt = event.address
@@ -167,7 +167,7 @@ class MailTransactions:
         self.session.reply(Reply(250, (2, 0, 0), f"I'll make sure <{rcpt}> gets this"))
 
     def _log_rcpt_error(self, txn: Transaction, rcpt: str, exc: SMTPError) -> None:
-        """Spec §19: log the first N RCPT errors of a session, then fall silent."""
+        """Log the first N RCPT errors of a session, then fall silent (docs/server.md)."""
         limit = self.cfg.max_logged_rcpt_errors
         if self._rcpt_errors_logged >= limit:
             return
@@ -231,7 +231,7 @@ class MailTransactions:
             except Exception as exc:
                 failure = client_error(exc, self.cfg.log, "delivery failed", msg_id=txn.msg_id)
         finally:
-            # Settled question 13: the buffer is gone before the final reply.
+            # The buffer is gone before the final reply (docs/buffer.md).
             if txn.buffer is not None:
                 txn.buffer.remove()
         if failure is not None:
