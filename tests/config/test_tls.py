@@ -459,38 +459,6 @@ def _digest(*names: str) -> str:
     return hashlib.sha256("\0".join(names).encode()).hexdigest()[:16]
 
 
-def test_ensure_self_signed(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    cert, key = tls_loaders.ensure_self_signed(str(state), "mx.example")
-    assert (cert, key) == (str(state / "tls" / "cert.pem"), str(state / "tls" / "key.pem"))
-    assert os.stat(key).st_mode & 0o777 == 0o600
-    first = Path(cert).read_bytes(), Path(key).read_bytes()
-    assert tls_loaders.ensure_self_signed(str(state), "mx.example") == (cert, key)
-    assert (Path(cert).read_bytes(), Path(key).read_bytes()) == first  # reused
-
-    parsed = x509.load_pem_x509_certificate(first[0])
-    san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["localhost", "mx.example"]
-    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
-    assert parsed.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=3600)
-
-    # The files serve TLS through the ordinary file loader.
-    st = server_tls(build(f"tls file {cert} {key}", tmp_path))
-    assert handshake(st.context(), client_context(), "mx.example").names[0] == "localhost"
-
-
-def test_ensure_self_signed_replaces_expired(ca: trustme.CA, tmp_path: Path) -> None:
-    directory = tmp_path / "tls"
-    directory.mkdir()
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    old = Pair(ca, directory, "old.example", not_before=past - dt.timedelta(days=2), not_after=past)
-    old.cert.rename(directory / "cert.pem")
-    old.key.rename(directory / "key.pem")
-    cert, _ = tls_loaders.ensure_self_signed(str(tmp_path), "mx.example")
-    parsed = x509.load_pem_x509_certificate(Path(cert).read_bytes())
-    assert parsed.not_valid_after_utc > dt.datetime.now(dt.UTC)
-
-
 # -- errors ---------------------------------------------------------------------------
 
 

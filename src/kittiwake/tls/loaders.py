@@ -60,10 +60,6 @@ RELOAD_INTERVAL = 60.0
 #: `self_signed` certificates (docs/tls.md): valid 7 days, renewed with a day left.
 SELF_SIGNED_DAYS = 7
 RENEW_BEFORE = dt.timedelta(days=1)
-#: The state-directory certificate of the embedded default configuration.
-#: Nobody verifies it (its point is opportunistic STARTTLS), so a long life
-#: spares operators of a test box a silent expiry; 10 years.
-STATE_CERT_DAYS = 3650
 
 
 def _no_block(node: Node) -> None:
@@ -265,39 +261,6 @@ def make_self_signed(names: Sequence[str], days: int) -> tuple[bytes, bytes]:
         serialization.NoEncryption(),
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def ensure_self_signed(state_dir: str, hostname: str) -> tuple[str, str]:
-    """Paths of `state_dir/tls/cert.pem` and `key.pem`, created on first use.
-
-    The embedded default configuration offers STARTTLS out of the box with
-    this pair. Existing files are reused as they are, so an operator may
-    drop their own pair in place; only an *expired* certificate is replaced
-    (a file we cannot parse is left alone: the loader then reports it). The
-    key is written with mode 0600, each file atomically (write, fsync,
-    rename), so a crash never leaves half a key behind.
-    """
-    directory = os.path.join(state_dir, "tls")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    cert_path = os.path.join(directory, "cert.pem")
-    key_path = os.path.join(directory, "key.pem")
-    if os.path.exists(cert_path) and os.path.exists(key_path) and not _expired(cert_path):
-        return cert_path, key_path
-    names = list(dict.fromkeys(n for n in ("localhost", hostname, "127.0.0.1", "::1") if n))
-    cert_pem, key_pem = make_self_signed(names, STATE_CERT_DAYS)
-    _write_atomic(key_path, key_pem, 0o600)
-    _write_atomic(cert_path, cert_pem, 0o644)
-    _log.info("generated a self-signed certificate", path=cert_path, names=" ".join(names))
-    return cert_path, key_path
-
-
-def _expired(cert_path: str) -> bool:
-    try:
-        with open(cert_path, "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
-    except (OSError, ValueError):
-        return False
-    return cert.not_valid_after_utc <= dt.datetime.now(dt.UTC)
 
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:
@@ -616,7 +579,6 @@ __all__ = [
     "CertificateError",
     "FileLoader",
     "SelfSignedLoader",
-    "ensure_self_signed",
     "global_path",
     "global_value",
     "load_chain",
