@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from table_harness import Harness
 
-from kittiwake.tables.regexp import RegexpSyntaxError, compile_re2, expand, translate
+from kittiwake.tables.regexp import Match, RegexpSyntaxError, compile_re2, expand
 
 
 async def test_default_is_full_and_case_insensitive(kw: Harness) -> None:
@@ -70,7 +71,7 @@ def test_both_spellings_at_once_is_an_error(kw: Harness) -> None:
     )
 
 
-def _match(pattern: str, key: str) -> re.Match[str]:
+def _match(pattern: str, key: str) -> Match:
     m = compile_re2(pattern, True).fullmatch(key)
     assert m is not None
     return m
@@ -81,7 +82,7 @@ def _match(pattern: str, key: str) -> re.Match[str]:
     [
         ("$1", "joe"),
         ("${1}", "joe"),
-        ("$1x", ""),  # Go: the longest name, "1x", is no group
+        ("$1x", ""),  # Go: the longest name, "1x", is no group here
         ("${1}x", "joex"),
         ("$user", "joe"),
         ("${user}.x", "joe.x"),
@@ -150,6 +151,24 @@ def test_go_template_expansion(template: str, expected: str) -> None:
         ("[]a]+", "]a", True),
         ("[a-]+", "a-", True),
         ("[&&~~|]+", "&~|", True),  # not Python's set operations
+        # Unicode classes, refused before RE2
+        (r"\p{Greek}+", "αβγ", True),
+        (r"\p{Greek}", "a", False),
+        (r"[\p{Greek}x]+", "x\u03b1", True),
+        (r"\pL+", "aéЖ", True),
+        (r"\pL", "1", False),
+        (r"\PL", "1", True),
+        (r"\p{^Greek}", "a", True),
+        (r"\pN", "\u0663", True),
+        (r"\p{Han}", "\u6f22", True),
+        (r"[[:alpha:]]", "é", False),  # POSIX classes are ASCII
+        (r"[[:alpha:]]+", "aZ", True),
+        ("(?i)k", "\u212a", True),  # Kelvin sign folds to k
+        ("(?)a", "a", True),  # an empty flag group, valid in Go
+        (r"(?i)\Q.É\E", ".é", True),
+        (r"a\z", "a\n", False),
+        ("(?s:a.)b", "a\nb", True),
+        ("(?m)^b", "a\nb", False),  # fullmatch: the whole key, not a line
     ],
 )
 def test_re2_meaning_is_kept(pattern: str, key: str, matches: bool) -> None:
@@ -158,42 +177,45 @@ def test_re2_meaning_is_kept(pattern: str, key: str, matches: bool) -> None:
 
 def test_ungreedy_flag() -> None:
     m = compile_re2("(?U)(a+)(a*)", False).fullmatch("aaa")
-    assert m is not None and m.groups() == ("a", "aa")
+    assert m is not None and (m.group(1), m.group(2)) == ("a", "aa")
     m = compile_re2("(?U)(a+?)(a*)", False).fullmatch("aaa")
-    assert m is not None and m.groups() == ("aaa", "")
-
-
-def test_translation_samples() -> None:
-    assert translate(r"(.+)\+(.+)@(.+)") == r"(.+)\+(.+)@(.+)"
-    assert translate("a(?i)b|c") == "a(?i-ms:b)|(?i-ms:c)"
-    assert translate("a$") == r"a\Z"
+    assert m is not None and (m.group(1), m.group(2)) == ("aaa", "")
 
 
 @pytest.mark.parametrize(
     ("pattern", "reason"),
     [
-        (r"(a)\1", "backreferences"),
-        ("(?=a)", "unsupported group syntax"),
-        ("(?<=a)b", "unsupported group syntax"),
-        ("(?P=n)", "unsupported group syntax"),
-        ("a**", "nested repetition"),
-        ("a*+", "nested repetition"),
-        ("a{2}{3}", "nested repetition"),
-        ("*a", "missing argument"),
-        (r"\pL", "Unicode classes"),
-        (r"[\p{Greek}]", "Unicode classes"),
-        ("(a", "missing closing )"),
+        (r"(a)\1", r"invalid escape sequence: \1 (RE2 has no backreferences)"),
+        ("(?=a)", "invalid perl operator: (?= (RE2 has no lookahead)"),
+        ("a(?!b)", "(RE2 has no lookahead)"),
+        ("(?<=a)b", "invalid perl operator: (?<= (RE2 has no lookbehind)"),
+        ("(?<!a)b", "(RE2 has no lookbehind)"),
+        ("(?P=n)", "invalid perl operator"),
+        ("(?x)a", "invalid perl operator"),
+        ("a**", "bad repetition operator: **"),
+        ("a*+", "bad repetition operator"),
+        ("a++", "bad repetition operator"),
+        ("a{2}{3}", "bad repetition operator"),
+        ("*a", "no argument for repetition operator"),
+        ("(a", "missing )"),
         ("a)", "unexpected )"),
-        ("[a", "missing closing ]"),
+        ("[a", "missing ]"),
         ("[z-a]", "invalid character class range"),
-        ("[[:nope:]]", "invalid character class"),
-        ("a{1001}", "invalid repeat count"),
-        (r"\Z", "invalid escape"),
-        (r"\i", "invalid escape"),
-        ("(?P<1x>a)", "bad character in group name"),
-        ("(?)", "empty flag group"),
-        ("(?i-)", "nothing after '-'"),
-        ("x\\", "trailing backslash"),
+        ("[[:nope:]]", "invalid character class range: [:nope:]"),
+        (r"\p{Nope}", "invalid character class range"),
+        ("a{1001}", "invalid repetition size"),
+        ("(a{100}){100}", "invalid repetition size"),  # Go: the product counts
+        (r"\Z", "invalid escape sequence"),
+        (r"\i", "invalid escape sequence"),
+        (r"\C", r"invalid escape sequence: \C"),  # C++ RE2 takes it, Go does not
+        (r"a\Cb", r"\C (any byte)"),
+        (r"\Q\E\C", r"\C (any byte)"),
+        (r"\\\C", r"\C (any byte)"),
+        ("(?P<é>a)", "invalid named capture"),  # C++ RE2 takes it, Go does not
+        ("(?<a-b>a)", "invalid named capture"),
+        ("(?i-)", "invalid perl operator"),
+        ("x\\", "trailing \\"),
+        (r"(?i)\pL{1000}", "pattern too large"),
     ],
 )
 def test_rejected_patterns(pattern: str, reason: str) -> None:
@@ -201,9 +223,71 @@ def test_rejected_patterns(pattern: str, reason: str) -> None:
         compile_re2(pattern)
 
 
-def test_bad_pattern_is_a_config_error_at_its_line(kw: Harness) -> None:
-    err = kw.error('kw_probe {\n\n table regexp "(a)\\1" "x"\n}\n')
-    assert err.startswith("t.conf:3: table.regexp: invalid regular expression: backreferences")
+@pytest.mark.parametrize("pattern", [r"\\C", r"\Q\C\E", r"[\\C]", r"\QC\E\\C"])
+def test_a_literal_backslash_c_is_fine(pattern: str) -> None:
+    compile_re2(pattern)
+
+
+def test_group_names_as_go_has_them() -> None:
+    m = _match("(?P<1x>a)(?<y_2>b)", "ab")
+    assert expand("$1x.${y_2}.$1", m) == "a.b.a"
+    # The same name twice: Go's $name is the leftmost group of that name.
+    m = _match("(?P<n>a)?(?P<n>b)", "b")
+    assert expand("[$n]", m) == "[]"
+    assert expand("[$2]", m) == "[b]"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('table regexp "(a)\\1" "x"', r"invalid escape sequence: \1 (RE2 has no backreferences)"),
+        ('table regexp "(?=a)a"', "invalid perl operator: (?= (RE2 has no lookahead)"),
+        ('table regexp "a\\C"', r"invalid escape sequence: \C (any byte)"),
+        ('table regexp "(?P<é>a)"', "invalid named capture: 'é' (A-Z a-z 0-9 _ only)"),
+    ],
+)
+def test_bad_pattern_is_a_config_error_at_its_line(kw: Harness, line: str, message: str) -> None:
+    err = kw.error(f"kw_probe {{\n\n {line}\n}}\n")
+    assert err == f"t.conf:3: table.regexp: invalid regular expression: {message}"
+
+
+# -- linear time ----------------------------------------------------------------
+# Python's backtracking `re` needs about 0.5 s for `(x+x+)+y` against 24 x's
+# and doubles with each further x; RE2 is linear in the key.
+
+
+@pytest.mark.parametrize("full_match", ["yes", "no"])
+async def test_nested_repeats_take_linear_time(kw: Harness, full_match: str) -> None:
+    t = await kw.table(f'regexp "(x+x+)+y" "hit" {{\n full_match {full_match}\n }}')
+    key = "x" * 50_000
+    start = time.perf_counter()
+    assert await t.lookup(key) is None
+    assert await t.lookup(key + "y") == "hit"
+    assert await t.lookup(key + "@example.org") is None
+    assert time.perf_counter() - start < 0.5
+
+
+def test_nested_repeats_capture_in_linear_time() -> None:
+    start = time.perf_counter()
+    m = compile_re2("((x+x+)+)(y?)").fullmatch("x" * 50_000)
+    assert m is not None and m.group(1) == "x" * 50_000 and m.group(3) == ""
+    assert time.perf_counter() - start < 0.5
+
+
+# -- keys with bytes that were not UTF-8 ------------------------------------------
+
+
+async def test_undecodable_bytes_match_as_u_fffd(kw: Harness) -> None:
+    # The server decodes commands with surrogateescape: 0xff becomes U+DCFF.
+    key = "us\udcffer@example.org"
+    t = await kw.table(r'regexp "(.+)@(example\.org)" "$1" "${2}"')
+    assert await t.lookup_multi(key) == ["us\udcffer", "example.org"]
+    t = await kw.table(r'regexp "us\x{FFFD}er@.*"')
+    assert await t.lookup(key) == key
+    t = await kw.table(r'regexp "us.er@.*"')
+    assert await t.lookup(key) == key
+    t = await kw.table(r'regexp "user@.*"')
+    assert await t.lookup(key) is None
 
 
 def test_regexp_needs_an_expression(kw: Harness) -> None:
