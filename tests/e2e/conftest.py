@@ -16,8 +16,10 @@ def kittiwake(tmp_path: Path) -> Iterator[Callable[..., Kittiwake]]:
     """Start `kittiwake run` on a configuration text; every process is killed after."""
     started: list[Kittiwake] = []
 
-    def start(config: str, *, ready: int = 1, args: tuple[str, ...] = ()) -> Kittiwake:
-        server = Kittiwake(tmp_path, config, args=args)
+    def start(
+        config: str, *, ready: int = 1, args: tuple[str, ...] = (), unprivileged: bool = False
+    ) -> Kittiwake:
+        server = Kittiwake(tmp_path, config, args=args, unprivileged=unprivileged)
         started.append(server)
         server.wait_ready(ready)
         return server

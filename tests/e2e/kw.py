@@ -26,6 +26,10 @@ HERE = Path(__file__).resolve().parent
 LAUNCHER = HERE / "launcher.py"
 SRC = HERE.parent.parent / "src"
 READY = "kittiwake: listening on "
+#: Run as root without the capabilities that bypass file permissions
+#: (util-linux's setpriv), so a mode-0 folder stops the server as it would
+#: stop an unprivileged one: the tests run as root in CI.
+UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 WAIT = 20.0
 #: Where tools are looked for: PATH, then the sbin folders a non-root PATH
 #: often lacks (haproxy, dovecot and Postfix's tools live there on Debian).
@@ -68,13 +72,20 @@ class ServerProcess:
     """
 
     def __init__(
-        self, workdir: Path, args: list[str], environ: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        args: list[str],
+        environ: dict[str, str] | None = None,
+        *,
+        unprivileged: bool = False,
     ) -> None:
+        """`unprivileged`: file permissions apply to the server even as root."""
         self.workdir = workdir
         self.stderr_path = workdir / f"stderr-{time.monotonic_ns()}.log"
+        prefix = UNPRIVILEGED if unprivileged and os.geteuid() == 0 else []
         with open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, str(LAUNCHER), "run", *args],
+                [*prefix, sys.executable, str(LAUNCHER), "run", *args],
                 cwd=workdir,
                 env=environ or env(),
                 stdin=subprocess.DEVNULL,
@@ -152,10 +163,17 @@ class ServerProcess:
 class Kittiwake(ServerProcess):
     """A server started from configuration text (written to kittiwake.conf)."""
 
-    def __init__(self, workdir: Path, config: str, *, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: str,
+        *,
+        args: tuple[str, ...] = (),
+        unprivileged: bool = False,
+    ) -> None:
         self.config_path = workdir / "kittiwake.conf"
         self.config_path.write_text(config)
-        super().__init__(workdir, ["-c", str(self.config_path), *args])
+        super().__init__(workdir, ["-c", str(self.config_path), *args], unprivileged=unprivileged)
 
 
 class Dialog:

@@ -224,3 +224,92 @@ def test_content_at_the_minimum_rate_gets_through(kittiwake: Start, tmp_path: Pa
             d.send(b"y" * 1022 + b"\r\n")
             time.sleep(0.25)
         assert d.cmd(".").startswith("250 2.0.0 OK: queued")
+
+
+# -- 2. a mailbox the server may not read is not an unknown user ----------------------
+
+
+def make_mailbox(root: Path, user: str, domain: str = "example.org") -> Path:
+    for sub in ("new", "cur", "tmp"):
+        (root / domain / user / sub).mkdir(parents=True, exist_ok=True)
+    return root / domain / user
+
+
+def test_unreadable_mailbox_is_a_temporary_error(kittiwake: Start, tmp_path: Path) -> None:
+    """With `auto_create no`, only a mailbox that is not there is 550 5.1.1."""
+    mail = tmp_path / "mail"
+    locked = make_mailbox(mail, "locked")
+    make_mailbox(mail, "open")
+    (mail / "other.example").mkdir(parents=True)
+    text = config(tmp_path).replace("auto_create yes", "auto_create no")
+    text = text.replace("destination example.org {", "destination example.org other.example {")
+    server = kittiwake(text, unprivileged=True)
+    locked.chmod(0)
+    (mail / "other.example").chmod(0)
+    try:
+        with greeted(server) as d:
+            assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+            assert d.cmd("RCPT TO:<open@example.org>").startswith("250 ")
+            assert d.cmd("RCPT TO:<nobody@example.org>").startswith("550 5.1.1 User does not exist")
+            assert d.cmd("RCPT TO:<locked@example.org>").startswith(
+                "451 4.3.0 Local delivery error"
+            )
+            assert d.cmd("RCPT TO:<someone@other.example>").startswith(
+                "451 4.3.0 Local delivery error"
+            )
+    finally:
+        locked.chmod(0o700)
+        (mail / "other.example").chmod(0o700)
+    server.wait_log("Permission denied")
+
+
+# -- 5. one mailbox's failure is that mailbox's only ------------------------------------
+
+
+def test_lmtp_commit_failure_is_reported_per_recipient(kittiwake: Start, tmp_path: Path) -> None:
+    mail = tmp_path / "mail"
+    make_mailbox(mail, "one")
+    two = make_mailbox(mail, "two")
+    text = config(tmp_path, kind="lmtp").replace("auto_create yes", "auto_create no")
+    server = kittiwake(text, unprivileged=True)
+    (two / "new").chmod(0o555)  # tmp/ takes the copy, new/ refuses the link
+    try:
+        with Dialog(server.port(), timeout=10) as d:
+            assert d.reply()[0].startswith("220 ")
+            assert d.cmd("LHLO client.example").startswith("250 ")
+            assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+            assert d.cmd("RCPT TO:<one@example.org>").startswith("250 ")
+            assert d.cmd("RCPT TO:<two@example.org>").startswith("250 ")
+            assert d.cmd("DATA").startswith("354 ")
+            d.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+            assert d.reply() == ["250 2.0.0 <one@example.org> OK: queued"]
+            assert d.reply()[0].startswith(
+                "451 4.3.0 <two@example.org> Local delivery error (msg ID = "
+            )
+    finally:
+        (two / "new").chmod(0o700)
+    assert len(list((mail / "example.org" / "one" / "new").iterdir())) == 1
+    assert list((two / "new").iterdir()) == []
+    assert list((two / "tmp").iterdir()) == []  # the copy that could not go on is gone
+
+
+def test_smtp_commit_failure_is_451_and_the_retry_may_duplicate(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    """SMTP has one reply per message: one failed mailbox makes it 451, and
+    the client's retry delivers the other copy again (docs/storage-maildir.md)."""
+    mail = tmp_path / "mail"
+    make_mailbox(mail, "one")
+    two = make_mailbox(mail, "two")
+    server = kittiwake(config(tmp_path), unprivileged=True)
+    (two / "new").chmod(0o555)
+    try:
+        with greeted(server) as d:
+            assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+            assert d.cmd("RCPT TO:<one@example.org>").startswith("250 ")
+            assert d.cmd("RCPT TO:<two@example.org>").startswith("250 ")
+            assert d.cmd("DATA").startswith("354 ")
+            assert d.cmd("Subject: x\r\n\r\nhi\r\n.").startswith("451 4.3.0 Local delivery error")
+    finally:
+        (two / "new").chmod(0o700)
+    assert len(list((mail / "example.org" / "one" / "new").iterdir())) == 1

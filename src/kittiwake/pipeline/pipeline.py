@@ -238,6 +238,7 @@ class MessageDelivery:
         "_closed",
         "_log",
         "_p",
+        "_partial",
         "_reported",
         "_root_mods",
         "_runner",
@@ -269,6 +270,9 @@ class MessageDelivery:
         self._state = DeliveryState.OPEN
         self._closed = False
         self._reported = False
+        #: After body_non_atomic: the outcomes so far, where they go, and for
+        #: whom; reported once commit has added its own.
+        self._partial: tuple[_Outcomes, StatusCollector, list[str]] | None = None
 
     # -- sender stage -----------------------------------------------------------
 
@@ -484,8 +488,10 @@ class MessageDelivery:
         """Per-recipient body stage (LMTP); then call `commit` (always).
 
         `status` gets at most one call per accepted recipient, keyed by the
-        address exactly as given to `add_rcpt`; a recipient with no call
-        shares the outcome of `commit`.
+        address exactly as given to `add_rcpt`, once `commit` has run (a
+        target may only learn at its commit that one mailbox failed, and
+        a failure there is that target's recipients' alone); a recipient with
+        no call shares the outcome of `commit`.
         """
         self._begin_body()
         header = Header(list(header.fields))
@@ -509,7 +515,7 @@ class MessageDelivery:
         except BaseException:
             await self._fail()
             raise
-        outcomes.report(status, rcpts)
+        self._partial = (outcomes, status, rcpts)
 
     async def _body_one(
         self, started: _Started, header: Header, body: Buffer, outcomes: _Outcomes
@@ -532,12 +538,20 @@ class MessageDelivery:
     # -- the end ----------------------------------------------------------------
 
     async def commit(self) -> None:
-        """Commit every delivery, in start order; the first failure aborts the rest."""
+        """Commit every delivery, in start order; the first failure aborts the rest.
+
+        After `body_non_atomic` a failed commit is its target's recipients'
+        outcome only: the other targets still commit, and every recipient's
+        status is reported at the end.
+        """
         if self._state is DeliveryState.FAILED and self._reported:
             return  # body_non_atomic already gave every recipient its error
         if self._state is not DeliveryState.BODY:
             raise RuntimeError(f"commit in state {self._state}")
         await self._close_states()
+        if self._partial is not None:
+            await self._commit_each(*self._partial)
+            return
         for started in self._started:
             if started.finished:
                 continue
@@ -549,6 +563,25 @@ class MessageDelivery:
                 raise
             started.finished = True
         self._state = DeliveryState.DONE
+
+    async def _commit_each(
+        self, outcomes: _Outcomes, status: StatusCollector, rcpts: list[str]
+    ) -> None:
+        for started in self._started:
+            if started.finished:
+                continue
+            started.finished = True
+            try:
+                await started.delivery.commit()
+            except Exception as exc:
+                self._note_failure("commit failed", exc, target=repr(started.target))
+                for rcpt in started.recipients:
+                    outcomes.set(rcpt, exc)
+            except BaseException:
+                await self._fail()
+                raise
+        self._state = DeliveryState.DONE
+        outcomes.report(status, rcpts)
 
     async def abort(self) -> None:
         """Undo everything not committed; safe at any time, any number of times."""

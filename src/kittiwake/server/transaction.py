@@ -172,7 +172,9 @@ class MailTransactions:
         if self._rcpt_errors_logged >= limit:
             return
         self._rcpt_errors_logged += 1
-        self.cfg.log.info("RCPT error", msg_id=txn.msg_id, rcpt=rcpt, reason=exc)
+        self.cfg.log.info(
+            "RCPT error", msg_id=txn.msg_id, rcpt=rcpt, reason=exc, **_detail(exc)
+        )
         if self._rcpt_errors_logged == limit:
             self.cfg.log.info(
                 "too many RCPT errors, possible dictionary attack",
@@ -345,6 +347,11 @@ async def _release(txn: Transaction) -> None:
     ticket, txn.ticket = txn.ticket, None
     if ticket is not None:
         await ticket.release()
+
+
+def _detail(error: SMTPError) -> dict[str, str]:
+    """The log-only reason behind a reply, when there is one."""
+    return {"detail": error.reason} if error.reason else {}
 
 
 def _too_large() -> SMTPError:

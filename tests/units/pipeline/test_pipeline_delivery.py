@@ -255,7 +255,29 @@ async def test_failed_rcpt_gets_no_status(tmp_path: Path) -> None:
     FAKES["t"].partial_err = {"bad@x.org": err(), "good@x.org": None}
     statuses = Statuses()
     await delivery.body_non_atomic(statuses, header(), await buffer())
+    assert statuses.got == {}  # reported once commit has run
+    await delivery.commit()
     assert statuses.got == {"good@x.org": None}
+
+
+async def test_body_non_atomic_commit_failure_is_its_targets_recipients_only(
+    tmp_path: Path,
+) -> None:
+    """LMTP: a target that fails at commit fails its own recipients; the rest commit."""
+    routes = (
+        "  destination a.org { deliver_to test_partial t }\n"
+        "  destination b.org { deliver_to test u }\n"
+        "  default_destination { reject }\n"
+    )
+    pipeline = pipe(routes, tmp_path)
+    delivery = await _open(pipeline, ["x@a.org", "y@b.org"])
+    FAKES["t"].commit_err = err(451, (4, 3, 0), "Disk trouble")
+    statuses = Statuses()
+    await delivery.body_non_atomic(statuses, header(), await buffer())
+    await delivery.commit()  # does not raise: the failure is per recipient
+    # y@b.org has no status: it shares commit's outcome, which is success.
+    assert {r: str(e) for r, e in statuses.got.items()} == {"x@a.org": "451 4.3.0 Disk trouble"}
+    assert FAKES["u"].committed and not FAKES["t"].committed
 
 
 # --- nested pipelines ----------------------------------------------------------------------
