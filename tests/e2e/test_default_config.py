@@ -75,6 +75,21 @@ def test_swaks_delivers_with_the_default(tmp_path: Path) -> None:
         # Submission: STARTTLS, then the user made with `kittiwake creds`.
         auth = ("-tls", "-a", "PLAIN", "-au", "me@localhost", "-ap", "s3cret")
         assert "250 2.0.0 OK: queued" in _swaks("--from", "me@localhost", *auth, port=5870)
+        # ... and only as themselves (check.authorize_sender in the default).
+        swaks = need_tool("swaks", "swaks")
+        forgery = ("--from", "ceo@bank.example")
+        forged = subprocess.run(
+            [swaks, "--to", "user@localhost", "--server", "127.0.0.1:5870", *forgery, *auth],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "553 5.7.0 Unauthorized use of sender address" in forged.stdout, forged.stdout
+        # The credentials database holds password hashes: nobody else reads it.
+        database = tmp_path / "kittiwake-data" / "credentials.db"
+        assert database.stat().st_mode & 0o777 == 0o600
         new = tmp_path / "kittiwake-data" / "maildir" / "localhost" / "user" / "new"
         traces = sorted(f.read_bytes().replace(b"\n ", b" ") for f in new.iterdir())
         assert len(traces) == 3

@@ -313,3 +313,63 @@ def test_smtp_commit_failure_is_451_and_the_retry_may_duplicate(
     finally:
         (two / "new").chmod(0o700)
     assert len(list((mail / "example.org" / "one" / "new").iterdir())) == 1
+
+
+# -- 6. what the embedded default trusts -------------------------------------------
+
+
+def test_rcpt_alone_creates_no_mailbox(kittiwake: Start, tmp_path: Path) -> None:
+    """auto_create makes a mailbox when a message comes for it, never for a RCPT."""
+    server = kittiwake(config(tmp_path))
+    with greeted(server) as d:
+        assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+        for i in range(15):
+            assert d.cmd(f"RCPT TO:<probe{i}@example.org>").startswith("250 ")
+        assert d.cmd("RSET").startswith("250 ")
+        assert not (tmp_path / "mail" / "example.org").exists()
+        assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+        assert d.cmd("RCPT TO:<fresh@example.org>").startswith("250 ")
+        assert d.cmd("DATA").startswith("354 ")
+        assert d.cmd("Subject: x\r\n\r\nhi\r\n.").startswith("250 ")
+    assert [p.name for p in (tmp_path / "mail" / "example.org").iterdir()] == ["fresh"]
+    assert len(list((tmp_path / "mail" / "example.org" / "fresh" / "new").iterdir())) == 1
+    server.wait_log("mailbox created")
+
+
+def test_auto_create_limit_per_session(kittiwake: Start, tmp_path: Path) -> None:
+    text = config(tmp_path).replace("auto_create yes", "auto_create yes\n    auto_create_limit 3")
+    server = kittiwake(text)
+    make_mailbox(tmp_path / "mail", "old")
+    with greeted(server) as d:
+        assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+        for i in range(3):  # at the limit
+            assert d.cmd(f"RCPT TO:<new{i}@example.org>").startswith("250 ")
+        got = d.cmd("RCPT TO:<new3@example.org>")  # past it
+        assert got.startswith("451 4.2.0 Too many new mailboxes in one session"), got
+        assert d.cmd("RCPT TO:<old@example.org>").startswith("250 ")  # exists: no cost
+        assert d.cmd("DATA").startswith("354 ")
+        assert d.cmd("Subject: x\r\n\r\nhi\r\n.").startswith("250 ")
+    with greeted(server) as d:  # a new session has a new budget
+        assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+        assert d.cmd("RCPT TO:<new3@example.org>").startswith("250 ")
+    names = sorted(p.name for p in (tmp_path / "mail" / "example.org").iterdir())
+    assert names == ["new0", "new1", "new2", "old"]
+
+
+def test_secret_files_are_private_whatever_the_umask(kittiwake: Start, tmp_path: Path) -> None:
+    """The SQLite credentials database is created 0600 even in a 0755 folder."""
+    top = """
+auth.pass_table users {
+    table sql_table {
+        driver sqlite3
+        dsn users.db
+        table_name passwords
+    }
+}
+"""
+    (tmp_path / "state").mkdir(mode=0o755)
+    server = kittiwake(config(tmp_path, top=top, block="    auth &users"))
+    database = tmp_path / "state" / "users.db"
+    assert database.exists()
+    assert database.stat().st_mode & 0o777 == 0o600
+    server.stop()

@@ -23,6 +23,10 @@ class ConnInfo:
     rdns: str | None = None  # PTR name without trailing dot, when known
     auth_user: str | None = None
     endpoint: str = ""  # module name of the endpoint (smtp, submission, lmtp)
+    #: Counters modules keep per client session, the same dict for every
+    #: message of the session (`storage.maildir` counts the mailboxes a
+    #: session made it create); gone with the session.
+    session: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -102,6 +102,8 @@ class Session(asyncio.Protocol):
         self._rdns_done = False
         self._rdns_name: str | None = None
         self.auth_user: str | None = None
+        #: Per-session counters of modules (`ConnInfo.session`).
+        self.counters: dict[str, int] = {}
         self.mail = MailTransactions(self)
         self.sasl = SASLHandling(self)
         self._handlers: dict[type[Event], Callable[[Any], Awaitable[None]]] = {

@@ -138,6 +138,7 @@ class MailTransactions:
             proto=proto,
             auth_user=self.session.auth_user,
             endpoint=self.cfg.kind,
+            session=self.session.counters,
         )
 
     async def on_rcpt(self, event: RcptTo) -> None:

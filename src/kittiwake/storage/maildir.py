@@ -71,7 +71,6 @@ from kittiwake.storage.maildir_files import (
     _DIR_MODE,
     _FILE_MODE,
     _commit,
-    _create_maildir,
     _File,
     _io_error,
     _Job,
@@ -207,14 +206,19 @@ class MaildirDelivery:
             if rcpt not in known.rcpts:
                 known.rcpts.append(rcpt)
             return
-        await self._storage.run(self._storage.ensure_mailbox, mailbox)
-        self._files[mailbox.path] = _File(mailbox, [rcpt])
+        exists = await self._storage.run(self._storage.find_mailbox, mailbox)
+        if not exists:
+            self._storage.take_creation(self._meta, mailbox)
+        self._files[mailbox.path] = _File(mailbox, [rcpt], create=not exists)
 
     async def body(self, header: Header, body: Buffer) -> None:
         """All or nothing: every copy is in tmp/ and synced, or none exists."""
         job = self._start_body(header, body, atomic=True)
         if job is not None:
-            await self._in_thread(job.run)
+            try:
+                await self._in_thread(job.run)
+            finally:
+                self._log_created(job)
             self._prepared = list(job.files)
 
     async def body_non_atomic(self, status: StatusCollector, header: Header, body: Buffer) -> None:
@@ -229,11 +233,18 @@ class MaildirDelivery:
             self._storage.log.error("delivery failed", err=exc, msg_id=self._meta.id)
             for f in job.files:
                 f.error = f.error or exc
+        finally:
+            self._log_created(job)
         for f in job.files:
             if f.error is not None:
                 for rcpt in f.rcpts:
                     status.set_status(rcpt, f.error)
         self._prepared = [f for f in job.files if f.error is None]
+
+    def _log_created(self, job: _Job) -> None:
+        for path in job.new_mailboxes:
+            self._storage.log.info("mailbox created", path=path, msg_id=self._meta.id)
+        job.new_mailboxes.clear()
 
     def _start_body(self, header: Header, body: Buffer, *, atomic: bool) -> _Job | None:
         if self._body_called:
@@ -338,6 +349,8 @@ class MaildirStorage(Module):
         # Relative paths are inside state_dir (docs/storage-maildir.md).
         self.path = os.path.abspath(self.container.state_path(path))
         self.auto_create = cfg.boolean("auto_create", default=False)
+        # kittiwake's own (docs/storage-maildir.md): new mailboxes per session.
+        self.auto_create_limit = cfg.integer("auto_create_limit", 20, minimum=0)
         self.fsync = cfg.boolean("fsync", default=True)
         cfg.finish()
         # The machine's own name, not the `hostname` directive, so two servers
@@ -383,25 +396,45 @@ class MaildirStorage(Module):
     async def start_delivery(self, meta: MsgMeta, mail_from: str) -> MaildirDelivery:
         return MaildirDelivery(self, meta, mail_from)
 
-    def ensure_mailbox(self, mailbox: Mailbox) -> None:
-        """The recipient check of add_rcpt (worker thread): exists, or is created.
+    def find_mailbox(self, mailbox: Mailbox) -> bool:
+        """The recipient check of add_rcpt (worker thread): does it exist?
 
-        Only a mailbox that is not there is `550 5.1.1`; a failure to look
-        (permissions, I/O) is temporary (`451 4.3.0`), never a bounce.
+        Missing is fine with `auto_create` (False: create it when the
+        message comes) and `550 5.1.1` without. Only a mailbox that is not
+        there is 5.1.1; a failure to look (permissions, I/O) is temporary
+        (`451 4.3.0`), never a bounce.
         """
         try:
             if is_maildir(mailbox.path):
-                return
+                return True
         except OSError as exc:
             raise _io_error(exc, f"looking up {mailbox.path}") from exc
         if not self.auto_create:
             raise _no_such_user(f"no Maildir at {mailbox.path}")
-        domain_dir = os.path.dirname(mailbox.path)
-        try:
-            _create_maildir([domain_dir, mailbox.path], self.fsync)
-        except OSError as exc:
-            raise _io_error(exc, f"creating {mailbox.path}") from exc
-        self.log.info("mailbox created", path=mailbox.path)
+        return False
+
+    def take_creation(self, meta: MsgMeta, mailbox: Mailbox) -> None:
+        """Count a mailbox this client's session will have created; refuse past the cap.
+
+        `auto_create_limit` bounds how many new mailboxes one session may
+        ask for, so a client cannot fill the disk with empty mailboxes by
+        naming thousands of recipients. Past it the recipient is refused
+        with a temporary error: a real sender retries in a new session.
+        Messages kittiwake makes itself (no session) have no cap.
+        """
+        conn = meta.conn
+        if conn is None or not self.auto_create_limit:
+            return
+        key = f"{self.module_name}/{self.instance_name}:created"
+        used = conn.session.get(key, 0)
+        if used >= self.auto_create_limit:
+            raise SMTPError(
+                451,
+                (4, 2, 0),
+                "Too many new mailboxes in one session, try again later",
+                reason=f"auto_create_limit {self.auto_create_limit} reached: {mailbox.path}",
+            )
+        conn.session[key] = used + 1
 
     async def lookup(self, key: str) -> str | None:
         """Table view: `""` iff the key's mailbox exists. Never creates one."""

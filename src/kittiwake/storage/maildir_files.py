@@ -259,6 +259,7 @@ class _File:
 
     mailbox: Mailbox
     rcpts: list[str]  # every address given to add_rcpt that maps here
+    create: bool = False  # auto_create: make the mailbox when the message comes
     folder: str = ""  # the Maildir written to (the mailbox or its .Junk)
     base: str = ""
     tmp_path: str = ""
@@ -292,6 +293,8 @@ class _Job:
     cancel: threading.Event
     #: tmp/ paths that exist right now; abort() removes what is left.
     created: set[str] = field(default_factory=set)
+    #: Mailboxes this job created (`auto_create`), for the log.
+    new_mailboxes: list[str] = field(default_factory=list)
 
     def run(self) -> None:
         try:
@@ -340,6 +343,11 @@ class _Job:
                 self._guard(f, _write_all, f.fd, data)
 
     def _open(self, f: _File) -> None:
+        if f.create and not is_maildir(f.mailbox.path):
+            # auto_create: a mailbox exists once mail comes, never for a RCPT.
+            domain_dir = os.path.dirname(f.mailbox.path)
+            _create_maildir([domain_dir, f.mailbox.path], self.sync)
+            self.new_mailboxes.append(f.mailbox.path)
         f.folder = f.mailbox.path
         if self.junk:
             f.folder = os.path.join(f.mailbox.path, _JUNK)

@@ -19,6 +19,7 @@ import abc
 import asyncio
 import concurrent.futures
 import functools
+import os
 import re
 import sqlite3
 import urllib.parse
@@ -78,6 +79,8 @@ class SQLiteTarget:
     """Where and how to open a SQLite database, from a go-sqlite3 DSN."""
 
     database: str
+    #: The database file ("" in memory), created 0600 when it does not exist.
+    path: str = ""
     uri: bool = False
     timeout: float = 5.0  # go-sqlite3's default busy timeout
     pragmas: list[str] = field(default_factory=list)
@@ -152,6 +155,7 @@ def parse_sqlite_dsn(dsn: str, resolve: Callable[[str], str]) -> SQLiteTarget:
     memory = path in ("", ":memory:")
     if not memory:
         path = resolve(path)
+        target.path = path
     if not passthrough and not (is_uri and memory):
         target.database = ":memory:" if memory else path
         return target
@@ -161,6 +165,26 @@ def parse_sqlite_dsn(dsn: str, resolve: Callable[[str], str]) -> SQLiteTarget:
         "?" + urllib.parse.urlencode(passthrough) if passthrough else ""
     )
     return target
+
+
+def _create_private(path: str) -> None:
+    """Create a missing database file with mode 0600, whatever the umask.
+
+    A database kittiwake creates is its own state and may hold secrets
+    (`auth.pass_table`'s password hashes): nobody else needs to read it.
+    SQLite gives its journal and WAL files the mode of the database file.
+    An existing file is left as the operator made it.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # a read-only place or a missing folder: sqlite3 says why
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode passed through the umask
+    finally:
+        os.close(fd)
 
 
 class SQLiteDriver(SQLDriver):
@@ -198,6 +222,8 @@ class SQLiteDriver(SQLDriver):
 
     def _open_sync(self) -> None:
         t = self.target
+        if t.path:
+            _create_private(t.path)
         # isolation_level=None: every statement commits on its own, as with
         # Go's database/sql; there is no transaction to forget to commit.
         conn = sqlite3.connect(t.database, timeout=t.timeout, uri=t.uri, isolation_level=None)
