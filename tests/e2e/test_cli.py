@@ -338,6 +338,28 @@ def test_second_signal_during_shutdown_exits_at_once(
     assert "second signal during shutdown, exiting at once signal=SIGINT" in server.stderr
 
 
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
+def test_sigusr1_and_sigusr2_reopen_the_log_file_and_never_kill(
+    tmp_path: Path, start: Callable[..., Server], sig: signal.Signals
+) -> None:
+    """logrotate and maddy's packaging send these; they used to end the process
+    silently (exit 138/140)."""
+    logfile = tmp_path / "kittiwake.log"
+    server = start("-c", write(tmp_path / "k.conf", echo_conf(extra="log kittiwake.log")))
+    server.wait_ready()
+    wait_until(lambda: logfile.exists() and " started " in logfile.read_text(), "start line")
+    logfile.rename(tmp_path / "kittiwake.log.1")
+    server.send(sig)
+    wait_until(logfile.exists, "a new log file")
+    wait_until(lambda: "log files reopened" in logfile.read_text(), "the reopen line")
+    assert f"signal={sig.name}" in logfile.read_text()
+    server.send(sig)
+    wait_until(lambda: logfile.read_text().count("log files reopened") == 2, "second reopen")
+    assert server.proc.poll() is None
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0
+
+
 def test_sighup_reopens_the_log_file(tmp_path: Path, start: Callable[..., Server]) -> None:
     logfile = tmp_path / "kittiwake.log"
     server = start("-c", write(tmp_path / "k.conf", echo_conf(extra="log kittiwake.log")))

@@ -7,6 +7,7 @@ fixed behaviour end to end; memory cases print the server's measured RSS
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -373,3 +374,53 @@ auth.pass_table users {
     assert database.exists()
     assert database.stat().st_mode & 0o777 == 0o600
     server.stop()
+
+
+# -- 7. what a crash leaves behind ----------------------------------------------------
+
+
+def test_buffer_files_of_a_killed_server_are_removed_at_start(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    """Messages in progress at a kill -9 leave their buffer files; the next start removes them."""
+    text = config(tmp_path, block="    buffer fs")
+    buffers = tmp_path / "state" / "buffer"
+    for _round in range(2):
+        server = kittiwake(text)
+        sessions = [open_data(server.port()) for _ in range(3)]
+        for d in sessions:
+            d.send(b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 200)
+        deadline = time.monotonic() + 10
+        while len(list(buffers.iterdir())) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.kill()  # SIGKILL
+        for d in sessions:
+            d.close()
+        assert len(list(buffers.iterdir())) == 3
+    server = kittiwake(text)
+    server.wait_log("removed buffer files of a process that died count=3")
+    assert list(buffers.iterdir()) == []
+    with open_data(server.port()) as d:  # and the server works as ever
+        assert d.cmd("Subject: x\r\n\r\nhi\r\n.").startswith("250 ")
+
+
+def test_stale_maildir_tmp_files_are_removed_at_start(kittiwake: Start, tmp_path: Path) -> None:
+    """tmp/ files older than 36 hours (the Maildir convention) go; younger ones stay."""
+    box = make_mailbox(tmp_path / "mail", "user")
+    junk = box / ".Junk"
+    for sub in ("new", "cur", "tmp"):
+        (junk / sub).mkdir(parents=True)
+    old = time.time() - 37 * 3600
+    stale = [box / "tmp" / "1.M1P1.host", junk / "tmp" / "2.M2P2.host"]
+    for path in stale:
+        path.write_bytes(b"half a message")
+        os.utime(path, (old, old))
+    fresh = box / "tmp" / "3.M3P3.host"
+    fresh.write_bytes(b"being written right now")
+    delivered = box / "new" / "4.M4P4.host"
+    delivered.write_bytes(b"a message")
+    os.utime(delivered, (old, old))
+    server = kittiwake(config(tmp_path))
+    server.wait_log("removed stale tmp/ files count=2")
+    assert not any(p.exists() for p in stale)
+    assert fresh.exists() and delivered.exists()

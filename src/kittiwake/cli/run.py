@@ -6,7 +6,10 @@ broken file never leaves a half-started server. Only then are modules
 started; the readiness lines are printed after *every* endpoint is bound,
 because scripts wait for them. Signals are handled inside the event loop:
 SIGTERM/SIGINT start a graceful stop (the endpoints bound it by their grace
-period), a second one exits at once, SIGHUP reopens log files.
+period), a second one exits at once. SIGHUP, SIGUSR1 and SIGUSR2 reopen log
+files (logrotate sends one of them; maddy's packaging sends SIGUSR1 for
+logs and SIGUSR2 for a reload, which kittiwake does not have yet): no
+signal a service manager or a log rotator sends kills the server silently.
 """
 
 from __future__ import annotations
@@ -46,9 +49,14 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+#: Signals that reopen log files; their default action would end the process.
+REOPEN_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    # Until the event loop handles SIGHUP, a log rotation must not kill us.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Until the event loop handles them, a log rotation must not kill us.
+    for sig in REOPEN_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     _raise_open_file_limit()
     try:
         container, nodes = build(args)
@@ -106,14 +114,15 @@ async def _serve_on(
         logger.info("shutting down", signal=sig.name)
         stopping.set()
 
-    def on_hup() -> None:
+    def on_reopen(sig: signal.Signals) -> None:
         try:
             log.reopen()
         except OSError as exc:
-            logger.error("cannot reopen log files", err=exc)
+            logger.error("cannot reopen log files", err=exc, signal=sig.name)
             return
         logger.info(
-            "log files reopened; configuration reload is not supported, restart to apply changes"
+            "log files reopened; configuration reload is not supported, restart to apply changes",
+            signal=sig.name,
         )
 
     def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
@@ -132,7 +141,8 @@ async def _serve_on(
     loop.set_exception_handler(on_loop_error)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    for sig in REOPEN_SIGNALS:
+        loop.add_signal_handler(sig, on_reopen, sig)
     try:
         _log_debug_flags(container, logger)
         try:
@@ -150,7 +160,7 @@ async def _serve_on(
         logger.info("stopped")
         return EXIT_OK
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, *REOPEN_SIGNALS):
             loop.remove_signal_handler(sig)
 
 

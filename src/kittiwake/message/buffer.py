@@ -46,6 +46,7 @@ import asyncio
 import errno
 import io
 import os
+import re
 import secrets
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -72,6 +73,11 @@ _BATCH = 256 * 1024
 _THREAD_MIN = 1024 * 1024
 _READ_CHUNK = 256 * 1024
 _NAME_BYTES = 32  # 64 hex digits
+#: Buffer file names: the owning process, then randomness, so that a
+#: process starting up can tell its dead predecessors' files from those of
+#: a live process sharing the folder (a second worker).
+_FILE_NAME = re.compile(r"(?:([0-9]+)-)?[0-9a-f]{64}\Z")
+_cleaned: set[str] = set()  # buffer folders this process swept at start
 
 
 def _storage_error(exc: OSError) -> SMTPError:
@@ -276,7 +282,7 @@ class Buffer:
 
     def _open_file(self) -> None:
         for _ in range(3):
-            path = os.path.join(self._dir, secrets.token_hex(_NAME_BYTES))
+            path = os.path.join(self._dir, _file_name())
             try:
                 # os.open sets O_CLOEXEC itself (PEP 446).
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -447,12 +453,59 @@ class BufferSpec:
             return
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            probe = os.path.join(self.directory, secrets.token_hex(_NAME_BYTES))
+            probe = os.path.join(self.directory, _file_name())
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             os.unlink(probe)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ValueError(f"buffer directory {self.directory} is not usable: {reason}") from exc
+
+    def sweep(self) -> int:
+        """Remove the buffer files a dead process left behind; how many.
+
+        A buffer file lives only while its message is received, and whoever
+        creates it removes it, but a process that is killed (kill -9, a
+        second SIGTERM, a power cut) cannot: its files would stay for ever.
+        Nothing in them was acknowledged, so they are only clutter. Run once
+        per folder per process, at start, before this process makes files
+        of its own there; files of another live process (a worker sharing
+        the folder) are left alone.
+        """
+        if self.kind == "ram" or self.directory in _cleaned:
+            return 0
+        _cleaned.add(self.directory)
+        removed = 0
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return 0
+        for name in names:
+            match = _FILE_NAME.match(name)
+            if match is None:
+                continue  # not ours
+            owner = int(match.group(1)) if match.group(1) else 0
+            if owner and owner != os.getpid() and _alive(owner):
+                continue
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except OSError:
+                continue
+            removed += 1
+        return removed
+
+
+def _file_name() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(_NAME_BYTES)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def default_buffer_spec(state_dir: str) -> BufferSpec:

@@ -7,6 +7,7 @@ does not know are its message pipeline's.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import ClassVar
 
@@ -206,6 +207,13 @@ class SMTPEndpoint(Endpoint):
             self.buffer.prepare()
         except ValueError as exc:
             raise (self._buffer_node or self._node).error(str(exc)) from None
+        removed = await asyncio.to_thread(self.buffer.sweep)
+        if removed:
+            self.log.info(
+                "removed buffer files of a process that died",
+                count=removed,
+                directory=self.buffer.directory,
+            )
         config = self._session_config()
 
         def make_session(

@@ -56,6 +56,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -76,6 +77,7 @@ from kittiwake.storage.maildir_files import (
     _Job,
     _unlink_all,
     is_maildir,
+    sweep_stale_tmp,
 )
 from kittiwake.targets.base import StatusCollector
 
@@ -85,6 +87,8 @@ T = TypeVar("T")
 
 #: Worker threads per `storage.maildir` block; see the module docstring.
 POOL_SIZE = 16
+#: How often stale tmp/ files are looked for after the sweep at start.
+SWEEP_INTERVAL = 24 * 3600.0
 _MAX_NAME = 255  # one file-name component, in bytes
 
 
@@ -357,6 +361,7 @@ class MaildirStorage(Module):
         # sharing a tree never produce one name (docs/storage-maildir.md).
         self.host = encode_host(socket.gethostname())
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._pool is None:
@@ -377,6 +382,24 @@ class MaildirStorage(Module):
             raise self._node.error(
                 f"{self.module_name}: cannot use path {self.path}: {reason}"
             ) from None
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        """Remove stale tmp/ files now (in the background) and once a day after.
+
+        A delivery killed between writing its tmp/ file and linking it into
+        new/ leaves the file behind; the Maildir convention is to remove
+        such files after 36 hours (docs/storage-maildir.md).
+        """
+        while True:
+            try:
+                removed = await self.run(sweep_stale_tmp, self.path, time.time())
+            except Exception as exc:
+                self.log.error("sweeping stale tmp/ files failed", err=exc)
+            else:
+                if removed:
+                    self.log.info("removed stale tmp/ files", count=removed)
+            await asyncio.sleep(SWEEP_INTERVAL)
 
     def _prepare_root(self) -> None:
         """Create `path` (0700) and prove files can be created in it."""
@@ -388,6 +411,11 @@ class MaildirStorage(Module):
         os.unlink(probe)
 
     async def stop(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         pool, self._pool = self._pool, None
         if pool is not None:
             # Waits for commits in flight: their clients are owed a reply.

@@ -445,6 +445,55 @@ def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
     return failed
 
 
+#: Maildir convention (and Dovecot's): a tmp/ file untouched this long
+#: belongs to a delivery that died; nobody will ever finish it.
+STALE_TMP = 36 * 3600
+
+
+def sweep_stale_tmp(root: str, now: float, max_age: float = STALE_TMP) -> int:
+    """Remove tmp/ files older than `max_age` in every mailbox under `root`.
+
+    Looks at `root/DOMAIN/USER/tmp/` and the tmp/ of each Maildir++ folder
+    (`USER/.Junk/tmp/`, ...). Symbolic links are not followed. Returns how
+    many files were removed; a folder that cannot be read is skipped.
+    """
+    removed = 0
+    for tmp in _tmp_folders(root):
+        try:
+            entries = list(os.scandir(tmp))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if now - entry.stat(follow_symlinks=False).st_mtime < max_age:
+                    continue
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed += 1
+    return removed
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        return [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _tmp_folders(root: str) -> list[str]:
+    folders = []
+    for domain in _subdirs(root):
+        for mailbox in _subdirs(domain):
+            folders.append(os.path.join(mailbox, "tmp"))
+            for sub in _subdirs(mailbox):
+                if os.path.basename(sub).startswith("."):
+                    folders.append(os.path.join(sub, "tmp"))
+    return folders
+
+
 def _unlink_all(paths: list[str]) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
