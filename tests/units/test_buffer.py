@@ -208,7 +208,10 @@ async def test_file_name_and_mode(tmp_path: Path) -> None:
         os.umask(old)
     with buf:
         assert buf.path is not None
-        name = os.path.basename(buf.path)
+        # The owning process, then 64 random hex digits (a sweep at start
+        # tells a dead process's files from a live one's by the first part).
+        owner, _, name = os.path.basename(buf.path).partition("-")
+        assert owner == str(os.getpid())
         assert len(name) == 64 and all(c in "0123456789abcdef" for c in name)
         assert os.path.dirname(buf.path) == str(tmp_path)
         assert stat.S_IMODE(os.stat(buf.path).st_mode) == 0o600
@@ -453,3 +456,17 @@ async def test_spec_new_makes_each_kind(tmp_path: Path) -> None:
             await buf.write(b"12345")
             await buf.finish()
             assert buf.in_memory == (kind == "ram")
+
+
+def test_sweep_removes_only_what_dead_processes_left(tmp_path: Path) -> None:
+    spec = BufferSpec("fs", str(tmp_path / "sweep"))
+    spec.prepare()
+    folder = tmp_path / "sweep"
+    token = "a" * 64
+    (folder / f"999999999-{token}").write_bytes(b"")  # no such process
+    (folder / token).write_bytes(b"")  # an old-style name: no owner known
+    (folder / f"1-{token}").write_bytes(b"")  # pid 1 lives: another worker's
+    (folder / "notes.txt").write_bytes(b"")  # not a buffer file
+    assert spec.sweep() == 2
+    assert sorted(p.name for p in folder.iterdir()) == [f"1-{token}", "notes.txt"]
+    assert spec.sweep() == 0  # once per process and folder
