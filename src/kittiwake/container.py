@@ -12,6 +12,7 @@ error, as is a reference cycle.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -79,6 +80,7 @@ class Container:
         #: Modules in the order their configuration completed (= start order).
         self.modules: list[Module] = []
         self.endpoints: list[Endpoint] = []
+        self._binds: list[tuple[tuple[str, str, int], Node]] = []
         self._globals_parsed = False
         self._started: list[Module] = []
         self.log = log.get("")
@@ -107,11 +109,31 @@ class Container:
             module.configure(Directives(node, self))
             self.modules.append(module)
             self.endpoints.append(module)
+            self._check_binds(module, node)
         for block in self._unique_blocks():
             if block.state is BlockState.NEW:
                 raise block.node.error(
                     f"unused configuration block {block.instance_name} ({block.cls.module_name})"
                 )
+
+    def _check_binds(self, new: Endpoint, node: Node) -> None:
+        """Refuse a listen address that an earlier endpoint already binds.
+
+        Two sockets conflict when they are the same Unix path, or the same
+        port of one address family where the hosts are equal or one of them
+        is the family's wildcard (`0.0.0.0`, `::`); IPv6 sockets are
+        v6-only, so `[::]:25` and `0.0.0.0:25` do not conflict.
+        """
+        for bind in new.binds():
+            for seen, seen_node in self._binds:
+                if _same_socket(bind, seen):
+                    kind, host, port = bind
+                    shown = host if kind == "unix" else f"{host}:{port}"
+                    raise node.error(
+                        f"{node.name}: {shown} is already a listen address of "
+                        f"{seen_node.name} at {seen_node.file}:{seen_node.line}"
+                    )
+            self._binds.append((bind, node))
 
     def _split_top_level(self) -> None:
         for node in self.nodes:
@@ -279,6 +301,20 @@ class Container:
                 await module.stop()
             except Exception as exc:
                 self.log.error("module failed to stop", err=exc, module=repr(module))
+
+
+def _same_socket(a: tuple[str, str, int], b: tuple[str, str, int]) -> bool:
+    if a[0] != b[0]:
+        return False
+    if a[0] == "unix":
+        return a[1] == b[1]
+    if not a[2] or a[2] != b[2]:
+        return False  # port 0 is a fresh port each time
+    try:
+        ha, hb = ipaddress.ip_address(a[1]), ipaddress.ip_address(b[1])
+    except ValueError:
+        return a[1] == b[1]
+    return ha.version == hb.version and (ha == hb or ha.is_unspecified or hb.is_unspecified)
 
 
 def _article(label: str) -> str:

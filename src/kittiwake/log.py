@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import errno
 import json
 import os
 import sys
@@ -189,6 +190,28 @@ def configure(targets: list[str], *, fmt: str = "text", debug: bool = False) -> 
         _out.sinks = sinks
         _out.json = fmt == "json"
         _out.debug = debug
+
+
+def check_targets(targets: list[str]) -> None:
+    """Raise `OSError` for a log file that could not be opened, touching nothing.
+
+    What `config check` runs instead of `configure`: a file is writable if
+    it exists and may be written, or if its folder exists and may be
+    written in.
+    """
+    for t in targets:
+        if t in ("off", "stderr", "stderr_ts", "syslog"):
+            continue
+        folder = os.path.dirname(os.path.abspath(t))
+        if os.path.exists(t):
+            if os.path.isdir(t):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), t)
+            if not os.access(t, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), t)
+        elif not os.path.isdir(folder):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), t)
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), t)
 
 
 def reopen() -> None:

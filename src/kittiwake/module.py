@@ -110,6 +110,14 @@ class Endpoint(Module):
     def addresses(self) -> list[str]:
         raise NotImplementedError
 
+    def binds(self) -> list[tuple[str, str, int]]:
+        """What `start` will bind, known at configuration time, so that two
+        endpoints that would bind the same socket are a configuration error
+        (`config check` finds it, not the start): `("unix", PATH, 0)` or
+        `("inet", HOST, PORT)` with HOST an IP address. Port 0 binds nothing
+        fixed."""
+        return []
+
 
 # --- The registry --------------------------------------------------------------
 

@@ -229,7 +229,7 @@ def test_submission_requires_auth_and_delivers(
     (message,) = list((tmp_path / "mail" / "example.org" / "user" / "new").iterdir())
     data = message.read_bytes().replace(b"\n ", b" ")
     # Submission does not trace the client: Received starts with "by".
-    assert b"Received: by mx.example.com (envelope-sender <me@example.org>) with ESMTPS id" in data
+    assert b"Received: by mx.example.com (envelope-sender <me@example.org>) with ESMTPSA id" in data
 
 
 def test_submission_without_auth_is_a_config_error(

@@ -93,7 +93,8 @@ def test_swaks_delivers_with_the_default(tmp_path: Path) -> None:
         new = tmp_path / "kittiwake-data" / "maildir" / "localhost" / "user" / "new"
         traces = sorted(f.read_bytes().replace(b"\n ", b" ") for f in new.iterdir())
         assert len(traces) == 3
-        assert sum(b"with ESMTPS id" in t for t in traces) == 2
+        assert sum(b"with ESMTPS id" in t for t in traces) == 1  # swaks -tls
+        assert sum(b"with ESMTPSA id" in t for t in traces) == 1  # submission (RFC 3848)
         assert sum(b"Received: by " in t for t in traces) == 1  # submission: not traced
         assert list((tmp_path / "kittiwake-data" / "tls").glob("self_signed-*.pem"))
         with Dialog(2525) as d:  # not an open relay

@@ -194,7 +194,8 @@ def _connect(port: int, source: str) -> Dialog:
 
 def test_per_ip_connection_cap(kittiwake: Start, tmp_path: Path, dns: FakeDNS) -> None:
     srv = kittiwake(
-        conf(tmp_path, "    max_connections_per_ip 2"), args=("--debug.dnsoverride", dns.address)
+        conf(tmp_path, "    max_connections_per_ip 2\n    max_connections_per_ip_exempt none"),
+        args=("--debug.dnsoverride", dns.address),
     )
     first = _connect(srv.port(), "127.0.0.1")
     second = _connect(srv.port(), "127.0.0.1")

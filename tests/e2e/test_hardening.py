@@ -8,12 +8,14 @@ fixed behaviour end to end; memory cases print the server's measured RSS
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kw import Dialog, Kittiwake, free_port
+from kw import LAUNCHER, Dialog, Kittiwake, env, free_port
 
 Start = Callable[..., Kittiwake]
 MiB = 1024 * 1024
@@ -424,3 +426,144 @@ def test_stale_maildir_tmp_files_are_removed_at_start(kittiwake: Start, tmp_path
     server.wait_log("removed stale tmp/ files count=2")
     assert not any(p.exists() for p in stale)
     assert fresh.exists() and delivered.exists()
+
+
+# -- 10. small things an attacker or a careful operator notices ---------------------
+
+
+def test_requiretls_needs_a_tls_session(kittiwake: Start, tmp_path: Path) -> None:
+    """RFC 8689 §4.1: REQUIRETLS on a clear-text session is refused, not taken."""
+    server = kittiwake(config(tmp_path))
+    with greeted(server) as d:
+        assert d.cmd("MAIL FROM:<a@example.net> REQUIRETLS") == (
+            "530 5.7.10 REQUIRETLS needs TLS: use STARTTLS first"
+        )
+        assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+
+
+def test_received_says_esmtpsa_after_auth(
+    kittiwake: Start, tmp_path: Path, cert_files: tuple[str, str], ca: object
+) -> None:
+    """RFC 3848: ESMTPSA for an authenticated client over TLS."""
+    import ssl
+
+    import bcrypt
+    import trustme
+
+    assert isinstance(ca, trustme.CA)
+    digest = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    top = (
+        "auth.pass_table users {\n    table static {\n"
+        f'        entry me@example.org "bcrypt:{digest}"\n    }}\n}}'
+    )
+    text = config(tmp_path, top=top, block="    auth &users").replace(
+        "    tls off\n", f"    tls file {cert_files[0]} {cert_files[1]}\n"
+    )
+    server = kittiwake(text)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with Dialog(server.port(), timeout=10) as d:
+        assert d.reply()[0].startswith("220 ")
+        assert d.cmd("EHLO client.example").startswith("250 ")
+        assert d.cmd("STARTTLS").startswith("220 ")
+        d.starttls(context)
+        assert d.cmd("EHLO client.example").startswith("250 ")
+        assert d.cmd("AUTH PLAIN AG1lQGV4YW1wbGUub3JnAHMzY3JldA==").startswith("235 ")
+        assert d.cmd("MAIL FROM:<me@example.org>").startswith("250 ")
+        assert d.cmd("RCPT TO:<user@example.org>").startswith("250 ")
+        assert d.cmd("DATA").startswith("354 ")
+        assert d.cmd("Subject: x\r\n\r\nhi\r\n.").startswith("250 ")
+    (stored,) = (tmp_path / "mail" / "example.org" / "user" / "new").iterdir()
+    assert b" with ESMTPSA id " in stored.read_bytes().replace(b"\n ", b" ")
+
+
+@pytest.mark.parametrize(
+    ("exempt", "refused"), [("", False), ("    max_connections_per_ip_exempt none", True)]
+)
+def test_loopback_is_exempt_from_the_per_ip_cap(
+    kittiwake: Start, tmp_path: Path, exempt: str, refused: bool
+) -> None:
+    """A local relay may open many sessions: loopback is exempt unless configured."""
+    server = kittiwake(config(tmp_path, block=f"    max_connections_per_ip 2\n{exempt}"))
+    sessions = [Dialog(server.port(), timeout=10) for _ in range(3)]
+    try:
+        banners = [d.reply()[0] for d in sessions]
+    finally:
+        for d in sessions:
+            d.close()
+    assert banners[:2] == [banners[0]] * 2 and banners[0].startswith("220 ")
+    if refused:
+        assert banners[2] == "421 4.7.0 Too many connections, try again later"
+    else:
+        assert banners[2].startswith("220 ")
+
+
+def test_banner_names_the_machine_when_its_fqdn_is_localhost(tmp_path: Path) -> None:
+    """getfqdn() answers `localhost` on many machines; the host's own name is better."""
+    code = (
+        "import socket, sys\n"
+        "socket.getfqdn = lambda name='': 'localhost'\n"
+        "socket.gethostname = lambda: 'vm'\n"
+        "from kittiwake.cli import main\n"
+        "sys.exit(main(['config', 'default']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "$(hostname) = vm\n" in result.stdout
+
+
+def _config_check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "check.conf"
+    path.write_text(text)
+    return subprocess.run(
+        [sys.executable, str(LAUNCHER), "config", "check", "-c", str(path)],
+        cwd=tmp_path,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_config_check_refuses_two_listeners_on_one_address(tmp_path: Path) -> None:
+    port = free_port()
+    text = f"""hostname mx.example.com
+tls off
+smtp tcp://0.0.0.0:{port} {{
+    reject
+}}
+lmtp tcp://127.0.0.1:{port} {{
+    reject
+}}
+"""
+    result = _config_check(tmp_path, text)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.splitlines()[-1] + "\n" == (
+        f"{tmp_path}/check.conf:6: lmtp: 127.0.0.1:{port} is already a listen address "
+        f"of smtp at {tmp_path}/check.conf:3\n"
+    )
+    same = "hostname mx.example.com\ntls off\nlmtp unix://a.sock unix://a.sock {\n    reject\n}\n"
+    assert _config_check(tmp_path, same).returncode == 2
+    fine = text.replace(f"tcp://127.0.0.1:{port}", f"tcp://[::1]:{port}")
+    assert _config_check(tmp_path, fine).returncode == 0, fine
+
+
+def test_config_check_refuses_a_log_file_it_cannot_write(tmp_path: Path) -> None:
+    text = (
+        "hostname mx.example.com\ntls off\nlog {log}\nsmtp tcp://127.0.0.1:0 {{\n    reject\n}}\n"
+    )
+    result = _config_check(tmp_path, text.format(log="/nonexistent/dir/k.log"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{tmp_path}/check.conf:3: log: cannot open /nonexistent/")
+    assert _config_check(tmp_path, text.format(log=str(tmp_path / "k.log"))).returncode == 0
+    assert not (tmp_path / "k.log").exists()  # config check creates nothing

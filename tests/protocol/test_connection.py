@@ -7,7 +7,7 @@ import pytest
 from kittiwake.protocol import BodyEnd, ConnectionClosed, Reply, ServerConnection, Settings
 from kittiwake.protocol.connection import LocalProtocolError, State
 
-from .helpers import envelope, run
+from .helpers import Driver, envelope, run
 
 
 def test_a_whole_transaction() -> None:
@@ -209,7 +209,7 @@ def test_http_requests_are_hung_up_on() -> None:
         (b'MAIL FROM:<"john doe"@x>', "250 2.0.0 Roger, accepting mail from <john doe@x>"),
         (b'MAIL FROM:<"a\\"b"@x>', '250 2.0.0 Roger, accepting mail from <a"b@x>'),
         (
-            b"MAIL FROM:<a@b> SIZE=100 BODY=8BITMIME SMTPUTF8 REQUIRETLS",
+            b"MAIL FROM:<a@b> SIZE=100 BODY=8BITMIME SMTPUTF8",
             "250 2.0.0 Roger, accepting mail from <a@b>",
         ),
         (b"MAIL FROM:<a@b> AUTH=<>", "250 2.0.0 Roger, accepting mail from <a@b>"),
@@ -245,6 +245,15 @@ def test_http_requests_are_hung_up_on() -> None:
 )
 def test_mail_from(command: bytes, reply: str) -> None:
     assert run(b"EHLO x\r\n" + command + b"\r\n").lines[-1] == reply
+
+
+def test_requiretls_only_over_tls() -> None:
+    """RFC 8689 §4.1: REQUIRETLS is offered and taken on a TLS session only."""
+    clear = run(b"EHLO x\r\nMAIL FROM:<a@b> REQUIRETLS\r\n")
+    assert clear.lines[-1] == "530 5.7.10 REQUIRETLS needs TLS: use STARTTLS first"
+    secure = Driver(Settings(), tls=True)
+    secure.feed(b"EHLO x\r\nMAIL FROM:<a@b> REQUIRETLS\r\n")
+    assert secure.lines[-1] == "250 2.0.0 Roger, accepting mail from <a@b>"
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from kittiwake.cli.common import (
     config_error,
     config_option,
     default_config_text,
+    log_target_error,
 )
 from kittiwake.cli.creds import add_creds_commands
 from kittiwake.cli.run import cmd_run, traceback_fields
@@ -43,7 +44,11 @@ def cmd_config_default(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     try:
-        container, _ = build(args)
+        container, nodes = build(args)
+        try:
+            log.check_targets(container.globals.log)
+        except OSError as exc:
+            raise log_target_error(container, nodes, exc) from None
     except ConfigError as exc:
         return config_error(exc)
     print(f"{container.config_file}: configuration OK")

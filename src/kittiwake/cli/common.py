@@ -35,6 +35,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?\Z")
 
 
@@ -42,9 +43,16 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?\Z")
 
 
 def machine_fqdn() -> str:
-    """The machine's fully qualified name, or `localhost` if it has no usable one."""
-    name = socket.getfqdn().strip()
-    return name if _HOSTNAME_RE.match(name) else "localhost"
+    """The machine's fully qualified name, else its own name, else `localhost`.
+
+    `getfqdn` answers `localhost` on a machine whose name resolves only to
+    the loopback address (a common /etc/hosts): its own name (`vm`) still
+    tells the operator which machine answered, so it is used then.
+    """
+    for name in (socket.getfqdn().strip(), socket.gethostname().strip()):
+        if _HOSTNAME_RE.match(name) and name.rstrip(".").lower() not in _LOOPBACK_NAMES:
+            return name
+    return "localhost"
 
 
 def default_config_text() -> str:
@@ -75,6 +83,15 @@ def load_config(path: str | None) -> list[Node]:
     if path is None:
         return parser.parse_text(default_config_text(), EMBEDDED_NAME, base_dir=os.getcwd())
     return parser.parse_file(path)  # unreadable files are ConfigErrors too
+
+
+def log_target_error(container: Container, nodes: list[Node], exc: OSError) -> ConfigError:
+    """A log file that cannot be opened, at the `log` directive's line."""
+    where = next((n for n in nodes if n.name == "log"), None)
+    message = f"log: cannot open {exc.filename}: {exc.strerror}"
+    if where is None:
+        return ConfigError(message, container.config_file)
+    return where.error(message)
 
 
 def build(args: argparse.Namespace) -> tuple[Container, list[Node]]:

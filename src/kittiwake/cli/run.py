@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable
 
 from kittiwake import __version__, log
-from kittiwake.cli.common import EXIT_FAILURE, EXIT_OK, build, config_error
+from kittiwake.cli.common import EXIT_FAILURE, EXIT_OK, build, config_error, log_target_error
 from kittiwake.config.node import Node
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError
@@ -73,11 +73,7 @@ def _configure_logging(container: Container, nodes: list[Node]) -> None:
     try:
         log.configure(g.log, fmt=g.log_format, debug=g.debug)
     except OSError as exc:
-        where = next((n for n in nodes if n.name == "log"), None)
-        message = f"log: cannot open {exc.filename}: {exc.strerror}"
-        if where is None:
-            raise ConfigError(message, container.config_file) from None
-        raise where.error(message) from None
+        raise log_target_error(container, nodes, exc) from None
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

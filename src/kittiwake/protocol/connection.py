@@ -294,6 +294,10 @@ class ServerConnection:
             address, params = parse_mail(args, self.settings.max_message_size)
         except ParseError as exc:
             return self._auto(exc.reply)
+        if params.requiretls and not self.tls:
+            # RFC 8689 §4.1: REQUIRETLS only travels over TLS, and is only
+            # offered there; a clear-text session cannot promise it.
+            return self._auto(replies.REQUIRETLS_WITHOUT_TLS)
         return self._expect(MailFrom(address, params))
 
     def _rcpt(self, args: str) -> Event:

@@ -8,6 +8,7 @@ does not know are its message pipeline's.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from typing import ClassVar
 
@@ -26,7 +27,7 @@ from kittiwake.protocol import Settings
 from kittiwake.server.authenticate import Authenticator
 from kittiwake.server.listener import Listener
 from kittiwake.server.proxy_accept import ProxyConfig
-from kittiwake.server.proxy_trust import TrustList
+from kittiwake.server.proxy_trust import Network, TrustList, parse_network
 from kittiwake.server.session import Session
 from kittiwake.server.session_config import ConnectionGate, EndpointKind, SessionConfig
 from kittiwake.tables.base import Table
@@ -79,6 +80,9 @@ class SMTPEndpoint(Endpoint):
         # kittiwake's own: protect the listener itself (docs/server.md).
         self.max_connections = cfg.integer("max_connections", 10000, minimum=0)
         self.max_connections_per_ip = cfg.integer("max_connections_per_ip", 100, minimum=0)
+        self.per_ip_exempt: tuple[Network, ...] = cfg.custom(
+            "max_connections_per_ip_exempt", _parse_exempt, DEFAULT_EXEMPT
+        )
         state_dir = self.container.globals.state_dir
         self._buffer_node = cfg.get("buffer")
         self.buffer: BufferSpec = (
@@ -157,6 +161,15 @@ class SMTPEndpoint(Endpoint):
             raise node.error(f"{text}: LMTP must not listen on port 25 (RFC 2033 §5)")
         return addr
 
+    def binds(self) -> list[tuple[str, str, int]]:
+        runtime_dir = self.container.globals.runtime_dir
+        return [
+            ("unix", os.path.abspath(os.path.join(runtime_dir, a.path)), 0)
+            if a.scheme == "unix"
+            else ("inet", a.host, a.port)
+            for a in self.listen
+        ]
+
     def _parse_tls(self, node: Node) -> ServerTLS | None:
         return parse_server_tls(node, self.container)
 
@@ -198,7 +211,9 @@ class SMTPEndpoint(Endpoint):
             defer_sender_reject=self.defer_sender_reject,
             max_logged_rcpt_errors=self.max_logged_rcpt_errors,
             authenticator=self.authenticator,
-            gate=ConnectionGate(self.max_connections, self.max_connections_per_ip),
+            gate=ConnectionGate(
+                self.max_connections, self.max_connections_per_ip, self.per_ip_exempt
+            ),
             limits=self.limits,
         )
 
@@ -258,3 +273,21 @@ class LMTP(SMTPEndpoint):
 
     kind: ClassVar[EndpointKind] = EndpointKind.LMTP
     tls_required: ClassVar[bool] = False
+
+
+#: The client networks `max_connections_per_ip` does not count by default.
+DEFAULT_EXEMPT: tuple[Network, ...] = (parse_network("127.0.0.0/8"), parse_network("::1"))
+
+
+def _parse_exempt(node: Node) -> tuple[Network, ...]:
+    """`max_connections_per_ip_exempt CIDR...`, or `none` to exempt nobody."""
+    if node.children is not None:
+        raise node.error(f"{node.name}: can't declare a block here")
+    if node.args == ["none"]:
+        return ()
+    if not node.args:
+        raise node.error(f"{node.name}: expected IP addresses or CIDRs, or none")
+    try:
+        return tuple(parse_network(arg) for arg in node.args)
+    except ValueError as exc:
+        raise node.error(f"{node.name}: {exc}") from None

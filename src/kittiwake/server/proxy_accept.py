@@ -143,8 +143,11 @@ class ProxyAcceptor:
             try:
                 header = await asyncio.wait_for(read_header(loop, conn), self.config.deadline)
             except (ProxyError, TimeoutError, OSError) as exc:
+                why = str(exc) or type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    why = f"no PROXY header within {self.config.deadline:g} s"
                 self.log.info(
-                    "bad or missing PROXY header, closing", peer=peer_ip or "unix", reason=exc
+                    "bad or missing PROXY header, closing", peer=peer_ip or "unix", reason=why
                 )
                 conn.close()
                 return

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-__all__ = ["TrustList"]
+__all__ = ["Network", "TrustList", "in_networks", "parse_network"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +55,27 @@ class TrustList:
         """
         if peer_ip is None or not self.networks:
             return True
-        try:
-            addr = ipaddress.ip_address(peer_ip.partition("%")[0])
-        except ValueError:
-            return False
-        candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [addr]
-        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            candidates.append(addr.ipv4_mapped)
-        return any(
-            a.version == net.version and a in net for a in candidates for net in self.networks
-        )
+        return in_networks(peer_ip, self.networks)
+
+
+def in_networks(ip: str, networks: Iterable[Network]) -> bool:
+    """Whether address `ip` is in one of `networks`; False if it is no address.
+
+    A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d: both forms count.
+    """
+    try:
+        addr = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        return False
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [addr]
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        candidates.append(addr.ipv4_mapped)
+    return any(a.version == net.version and a in net for a in candidates for net in networks)
+
+
+def parse_network(entry: str) -> Network:
+    """An IP address (one host) or a CIDR; `ValueError` with the entry named."""
+    return _parse_entry(entry)
 
 
 def _parse_entry(entry: str) -> Network:

@@ -196,7 +196,7 @@ class Session(asyncio.Protocol):
 
     async def _run(self) -> None:
         try:
-            if self.peer_ip is not None:
+            if self.peer_ip is not None and self.cfg.gate.counts(self.peer_ip):
                 if not self.cfg.gate.enter_ip(self.peer_ip):
                     self._out += TOO_MANY_CONNECTIONS.render()
                     self.cfg.log.info("per-IP connection limit reached", src_ip=self.peer_ip)

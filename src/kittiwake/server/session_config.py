@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from kittiwake.log import Logger
 from kittiwake.message.buffer import BufferSpec
 from kittiwake.protocol import Reply, Settings
+from kittiwake.server.proxy_trust import Network, in_networks
 
 if TYPE_CHECKING:
     from kittiwake.dns import Resolver
@@ -53,6 +54,10 @@ class ConnectionGate:
 
     max_total: int = 10000
     max_per_ip: int = 100
+    #: Client networks the per-IP cap does not apply to (loopback by default:
+    #: a local relay or webmail may open many sessions, like Postfix's
+    #: mynetworks).
+    exempt: tuple[Network, ...] = ()
     total: int = 0
     per_ip: dict[str, int] = field(default_factory=dict)
 
@@ -64,6 +69,10 @@ class ConnectionGate:
 
     def leave(self) -> None:
         self.total -= 1
+
+    def counts(self, ip: str) -> bool:
+        """Whether the per-IP cap applies to a client at `ip`."""
+        return bool(self.max_per_ip) and not in_networks(ip, self.exempt)
 
     def enter_ip(self, ip: str) -> bool:
         count = self.per_ip.get(ip, 0)

@@ -127,9 +127,12 @@ class MailTransactions:
         return None
 
     def conn_info(self) -> ConnInfo:
-        proto = "ESMTPS" if self.session.conn.tls else "ESMTP"
-        if self.cfg.kind is EndpointKind.LMTP:
-            proto = "LMTP"
+        # RFC 3848: "S" for TLS, "A" for an authenticated client.
+        proto = "LMTP" if self.cfg.kind is EndpointKind.LMTP else "ESMTP"
+        if self.session.conn.tls:
+            proto += "S"
+        if self.session.auth_user is not None:
+            proto += "A"
         return ConnInfo(
             remote_ip=self.session.peer_ip,
             remote_port=self.session.peer_port,
@@ -173,9 +176,7 @@ class MailTransactions:
         if self._rcpt_errors_logged >= limit:
             return
         self._rcpt_errors_logged += 1
-        self.cfg.log.info(
-            "RCPT error", msg_id=txn.msg_id, rcpt=rcpt, reason=exc, **_detail(exc)
-        )
+        self.cfg.log.info("RCPT error", msg_id=txn.msg_id, rcpt=rcpt, reason=exc, **_detail(exc))
         if self._rcpt_errors_logged == limit:
             self.cfg.log.info(
                 "too many RCPT errors, possible dictionary attack",
