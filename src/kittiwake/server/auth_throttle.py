@@ -348,7 +348,9 @@ class AuthThrottle:
         self, scope: str, count: int, limit: int, ip: str | None, username: str
     ) -> None:
         if count >= limit:
-            # One line per lockout, with the address: what fail2ban matches.
+            # One line per lockout, for fail2ban. The address comes before
+            # the client's user name, so a filter anchored on `scope=... src_ip=`
+            # cannot be fooled by a name containing `src_ip=` (docs/auth.md).
             self.log.info(
                 "authentication locked out",
                 scope=scope,

@@ -65,11 +65,13 @@ class SASLHandling:
         if throttle is not None:
             lockout = await throttle.check(ip, step.username)
             if lockout is not None:
+                # Fields in a fixed order, the address before the client's
+                # text, so a log filter can anchor on it (docs/auth.md).
                 self.cfg.log.info(
                     "authentication refused, locked out",
                     scope=lockout.scope,
-                    username=step.username,
                     src_ip=ip or "unix",
+                    username=step.username,
                 )
                 await self._auth_failed(AUTH_THROTTLED)
                 return
