@@ -24,6 +24,7 @@ from kittiwake.message.header import MAX_FIELDS
 from kittiwake.module import Endpoint, register
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
+from kittiwake.server.auth_throttle import AuthThrottle, ThrottleSettings, parse_auth_ratelimit
 from kittiwake.server.authenticate import Authenticator
 from kittiwake.server.listener import Listener
 from kittiwake.server.proxy_accept import ProxyConfig
@@ -128,13 +129,18 @@ class SMTPEndpoint(Endpoint):
         normalize = cfg.enum("auth_map_normalize", address.NORMALIZERS, "auto", inherit=True)
         if self.kind is EndpointKind.SUBMISSION and not providers:
             raise self._node.error("auth. provider must be set for submission endpoint")
+        # kittiwake's own: failed logins counted across connections (docs/auth.md,
+        # "Password guessing"); the counters belong to this endpoint block.
+        throttle = cfg.custom("auth_ratelimit", parse_auth_ratelimit, ThrottleSettings())
         self.mechanisms: tuple[str, ...] = ()
         self.authenticator: Authenticator | None = None
+        self.auth_throttle: AuthThrottle | None = None
         if providers:
             self.mechanisms = ("PLAIN", "LOGIN") if sasl_login else ("PLAIN",)
-            self.authenticator = Authenticator(
-                providers, address.get_normalizer(normalize), auth_map, self.log
-            )
+            normalizer = address.get_normalizer(normalize)
+            self.authenticator = Authenticator(providers, normalizer, auth_map, self.log)
+            if throttle.enabled:
+                self.auth_throttle = AuthThrottle(throttle, self.log, normalize=normalizer)
 
     def _parse_proxy(self, node: Node) -> ProxyConfig:
         """`proxy_protocol [CIDR...] [{ trust CIDR...; tls ... }]` (docs/proxy.md)."""
@@ -211,6 +217,7 @@ class SMTPEndpoint(Endpoint):
             defer_sender_reject=self.defer_sender_reject,
             max_logged_rcpt_errors=self.max_logged_rcpt_errors,
             authenticator=self.authenticator,
+            auth_throttle=self.auth_throttle,
             gate=ConnectionGate(
                 self.max_connections, self.max_connections_per_ip, self.per_ip_exempt
             ),

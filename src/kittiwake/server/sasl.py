@@ -4,6 +4,12 @@ The exchange itself is sans-IO (`protocol/sasl.py`); here the credentials
 are checked through the endpoint's `Authenticator`, and each failure in a
 session is answered after a growing delay, the fifth with `421` and a
 closed connection, so a password cannot be guessed at line speed.
+
+Across connections the endpoint's `AuthThrottle` counts failures per client
+address and per user name (docs/auth.md, "Password guessing"). An attempt
+from a locked address, or for a locked name, is not checked at all: it is
+answered `454 4.7.0` after the same delay a wrong password gets, so neither
+the reply nor its timing tells whether the password was right.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
 AUTH_OK = Reply(235, (2, 0, 0), "Authentication succeeded")
 AUTH_TEMPORARY = Reply(454, (4, 7, 0), "Temporary authentication failure")
 AUTH_LOCKOUT = Reply(421, (4, 7, 0), "Too many authentication failures")
+AUTH_THROTTLED = Reply(454, (4, 7, 0), "Too many failed authentication attempts, try again later")
 
 
 class SASLHandling:
@@ -53,6 +60,21 @@ class SASLHandling:
 
     async def _check_credentials(self, step: Credentials) -> None:
         authenticator = self.cfg.authenticator
+        throttle = self.cfg.auth_throttle
+        ip = self.session.peer_ip
+        if throttle is not None:
+            lockout = await throttle.check(ip, step.username)
+            if lockout is not None:
+                # Fields in a fixed order, the address before the client's
+                # text, so a log filter can anchor on it (docs/auth.md).
+                self.cfg.log.info(
+                    "authentication refused, locked out",
+                    scope=lockout.scope,
+                    src_ip=ip or "unix",
+                    username=step.username,
+                )
+                await self._auth_failed(AUTH_THROTTLED)
+                return
         try:
             if authenticator is None or step.authzid_mismatch:
                 raise InvalidCredentials("no provider, or authzid differs from authcid")
@@ -64,8 +86,18 @@ class SASLHandling:
             self.session.reply(AUTH_TEMPORARY)
             return
         except InvalidCredentials:
-            await self._auth_failed(step.username)
+            self.cfg.log.info(
+                "authentication failed",
+                username=step.username,
+                src_ip=ip or "unix",
+                count=self.failures + 1,
+            )
+            if throttle is not None:
+                await throttle.record_failure(ip, step.username, step.password)
+            await self._auth_failed(INVALID)
             return
+        if throttle is not None:
+            await throttle.record_success(ip, step.username)
         # The name as the client sent it (docs/server.md, "Authentication").
         self.session.auth_user = step.username
         self.cfg.log.info(
@@ -73,15 +105,14 @@ class SASLHandling:
         )
         self.session.reply(AUTH_OK)
 
-    async def _auth_failed(self, username: str) -> None:
+    async def _auth_failed(self, reply: Reply) -> None:
+        """Answer a failure (`535`, or `454` when locked out) after the session's delay.
+
+        Both kinds count towards the session's fifth-failure close, and both
+        wait the same, so a locked-out guesser learns nothing from timing.
+        """
         self.failures += 1
         n = self.failures
-        self.cfg.log.info(
-            "authentication failed",
-            username=username,
-            src_ip=self.session.peer_ip or "unix",
-            count=n,
-        )
         # Answer what was already due, then make the guesser wait: the delay
         # is the same for an unknown user and a wrong password.
         await self.session.flush()
@@ -90,4 +121,4 @@ class SASLHandling:
             self.session.reply(AUTH_LOCKOUT)
             self.session.closing = True
         else:
-            self.session.reply(INVALID)
+            self.session.reply(reply)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from kittiwake.dns import Resolver
     from kittiwake.limits import Limits
     from kittiwake.pipeline.pipeline import Pipeline
+    from kittiwake.server.auth_throttle import AuthThrottle
     from kittiwake.server.authenticate import Authenticator
 
 #: The n-th failed AUTH of a session is answered after min(2^(n-1), 8)
@@ -109,6 +110,8 @@ class SessionConfig:
     defer_sender_reject: bool
     max_logged_rcpt_errors: int
     authenticator: Authenticator | None = None
+    #: Failed AUTH counted across connections (`auth_ratelimit`); None = off.
+    auth_throttle: AuthThrottle | None = None
     gate: ConnectionGate = field(default_factory=ConnectionGate)
     limits: Limits | None = None
     #: Seconds of delay for the n-th failed AUTH (tests may shorten it).
