@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kittiwake import address
+from kittiwake.background import stop_task
 from kittiwake.config.directives import Directives
 from kittiwake.errors import SMTPError
 from kittiwake.message import MsgMeta
@@ -412,10 +413,7 @@ class MaildirStorage(Module):
 
     async def stop(self) -> None:
         sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+        await stop_task(sweeper)
         pool, self._pool = self._pool, None
         if pool is not None:
             # Waits for commits in flight: their clients are owed a reply.

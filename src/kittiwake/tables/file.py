@@ -13,11 +13,11 @@ drop every alias. A deleted file empties the table, as maddy does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from dataclasses import dataclass
 
+from kittiwake.background import stop_task
 from kittiwake.config.directives import Directives
 from kittiwake.errors import ConfigError
 from kittiwake.module import Module, register
@@ -171,10 +171,7 @@ class FileTable(Module):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def reload(self, *, force: bool = False) -> None:
         """Check the file now; `force` re-reads it even if it looks unchanged."""

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kittiwake import log
+from kittiwake.background import stop_task
 from kittiwake.config.directives import Directives
 from kittiwake.config.globals import PARSERS
 from kittiwake.config.node import Node
@@ -326,10 +327,7 @@ class _LoaderBase(Module):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def _watch(self) -> None:
         while True:
