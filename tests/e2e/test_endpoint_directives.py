@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import smtplib
 import socket
 import time
@@ -285,3 +286,27 @@ def test_lmtp_full_disk_fails_only_that_recipient(
         srv.wait_log(r"delivery failed msg_id=[0-9a-f]{8} rcpt=full@example\.org")
     finally:
         subprocess.run(["umount", "-l", str(full)], check=False)
+
+
+@pytest.mark.parametrize(("timeout", "low", "high"), [("1s", 0.8, 4.0), ("5s", 4.5, 9.0)])
+def test_shutdown_timeout_bounds_how_long_a_transaction_may_finish(
+    kittiwake: Start, tmp_path: Path, dns: FakeDNS, timeout: str, low: float, high: float
+) -> None:
+    """On SIGTERM an idle session hears 421 at once; one inside a transaction
+    gets `shutdown_timeout` to finish, then the same 421 (docs/server.md)."""
+    srv = kittiwake(
+        conf(tmp_path, f"    shutdown_timeout {timeout}"), args=("--debug.dnsoverride", dns.address)
+    )
+    with Dialog(srv.port(), timeout=20) as busy, Dialog(srv.port(), timeout=20) as idle:
+        for d in (busy, idle):
+            assert d.reply()[0].startswith("220 ")
+            assert d.cmd("EHLO client.example").startswith("250 ")
+        assert busy.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+        started = time.monotonic()
+        srv.send(signal.SIGTERM)
+        assert idle.reply() == ["421 4.3.2 Service shutting down, try again later"]
+        assert time.monotonic() - started < low
+        assert busy.reply() == ["421 4.3.2 Service shutting down, try again later"]
+        took = time.monotonic() - started
+    assert low <= took <= high, took
+    assert srv.wait() == 0
