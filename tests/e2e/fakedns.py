@@ -1,76 +1,211 @@
-"""A tiny authoritative DNS server on loopback for end-to-end tests.
+"""A small DNS server on loopback for end-to-end tests, answering like a resolver.
 
-Answers from a dict of (name, type) -> list of record texts; names it does
-not know get NXDOMAIN, and names mapped to "SERVFAIL" get that rcode. Used
-with kittiwake's `--debug.dnsoverride 127.0.0.1:PORT`, so no test ever
-depends on (or leaks to) a real resolver.
+Answers from a dict of (name, type) -> list of record texts (zone-file
+syntax, as `dns.rrset.from_text_list` reads them). Behaves like the
+recursive resolver kittiwake would normally ask:
+
+* a name with records of other types only gets an empty answer (NODATA);
+  a name with no records at all gets NXDOMAIN; both carry an SOA in the
+  authority section so the negative answer has a TTL (RFC 2308);
+* CNAME chains are followed within the data, and a loop is SERVFAIL;
+* the value "SERVFAIL" answers that rcode, "TIMEOUT" never answers;
+* UDP answers larger than the client's EDNS payload (512 without EDNS)
+  are truncated, and the same port answers over TCP, so big records
+  (a 16 kbit DKIM key) travel the way they do in the field.
+
+Used with kittiwake's `--debug.dnsoverride 127.0.0.1:PORT`, so no test ever
+depends on (or leaks to) a real resolver. `queries` records every question.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 
+import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
 SERVFAIL = "SERVFAIL"
+TIMEOUT = "TIMEOUT"
+_SOA = "ns.test. hostmaster.test. 1 3600 600 86400 {ttl}"
+
+
+def txt(value: str) -> str:
+    """A TXT record's zone text for `value`, cut into strings of 255 bytes."""
+    raw = value.encode()
+    parts = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
+    return " ".join('"' + p.decode().replace("\\", "\\\\").replace('"', '\\"') + '"' for p in parts)
 
 
 class FakeDNS:
-    def __init__(self, records: dict[tuple[str, str], list[str] | str]) -> None:
-        self.records = {
-            (name.lower().rstrip(".") + ".", t.upper()): v for (name, t), v in records.items()
-        }
+    def __init__(
+        self,
+        records: dict[tuple[str, str], list[str] | str],
+        *,
+        ttl: int = 300,
+        negative_ttl: int = 60,
+    ) -> None:
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.records: dict[tuple[str, str], list[str] | str] = {}
+        for (name, rtype), value in records.items():
+            self.set(name, rtype, value)
+        self.queries: list[tuple[str, str]] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.queries: list[tuple[str, str]] = []
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.listen(16)
+        self.tcp.settimeout(0.2)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._serve_udp, daemon=True),
+            threading.Thread(target=self._serve_tcp, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _serve(self) -> None:
+    def set(self, name: str, rtype: str, value: list[str] | str | None) -> None:
+        """Add, replace or (with None) remove the records of one (name, type)."""
+        key = (name.lower().rstrip(".") + ".", rtype.upper())
+        if value is None:
+            self.records.pop(key, None)
+        else:
+            self.records[key] = value
+
+    # -- serving ------------------------------------------------------------
+
+    def _serve_udp(self) -> None:
         while not self._stop.is_set():
             try:
-                data, peer = self.sock.recvfrom(4096)
+                data, peer = self.sock.recvfrom(65535)
             except TimeoutError:
                 continue
             except OSError:
                 return
-            try:
-                query = dns.message.from_wire(data)
-            except Exception:
+            reply = self._reply(data, tcp=False)
+            if reply is None:
                 continue
             try:
-                self.sock.sendto(self._answer(query).to_wire(), peer)
+                self.sock.sendto(reply, peer)
             except OSError:
                 return
 
-    def _answer(self, query: dns.message.Message) -> dns.message.Message:
+    def _serve_tcp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tcp.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._tcp_client, args=(conn,), daemon=True).start()
+
+    def _tcp_client(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            while True:
+                head = _recv_exactly(conn, 2)
+                if head is None:
+                    return
+                data = _recv_exactly(conn, struct.unpack("!H", head)[0])
+                if data is None:
+                    return
+                reply = self._reply(data, tcp=True)
+                if reply is None:
+                    return
+                conn.sendall(struct.pack("!H", len(reply)) + reply)
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def _reply(self, data: bytes, *, tcp: bool) -> bytes | None:
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:
+            return None
+        response = self._answer(query)
+        if response is None:
+            return None
+        if tcp:
+            return response.to_wire()
+        limit = max(512, query.payload) if query.edns >= 0 else 512
+        wire = response.to_wire()
+        if len(wire) <= limit:
+            return wire
+        truncated = dns.message.make_response(query)
+        truncated.flags |= dns.flags.TC
+        return truncated.to_wire()
+
+    def _answer(self, query: dns.message.Message) -> dns.message.Message | None:
         response = dns.message.make_response(query)
+        response.flags |= dns.flags.RA
         question = query.question[0]
         name = question.name.to_text().lower()
         rtype = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((name, rtype))
-        value = self.records.get((name, rtype))
-        if value == SERVFAIL:
-            response.set_rcode(dns.rcode.SERVFAIL)
-        elif value is None:
+        seen: set[str] = set()
+        while True:
+            value = self.records.get((name, rtype))
+            if value == TIMEOUT:
+                return None
+            if value == SERVFAIL:
+                response.set_rcode(dns.rcode.SERVFAIL)
+                return response
+            if value is not None:
+                response.answer.append(
+                    dns.rrset.from_text_list(name, self.ttl, "IN", rtype, list(value))
+                )
+                return response
+            cname = self.records.get((name, "CNAME"))
+            if rtype != "CNAME" and isinstance(cname, list) and cname:
+                if name in seen:  # a CNAME loop: what resolvers answer
+                    response.answer.clear()
+                    response.set_rcode(dns.rcode.SERVFAIL)
+                    return response
+                seen.add(name)
+                response.answer.append(
+                    dns.rrset.from_text_list(name, self.ttl, "IN", "CNAME", cname)
+                )
+                name = cname[0].lower().rstrip(".") + "."
+                continue
+            break
+        exists = any(n == name for n, _ in self.records)
+        if not exists:
             response.set_rcode(dns.rcode.NXDOMAIN)
-        else:
-            response.answer.append(dns.rrset.from_text_list(name, 300, "IN", rtype, list(value)))
+        soa = _SOA.format(ttl=self.negative_ttl)
+        response.authority.append(
+            dns.rrset.from_text_list("test.", self.negative_ttl, "IN", "SOA", [soa])
+        )
         return response
 
     def close(self) -> None:
-        # Stop the thread before closing its socket: it may be mid-reply.
+        # Stop the threads before closing their sockets: they may be mid-reply.
         self._stop.set()
-        self._thread.join(5)
+        for thread in self._threads:
+            thread.join(5)
         self.sock.close()
+        self.tcp.close()
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data

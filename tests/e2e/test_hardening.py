@@ -90,6 +90,14 @@ def test_header_field_count_at_and_past_the_limit(
         assert d.cmd("NOOP") == "250 2.0.0 I have successfully done nothing"
 
 
+def test_body_lines_do_not_count_as_header_fields(kittiwake: Start, tmp_path: Path) -> None:
+    """A small header and 5,000 body lines arriving together are one message."""
+    server = kittiwake(config(tmp_path))
+    with open_data(server.port()) as d:
+        d.send(b"Subject: x\r\n\r\n" + b"line\r\n" * 5000 + b".\r\n")
+        assert d.reply()[-1].startswith("250 2.0.0 OK: queued")
+
+
 def test_many_tiny_header_fields_cost_no_memory(kittiwake: Start, tmp_path: Path) -> None:
     """100 sessions each send a header of 262,000 empty fields and never the dot.
 

@@ -183,8 +183,6 @@ class HeaderReader:
         start = max(0, old - 3)
         self._buf += chunk
         buf = self._buf
-        if self.max_fields:
-            self._count_fields(old)
         # head_end: where the header's last line ends; body_at: where the
         # body starts. DATA content has CR LF line ends only; BDAT content
         # may use bare LFs, so an LF LF also ends the header.
@@ -203,6 +201,8 @@ class HeaderReader:
                 if self.max_size and len(buf) > self.max_size:
                     self._give_up()
                     raise header_too_big()
+                if self.max_fields:
+                    self._count_fields(old)
                 return None
         if self.max_size and body_at > self.max_size:
             self._give_up()
@@ -218,12 +218,13 @@ class HeaderReader:
     def _count_fields(self, old: int) -> None:
         """Count field starts in what `feed` just added; give up past the bound.
 
+        Called only while the header is incomplete, so every byte counted
+        is header (a complete header is counted exactly by `Header.parse`).
         A field starts after every line break not followed by a space or a
         tab. Line breaks are counted in the new bytes only, and the two-byte
         continuation patterns where they end in the new bytes, so each is
         counted once; a break at the very end still waiting for its next
-        byte counts as a start, and the empty line and the body after it add
-        two more, hence the slack of two.
+        byte counts as a start, hence a little slack.
         """
         buf = self._buf
         cont_from = max(0, old - 1)
