@@ -21,6 +21,7 @@ from kittiwake import log
 from kittiwake.config.directives import Directives
 from kittiwake.config.globals import PARSERS, Globals
 from kittiwake.config.node import Node
+from kittiwake.dns import Resolver
 from kittiwake.errors import ConfigError
 from kittiwake.module import Endpoint, Module, capability_label
 from kittiwake.module import find as find_module
@@ -71,6 +72,7 @@ class Container:
         self.config_file = config_file
         self.cwd = cwd or os.getcwd()
         self.debug_flags = debug_flags or DebugFlags()
+        self._resolver: Resolver | None = None
         state_dir = os.path.join(self.cwd, DEFAULT_STATE_DIR)
         self.globals = Globals(state_dir=state_dir, runtime_dir=os.path.join(state_dir, "run"))
         self._global_nodes: dict[str, Node] = {}
@@ -253,6 +255,17 @@ class Container:
             )
 
     # -- paths ----------------------------------------------------------------
+
+    @property
+    def resolver(self) -> Resolver:
+        """The process's one DNS resolver (docs/dns.md), made on first use.
+
+        Every module asks through it, so `--debug.dnsoverride` reaches
+        every lookup and all share one cache.
+        """
+        if self._resolver is None:
+            self._resolver = Resolver(self.debug_flags.dns_override)
+        return self._resolver
 
     def state_path(self, path: str) -> str:
         """Relative paths in module configuration resolve against state_dir."""

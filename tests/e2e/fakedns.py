@@ -140,10 +140,10 @@ class FakeDNS:
         response = self._answer(query)
         if response is None:
             return None
+        wire = response.to_wire(max_size=65535)
         if tcp:
-            return response.to_wire()
+            return wire
         limit = max(512, query.payload) if query.edns >= 0 else 512
-        wire = response.to_wire()
         if len(wire) <= limit:
             return wire
         truncated = dns.message.make_response(query)

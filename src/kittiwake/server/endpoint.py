@@ -17,7 +17,6 @@ from kittiwake.auth.base import PasswordAuth
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.config.values import ListenAddress, parse_listen_address
-from kittiwake.dns import Resolver
 from kittiwake.limits import Limits
 from kittiwake.message.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
 from kittiwake.message.header import MAX_FIELDS
@@ -195,7 +194,6 @@ class SMTPEndpoint(Endpoint):
         return self.tls.context() if self.tls is not None else None
 
     def _session_config(self) -> SessionConfig:
-        flags = self.container.debug_flags
         # Submission clients are authenticated: their rDNS name is not needed.
         wants_rdns = self.kind is not EndpointKind.SUBMISSION
         return SessionConfig(
@@ -206,7 +204,7 @@ class SMTPEndpoint(Endpoint):
             buffer=self.buffer,
             log=self.log,
             io_log=self.io_log,
-            resolver=Resolver(flags.dns_override) if wants_rdns else None,
+            resolver=self.container.resolver if wants_rdns else None,
             tls_context=self._tls_context(),
             read_timeout=self.read_timeout,
             write_timeout=self.write_timeout,
