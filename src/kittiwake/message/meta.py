@@ -55,6 +55,9 @@ class MsgMeta:
     dont_trace_sender: bool = False
     #: `TLS-Required: No` (RFC 8689) was present.
     tls_not_required: bool = False
+    #: DMARC will evaluate this message (its pipeline has it on, with SPF and
+    #: DKIM checks): `check.spf` then leaves its action to DMARC.
+    dmarc_runs: bool = False
 
 
 def new_msg_id() -> str:

@@ -418,6 +418,14 @@ def _pvalue(text: str) -> str:
     return _quote_value(text)
 
 
+def authserv_id(hostname: str) -> str:
+    """Our authserv-id in A-R fields (RFC 8601 §2.5): the host name in A-labels, lowercase."""
+    try:
+        return to_alabel_domain(hostname).lower()
+    except (UnicodeError, ValueError):
+        return hostname.lower()
+
+
 def format_auth_results(hostname: str, results: Sequence[AuthResult]) -> str:
     """`AUTHSERV-ID; method=result [reason=...] [params sorted]; ...`.
 
@@ -425,11 +433,7 @@ def format_auth_results(hostname: str, results: Sequence[AuthResult]) -> str:
     left out; a result without parameters gets no trailing space (maddy
     writes one; nothing requires it).
     """
-    try:
-        authserv = to_alabel_domain(hostname)
-    except (UnicodeError, ValueError):
-        authserv = hostname
-    parts = [authserv]
+    parts = [authserv_id(hostname)]
     for res in results:
         params: list[str] = []
         reason = res.reason or res.params.get("reason", "")

@@ -34,13 +34,14 @@ from kittiwake.errors import SMTPError
 from kittiwake.message import ConnInfo, MsgMeta
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
-from kittiwake.pipeline.check_runner import CheckRunner, DmarcVerifier
+from kittiwake.pipeline.check_runner import CheckRunner, DmarcVerifier, authserv_id
 from kittiwake.pipeline.config import (
     DestinationBlock,
     RoutingConfig,
     SourceBlock,
     parse_routing,
 )
+from kittiwake.pipeline.dmarc import DmarcEvaluation
 from kittiwake.pipeline.groups import NO_MODIFIERS, ModifierChain
 from kittiwake.pipeline.received import Clock, local_now, received_value
 from kittiwake.tables.base import Table
@@ -84,14 +85,15 @@ class Pipeline:
         `block` is the block holding them, for errors that belong to no
         single directive. `first_pipeline` marks the endpoint's own
         pipeline, the only one that adds `Received`. `dmarc_factory`
-        creates the per-message DMARC evaluation once one exists.
+        creates the per-message DMARC evaluation (tests inject their own;
+        the default asks the process's resolver).
         """
         self.container = container
         self.hostname = hostname
         self.first_pipeline = first_pipeline
         self.log = logger if logger is not None else _log.get("pipeline")
         self.clock = clock
-        self.dmarc_factory = dmarc_factory
+        self.dmarc_factory = dmarc_factory or self._dmarc_evaluation
         self.routing: RoutingConfig = parse_routing(
             container, nodes, block, log=self.log, nested=self._nested
         )
@@ -100,6 +102,9 @@ class Pipeline:
         self._early = tuple(c for c in self.routing.checks if isinstance(c, EarlyCheck))
         #: Whether DMARC will evaluate messages: enabled, with SPF and DKIM checks.
         self.dmarc_runs = self.routing.dmarc_runs()
+
+    def _dmarc_evaluation(self, meta: MsgMeta) -> DmarcVerifier:
+        return DmarcEvaluation(self.container.resolver, meta)
 
     def _nested(self, nodes: list[Node], node: Node) -> DeliveryTarget:
         return Pipeline(
@@ -257,6 +262,8 @@ class MessageDelivery:
         dmarc = None
         if pipeline.dmarc_runs and pipeline.dmarc_factory is not None:
             dmarc = pipeline.dmarc_factory(meta)
+            # check.spf leaves its action to DMARC only when DMARC runs.
+            meta.dmarc_runs = True
         self._runner = CheckRunner(meta, pipeline.log, dmarc)
         self._root_mods = NO_MODIFIERS
         self._source_mods = NO_MODIFIERS
@@ -457,6 +464,7 @@ class MessageDelivery:
         for block in self._block_mods:
             await runner.check_body(block.checks, header, body)
         if self._p.first_pipeline:
+            _drop_forged_results(header, self._p.hostname, self.meta)
             value = received_value(self.meta, self._p.hostname, self._p.clock())
             if value is not None:
                 header.add("Received", value)
@@ -623,6 +631,29 @@ class MessageDelivery:
             self._log.debug(what, msg_id=self.meta.id, reply=str(exc), reason=exc.reason, **fields)
         elif isinstance(exc, Exception):
             self._log.error(what, err=exc, msg_id=self.meta.id, **fields)
+
+
+def _drop_forged_results(header: Header, hostname: str, meta: MsgMeta) -> None:
+    """Remove `Authentication-Results` fields that claim to be ours (RFC 8601 §5).
+
+    Only we may speak for our authserv-id: a field with it that arrives
+    from outside is a forgery meant to make a mail reader trust a message.
+    An LMTP client is a local MTA of ours, which may have written it.
+    """
+    if meta.conn is not None and meta.conn.endpoint == "lmtp":
+        return
+    ours = authserv_id(hostname)
+    header.fields = [
+        f
+        for f in header.fields
+        if f.name.lower() != "authentication-results" or _authserv(f.value) != ours
+    ]
+
+
+def _authserv(value: str) -> str:
+    """The authserv-id of an A-R value: the first token, before `;`, lowercase."""
+    first = value.split(";", 1)[0].strip()
+    return first.split(None, 1)[0].lower() if first else ""
 
 
 def _domain_of(key: str) -> str:
