@@ -56,15 +56,8 @@ class FakeDNS:
         for (name, rtype), value in records.items():
             self.set(name, rtype, value)
         self.queries: list[tuple[str, str]] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
+        self.sock, self.tcp = _bind_pair()
         self.port = self.sock.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", self.port))
-        self.tcp.listen(16)
-        self.tcp.settimeout(0.2)
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._serve_udp, daemon=True),
@@ -199,6 +192,30 @@ class FakeDNS:
             thread.join(5)
         self.sock.close()
         self.tcp.close()
+
+
+def _bind_pair() -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on the same free loopback port.
+
+    A port free for UDP may be in use for TCP (an outgoing connection's
+    ephemeral port): try others until one is free for both.
+    """
+    for _ in range(50):
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("127.0.0.1", 0))
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind(("127.0.0.1", tcp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen(16)
+        tcp.settimeout(0.2)
+        udp.settimeout(0.2)
+        return udp, tcp
+    raise OSError("no loopback port free for both UDP and TCP")
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
