@@ -49,7 +49,10 @@ class FakeDNS:
         *,
         ttl: int = 300,
         negative_ttl: int = 60,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        """`host`, `port`: where to listen (a tool that only asks port 53 needs one)."""
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.records: dict[tuple[str, str], list[str] | str] = {}
@@ -57,12 +60,13 @@ class FakeDNS:
             self.set(name, rtype, value)
         self.queries: list[tuple[str, str]] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, port))
         self.sock.settimeout(0.2)
+        self.host = host
         self.port = self.sock.getsockname()[1]
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.bind((host, self.port))
         self.tcp.listen(16)
         self.tcp.settimeout(0.2)
         self._stop = threading.Event()
@@ -75,7 +79,7 @@ class FakeDNS:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def set(self, name: str, rtype: str, value: list[str] | str | None) -> None:
         """Add, replace or (with None) remove the records of one (name, type)."""
