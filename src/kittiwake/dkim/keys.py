@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from typing import Literal
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from kittiwake.address import AddressError, normalize_domain, to_alabel_domain
 
 __all__ = [
     "ALGORITHMS",
@@ -42,6 +45,7 @@ __all__ = [
     "generate",
     "key_path",
     "load",
+    "record_name",
     "zone_strings",
 ]
 
@@ -105,6 +109,25 @@ class SigningKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def record_name(domain: str, selector: str) -> str:
+    """`SELECTOR._domainkey.DOMAIN` in A-labels; ValueError for names DNS cannot hold.
+
+    Checked before a domain or selector becomes part of a file name too,
+    so neither can climb out of the key folder.
+    """
+    try:
+        labels = to_alabel_domain(normalize_domain(selector)).split(".")
+        labels += ["_domainkey", *to_alabel_domain(normalize_domain(domain)).split(".")]
+    except (AddressError, UnicodeError, ValueError) as exc:
+        raise ValueError(f"not a DNS name: {exc}") from None
+    if not all(_LABEL.fullmatch(label) for label in labels) or len(".".join(labels)) > 253:
+        raise ValueError(f"not a DNS name: {selector}._domainkey.{domain}")
+    return ".".join(labels)
 
 
 def key_path(template: str, domain: str, selector: str, state_dir: str) -> str:

@@ -171,8 +171,8 @@ class DKIMSigner(Module):
         for domain in self.domains:
             try:
                 lookup = normalize_domain(domain)
-                to_alabel_domain(lookup)
-            except (AddressError, UnicodeError, ValueError) as exc:
+                keys.record_name(domain, selector)
+            except (AddressError, ValueError) as exc:
                 raise cfg.node.error(
                     f"{self.module_name}: invalid domain {domain!r}: {exc}"
                 ) from None
