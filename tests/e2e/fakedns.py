@@ -49,14 +49,18 @@ class FakeDNS:
         *,
         ttl: int = 300,
         negative_ttl: int = 60,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        """`host`, `port`: where to listen (a tool that only asks port 53 needs one)."""
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.records: dict[tuple[str, str], list[str] | str] = {}
         for (name, rtype), value in records.items():
             self.set(name, rtype, value)
         self.queries: list[tuple[str, str]] = []
-        self.sock, self.tcp = _bind_pair()
+        self.sock, self.tcp = _bind_pair(host, port)
+        self.host = host
         self.port = self.sock.getsockname()[1]
         self._stop = threading.Event()
         self._threads = [
@@ -68,7 +72,7 @@ class FakeDNS:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def set(self, name: str, rtype: str, value: list[str] | str | None) -> None:
         """Add, replace or (with None) remove the records of one (name, type)."""
@@ -194,22 +198,28 @@ class FakeDNS:
         self.tcp.close()
 
 
-def _bind_pair() -> tuple[socket.socket, socket.socket]:
-    """A UDP and a TCP socket on the same free loopback port.
+def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on the same port of `host` (`port`, or a free one).
 
     A port free for UDP may be in use for TCP (an outgoing connection's
-    ephemeral port): try others until one is free for both.
+    ephemeral port): with `port` 0, try others until one is free for both.
     """
     for _ in range(50):
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.bind(("127.0.0.1", 0))
+        try:
+            tcp.bind((host, port))
+        except OSError:
+            tcp.close()
+            raise
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            udp.bind(("127.0.0.1", tcp.getsockname()[1]))
+            udp.bind((host, tcp.getsockname()[1]))
         except OSError:
             udp.close()
             tcp.close()
+            if port:
+                raise
             continue
         tcp.listen(16)
         tcp.settimeout(0.2)

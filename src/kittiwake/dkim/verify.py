@@ -1,0 +1,289 @@
+"""Verifying DKIM signatures with dkimpy, the body hashed apart (RFC 6376 §6, RFC 8463).
+
+Strategy. dkimpy verifies a message it holds whole in memory: it hashes
+`self.body`, and its `verify()` turns a bad key into a bare `False`. So
+kittiwake uses it in pieces, in three steps that `checks/dkim.py` drives:
+
+1. `prepare` (worker thread): each `DKIM-Signature` field is parsed and
+   checked with dkimpy's tag parser and field validation, then with the
+   rules dkimpy leaves out (From must be signed, `rsa-sha1` is refused,
+   `l=` only when allowed). What survives says which TXT record holds
+   its key and which body hash it needs (a `BodySpec`).
+2. The event loop looks the keys up through kittiwake's resolver, all at
+   once, while a worker streams the body once through
+   `kittiwake.dkim.body.BodyHasher` for every spec at the same time.
+3. `finish` (worker thread): per signature, the key record is checked
+   (revoked, wrong type, size) and parsed by dkimpy, the streamed body
+   hash is compared with `bh=`, and dkimpy checks the header hash and the
+   signature. It is handed the header with an empty body, and the parsed
+   `bh=` is replaced by the hash of an empty body in the same
+   canonicalization, so dkimpy's own body check passes on the body hash
+   kittiwake already checked, and dkimpy does the cryptography.
+
+Limits against a hostile message: `check.dkim` verifies at most
+`max_signatures` fields; an RSA key over 16384 bits or with a public
+exponent over 64 bits is refused (OpenSSL's limits), so one verification
+costs bounded time; reasons copied into `Authentication-Results` are
+cleaned of control characters and cut short.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import dkim
+import dkim.util
+from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+
+from kittiwake.dkim.body import BodyHasher, BodySpec, Canon, empty_body_hash
+from kittiwake.message.header import Header
+
+__all__ = [
+    "MAX_RSA_BITS",
+    "Outcome",
+    "Pending",
+    "clean",
+    "dkimpy_headers",
+    "finish",
+    "prepare",
+]
+
+#: OpenSSL's limits (OPENSSL_RSA_MAX_MODULUS_BITS, ..._MAX_PUBEXP_BITS):
+#: beyond them one verification could cost seconds of CPU.
+MAX_RSA_BITS = 16384
+MAX_RSA_EXPONENT_BITS = 64
+#: RFC 8301 §3.2: keys under 1024 bits MUST NOT be considered valid.
+MIN_RSA_BITS = 1024
+#: Longest text taken from a message or a key into a reason.
+MAX_REASON = 120
+
+_SIG_NAME = b"dkim-signature"
+_REQUIRED_TAGS = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")
+_H_SPLIT = re.compile(rb"\s*:\s*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_QUIET = logging.getLogger("kittiwake.dkimpy")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+def clean(text: str | bytes, limit: int = MAX_REASON) -> str:
+    """Text from a message fit for a header field: no control characters, short."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The verdict on one signature: an RFC 8601 `dkim=` result."""
+
+    result: str  # pass, fail, permerror, temperror, neutral
+    domain: str = ""
+    identity: str = ""
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Pending:
+    """A well-formed signature waiting for its key and its body hash."""
+
+    index: int  # among the DKIM-Signature fields, from the top
+    tags: dict[bytes, bytes]
+    signed: list[bytes]  # h=, lowercase
+    field: tuple[bytes, bytes]  # (name, value) as dkimpy holds it
+    domain: str
+    identity: str
+    key_name: str  # SELECTOR._domainkey.DOMAIN
+    body: BodySpec
+    key_record: bytes | None = None
+    outcome: Outcome | None = None
+
+
+def dkimpy_headers(header: Header) -> list[list[bytes]]:
+    """The header as dkimpy holds it: `[name, value]` with CR LF line ends.
+
+    The name is everything before the first colon and the value everything
+    after, so `name + b":" + value` is the field's exact bytes (simple
+    canonicalization hashes those); a bare LF (possible with BDAT) counts
+    as a line end, as dkimpy's own parser would read it.
+    """
+    out: list[list[bytes]] = []
+    for f in header:
+        raw = f.raw
+        if raw.count(b"\n") != raw.count(b"\r\n"):
+            raw = re.sub(rb"\r?\n", b"\r\n", raw)
+        colon = raw.index(b":")
+        out.append([raw[:colon], raw[colon + 1 :]])
+    return out
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def prepare(
+    headers: Sequence[Sequence[bytes]], limit: int, allow_body_subset: bool
+) -> tuple[list[Outcome | Pending], int]:
+    """Step 1: the first `limit` signatures, judged or waiting; and how many were left out."""
+    fields = [(bytes(h[0]), bytes(h[1])) for h in headers if h[0].lower().rstrip() == _SIG_NAME]
+    results: list[Outcome | Pending] = []
+    for index, sig_field in enumerate(fields[:limit]):
+        results.append(_prepare_one(index, sig_field, allow_body_subset))
+    return results, max(0, len(fields) - limit)
+
+
+def _prepare_one(
+    index: int, sig_field: tuple[bytes, bytes], allow_body_subset: bool
+) -> Outcome | Pending:
+    try:
+        tags = cast(dict[bytes, bytes], dkim.util.parse_tag_value(sig_field[1]))
+    except dkim.util.InvalidTagValueList as exc:
+        return Outcome("permerror", reason=clean(f"malformed signature: {exc!r}"))
+    domain = clean(tags.get(b"d", b""), 255)
+    identity = clean(tags.get(b"i", b""), 255) or (f"@{domain}" if domain else "")
+
+    def perm(reason: str) -> Outcome:
+        return Outcome("permerror", domain, identity, clean(reason))
+
+    for tag in _REQUIRED_TAGS:  # RFC 6376 §3.5 (dkimpy's own message shows bytes)
+        if tag not in tags:
+            return perm(f"missing tag {tag.decode()}=")
+    try:
+        dkim.validate_signature_fields(tags)
+    except dkim.ValidationError as exc:
+        return perm(str(exc))
+    except (KeyError, IndexError, ValueError) as exc:  # a tag dkimpy did not expect
+        return perm(f"malformed signature: {exc!r}")
+    algorithm = tags[b"a"]
+    if algorithm == b"rsa-sha1":
+        # RFC 8301 §3.1: rsa-sha1 signatures MUST NOT be considered valid.
+        return perm("rsa-sha1 is not accepted")
+    signed = [name.lower() for name in _H_SPLIT.split(tags[b"h"].strip()) if name]
+    if b"from" not in signed:
+        return perm("From field not signed")  # RFC 6376 §6.1.1
+    try:
+        policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
+    except InvalidCanonicalizationPolicyError as exc:
+        return perm(f"unknown canonicalization {exc.args[0]!r}")
+    limit: int | None = None
+    if b"l" in tags:
+        if not allow_body_subset:
+            return Outcome("fail", domain, identity, "l= tag not accepted (allow_body_subset no)")
+        limit = int(tags[b"l"])
+    canon = cast(Canon, _text(policy.body_algorithm.name))
+    hash_name = _text(algorithm.split(b"-", 1)[1])
+    selector, sig_domain = _text(tags[b"s"]), _text(tags[b"d"])
+    return Pending(
+        index=index,
+        tags=tags,
+        signed=signed,
+        field=sig_field,
+        domain=domain,
+        identity=identity,
+        key_name=f"{selector}._domainkey.{sig_domain}",
+        body=BodySpec(canon, hash_name, limit),
+    )
+
+
+def finish(
+    headers: Sequence[Sequence[bytes]],
+    pending: Sequence[Pending],
+    hashes: BodyHasher,
+    required: Sequence[str],
+) -> None:
+    """Step 3: set `outcome` of each signature that has its key record (in a worker)."""
+    verifier = dkim.DKIM(logger=_QUIET, minkey=MIN_RSA_BITS)
+    verifier.headers = [[bytes(h[0]), bytes(h[1])] for h in headers]
+    verifier.body = b""
+    for sig in pending:
+        if sig.outcome is None and sig.key_record is not None:
+            sig.outcome = _finish_one(verifier, sig, hashes, required)
+
+
+def _finish_one(
+    verifier: Any, sig: Pending, hashes: BodyHasher, required: Sequence[str]
+) -> Outcome:
+    def verdict(result: str, reason: str = "") -> Outcome:
+        return Outcome(result, sig.domain, sig.identity, clean(reason))
+
+    assert sig.key_record is not None
+    problem = _key_problem(sig.key_record, sig.tags)
+    if problem:
+        return verdict("permerror", problem)
+    try:
+        pk, keysize, ktag, seqtlsrpt = dkim.evaluate_pk(sig.key_name.encode(), sig.key_record)
+    except Exception as exc:  # the record is the signer's data: any parse failure is theirs
+        return verdict("permerror", f"key syntax error: {exc}")
+    expected_type = b"ed25519" if sig.tags[b"a"].startswith(b"ed25519") else b"rsa"
+    if ktag != expected_type:
+        return verdict("permerror", "key type does not match the signature algorithm")
+    if ktag == b"rsa":
+        if keysize < MIN_RSA_BITS:
+            return verdict("permerror", f"key too small ({keysize} bits)")
+        if keysize > MAX_RSA_BITS:
+            return verdict("permerror", f"key too large ({keysize} bits)")
+        if int(pk["publicExponent"]).bit_length() > MAX_RSA_EXPONENT_BITS:
+            return verdict("permerror", "key exponent too large")
+
+    spec = sig.body
+    if spec.limit is not None and spec.limit > hashes.length(spec.canon):
+        return verdict("permerror", "l= is larger than the body")
+    try:
+        expected = base64.b64decode(re.sub(rb"\s+", b"", sig.tags[b"bh"]), validate=True)
+    except (binascii.Error, ValueError):
+        return verdict("permerror", "bh= is not base64")
+    if hashes.digest(spec) != expected:
+        return verdict("fail", "body hash did not verify")
+
+    # dkimpy sees an empty body: its body check must pass on the hash of
+    # one, the real body hash having been checked above.
+    tags = dict(sig.tags)
+    tags[b"bh"] = base64.b64encode(empty_body_hash(spec.canon, spec.algorithm))
+    tags.pop(b"l", None)
+    verifier.pk, verifier.keysize, verifier.ktag, verifier.seqtlsrpt = pk, keysize, ktag, seqtlsrpt
+    try:
+        good = bool(verifier.verify_sig_process(tags, list(sig.signed), sig.field, None))
+    except (dkim.KeyFormatError, dkim.MessageFormatError, dkim.ValidationError) as exc:
+        return verdict("permerror", str(exc))
+    except (ValueError, TypeError):  # a b= of the wrong size for the key
+        good = False
+    if not good:
+        return verdict("fail", "signature did not verify")
+    wanted = {name.lower().encode() for name in required}
+    if not wanted <= set(sig.signed):
+        return verdict("permerror", "some header fields are not signed")
+    return verdict("pass")
+
+
+def _key_problem(record: bytes, sig: dict[bytes, bytes]) -> str:
+    """What RFC 6376 §3.6.1 forbids that dkimpy lets through; "" if nothing."""
+    try:
+        key = cast(dict[bytes, bytes], dkim.util.parse_tag_value(record))
+    except dkim.util.InvalidTagValueList as exc:
+        return f"key syntax error: {exc!r}"
+    if b"p" not in key:
+        return "key syntax error: no p= tag"
+    if not re.sub(rb"\s+", b"", key[b"p"]):
+        return "key revoked"
+    if b"v" in key and key[b"v"] != b"DKIM1":
+        return "key syntax error: v= is not DKIM1"
+    if b"h" in key:
+        allowed = {h.strip() for h in key[b"h"].split(b":")}
+        if sig[b"a"].split(b"-", 1)[1] not in allowed:
+            return "hash algorithm not allowed by the key"
+    if b"s" in key:
+        services = {s.strip() for s in key[b"s"].split(b":")}
+        if not services & {b"*", b"email"}:
+            return "key is not for email"
+    if b"t" in key and b"s" in {t.strip() for t in key[b"t"].split(b":")}:
+        identity = sig.get(b"i", b"@" + sig[b"d"])
+        if identity.rpartition(b"@")[2].lower() != sig[b"d"].lower():
+            return "i= domain must equal d= (key flag t=s)"
+    return ""
