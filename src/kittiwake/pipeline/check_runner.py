@@ -404,8 +404,16 @@ _TSPECIALS = frozenset('()<>@,;:\\"/[]?=')
 _ADDRESS_PUNCT = frozenset("#$%&'*+,./-@[]\\^_`{|}~")
 
 
+#: Control characters become spaces: a value that came from a message (a
+#: reason quoting a header, a domain from a signature) must never be able to
+#: end the A-R field and start a header field of its own.
+_CONTROLS = {c: " " for c in (*range(32), 127)}
+
+
 def _quote_value(text: str) -> str:
     """RFC 2045 `value`: a token as is, anything else as a quoted-string."""
+    if not text.isprintable():
+        text = text.translate(_CONTROLS)
     if any(ch <= " " or ch in _TSPECIALS for ch in text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text

@@ -403,3 +403,13 @@ def test_action_apply() -> None:
     assert overridden.auth_results == failed.auth_results
     passed = CheckResult()
     assert CheckAction("reject").apply(passed) is passed
+
+
+def test_auth_results_never_carry_a_line_break() -> None:
+    """A reason or value quoted from a message cannot inject a header field."""
+    value = format_auth_results(
+        "mx.example.org",
+        [AuthResult("dkim", "fail", {"header.d": "a.example\r\nX-Evil: 1"}, "bad\r\nX-Bad: 2")],
+    )
+    assert "\r" not in value and "\n" not in value
+    assert 'reason="bad  X-Bad: 2"' in value
