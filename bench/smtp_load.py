@@ -109,12 +109,19 @@ def wait_delivered(root: Path, expected: int) -> float:
 # -- smtp-source -----------------------------------------------------------------------
 
 
-def smtp_source(port: int, sessions: int, count: int, size: int, keep: bool) -> None:
-    """One smtp-source run; BenchError on a failed session or a rejected message."""
+def smtp_source(
+    port: int, sessions: int, count: int, size: int, keep: bool, message: Path | None = None
+) -> None:
+    """One smtp-source run; BenchError on a failed session or a rejected message.
+
+    `message`: a file with the whole message (header and body) to send
+    instead of smtp-source's generated one of `size` bytes.
+    """
     binary = tool("smtp-source")
     if binary is None:
         raise BenchError("smtp-source is not installed (Debian package postfix)")
-    cmd = [binary, "-s", str(sessions), "-m", str(count), "-l", str(size)]
+    cmd = [binary, "-s", str(sessions), "-m", str(count)]
+    cmd += ["-F", str(message)] if message is not None else ["-l", str(size)]
     cmd += ["-f", SENDER, "-t", RECIPIENT, "-M", HOSTNAME]
     if keep:
         cmd.append("-d")
@@ -140,6 +147,7 @@ class Cell:
     sessions: int
     size: int  # bytes of payload (smtp-source -l), headers not counted
     per_session: int
+    message: Path | None = None  # a whole message to send instead (smtp-source -F)
 
     def round_size(self) -> int:
         """Messages per smtp-source run: whole sessions with -d, larger rounds without."""
@@ -174,7 +182,9 @@ def measure(target: Target, cell: Cell, min_seconds: float, max_rounds: int) -> 
     for _ in range(max_rounds):
         if not target.alive():
             raise BenchError(f"{target.name} is no longer running")
-        smtp_source(target.port, cell.sessions, batch, cell.size, cell.per_session > 1)
+        smtp_source(
+            target.port, cell.sessions, batch, cell.size, cell.per_session > 1, cell.message
+        )
         sent += batch
         if time.perf_counter() - start >= min_seconds:
             break

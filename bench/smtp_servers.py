@@ -209,12 +209,15 @@ def kittiwake_check(work: Path, *, durable: bool) -> str | None:
 
 @contextlib.contextmanager
 def kittiwake(
-    name: str, work: Path, *, durable: bool, endpoint_extra: str = ""
+    name: str, work: Path, *, durable: bool, endpoint_extra: str = "", dns: str | None = None
 ) -> Iterator[Target]:
+    """`dns`: HOST:PORT of a DNS server to use instead of a fresh `dns_stub`."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf, maildir = kittiwake_config(work, port, durable=durable, endpoint_extra=endpoint_extra)
-    with dns_stub(work) as dns:
+    with contextlib.ExitStack() as stack:
+        if dns is None:
+            dns = stack.enter_context(dns_stub(work))
         cmd = [sys.executable, "-m", "kittiwake", "run", "-c", str(conf)]
         cmd += ["--debug.dnsoverride", dns]
         proc = Process(cmd, work / "kittiwake.log", env=python_env())
