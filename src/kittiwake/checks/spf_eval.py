@@ -81,6 +81,7 @@ MAX_NOTE = 200
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 
 _SPF_RECORD = re.compile(rb"v=spf1(?: |$)", re.IGNORECASE)  # RFC 7208 §4.5
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 _ASKED = frozenset({"A", "AAAA", "MX", "TXT", "PTR"})
 _PREFIXES = ("SPF Temporary Error: ", "SPF Permanent Error: ")
 
@@ -142,7 +143,7 @@ def _lookup(
     if remaining <= 0:
         raise _OutOfTime("SPF evaluation took too long")
     future = asyncio.run_coroutine_threadsafe(
-        evaluation.resolver.query(name, qtype), evaluation.loop
+        evaluation.resolver.query(_fit(name), qtype), evaluation.loop
     )
     try:
         answer = future.result(remaining)
@@ -162,9 +163,22 @@ def _lookup(
     return [(key, r) for r in answer.records]
 
 
+def _fit(name: str) -> str:
+    """RFC 7208 §7.3: a name over 253 characters loses labels on the left until it fits.
+
+    pyspf cuts one label at most, and a longer name could not be asked at all.
+    """
+    while len(name) > 253 and "." in name:
+        name = name.partition(".")[2]
+    return name
+
+
 def _screen(record: bytes) -> bytes:
     """Refuse SPF records pyspf would take too long to read (module docstring)."""
     if _SPF_RECORD.match(record):
+        if _NOT_PRINTABLE.search(record):
+            # RFC 7208 §4.6.1 and §7.1: terms are printable ASCII split by spaces.
+            raise spf.PermError("SPF record with a byte that is not printable ASCII")
         if len(record) > MAX_RECORD:
             raise spf.PermError(f"SPF record of {len(record)} bytes (at most {MAX_RECORD})")
         longest = max(len(term) for term in record.split(b" "))
