@@ -22,16 +22,20 @@ Hostile records. pyspf keeps the RFC 7208 §4.6.4 limits (10 mechanisms
 that look up DNS, 2 void lookups, 10 MX or PTR names), but its record
 parser is quadratic in the length of a term: one 60 kB term costs a
 minute of CPU. `_lookup` therefore screens TXT answers before pyspf sees
-them: an SPF record longer than `MAX_RECORD`, or with a term longer than
-`MAX_TERM`, is a permerror (no valid term needs more than a domain name and
-a mechanism); any other TXT record longer than `MAX_TEXT` can only serve as
+them: an SPF record longer than `MAX_RECORD`, with a term longer than
+`MAX_TERM` (no valid term needs more than a domain name and a mechanism),
+or with a byte that is not printable ASCII (RFC 7208 §4.6.1, §7.1) is a
+permerror; any other TXT record longer than `MAX_TEXT` can only serve as
 an `exp=` explanation and is replaced by empty text, which RFC 7208 §6.2
-lets us ignore.
+lets us ignore. With these limits the worst eleven records cost pyspf
+about a tenth of a second.
 
-Two corrections to pyspf, both RFC 7208 §5.5: a DNS error while validating
-a PTR name skips that name, and an error on the PTR lookup itself makes
-`ptr` not match (`%{p}` is then `unknown`, §7.3), instead of failing the
-whole evaluation with temperror.
+Corrections to pyspf: a DNS error while validating a PTR name skips that
+name, and an error on the PTR lookup itself makes `ptr` not match
+(`%{p}` is then `unknown`, §7.3), instead of failing the whole evaluation
+with temperror (both RFC 7208 §5.5); a name that macros made longer than
+253 characters loses labels on the left until it fits (§7.3; pyspf cuts
+one).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ __all__ = [
     "MAX_TEXT",
     "RESULTS",
     "TIME_LIMIT",
+    "Lookup",
     "SPFOutcome",
     "evaluate",
 ]
