@@ -15,7 +15,7 @@ from kittiwake.auth import (  # noqa: F401  (auth.*)
     plain_separate,
     shadow,
 )
-from kittiwake.checks import authorize_sender  # noqa: F401
+from kittiwake.checks import authorize_sender, spf  # noqa: F401
 from kittiwake.checks import dkim as check_dkim  # noqa: F401
 from kittiwake.modify import dkim as modify_dkim  # noqa: F401
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)

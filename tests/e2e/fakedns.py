@@ -35,11 +35,26 @@ TIMEOUT = "TIMEOUT"
 _SOA = "ns.test. hostmaster.test. 1 3600 600 86400 {ttl}"
 
 
-def txt(value: str) -> str:
-    """A TXT record's zone text for `value`, cut into strings of 255 bytes."""
-    raw = value.encode()
-    parts = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
-    return " ".join('"' + p.decode().replace("\\", "\\\\").replace('"', '\\"') + '"' for p in parts)
+def txt(*values: str | bytes) -> str:
+    """A TXT record's zone text: each value cut into strings of 255 bytes, in order.
+
+    No value gives one empty string. Bytes other than printable ASCII are
+    written as `\\DDD` escapes, so UTF-8, invalid UTF-8 and control
+    characters reach the client exactly as given.
+    """
+    parts: list[bytes] = []
+    for value in values:
+        raw = value.encode() if isinstance(value, str) else value
+        parts.extend(raw[i : i + 255] for i in range(0, len(raw), 255))
+    return " ".join(_quoted(p) for p in parts or [b""])
+
+
+def _quoted(part: bytes) -> str:
+    return (
+        '"'
+        + "".join(chr(b) if 0x20 <= b < 0x7F and b not in b'"\\' else f"\\{b:03d}" for b in part)
+        + '"'
+    )
 
 
 class FakeDNS:
@@ -76,7 +91,7 @@ class FakeDNS:
 
     def set(self, name: str, rtype: str, value: list[str] | str | None) -> None:
         """Add, replace or (with None) remove the records of one (name, type)."""
-        key = (name.lower().rstrip(".") + ".", rtype.upper())
+        key = (_key(name), rtype.upper())
         if value is None:
             self.records.pop(key, None)
         else:
@@ -177,7 +192,7 @@ class FakeDNS:
                 response.answer.append(
                     dns.rrset.from_text_list(name, self.ttl, "IN", "CNAME", cname)
                 )
-                name = cname[0].lower().rstrip(".") + "."
+                name = _key(cname[0])
                 continue
             break
         exists = any(n == name for n, _ in self.records)
@@ -226,6 +241,11 @@ def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
         udp.settimeout(0.2)
         return udp, tcp
     raise OSError("no loopback port free for both UDP and TCP")
+
+
+def _key(name: str) -> str:
+    """A name as a question shows it: absolute, lowercase, odd bytes escaped (`\\032`)."""
+    return dns.name.from_text(name.rstrip(".") + ".").to_text().lower()
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:

@@ -6,7 +6,8 @@ That is enough to test the command line, readiness, signals and logging in
 a real process before the SMTP endpoints exist. `test.table` is a named
 block that does nothing, so references and unused blocks can be tested.
 
-Importing this module registers both; only `launcher.py` does, so the real
+Importing this module registers them all (with `test.crash`, `test.check`
+and `test.dkim`, further down); only `launcher.py` does, so the real
 server never sees them.
 """
 
@@ -182,3 +183,53 @@ class FakeCheck(Module):
 
     async def check_early(self, conn: object) -> object:
         return self.result("early", conn)
+
+
+class _FakeDKIMState:
+    """dkim=pass for a From domain the module lists, dkim=none otherwise."""
+
+    def __init__(self, owner: FakeDKIM) -> None:
+        self.owner = owner
+
+    async def check_connection(self) -> object:
+        from kittiwake.checks.base import CheckResult
+
+        return CheckResult()
+
+    async def check_sender(self, mail_from: str) -> object:
+        return await self.check_connection()
+
+    async def check_rcpt(self, rcpt: str) -> object:
+        return await self.check_connection()
+
+    async def check_body(self, header: object, body: object) -> object:
+        from kittiwake.checks.base import AuthResult, CheckResult
+        from kittiwake.message.header import Header
+        from kittiwake.pipeline.dmarc import from_domain
+
+        assert isinstance(header, Header)
+        domain = from_domain(header).lower()
+        if domain in self.owner.passing:
+            entry = AuthResult("dkim", "pass", {"header.d": domain})
+        else:
+            entry = AuthResult("dkim", "none")
+        return CheckResult(auth_results=[entry])
+
+    async def close(self) -> None:
+        return None
+
+
+@register("test.dkim")
+class FakeDKIM(Module):
+    """A stand-in for a DKIM check, so that the pipeline's DMARC runs beside
+    `check.spf` (`dmarc_input`, docs/pipeline.md "DMARC"): `pass DOMAIN...`
+    lists the From domains whose mail it says is signed."""
+
+    dmarc_input = "dkim"
+
+    def configure(self, cfg: Directives) -> None:
+        self.passing = {d.lower() for d in cfg.string_list("pass", [])}
+        cfg.finish()
+
+    async def check_state(self, meta: object) -> _FakeDKIMState:
+        return _FakeDKIMState(self)

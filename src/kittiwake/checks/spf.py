@@ -1,0 +1,240 @@
+"""`check.spf`: may the client send mail for the MAIL FROM domain (RFC 7208)?
+
+    check.spf {
+        debug no
+        enforce_early no
+        none_action ignore
+        neutral_action ignore
+        fail_action quarantine
+        softfail_action ignore
+        permerr_action ignore
+        temperr_action ignore
+    }
+
+Strategy (docs/checks.md, "spf"). Evaluation starts when the message's
+state is created (the sender stage: MAIL FROM, or its first RCPT with
+`defer_sender_reject`) and runs in the background, on a worker thread
+(`spf_eval.evaluate`), while the client sends recipients and the body. Its
+inputs are the client's address (`ConnInfo.remote_ip`: the one a trusted
+PROXY header named), the HELO name, and the MAIL FROM exactly as the client
+gave it, before any rewriting, normalised by `spf_sender`. Clients on a
+Unix socket and messages kittiwake makes itself have no address to check:
+no result, no `Authentication-Results` entry.
+
+The result always gives an `spf=` entry for `Authentication-Results`, with
+`smtp.mailfrom` and `smtp.helo` (the pipeline's DMARC reads those names).
+The action configured for the result applies:
+
+* with `enforce_early yes`, at the sender stage, which waits for the result;
+* otherwise at the body stage. If DMARC will evaluate the message
+  (`meta.dmarc_runs`) and the From domain publishes a `quarantine` or
+  `reject` policy, the action is left to DMARC (the result is still
+  recorded and logged). Without DMARC running, SPF acts on its own.
+
+A malformed sender is refused (`550 5.1.7`), and a crash of the evaluation
+answers `451 4.0.0`, whatever the actions say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from kittiwake.address import split, to_alabel_domain
+from kittiwake.checks.base import (
+    OK,
+    AuthResult,
+    CheckAction,
+    CheckResult,
+    CheckState,
+    CheckStateBase,
+    action_directive,
+)
+from kittiwake.checks.spf_eval import SPFOutcome, evaluate
+from kittiwake.config.directives import Directives
+from kittiwake.errors import EnhancedCode, SMTPError
+from kittiwake.message import MsgMeta
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
+from kittiwake.module import Module, register
+from kittiwake.pipeline.dmarc import published_policy
+
+__all__ = ["SPF", "spf_sender"]
+
+NAME = "check.spf"
+IGNORE = CheckAction("ignore")
+
+#: Result -> the reply a rejecting action gives, and the directive that
+#: chooses the action (docs/checks.md, "spf").
+_FAILURES: dict[str, tuple[int, EnhancedCode, str, str]] = {
+    "none": (550, (5, 7, 23), "No SPF policy", "none_action"),
+    "neutral": (550, (5, 7, 23), "Neutral SPF result is not permitted", "neutral_action"),
+    "fail": (550, (5, 7, 23), "SPF authentication failed", "fail_action"),
+    "softfail": (550, (5, 7, 23), "SPF authentication soft-failed", "softfail_action"),
+    "temperror": (
+        451,
+        (4, 7, 23),
+        "SPF authentication failed with a temporary error",
+        "temperr_action",
+    ),
+    "permerror": (
+        550,
+        (5, 7, 23),
+        "SPF authentication failed with a permanent error",
+        "permerr_action",
+    ),
+}
+_DEFAULT_ACTIONS = {"fail_action": CheckAction("quarantine")}
+
+
+def spf_sender(mail_from: str) -> str:
+    """The sender SPF evaluates for a MAIL FROM; ValueError if it has none.
+
+    The null sender stays empty (the evaluation then checks `postmaster@HELO`,
+    RFC 7208 §2.4). The domain is converted to A-labels (RFC 8616 §4); an
+    address literal is kept (it gives `none`, RFC 7208 §4.3). A local part
+    that is not ASCII cannot appear in a DNS query and is replaced by
+    `postmaster`, what RFC 7208 §4.3 uses when there is none.
+    """
+    if not mail_from:
+        return ""
+    local, domain = split(mail_from)
+    if not domain:
+        raise ValueError(f"no domain in {mail_from!r}")
+    if not domain.startswith("["):
+        try:
+            domain = to_alabel_domain(domain)
+        except (UnicodeError, ValueError) as exc:
+            raise ValueError(f"domain {domain!r} has no A-label form: {exc}") from None
+    if not local.isascii():
+        local = "postmaster"
+    return f"{local}@{domain}"
+
+
+@register(NAME)
+class SPF(Module):
+    """The module: configuration, and one `_State` per message."""
+
+    def configure(self, cfg: Directives) -> None:
+        if self.inline_args:
+            raise cfg.node.error(f"{self.module_name}: inline arguments are not used")
+        self.log.debug_enabled = cfg.boolean("debug", default=self.log.debug_enabled, inherit=True)
+        self.enforce_early = cfg.boolean("enforce_early", default=False)
+        self.actions: dict[str, CheckAction] = {}
+        for _code, _enhanced, _text, directive in _FAILURES.values():
+            default = _DEFAULT_ACTIONS.get(directive, IGNORE)
+            self.actions[directive] = cfg.custom(directive, action_directive, default)
+        cfg.finish()
+        # `%{r}` in explanations: the host doing the check (RFC 7208 §7.3).
+        present, hostname = self.container.global_value("hostname")
+        self.receiver = str(hostname) if present and hostname else "unknown"
+
+    async def check_state(self, meta: MsgMeta) -> CheckState:
+        return _State(self, meta)
+
+    def judge(self, outcome: SPFOutcome, params: dict[str, str]) -> tuple[CheckResult, CheckAction]:
+        """The A-R entry and unjudged failure for a result, and the action it calls for."""
+        note = outcome.problem or ("no policy" if outcome.result == "none" else "")
+        entry = AuthResult("spf", outcome.result, dict(params), note)
+        failure = _FAILURES.get(outcome.result)
+        if failure is None:  # pass
+            return CheckResult(auth_results=[entry]), IGNORE
+        code, enhanced, text, directive = failure
+        why = outcome.problem or outcome.explanation or outcome.mechanism
+        reason = SMTPError(code, enhanced, text, check_name=NAME, reason=why)
+        return CheckResult(reason=reason, auth_results=[entry]), self.actions[directive]
+
+
+class _State(CheckStateBase):
+    """One message: the evaluation in the background, its verdict at one stage."""
+
+    def __init__(self, check: SPF, meta: MsgMeta) -> None:
+        self.check = check
+        self.meta = meta
+        self._task: asyncio.Task[SPFOutcome] | None = None
+        self._malformed: SMTPError | None = None
+        self._params: dict[str, str] = {}
+        conn = meta.conn
+        if conn is None:
+            check.log.debug("skipping locally generated message", msg_id=meta.id)
+            return
+        if conn.remote_ip is None:
+            check.log.debug("skipping a client without an IP address", msg_id=meta.id)
+            return
+        try:
+            sender = spf_sender(meta.original_from)
+        except ValueError as exc:
+            self._malformed = SMTPError(
+                550, (5, 1, 7), "Malformed address", check_name=NAME, reason=str(exc)
+            )
+            return
+        self._params = {"smtp.helo": conn.helo}
+        if meta.original_from:
+            self._params["smtp.mailfrom"] = split(meta.original_from)[1]
+        ip = conn.remote_ip.partition("%")[0]  # no IPv6 zone
+        self._task = asyncio.get_running_loop().create_task(
+            evaluate(check.container.resolver, ip, sender, conn.helo, receiver=check.receiver)
+        )
+
+    async def _judged(self) -> tuple[CheckResult, CheckAction]:
+        assert self._task is not None
+        try:
+            outcome = await self._task
+        except Exception as exc:
+            self.check.log.error("SPF evaluation failed", err=exc, msg_id=self.meta.id)
+            reason = SMTPError(
+                451,
+                (4, 0, 0),
+                "Internal error during policy check",
+                check_name=NAME,
+                reason=repr(exc),
+            )
+            return CheckResult(reject=True, reason=reason), IGNORE
+        self.check.log.debug(
+            "result",
+            msg_id=self.meta.id,
+            result=outcome.result,
+            mechanism=outcome.mechanism,
+            problem=outcome.problem,
+        )
+        return self.check.judge(outcome, self._params)
+
+    async def check_connection(self) -> CheckResult:
+        if self._malformed is not None:
+            return CheckResult(reject=True, reason=self._malformed)
+        return OK
+
+    async def check_sender(self, mail_from: str) -> CheckResult:
+        if not self.check.enforce_early or self._task is None:
+            return OK
+        result, action = await self._judged()
+        return action.apply(result)
+
+    async def check_body(self, header: Header, body: Buffer) -> CheckResult:
+        if self.check.enforce_early or self._task is None:
+            return OK
+        result, action = await self._judged()
+        if result.reason is None or action.kind == "ignore":
+            return result
+        if self.meta.dmarc_runs:
+            policy = await published_policy(self.check.container.resolver, header)
+            if policy in ("quarantine", "reject"):
+                self.check.log.info(
+                    "action left to DMARC",
+                    msg_id=self.meta.id,
+                    result=result.auth_results[0].result if result.auth_results else "",
+                    policy=policy,
+                )
+                return result
+        return action.apply(result)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        elif not task.cancelled():
+            task.exception()  # seen: a crash nobody waited for is not reported twice
