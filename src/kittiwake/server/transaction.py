@@ -142,6 +142,8 @@ class MailTransactions:
             auth_user=self.session.auth_user,
             endpoint=self.cfg.kind,
             session=self.session.counters,
+            reverse=self.session.reverse_lookup,
+            module_data=self.session.module_data,
         )
 
     async def on_rcpt(self, event: RcptTo) -> None:
