@@ -15,7 +15,11 @@ from kittiwake.auth import (  # noqa: F401  (auth.*)
     plain_separate,
     shadow,
 )
-from kittiwake.checks import authorize_sender  # noqa: F401
+from kittiwake.checks import (  # noqa: F401
+    authorize_sender,
+    dns,  # require_mx_record, require_matching_rdns
+    require_tls,
+)
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
 from kittiwake.pipeline import groups  # noqa: F401  (msgpipeline, checks, modifiers)
 from kittiwake.server import endpoint  # noqa: F401  (smtp, submission, lmtp)
