@@ -18,6 +18,7 @@ from kittiwake.auth import (  # noqa: F401  (auth.*)
 from kittiwake.checks import (  # noqa: F401
     authorize_sender,
     dns,  # require_mx_record, require_matching_rdns
+    dnsbl,
     require_tls,
 )
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
