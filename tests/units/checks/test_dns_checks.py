@@ -19,7 +19,7 @@ from kittiwake.checks.dns import RequireMatchingRDNS, RequireMXRecord, same_host
 from kittiwake.checks.require_tls import RequireTLS
 from kittiwake.config.directives import Directives
 from kittiwake.config.parser import parse_text
-from kittiwake.container import Container
+from kittiwake.container import Container, DebugFlags
 from kittiwake.dns import ReverseName
 from kittiwake.message import ConnInfo, MsgMeta
 from kittiwake.module import Endpoint, register, unregister
@@ -45,7 +45,11 @@ def _probe() -> Iterator[None]:
 
 def build(tmp_path: Path, check: str) -> Check:
     text = f"{PROBE} {{\n check {check} {{\n fail_action reject\n }}\n}}\n"
-    container = Container(parse_text(text, "t.conf"), config_file="t.conf", cwd=str(tmp_path))
+    # Nothing listens there: these tests must not reach DNS.
+    flags = DebugFlags(dns_override="127.0.0.1:9")
+    container = Container(
+        parse_text(text, "t.conf"), config_file="t.conf", cwd=str(tmp_path), debug_flags=flags
+    )
     container.build()
     (probe,) = container.endpoints
     assert isinstance(probe, Probe)
@@ -98,6 +102,8 @@ async def test_rdns_skips_messages_without_a_client_or_a_lookup(tmp_path: Path) 
         ("postmaster", "501 5.1.8 No domain part in address"),
         ("no-at-sign", "501 5.1.8 Malformed sender address"),
         ("@example.org", "501 5.1.8 Malformed sender address"),
+        # A name DNS cannot carry (a label past 63 octets): a permanent error.
+        ("a@" + "x" * 64 + ".example", "550 5.7.0 DNS error during policy check"),
     ],
 )
 async def test_mx_record_sender_forms(tmp_path: Path, sender: str, expected: str) -> None:

@@ -1,4 +1,5 @@
-"""check.dnsbl's pure half (checks/dnsbl_lists.py): query names, list blocks, answers.
+"""check.dnsbl: query names, list blocks and answers (checks/dnsbl_lists.py),
+and the module's replies that SMTP cannot provoke.
 
 The examples of query names are RFC 5782's own (§2.1, §2.3, §2.4). The
 end-to-end behaviour is in tests/e2e/test_dnsbl_e2e.py.
@@ -7,9 +8,11 @@ end-to-end behaviour is in tests/e2e/test_dnsbl_e2e.py.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
+from kittiwake.checks.dnsbl import DNSBL
 from kittiwake.checks.dnsbl_lists import (
     MAX_ZONE,
     DNSList,
@@ -22,6 +25,8 @@ from kittiwake.checks.dnsbl_lists import (
     read_list,
 )
 from kittiwake.config.parser import parse_text
+from kittiwake.container import Container, DebugFlags
+from kittiwake.dns import PermDNSError, TempDNSError
 from kittiwake.errors import ConfigError
 
 
@@ -177,3 +182,37 @@ def test_list_block_errors(text: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error) as info:
         lists(text)
     assert info.value.line >= 1
+
+
+def module(tmp_path: Path, block: str) -> DNSBL:
+    """A configured check.dnsbl (inline definitions are how a pipeline makes one)."""
+    text = f"check.dnsbl {block}\n"
+    (node,) = parse_text(text, "t.conf")
+    flags = DebugFlags(dns_override="127.0.0.1:9")  # nothing listens: no DNS here
+    container = Container([], config_file="t.conf", cwd=str(tmp_path), debug_flags=flags)
+    found = container.module_from_args(node, [node.name, *node.args], node.children, DNSBL, "")
+    assert isinstance(found, DNSBL)
+    return found
+
+
+def test_dns_failures(tmp_path: Path) -> None:
+    check = module(tmp_path, "bl.test")
+    temporary = check.dns_failure(TempDNSError("timeout"))
+    permanent = check.dns_failure(PermDNSError("not a name"))
+    assert temporary.reject and str(temporary.reason) == "451 4.7.0 DNS error during policy check"
+    assert permanent.reject and str(permanent.reason) == "554 5.7.0 DNS error during policy check"
+
+
+@pytest.mark.parametrize("sender", ["", "postmaster", "a@[192.0.2.1]", "a@-x-", "no-at-sign"])
+async def test_senders_without_a_domain_to_ask_about(tmp_path: Path, sender: str) -> None:
+    check = module(tmp_path, "{\n dbl.test {\n mailfrom\n }\n}")
+    assert await check.sender_hits(sender, "client.example", ()) == ()
+
+
+def test_the_inline_form(tmp_path: Path) -> None:
+    check = module(tmp_path, "a.test B.TEST.")
+    assert check.lists == (
+        DNSList("a.test", client_ipv6=False),
+        DNSList("b.test", client_ipv6=False),
+    )
+    assert (check.quarantine_threshold, check.reject_threshold, check.early) == (1, 9999, False)
