@@ -51,6 +51,7 @@ __all__ = [
     "DNSError",
     "PermDNSError",
     "Resolver",
+    "ReverseName",
     "TempDNSError",
 ]
 
@@ -113,6 +114,22 @@ class Answer:
         return not self.records
 
 
+@dataclass(frozen=True, slots=True)
+class ReverseName:
+    """What the reverse lookup of one client address found.
+
+    `name` is the first PTR name (None: no name). `error` says why there
+    is no answer at all ("" when DNS answered, even with "no such name"),
+    and `temporary` whether asking later may help. Text, not the exception
+    itself, because results are cached and an exception keeps its
+    traceback's frames alive.
+    """
+
+    name: str | None = None
+    error: str = ""
+    temporary: bool = False
+
+
 def _host(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower()
 
@@ -163,7 +180,7 @@ class Resolver:
         self._resolver.use_edns(0, 0, EDNS_PAYLOAD)
         # RFC 6840 §5.7: ask a validating resolver to say whether it validated.
         self._resolver.flags = dns.flags.RD | dns.flags.AD
-        self._ptr_first: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._ptr_first: OrderedDict[str, tuple[float, ReverseName]] = OrderedDict()
 
     # -- the cache ------------------------------------------------------------
 
@@ -280,36 +297,44 @@ class Resolver:
         name = dns.reversename.from_address(str(addr)).to_text(omit_final_dot=True)
         return await self.query(name, "PTR")
 
-    # -- reverse names for Received and logs ---------------------------------------
+    # -- reverse names of clients ---------------------------------------------------
 
-    def cached_reverse(self, ip: str) -> tuple[bool, str | None]:
-        """(True, name) when a fresh first PTR name of `ip` is known, else (False, None)."""
+    def cached_reverse(self, ip: str) -> ReverseName | None:
+        """The fresh cached result of `reverse_lookup(ip)`, or None (no lookup is made)."""
         entry = self._ptr_first.get(ip)
         if entry is not None and entry[0] > time.monotonic():
-            return True, entry[1]
-        return False, None
+            return entry[1]
+        return None
 
-    async def reverse(self, ip: str) -> str | None:
-        """The first PTR name of `ip`, or None whatever went wrong.
+    async def reverse_lookup(self, ip: str) -> ReverseName:
+        """The first PTR name of `ip`, or why there is none; never raises a DNSError.
 
-        A missing reverse name is common and must never fail a message
-        (docs/server.md, "Received"); a failure is remembered for a minute,
-        so a slow resolver does not stall every session of one client.
+        A missing reverse name is common and must never fail a message by
+        itself (docs/dns.md, "Reverse names"), but `require_matching_rdns`
+        must tell "no name" from "DNS failed", so the failure is kept as
+        data. The result is remembered (a name for five minutes, anything
+        else for one), so a slow resolver does not stall every session of
+        one client.
         """
-        hit, name = self.cached_reverse(ip)
-        if hit:
-            return name
+        cached = self.cached_reverse(ip)
+        if cached is not None:
+            return cached
         try:
             answer = await self.ptr(ip)
             first: str | None = next((str(r) for r in answer.records if r), None)
-            ttl = 300.0 if first is not None else 60.0
-        except DNSError:
-            first, ttl = None, 60.0
-        self._ptr_first[ip] = (time.monotonic() + ttl, first)
+            result = ReverseName(first)
+        except DNSError as exc:
+            result = ReverseName(None, str(exc) or type(exc).__name__, exc.temporary)
+        ttl = 300.0 if result.name is not None else 60.0
+        self._ptr_first[ip] = (time.monotonic() + ttl, result)
         self._ptr_first.move_to_end(ip)
         while len(self._ptr_first) > CACHE_SIZE:
             self._ptr_first.popitem(last=False)
-        return first
+        return result
+
+    async def reverse(self, ip: str) -> str | None:
+        """The first PTR name of `ip`, or None whatever went wrong (Received, logs)."""
+        return (await self.reverse_lookup(ip)).name
 
     # -- for worker threads -----------------------------------------------------------
 

@@ -15,7 +15,13 @@ from kittiwake.auth import (  # noqa: F401  (auth.*)
     plain_separate,
     shadow,
 )
-from kittiwake.checks import authorize_sender, spf  # noqa: F401
+from kittiwake.checks import (  # noqa: F401
+    authorize_sender,
+    dns,  # require_mx_record, require_matching_rdns
+    dnsbl,
+    require_tls,
+    spf,
+)
 from kittiwake.checks import dkim as check_dkim  # noqa: F401
 from kittiwake.modify import dkim as modify_dkim  # noqa: F401
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)

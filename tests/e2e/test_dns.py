@@ -134,3 +134,20 @@ async def test_reverse_names_and_their_cache(server: FakeDNS) -> None:
         assert await resolver.reverse("127.0.0.1") == "client.example.test"
         assert await resolver.reverse("127.0.0.3") is None
     assert len(server.queries) == asked
+
+
+async def test_reverse_lookup_tells_no_name_from_a_failure(server: FakeDNS) -> None:
+    """`require_matching_rdns` needs the difference; Received only wants the name."""
+    resolver = Resolver(server.address, timeout=1.0)
+    found = await resolver.reverse_lookup("127.0.0.1")
+    assert found == kdns.ReverseName("client.example.test")
+    missing = await resolver.reverse_lookup("127.0.0.3")  # NXDOMAIN: an answer
+    assert missing == kdns.ReverseName(None)
+    failed = await resolver.reverse_lookup("127.0.0.2")  # SERVFAIL
+    assert failed.name is None and failed.temporary and "SERVFAIL" in failed.error
+    bad = await resolver.reverse_lookup("not an ip")
+    assert bad.name is None and not bad.temporary and bad.error
+    asked = len(server.queries)
+    assert resolver.cached_reverse("127.0.0.2") == failed  # kept, error and all
+    assert await resolver.reverse_lookup("127.0.0.2") == failed
+    assert len(server.queries) == asked

@@ -8,7 +8,12 @@ kittiwake generates itself, such as bounces).
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kittiwake.dns import ReverseName
 
 
 @dataclass(slots=True)
@@ -20,13 +25,23 @@ class ConnInfo:
     helo: str = ""
     tls: bool = False
     proto: str = "ESMTP"  # ESMTP, ESMTPS, LMTP; "UTF8" prefix added per message
-    rdns: str | None = None  # PTR name without trailing dot, when known
+    #: PTR name without trailing dot, filled in at the end of the data
+    #: (Received); checks that need it earlier await `reverse`.
+    rdns: str | None = None
     auth_user: str | None = None
     endpoint: str = ""  # module name of the endpoint (smtp, submission, lmtp)
     #: Counters modules keep per client session, the same dict for every
     #: message of the session (`storage.maildir` counts the mailboxes a
     #: session made it create); gone with the session.
     session: dict[str, int] = field(default_factory=dict)
+    #: Waits for the session's own reverse lookup of the client (started at
+    #: the greeting) and gives what it found, the error included; None where
+    #: there is no session to ask. Checks use it instead of a second lookup.
+    reverse: Callable[[], Awaitable[ReverseName]] | None = None
+    #: What modules remember about the client session, keyed by the module
+    #: object (`check.dnsbl` keeps its verdict on the client's address
+    #: here); the same dict for every message of the session.
+    module_data: dict[object, object] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

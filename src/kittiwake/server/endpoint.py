@@ -194,8 +194,9 @@ class SMTPEndpoint(Endpoint):
         return self.tls.context() if self.tls is not None else None
 
     def _session_config(self) -> SessionConfig:
-        # Submission clients are authenticated: their rDNS name is not needed.
-        wants_rdns = self.kind is not EndpointKind.SUBMISSION
+        # Submission clients are authenticated and Received does not name
+        # them: their rDNS name is looked up only if a check asks for it.
+        rdns_at_greeting = self.kind is not EndpointKind.SUBMISSION
         return SessionConfig(
             kind=self.kind,
             hostname=self.hostname,
@@ -204,7 +205,7 @@ class SMTPEndpoint(Endpoint):
             buffer=self.buffer,
             log=self.log,
             io_log=self.io_log,
-            resolver=self.container.resolver if wants_rdns else None,
+            resolver=lambda: self.container.resolver,
             tls_context=self._tls_context(),
             read_timeout=self.read_timeout,
             write_timeout=self.write_timeout,
@@ -220,6 +221,7 @@ class SMTPEndpoint(Endpoint):
                 self.max_connections, self.max_connections_per_ip, self.per_ip_exempt
             ),
             limits=self.limits,
+            rdns_at_greeting=rdns_at_greeting,
         )
 
     async def start(self) -> None:

@@ -25,6 +25,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from kittiwake.dns import ReverseName
 from kittiwake.errors import SMTPError
 from kittiwake.protocol import (
     NEED_DATA,
@@ -61,6 +62,7 @@ IDLE_TIMEOUT = Reply(421, (4, 4, 2), "Idle timeout, bye bye")
 TOO_SLOW = Reply(421, (4, 4, 2), "Message content too slow, bye bye")
 FAULT = Reply(421, (4, 0, 0), "Internal server error")
 TOO_MANY_CONNECTIONS = Reply(421, (4, 7, 0), "Too many connections, try again later")
+NO_NAME = ReverseName()
 
 
 class Session(asyncio.Protocol):
@@ -98,12 +100,15 @@ class Session(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         # Cached: asyncio.get_running_loop() costs a getpid() call each time.
         self._loop = asyncio.get_running_loop()
-        self.rdns: asyncio.Task[str | None] | None = None
-        self._rdns_done = False
-        self._rdns_name: str | None = None
+        # The reverse lookup of the client: one per session, started at the
+        # greeting (or when a check first asks), shared by Received and checks.
+        self._rdns: asyncio.Task[ReverseName] | None = None
+        self._rdns_result: ReverseName | None = None
         self.auth_user: str | None = None
         #: Per-session counters of modules (`ConnInfo.session`).
         self.counters: dict[str, int] = {}
+        #: Per-session memory of modules (`ConnInfo.module_data`).
+        self.module_data: dict[object, object] = {}
         self.mail = MailTransactions(self)
         self.sasl = SASLHandling(self)
         self._handlers: dict[type[Event], Callable[[Any], Awaitable[None]]] = {
@@ -233,8 +238,8 @@ class Session(asyncio.Protocol):
                 self.cfg.gate.leave_ip(self._counted_ip)
             self.cfg.gate.leave()
             await self.mail.end()
-            if self.rdns is not None:
-                self.rdns.cancel()
+            if self._rdns is not None:
+                self._rdns.cancel()
             if self._timer is not None:
                 self._timer.cancel()
             if self._transport is not None:
@@ -387,7 +392,8 @@ class Session(asyncio.Protocol):
     async def _on_greeting(self, event: Greeting) -> None:
         await self.mail.end()  # RFC 5321 §4.1.4: a greeting resets
         self.helo = event.domain
-        self._start_rdns()
+        if self.cfg.rdns_at_greeting:
+            self._start_rdns()
         try:
             await self.cfg.pipeline.check_early(self.mail.conn_info())
         except Exception as exc:
@@ -403,22 +409,40 @@ class Session(asyncio.Protocol):
             self.reply(Reply(250, (2, 0, 0), f"Hello {event.domain}"))
 
     def _start_rdns(self) -> None:
-        """Start the PTR lookup at the greeting; used by Received (docs/server.md)."""
-        resolver = self.cfg.resolver
-        if self.rdns is not None or self._rdns_done or resolver is None or not self.peer_ip:
+        """Start the PTR lookup of the client, once per session (docs/dns.md)."""
+        if self._rdns is not None or self._rdns_result is not None:
             return
-        hit, name = resolver.cached_reverse(self.peer_ip)
-        if hit:  # the usual case for an MTA that keeps sending: no task at all
-            self._rdns_done, self._rdns_name = True, name
+        if not self.peer_ip:  # a Unix-socket client has no address to look up
+            self._rdns_result = NO_NAME
             return
-        self.rdns = self._loop.create_task(resolver.reverse(self.peer_ip))
+        if self.cfg.resolver is None:
+            return
+        resolver = self.cfg.resolver()
+        cached = resolver.cached_reverse(self.peer_ip)
+        if cached is not None:  # the usual case for an MTA that keeps sending: no task
+            self._rdns_result = cached
+            return
+        self._rdns = self._loop.create_task(resolver.reverse_lookup(self.peer_ip))
+
+    async def reverse_lookup(self) -> ReverseName:
+        """The session's reverse lookup of the client, started now if it was not.
+
+        `ConnInfo.reverse` for checks (`require_matching_rdns`): they share
+        this one lookup instead of making their own. Shielded, so a check
+        that is cancelled does not cancel the lookup for everyone else.
+        """
+        self._start_rdns()
+        task = self._rdns
+        if task is not None:
+            result = await asyncio.shield(task)
+            self._rdns_result, self._rdns = result, None
+        return self._rdns_result or NO_NAME
 
     async def reverse_name(self) -> str | None:
-        """The client's PTR name, waiting for the lookup started at the greeting."""
-        if self.rdns is not None:
-            self._rdns_name = await self.rdns
-            self._rdns_done, self.rdns = True, None
-        return self._rdns_name
+        """The client's PTR name for Received, if a lookup was started (else None)."""
+        if self._rdns is None and self._rdns_result is None:
+            return None
+        return (await self.reverse_lookup()).name
 
     async def _on_reset(self, event: Reset) -> None:
         await self.mail.end()

@@ -99,7 +99,10 @@ class SessionConfig:
     buffer: BufferSpec
     log: Logger
     io_log: Logger | None
-    resolver: Resolver | None
+    #: The process's resolver, for the reverse lookup of the client; asked
+    #: for when first needed, since it is made on first use (docs/dns.md).
+    #: None: clients are never looked up.
+    resolver: Callable[[], Resolver] | None
     tls_context: ssl.SSLContext | None
     read_timeout: float
     write_timeout: float
@@ -114,6 +117,9 @@ class SessionConfig:
     auth_throttle: AuthThrottle | None = None
     gate: ConnectionGate = field(default_factory=ConnectionGate)
     limits: Limits | None = None
+    #: Start the reverse lookup at the greeting (smtp, lmtp); otherwise only
+    #: when a check asks for the name (submission: Received does not show it).
+    rdns_at_greeting: bool = True
     #: Seconds of delay for the n-th failed AUTH (tests may shorten it).
     auth_delay: Callable[[int], float] = lambda n: min(2.0 ** (n - 1), AUTH_MAX_DELAY)
 

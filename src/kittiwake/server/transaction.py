@@ -114,7 +114,9 @@ class MailTransactions:
             txn.delivery = await self.cfg.pipeline.start(txn.meta, clean)
         except Exception as exc:
             error = client_error(exc, self.cfg.log, "MAIL FROM error", msg_id=txn.msg_id)
-            self.cfg.log.info("MAIL FROM error", msg_id=txn.msg_id, sender=sender, reason=error)
+            self.cfg.log.info(
+                "MAIL FROM error", msg_id=txn.msg_id, sender=sender, reason=error, **_detail(error)
+            )
             await _release(txn)
             return Reply.from_error(error, txn.msg_id)
         self.cfg.log.info(
@@ -142,6 +144,8 @@ class MailTransactions:
             auth_user=self.session.auth_user,
             endpoint=self.cfg.kind,
             session=self.session.counters,
+            reverse=self.session.reverse_lookup,
+            module_data=self.session.module_data,
         )
 
     async def on_rcpt(self, event: RcptTo) -> None:
@@ -352,8 +356,11 @@ async def _release(txn: Transaction) -> None:
 
 
 def _detail(error: SMTPError) -> dict[str, str]:
-    """The log-only reason behind a reply, when there is one."""
-    return {"detail": error.reason} if error.reason else {}
+    """The check that refused and the log-only reason behind a reply, when known."""
+    fields = {"check": error.check_name} if error.check_name else {}
+    if error.reason:
+        fields["detail"] = error.reason
+    return fields
 
 
 def _too_large() -> SMTPError:
