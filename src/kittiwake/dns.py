@@ -167,7 +167,7 @@ class Resolver:
         """`override`: `HOST:PORT` of the only server to ask (`--debug.dnsoverride`)."""
         self.timeout = timeout
         self._cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
-        self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[Answer]] = {}
         if override is None:
             self._resolver = dns.asyncresolver.Resolver()
         else:
@@ -218,27 +218,20 @@ class Resolver:
         hit = self.cached(*key)
         if hit is not None:
             return hit
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            answer = await self._ask(key)
-        except BaseException as exc:
-            name = key[0]
-            if not future.done():
-                shared = (
-                    exc if isinstance(exc, Exception) else TempDNSError("lookup cancelled", name)
-                )
-                future.set_exception(shared)
-                future.exception()  # whoever shared it has seen it; do not warn
-            raise
-        else:
-            future.set_result(answer)
-            return answer
-        finally:
-            del self._inflight[key]
+        task = self._inflight.get(key)
+        if task is None:
+            # The query runs in a task of its own, which every asker awaits
+            # shielded: one asker giving up (a check's time bound) cancels
+            # nothing for the others.
+            task = asyncio.get_running_loop().create_task(self._ask(key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._settled(key, done))
+        return await asyncio.shield(task)
+
+    def _settled(self, key: tuple[str, str], task: asyncio.Task[Answer]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # seen here too: every asker may have given up
 
     async def _ask(self, key: tuple[str, str]) -> Answer:
         name, rdtype = key

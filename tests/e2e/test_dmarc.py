@@ -14,10 +14,7 @@ import pytest
 from fakedns import SERVFAIL, FakeDNS, txt
 
 from kittiwake.checks.base import AuthResult
-from kittiwake.dns import Resolver
-from kittiwake.message import MsgMeta
-from kittiwake.message.header import Field, Header
-from kittiwake.pipeline.dmarc import (
+from kittiwake.dmarc import (
     DmarcEvaluation,
     aligned,
     find_record,
@@ -25,6 +22,9 @@ from kittiwake.pipeline.dmarc import (
     parse_record,
     published_policy,
 )
+from kittiwake.dns import Resolver
+from kittiwake.message import MsgMeta
+from kittiwake.message.header import Field, Header
 
 
 @pytest.fixture

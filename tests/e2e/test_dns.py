@@ -151,3 +151,16 @@ async def test_reverse_lookup_tells_no_name_from_a_failure(server: FakeDNS) -> N
     assert resolver.cached_reverse("127.0.0.2") == failed  # kept, error and all
     assert await resolver.reverse_lookup("127.0.0.2") == failed
     assert len(server.queries) == asked
+
+
+async def test_one_asker_giving_up_does_not_fail_the_others(server: FakeDNS) -> None:
+    """A shared lookup goes on for the others when its first asker is cancelled."""
+    server.set("slow.example.org", "TXT", [txt("answer")])
+    resolver = Resolver(server.address, timeout=1.0)
+    first = asyncio.ensure_future(resolver.txt("slow.example.org"))
+    second = asyncio.ensure_future(resolver.txt("slow.example.org"))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await second == [b"answer"]
+    with pytest.raises(asyncio.CancelledError):
+        await first

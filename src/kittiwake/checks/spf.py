@@ -52,12 +52,12 @@ from kittiwake.checks.base import (
 )
 from kittiwake.checks.spf_eval import SPFOutcome, evaluate
 from kittiwake.config.directives import Directives
+from kittiwake.dmarc import published_policy
 from kittiwake.errors import EnhancedCode, SMTPError
 from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
 from kittiwake.module import Module, register
-from kittiwake.pipeline.dmarc import published_policy
 
 __all__ = ["SPF", "spf_sender"]
 

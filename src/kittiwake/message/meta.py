@@ -30,17 +30,14 @@ class ConnInfo:
     rdns: str | None = None
     auth_user: str | None = None
     endpoint: str = ""  # module name of the endpoint (smtp, submission, lmtp)
-    #: Counters modules keep per client session, the same dict for every
-    #: message of the session (`storage.maildir` counts the mailboxes a
-    #: session made it create); gone with the session.
-    session: dict[str, int] = field(default_factory=dict)
     #: Waits for the session's own reverse lookup of the client (started at
     #: the greeting) and gives what it found, the error included; None where
     #: there is no session to ask. Checks use it instead of a second lookup.
     reverse: Callable[[], Awaitable[ReverseName]] | None = None
     #: What modules remember about the client session, keyed by the module
     #: object (`check.dnsbl` keeps its verdict on the client's address
-    #: here); the same dict for every message of the session.
+    #: here, `storage.maildir` how many mailboxes the session made it
+    #: create); the same dict for every message of the session, gone with it.
     module_data: dict[object, object] = field(default_factory=dict)
 
 

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from kittiwake.address import to_alabel_domain
 from kittiwake.checks.base import (
@@ -37,6 +36,7 @@ from kittiwake.checks.base import (
     CheckResult,
     CheckState,
 )
+from kittiwake.dmarc import DmarcVerdict
 from kittiwake.errors import SMTPError
 from kittiwake.log import Logger
 from kittiwake.message import MsgMeta
@@ -45,7 +45,6 @@ from kittiwake.message.header import Header
 
 __all__ = [
     "CheckRunner",
-    "DmarcVerdict",
     "DmarcVerifier",
     "GroupCheckState",
     "format_auth_results",
@@ -56,14 +55,6 @@ _Outcome = CheckResult | Exception
 
 
 # --- DMARC hook --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DmarcVerdict:
-    """The DMARC evaluation of one message: its A-R entry and the policy to apply."""
-
-    auth_result: AuthResult
-    policy: Literal["none", "quarantine", "reject"] = "none"
 
 
 class DmarcVerifier(Protocol):

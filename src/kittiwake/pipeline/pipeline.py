@@ -30,6 +30,7 @@ from kittiwake import log as _log
 from kittiwake.address import AddressError, normalize_address, split
 from kittiwake.checks.base import EarlyCheck
 from kittiwake.config.node import Node
+from kittiwake.dmarc import DmarcEvaluation
 from kittiwake.errors import SMTPError
 from kittiwake.message import ConnInfo, MsgMeta
 from kittiwake.message.buffer import Buffer
@@ -41,7 +42,6 @@ from kittiwake.pipeline.config import (
     SourceBlock,
     parse_routing,
 )
-from kittiwake.pipeline.dmarc import DmarcEvaluation
 from kittiwake.pipeline.groups import NO_MODIFIERS, ModifierChain
 from kittiwake.pipeline.received import Clock, local_now, received_value
 from kittiwake.tables.base import Table

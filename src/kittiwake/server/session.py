@@ -105,8 +105,6 @@ class Session(asyncio.Protocol):
         self._rdns: asyncio.Task[ReverseName] | None = None
         self._rdns_result: ReverseName | None = None
         self.auth_user: str | None = None
-        #: Per-session counters of modules (`ConnInfo.session`).
-        self.counters: dict[str, int] = {}
         #: Per-session memory of modules (`ConnInfo.module_data`).
         self.module_data: dict[object, object] = {}
         self.mail = MailTransactions(self)

@@ -143,7 +143,6 @@ class MailTransactions:
             proto=proto,
             auth_user=self.session.auth_user,
             endpoint=self.cfg.kind,
-            session=self.session.counters,
             reverse=self.session.reverse_lookup,
             module_data=self.session.module_data,
         )

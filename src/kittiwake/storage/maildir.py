@@ -451,8 +451,8 @@ class MaildirStorage(Module):
         conn = meta.conn
         if conn is None or not self.auto_create_limit:
             return
-        key = f"{self.module_name}/{self.instance_name}:created"
-        used = conn.session.get(key, 0)
+        used = conn.module_data.get(self, 0)
+        assert isinstance(used, int)
         if used >= self.auto_create_limit:
             raise SMTPError(
                 451,
@@ -460,7 +460,7 @@ class MaildirStorage(Module):
                 "Too many new mailboxes in one session, try again later",
                 reason=f"auto_create_limit {self.auto_create_limit} reached: {mailbox.path}",
             )
-        conn.session[key] = used + 1
+        conn.module_data[self] = used + 1
 
     async def lookup(self, key: str) -> str | None:
         """Table view: `""` iff the key's mailbox exists. Never creates one."""

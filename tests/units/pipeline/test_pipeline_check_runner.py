@@ -18,10 +18,11 @@ from kittiwake.checks.base import (
     parse_action,
 )
 from kittiwake.config.node import Node
+from kittiwake.dmarc import DmarcVerdict
 from kittiwake.errors import ConfigError, SMTPError
 from kittiwake.message import MsgMeta
 from kittiwake.message.header import Header
-from kittiwake.pipeline.check_runner import DmarcVerdict, format_auth_results, merge_results
+from kittiwake.pipeline.check_runner import format_auth_results, merge_results
 from kittiwake.pipeline.groups import CheckGroup
 
 LEVELS = """

@@ -1,7 +1,7 @@
 """DMARC (RFC 7489) for one pipeline: the policy of the From domain, and the verdict.
 
 Strategy. DMARC is not a check module but a step of the pipeline that
-owns SPF and DKIM checks (docs/checks.md, "DMARC"): it runs only when the
+owns SPF and DKIM checks (docs/dmarc.md): it runs only when the
 pipeline's `dmarc` directive is on and the pipeline has both an SPF and a
 DKIM check. At the first body-stage check call the pipeline hands it the
 header; it reads the RFC5322.From domain and starts the record lookup in
@@ -37,11 +37,11 @@ from kittiwake.dns import DNSError, Resolver
 from kittiwake.message import MsgMeta
 from kittiwake.message.header import Header
 from kittiwake.message.mailaddr import AddressSyntaxError, parse_address_list
-from kittiwake.pipeline.check_runner import DmarcVerdict
 
 __all__ = [
     "DmarcEvaluation",
     "DmarcRecord",
+    "DmarcVerdict",
     "RecordLookup",
     "aligned",
     "find_record",
@@ -206,10 +206,14 @@ async def find_record(resolver: Resolver, domain: str) -> RecordLookup:
 def aligned(domain: str, from_dom: str, mode: str) -> bool:
     """RFC 7489 §3.1: strict is equality, relaxed equal organisational domains.
 
-    Relaxed: when the From domain is itself a public suffix, only equality
-    aligns; when either organisational domain is unknown, nothing does.
+    Both are compared in A-labels, lowercase, so `bücher.example` and
+    `xn--bcher-kva.example` are the same domain. Relaxed: when the From
+    domain is itself a public suffix, only equality aligns; when either
+    organisational domain is unknown, nothing does.
     """
-    a, b = domain.rstrip(".").lower(), from_dom.rstrip(".").lower()
+    a, b = _ascii(domain), _ascii(from_dom)
+    if not a or not b:
+        return False
     if a == b:
         return True
     if mode == "s":
@@ -221,7 +225,22 @@ def aligned(domain: str, from_dom: str, mode: str) -> bool:
     return org_a is not None and org_a == org_b
 
 
+def _ascii(domain: str) -> str:
+    try:
+        return to_alabel_domain(domain.rstrip(".")).lower()
+    except (ValueError, UnicodeError):
+        return ""
+
+
 # --- One message ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcVerdict:
+    """The DMARC evaluation of one message: its A-R entry and the policy to apply."""
+
+    auth_result: AuthResult
+    policy: Literal["none", "quarantine", "reject"] = "none"
 
 
 class DmarcEvaluation:
