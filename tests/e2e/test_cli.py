@@ -547,3 +547,33 @@ def test_state_and_runtime_dirs_are_created_private(
     assert not [p for p in (tmp_path / "data").iterdir()], "write probe left behind"
     server.send(signal.SIGTERM)
     assert server.wait() == 0
+
+
+def _uncommented_example(text: str) -> str:
+    """The default with its commented Internet example turned on (its code lines)."""
+    start = text.index("#smtp tcp://0.0.0.0:25 {")
+    head, example = text[:start], text[start:]
+    lines = [line[1:] if line.startswith("#") else line for line in example.splitlines()]
+    return head + "\n".join(lines) + "\n"
+
+
+def test_the_default_internet_example_checks_and_runs(tmp_path: Path) -> None:
+    """`config default`'s commented MX example (SPF, DKIM, DMARC, DKIM signing) works."""
+    text = _uncommented_example(cli("config", "default", cwd=tmp_path).stdout)
+    assert "\nsmtp tcp://0.0.0.0:25 {\n    check {\n        spf\n        dkim\n" in text
+    assert "        dkim $(local_domains) default\n" in text
+    conf = write(tmp_path / "k.conf", text)
+    checked = cli("config", "check", "-c", str(conf), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    # Run it, on free ports instead of 25 and 587: the signing keys are made.
+    ports = (free_port(), free_port())
+    run_text = text.replace("0.0.0.0:25 ", f"127.0.0.1:{ports[0]} ").replace(
+        "0.0.0.0:587 ", f"127.0.0.1:{ports[1]} "
+    )
+    server = Server(tmp_path, ["-c", write(tmp_path / "run.conf", run_text)])
+    try:
+        server.wait_ready(5)
+        keys = sorted(p.name for p in (tmp_path / "kittiwake-data" / "dkim_keys").iterdir())
+        assert "localhost_default.key" in keys and "localhost_default.dns" in keys
+    finally:
+        server.kill()
