@@ -100,6 +100,8 @@ class Answer:
     name does not exist at all (RFC 8020: nothing below it either).
     `secure`: the resolver set the AD bit, so it validated the answer with
     DNSSEC (only meaningful from a validating resolver one trusts).
+    `expires`: when it goes stale (`time.monotonic()`), so that whoever
+    keeps a conclusion drawn from answers keeps it no longer than them.
     """
 
     name: str
@@ -107,6 +109,7 @@ class Answer:
     records: tuple[object, ...] = ()
     nxdomain: bool = False
     secure: bool = False
+    expires: float = 0.0
 
     @property
     def void(self) -> bool:
@@ -244,8 +247,9 @@ class Resolver:
         except dns.resolver.NXDOMAIN as exc:
             responses: dict[dns.name.Name, dns.message.Message] = exc.responses()  # type: ignore[no-untyped-call]
             response = responses.get(qname)
-            answer = Answer(name, rdtype, nxdomain=True)
-            self._keep(key, answer, _negative_ttl(response))
+            ttl = _negative_ttl(response)
+            answer = Answer(name, rdtype, nxdomain=True, expires=time.monotonic() + ttl)
+            self._keep(key, answer, ttl)
             return answer
         except dns.resolver.YXDOMAIN:
             raise PermDNSError("the name is too long after DNAME substitution", name) from None
@@ -257,11 +261,11 @@ class Resolver:
             raise TempDNSError(f"DNS error for {rdtype} {name}: {exc}", name) from None
         secure = bool(result.response.flags & dns.flags.AD)
         records = _records(rdtype, result.rrset)
-        answer = Answer(name, rdtype, records, secure=secure)
         if records:
             ttl = min(max(0.0, result.expiration - time.time()), MAX_TTL)
         else:
             ttl = _negative_ttl(result.response)
+        answer = Answer(name, rdtype, records, secure=secure, expires=time.monotonic() + ttl)
         self._keep(key, answer, ttl)
         return answer
 

@@ -154,7 +154,10 @@ class DKIMCheck(Module):
         names = sorted({sig.key_name for sig in pending})
         specs = {sig.body for sig in pending}
         if small:  # a few KiB in memory: hashing costs less than a thread hop
-            answers = await asyncio.gather(*(self._key(name) for name in names))
+            if len(names) == 1:  # the usual case: no task for one lookup
+                answers = [await self._key(names[0])]
+            else:
+                answers = list(await asyncio.gather(*(self._key(name) for name in names)))
             hashes = _hash(body, specs)
         else:
             hashes, answers = await asyncio.gather(

@@ -39,6 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import OrderedDict
+from dataclasses import replace
 
 from kittiwake.address import split, to_alabel_domain
 from kittiwake.checks.base import (
@@ -60,6 +63,10 @@ from kittiwake.message.header import Header
 from kittiwake.module import Module, register
 
 __all__ = ["SPF", "spf_sender"]
+
+#: Results remembered (`SPF.outcome`): how many, and for how long at most.
+RESULT_CACHE_SIZE = 10_000
+RESULT_TTL = 300.0
 
 NAME = "check.spf"
 IGNORE = CheckAction("ignore")
@@ -128,9 +135,45 @@ class SPF(Module):
         # `%{r}` in explanations: the host doing the check (RFC 7208 §7.3).
         present, hostname = self.container.global_value("hostname")
         self.receiver = str(hostname) if present and hostname else "unknown"
+        self._results: OrderedDict[tuple[str, str, str], SPFOutcome] = OrderedDict()
 
     async def check_state(self, meta: MsgMeta) -> CheckState:
         return _State(self, meta)
+
+    def outcome(self, ip: str, sender: str, helo: str) -> asyncio.Future[SPFOutcome]:
+        """The result for (ip, sender, HELO): remembered while its DNS answers hold.
+
+        A result depends only on those three and on DNS, so while every
+        answer it rested on is fresh, evaluating again would give it again:
+        a busy MX hears from the same sender at the same address all day.
+        It is kept no longer than its first stale answer and `RESULT_TTL`,
+        never for a temperror, and at most `RESULT_CACHE_SIZE` of them.
+        """
+        loop = asyncio.get_running_loop()
+        key = (ip, sender, helo)
+        known = self._results.get(key)
+        if known is not None and known.fresh_until > time.monotonic():
+            self._results.move_to_end(key)
+            done: asyncio.Future[SPFOutcome] = loop.create_future()
+            done.set_result(known)
+            return done
+        task = loop.create_task(
+            evaluate(self.container.resolver, ip, sender, helo, receiver=self.receiver)
+        )
+        task.add_done_callback(lambda finished: self._remember(key, finished))
+        return task
+
+    def _remember(self, key: tuple[str, str, str], task: asyncio.Future[SPFOutcome]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        outcome = task.result()
+        if outcome.result == "temperror":
+            return
+        until = min(outcome.fresh_until, time.monotonic() + RESULT_TTL)
+        self._results[key] = replace(outcome, fresh_until=until)
+        self._results.move_to_end(key)
+        while len(self._results) > RESULT_CACHE_SIZE:
+            self._results.popitem(last=False)
 
     def judge(self, outcome: SPFOutcome, params: dict[str, str]) -> tuple[CheckResult, CheckAction]:
         """The A-R entry and unjudged failure for a result, and the action it calls for."""
@@ -151,7 +194,7 @@ class _State(CheckStateBase):
     def __init__(self, check: SPF, meta: MsgMeta) -> None:
         self.check = check
         self.meta = meta
-        self._task: asyncio.Task[SPFOutcome] | None = None
+        self._task: asyncio.Future[SPFOutcome] | None = None
         self._malformed: SMTPError | None = None
         self._params: dict[str, str] = {}
         conn = meta.conn
@@ -172,9 +215,7 @@ class _State(CheckStateBase):
         if meta.original_from:
             self._params["smtp.mailfrom"] = split(meta.original_from)[1]
         ip = conn.remote_ip.partition("%")[0]  # no IPv6 zone
-        self._task = asyncio.get_running_loop().create_task(
-            evaluate(check.container.resolver, ip, sender, conn.helo, receiver=check.receiver)
-        )
+        self._task = check.outcome(ip, sender, conn.helo)
 
     async def _judged(self) -> tuple[CheckResult, CheckAction]:
         assert self._task is not None

@@ -112,14 +112,19 @@ class SPFOutcome:
     problem: str = ""
     explanation: str = ""
     mechanism: str = ""
+    #: How long the result holds: until the first DNS answer it rests on
+    #: goes stale (`time.monotonic()`; infinity when it used none).
+    fresh_until: float = float("inf")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Evaluation:
     resolver: Lookup
     loop: asyncio.AbstractEventLoop
     deadline: float  # time.monotonic()
     time_limit: float
+    #: When the first answer this evaluation used goes stale (time.monotonic()).
+    fresh_until: float = float("inf")
 
 
 class _OutOfTime(spf.TempError):  # type: ignore[misc]
@@ -162,6 +167,7 @@ def _lookup(
         return []  # not a name DNS could have: as if it did not exist
     except ValueError:
         return []
+    evaluation.fresh_until = min(evaluation.fresh_until, answer.expires)
     key = (name, qtype)
     if qtype == "TXT":
         return [(key, (_screen(r),)) for r in answer.records if isinstance(r, bytes)]
@@ -252,12 +258,13 @@ def _check_host(
     if result not in RESULTS:
         raise RuntimeError(f"pyspf returned {result!r}")
     mechanism = _note(query.mechanism or "")
+    fresh = evaluation.fresh_until
     if result in ("temperror", "permerror"):
         for prefix in _PREFIXES:
             text = text.removeprefix(prefix)
-        return SPFOutcome(result, problem=_note(text), mechanism=mechanism)
+        return SPFOutcome(result, problem=_note(text), mechanism=mechanism, fresh_until=fresh)
     explanation = _note(text) if result == "fail" else ""
-    return SPFOutcome(result, explanation=explanation, mechanism=mechanism)
+    return SPFOutcome(result, explanation=explanation, mechanism=mechanism, fresh_until=fresh)
 
 
 async def evaluate(

@@ -328,7 +328,11 @@ def _signature_verifies(verifier: Any, sig: Pending, key: PublicKey) -> bool:
     include = list(sig.signed)
     if b"from" in include:
         include.append(b"from")
-    headers = policy.canonicalize_headers(verifier.headers)
+    # Only the fields h= names take part: canonicalizing the others is waste.
+    wanted = set(include)
+    headers = policy.canonicalize_headers(
+        [h for h in verifier.headers if h[0].strip().lower() in wanted]
+    )
     dkim.hash_headers(hasher, policy, headers, include, sig.field, tags)
     signature = base64.b64decode(re.sub(rb"\s+", b"", tags[b"b"]))
     try:

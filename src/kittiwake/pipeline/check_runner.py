@@ -35,6 +35,7 @@ from kittiwake.checks.base import (
     Check,
     CheckResult,
     CheckState,
+    CheckStateBase,
 )
 from kittiwake.dmarc import DmarcVerdict
 from kittiwake.errors import SMTPError
@@ -81,26 +82,43 @@ def _generic_reject(check: object) -> SMTPError:
     )
 
 
+_PASSED = CheckResult()
+
+
+def _checks(state: CheckState, stage: str) -> bool:
+    """Whether `state` does anything at `stage` (not `CheckStateBase`'s pass)."""
+    return getattr(type(state), stage, None) is not getattr(CheckStateBase, stage)
+
+
 async def _gather(
-    states: Sequence[CheckState], run: Callable[[CheckState], Awaitable[CheckResult]]
+    states: Sequence[CheckState],
+    run: Callable[[CheckState], Awaitable[CheckResult]],
+    stage: str = "",
 ) -> list[_Outcome]:
     """Run one stage on every state concurrently; outcomes in `states` order.
 
     An exception from a check is returned in its place (it fails the stage
-    like a reject). Cancellation and other BaseExceptions propagate.
+    like a reject). Cancellation and other BaseExceptions propagate. With
+    `stage` (`check_rcpt`, ...), states that only inherit `CheckStateBase`'s
+    pass for it are not called at all: most checks act at one stage, and
+    each concurrent call costs a task.
     """
-    if len(states) == 1:  # the common case: no task overhead
-        try:
-            return [await run(states[0])]
-        except Exception as exc:
-            return [exc]
-    outcomes = await asyncio.gather(*(run(s) for s in states), return_exceptions=True)
-    result: list[_Outcome] = []
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-            raise outcome
-        result.append(outcome)
-    return result
+    active = [s for s in states if not stage or _checks(s, stage)]
+    if len(active) <= 1:  # the common case: no task overhead
+        outcome: _Outcome = _PASSED
+        if active:
+            try:
+                outcome = await run(active[0])
+            except Exception as exc:
+                outcome = exc
+        return [outcome if active and s is active[0] else _PASSED for s in states]
+    outcomes = await asyncio.gather(*(run(s) for s in active), return_exceptions=True)
+    by_state: dict[int, _Outcome] = {}
+    for state, result in zip(active, outcomes, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result
+        by_state[id(state)] = result
+    return [by_state.get(id(s), _PASSED) for s in states]
 
 
 def merge_results(results: Sequence[CheckResult]) -> CheckResult:
@@ -229,8 +247,12 @@ class CheckRunner:
         try:
             if self._sender is not None:
                 sender = self._sender
-                self._merge(fresh, await _gather(fresh, lambda s: s.check_connection()))
-                self._merge(fresh, await _gather(fresh, lambda s: s.check_sender(sender)))
+                self._merge(
+                    fresh, await _gather(fresh, lambda s: s.check_connection(), "check_connection")
+                )
+                self._merge(
+                    fresh, await _gather(fresh, lambda s: s.check_sender(sender), "check_sender")
+                )
             for rcpt in self._rcpts:
                 await self._run_rcpt(fresh, rcpt)
         except BaseException:
@@ -299,7 +321,7 @@ class CheckRunner:
                 done.add(rcpt)
                 todo.append(state)
         if todo:
-            self._merge(todo, await _gather(todo, lambda s: s.check_rcpt(rcpt)))
+            self._merge(todo, await _gather(todo, lambda s: s.check_rcpt(rcpt), "check_rcpt"))
 
     # -- stages -----------------------------------------------------------
 
@@ -330,7 +352,9 @@ class CheckRunner:
                 self._body_done.add(id(state))
                 todo.append(state)
         if todo:
-            self._merge(todo, await _gather(todo, lambda s: s.check_body(header, body)))
+            self._merge(
+                todo, await _gather(todo, lambda s: s.check_body(header, body), "check_body")
+            )
 
     async def apply_results(self, hostname: str, header: Header) -> None:
         """Quarantine flag, DMARC, `Authentication-Results`, then fields from checks.
