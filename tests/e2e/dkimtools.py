@@ -96,12 +96,14 @@ def sign(
     return bytes(field) + message
 
 
-def send(port: int, message: bytes, rcpt: str = "user@example.com") -> tuple[int, str]:
+def send(
+    port: int, message: bytes, rcpt: str = "user@example.com", *, sender: str = "sender@example.org"
+) -> tuple[int, str]:
     """Deliver over SMTP: (code, text) of the final reply."""
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
         client.ehlo("client.example.net")
         try:
-            client.sendmail("sender@example.org", [rcpt], message)
+            client.sendmail(sender, [rcpt], message)
         except smtplib.SMTPDataError as exc:
             return exc.smtp_code, exc.smtp_error.decode()
         except smtplib.SMTPRecipientsRefused as exc:

@@ -204,8 +204,8 @@ class _FakeDKIMState:
 
     async def check_body(self, header: object, body: object) -> object:
         from kittiwake.checks.base import AuthResult, CheckResult
-        from kittiwake.message.header import Header
         from kittiwake.dmarc import from_domain
+        from kittiwake.message.header import Header
 
         assert isinstance(header, Header)
         domain = from_domain(header).lower()
