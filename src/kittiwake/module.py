@@ -80,6 +80,13 @@ class Module:
         label = self.module_name + (f"/{instance_name}" if instance_name else "")
         self.log = log.get(label)
 
+    def block_only(self, cfg: Directives) -> None:
+        """Refuse inline arguments (the module is set up by its block), and read
+        `debug`, which every check inherits from the global one."""
+        if self.inline_args:
+            raise cfg.node.error(f"{self.module_name}: inline arguments are not used")
+        self.log.debug_enabled = cfg.boolean("debug", default=self.log.debug_enabled, inherit=True)
+
     def configure(self, cfg: Directives) -> None:
         """Read the block. The default accepts an empty block only."""
         if self.inline_args:

@@ -17,16 +17,6 @@ from kittiwake.errors import EnhancedCode, SMTPError
 if TYPE_CHECKING:
     from kittiwake.address.path import Address
 
-__all__ = [
-    "REPLIES",
-    "AddressError",
-    "MailboxSyntaxError",
-    "NormalizationError",
-    "PathSyntaxError",
-    "PathTooLong",
-    "Role",
-    "SMTPUTF8Required",
-]
 
 #: Where the address came from: MAIL FROM (`sender`) or RCPT TO (`recipient`).
 Role = Literal["sender", "recipient"]

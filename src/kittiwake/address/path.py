@@ -27,22 +27,6 @@ from kittiwake.address.errors import (
     SMTPUTF8Required,
 )
 
-__all__ = [
-    "MAX_DOMAIN",
-    "MAX_LABEL",
-    "MAX_LOCAL_PART",
-    "MAX_PATH",
-    "MAX_RULE_ADDRESS",
-    "NULL_ADDRESS",
-    "Address",
-    "needs_smtputf8",
-    "parse_forward_path",
-    "parse_reverse_path",
-    "quote_local_part",
-    "split",
-    "split_subaddress",
-]
-
 # --- Length limits -------------------------------------------------------
 #
 # RFC 5321 §4.5.3.1 sets minimum maxima that a server must accept; it also

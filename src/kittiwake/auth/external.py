@@ -155,10 +155,7 @@ class ExternalAuth(Module):
     timeout: float = 30.0
 
     def configure(self, cfg: Directives) -> None:
-        if self.inline_args:
-            raise cfg.node.error(f"{self.module_name}: inline arguments are not used")
-        if cfg.has("debug"):
-            self.log.debug_enabled = cfg.boolean("debug")
+        self.block_only(cfg)
         self.perdomain = cfg.boolean("perdomain", False)
         domains = cfg.custom("domains", _domain_list, None)
         helper = cfg.string("helper", DEFAULT_HELPER)

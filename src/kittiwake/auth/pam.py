@@ -168,10 +168,7 @@ class PAMAuth(Module):
     """`auth.pam { debug no; use_helper no; service maddy }`."""
 
     def configure(self, cfg: Directives) -> None:
-        if self.inline_args:
-            raise cfg.node.error(f"{self.module_name}: inline arguments are not used")
-        if cfg.has("debug"):
-            self.log.debug_enabled = cfg.boolean("debug")
+        self.block_only(cfg)
         use_helper = cfg.boolean("use_helper", False)
         service_node = cfg.get("service")
         self.service = cfg.string("service", DEFAULT_SERVICE)

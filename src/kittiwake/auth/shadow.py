@@ -260,10 +260,7 @@ class ShadowAuth(Module):
     """`auth.shadow { debug no; use_helper no }`; also a table of valid accounts."""
 
     def configure(self, cfg: Directives) -> None:
-        if self.inline_args:
-            raise cfg.node.error(f"{self.module_name}: inline arguments are not used")
-        if cfg.has("debug"):
-            self.log.debug_enabled = cfg.boolean("debug")
+        self.block_only(cfg)
         use_helper = cfg.boolean("use_helper", False)
         cfg.finish()
         if use_helper:

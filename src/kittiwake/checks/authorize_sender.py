@@ -96,9 +96,7 @@ class AuthorizeSender(Module):
     """The module: configuration and the authorisation of one address."""
 
     def configure(self, cfg: Directives) -> None:
-        if self.inline_args:
-            raise cfg.node.error(f"{self.module_name}: inline arguments are not used")
-        self.log.debug_enabled = cfg.boolean("debug", default=self.log.debug_enabled, inherit=True)
+        self.block_only(cfg)
         self.check_header = cfg.boolean("check_header", default=True)
         # None means `identity`: every key is its own (single) value.
         self.prepare_email: Table | None = cfg.module("prepare_email", Table, "table")

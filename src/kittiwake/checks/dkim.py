@@ -85,9 +85,7 @@ class DKIMCheck(Module):
     """The module: configuration and the verification of one message."""
 
     def configure(self, cfg: Directives) -> None:
-        if self.inline_args:
-            raise cfg.node.error(f"{self.module_name}: inline arguments are not used")
-        self.log.debug_enabled = cfg.boolean("debug", default=self.log.debug_enabled, inherit=True)
+        self.block_only(cfg)
         self.required_fields: list[str] = cfg.string_list(
             "required_fields", default=["From", "Subject"]
         )

@@ -25,6 +25,7 @@ from kittiwake.address import to_alabel_domain
 from kittiwake.config.node import Node
 from kittiwake.config.values import parse_bool, parse_int
 from kittiwake.dns import DNSError, Resolver
+from kittiwake.networks import Address, Network
 
 __all__ = [
     "DEFAULT_RESPONSES",
@@ -40,8 +41,6 @@ __all__ = [
     "parse_zone",
 ]
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Answers that count when a list does not say (`responses`): RFC 5782 §2.1
 #: has lists answer in 127.0.0.0/8; maddy's default takes 127.0.0.0/24.

@@ -123,9 +123,7 @@ class SPF(Module):
     """The module: configuration, and one `_State` per message."""
 
     def configure(self, cfg: Directives) -> None:
-        if self.inline_args:
-            raise cfg.node.error(f"{self.module_name}: inline arguments are not used")
-        self.log.debug_enabled = cfg.boolean("debug", default=self.log.debug_enabled, inherit=True)
+        self.block_only(cfg)
         self.enforce_early = cfg.boolean("enforce_early", default=False)
         self.actions: dict[str, CheckAction] = {}
         for _code, _enhanced, _text, directive in _FAILURES.values():

@@ -36,9 +36,7 @@ class StatelessCheck(Module):
     default_action: ClassVar[CheckAction] = CheckAction("quarantine")
 
     def configure(self, cfg: Directives) -> None:
-        if self.inline_args:
-            raise cfg.node.error(f"{self.module_name}: inline arguments are not used")
-        self.log.debug_enabled = cfg.boolean("debug", default=self.log.debug_enabled, inherit=True)
+        self.block_only(cfg)
         self.fail_action = cfg.custom("fail_action", action_directive, self.default_action)
         cfg.finish()
 

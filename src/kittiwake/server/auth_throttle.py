@@ -59,6 +59,7 @@ from kittiwake.config import values
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.log import Logger
+from kittiwake.networks import Address, Network
 
 __all__ = [
     "KNOWN_TTL",
@@ -71,8 +72,6 @@ __all__ = [
     "parse_auth_ratelimit",
 ]
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Entries kept per table (per scope) at most.
 MAX_KEYS = 50_000

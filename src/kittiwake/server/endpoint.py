@@ -21,13 +21,14 @@ from kittiwake.limits import Limits
 from kittiwake.message.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
 from kittiwake.message.header import MAX_FIELDS
 from kittiwake.module import Endpoint, register
+from kittiwake.networks import Network, parse_network
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
 from kittiwake.server.auth_throttle import AuthThrottle, ThrottleSettings, parse_auth_ratelimit
 from kittiwake.server.authenticate import Authenticator
 from kittiwake.server.listener import Listener
 from kittiwake.server.proxy_accept import ProxyConfig
-from kittiwake.server.proxy_trust import Network, TrustList, parse_network
+from kittiwake.server.proxy_trust import TrustList
 from kittiwake.server.session import Session
 from kittiwake.server.session_config import ConnectionGate, EndpointKind, SessionConfig
 from kittiwake.tables.base import Table

@@ -16,13 +16,12 @@ Unix-socket peers are always trusted: only a local process can reach them.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from kittiwake.networks import Network, in_networks, parse_network
 
-__all__ = ["Network", "TrustList", "in_networks", "parse_network"]
+__all__ = ["TrustList"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,7 @@ class TrustList:
         """
         networks: list[Network] = []
         for entry in entries:
-            networks.append(_parse_entry(entry))
+            networks.append(parse_network(entry, "trusted address"))
         return cls(tuple(networks))
 
     @property
@@ -56,39 +55,3 @@ class TrustList:
         if peer_ip is None or not self.networks:
             return True
         return in_networks(peer_ip, self.networks)
-
-
-def in_networks(ip: str, networks: Iterable[Network]) -> bool:
-    """Whether address `ip` is in one of `networks`; False if it is no address.
-
-    A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d: both forms count.
-    """
-    try:
-        addr = ipaddress.ip_address(ip.partition("%")[0])
-    except ValueError:
-        return False
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [addr]
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        candidates.append(addr.ipv4_mapped)
-    return any(a.version == net.version and a in net for a in candidates for net in networks)
-
-
-def parse_network(entry: str) -> Network:
-    """An IP address (one host) or a CIDR; `ValueError` with the entry named."""
-    return _parse_entry(entry)
-
-
-def _parse_entry(entry: str) -> Network:
-    text = entry.strip()
-    if not text or "%" in text:
-        raise ValueError(f"invalid trusted address {entry!r}: expected an IP address or CIDR")
-    try:
-        if "/" not in text:
-            # Deviation from maddy: the bare address itself, in both families.
-            addr = ipaddress.ip_address(text)
-            return ipaddress.ip_network(f"{addr}/{addr.max_prefixlen}")
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError as exc:
-        raise ValueError(
-            f"invalid trusted address {entry!r}: expected an IP address or CIDR ({exc})"
-        ) from None

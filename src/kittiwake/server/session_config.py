@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from kittiwake.log import Logger
 from kittiwake.message.buffer import BufferSpec
+from kittiwake.networks import Network, in_networks
 from kittiwake.protocol import Reply, Settings
-from kittiwake.server.proxy_trust import Network, in_networks
 
 if TYPE_CHECKING:
     from kittiwake.dns import Resolver
