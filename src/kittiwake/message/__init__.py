@@ -13,6 +13,6 @@
 Envelope addresses (MAIL FROM, RCPT TO) are `kittiwake.address`'s job.
 """
 
-from kittiwake.message.meta import ConnInfo, MsgMeta, SMTPOptions, new_msg_id
+from kittiwake.message.meta import ConnInfo, MsgMeta, RcptDSN, SMTPOptions, new_msg_id
 
-__all__ = ["ConnInfo", "MsgMeta", "SMTPOptions", "new_msg_id"]
+__all__ = ["ConnInfo", "MsgMeta", "RcptDSN", "SMTPOptions", "new_msg_id"]

@@ -50,6 +50,30 @@ class SMTPOptions:
     smtputf8: bool = False
     requiretls: bool = False
     auth: str | None = None
+    #: RFC 3461 RET: "FULL" or "HDRS" (what a DSN returns), None if not given.
+    dsn_ret: str | None = None
+    #: RFC 3461 ENVID, xtext-decoded; echoed as Original-Envelope-Id in DSNs.
+    dsn_envid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RcptDSN:
+    """RFC 3461 parameters of one RCPT TO.
+
+    `notify` is empty when the client gave no NOTIFY (the default then is
+    FAILURE and DELAY, RFC 3461 §4.1), `("NEVER",)`, or a subset of
+    SUCCESS, FAILURE, DELAY. `orcpt` is `(addr-type, address)` with the
+    address xtext-decoded, None when not given.
+    """
+
+    notify: tuple[str, ...] = ()
+    orcpt: tuple[str, str] | None = None
+
+    def wants(self, kind: str) -> bool:
+        """Whether a DSN of `kind` (SUCCESS, FAILURE, DELAY) is asked for."""
+        if not self.notify:
+            return kind in ("FAILURE", "DELAY")
+        return kind in self.notify
 
 
 @dataclass(slots=True)
@@ -70,6 +94,17 @@ class MsgMeta:
     #: DMARC will evaluate this message (its pipeline has it on, with SPF and
     #: DKIM checks): `check.spf` then leaves its action to DMARC.
     dmarc_runs: bool = False
+    #: RFC 3461 parameters per recipient, keyed by the recipient in clean
+    #: form as the client gave it (the values of `original_rcpts`); a
+    #: recipient without NOTIFY/ORCPT has no entry.
+    rcpt_dsn: dict[str, RcptDSN] = field(default_factory=dict)
+
+    def dsn_for(self, rcpt: str) -> RcptDSN:
+        """The DSN parameters of a final (rewritten) recipient."""
+        return self.rcpt_dsn.get(self.original_rcpts.get(rcpt, rcpt), _NO_DSN)
+
+
+_NO_DSN = RcptDSN()
 
 
 def new_msg_id() -> str:
