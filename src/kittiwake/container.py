@@ -21,6 +21,7 @@ from kittiwake import log
 from kittiwake.config.directives import Directives
 from kittiwake.config.globals import PARSERS, Globals
 from kittiwake.config.node import Node
+from kittiwake.control import Commands
 from kittiwake.dns import Resolver
 from kittiwake.errors import ConfigError
 from kittiwake.module import Endpoint, Module, capability_label
@@ -85,6 +86,8 @@ class Container:
         self._binds: list[tuple[tuple[str, str, int], Node]] = []
         self._globals_parsed = False
         self._started: list[Module] = []
+        #: Operator commands modules offer while they run (kittiwake/control.py).
+        self.control = Commands()
         self.log = log.get("")
 
     # -- building -----------------------------------------------------------

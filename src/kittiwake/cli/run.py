@@ -4,7 +4,9 @@ Strategy: everything that can be wrong with the configuration is found
 before the event loop starts (parse, build, log targets, directories), so a
 broken file never leaves a half-started server. Only then are modules
 started; the readiness lines are printed after *every* endpoint is bound,
-because scripts wait for them. Signals are handled inside the event loop:
+because scripts wait for them, and so is the control socket
+(`RUNTIME_DIR/control.sock`, kittiwake/control.py) that `kittiwake queue`
+talks to. Signals are handled inside the event loop:
 SIGTERM/SIGINT start a graceful stop (the endpoints bound it by their grace
 period), a second one exits at once. SIGHUP, SIGUSR1 and SIGUSR2 reopen log
 files (logrotate sends one of them; maddy's packaging sends SIGUSR1 for
@@ -28,6 +30,7 @@ from kittiwake import __version__, log
 from kittiwake.cli.common import EXIT_FAILURE, EXIT_OK, build, config_error, log_target_error
 from kittiwake.config.node import Node
 from kittiwake.container import Container
+from kittiwake.control import SOCKET_NAME, ControlServer
 from kittiwake.errors import ConfigError
 
 
@@ -148,10 +151,15 @@ async def _serve_on(
         except OSError as exc:
             _report_start_failure(container, exc)
             return EXIT_FAILURE
+        # Before the readiness lines: a script that waits for them may
+        # run `kittiwake queue` at once.
+        control = ControlServer(container.control, container.runtime_path(SOCKET_NAME))
+        await control.start()
         if not stopping.is_set():
             _announce(container)
             logger.info("started", version=__version__, config=container.config_file)
             await stopping.wait()
+        await control.stop()
         await container.stop()
         logger.info("stopped")
         return EXIT_OK

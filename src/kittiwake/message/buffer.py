@@ -55,6 +55,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from kittiwake.config.values import parse_size
+from kittiwake.durable import storage_error
 from kittiwake.errors import SMTPError
 
 if TYPE_CHECKING:
@@ -85,13 +86,9 @@ def _storage_error(exc: OSError) -> SMTPError:
 
     A full disk or an exhausted quota on the buffer directory is the
     server's storage, not a mailbox's, so both are `452 4.3.1`. Anything
-    else is `451 4.3.0`: temporary, so the client retries. The OS text goes
-    to the log only.
+    else is `451 4.3.0`: temporary, so the client retries.
     """
-    reason = f"message buffer: {exc}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return SMTPError(452, (4, 3, 1), "Insufficient system storage", reason=reason)
-    return SMTPError(451, (4, 3, 0), "Internal server error", reason=reason)
+    return storage_error(exc, "message buffer")
 
 
 def _write_all(fd: int, parts: Sequence[ReadableBuffer]) -> None:
@@ -162,6 +159,7 @@ class Buffer:
     """
 
     __slots__ = (
+        "_borrowed",
         "_busy",
         "_close_when_idle",
         "_data",
@@ -197,6 +195,7 @@ class Buffer:
         self._lock = threading.Lock()
         self._busy = False
         self._close_when_idle = False
+        self._borrowed = False  # the file belongs to someone else: never unlinked
 
     @classmethod
     def ram(cls) -> Buffer:
@@ -212,6 +211,21 @@ class Buffer:
     @classmethod
     def auto(cls, max_ram: int, directory: str) -> Buffer:
         return cls(spill_at=max_ram, directory=directory)
+
+    @classmethod
+    def from_file(cls, path: str, size: int) -> Buffer:
+        """A finished, read-only buffer over a file someone else owns.
+
+        The outbound queue hands its stored body to a target this way, for
+        every attempt, without copying it. `remove()` forgets the file but
+        never deletes it: the file's owner decides when it goes.
+        """
+        buf = cls(spill_at=0, directory=os.path.dirname(path))
+        buf._path = path
+        buf._size = size
+        buf._finished = True
+        buf._borrowed = True
+        return buf
 
     # --- state ----------------------------------------------------------
 
@@ -396,7 +410,7 @@ class Buffer:
     def _discard_file(self) -> None:
         self._close_fd()
         path, self._path = self._path, None
-        if path is not None:
+        if path is not None and not self._borrowed:
             try:
                 os.unlink(path)
             except FileNotFoundError:

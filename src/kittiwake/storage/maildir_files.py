@@ -26,11 +26,11 @@ import secrets
 import stat
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kittiwake.durable import fsync_dir, sync_dir_shared, write_all
 from kittiwake.errors import SMTPError
 from kittiwake.message.buffer import Buffer
 
@@ -107,74 +107,6 @@ def is_maildir(path: str) -> bool:
     return True
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _DirSync:
-    """The fsyncs of one directory, shared by commits that overlap (group commit).
-
-    A commit takes a ticket after its link into the directory; an fsync that
-    *starts* after that covers it. While one fsync runs, later commits wait,
-    and the next fsync (run by one of them) covers them all: fifty deliveries
-    into one busy mailbox share a few fsyncs instead of queueing fifty. A
-    failed fsync fails every commit it was meant to cover (never retried:
-    after EIO the state of the pages is unknown).
-    """
-
-    __slots__ = ("__weakref__", "cond", "covered", "failures", "issued", "running")
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.issued = 0  # tickets handed out
-        self.covered = 0  # every ticket up to this one has had its fsync
-        self.running = False
-        self.failures: list[tuple[int, int, OSError]] = []  # (after, upto, error)
-
-    def sync(self, path: str) -> None:
-        with self.cond:
-            self.issued += 1
-            ticket = self.issued
-            while self.covered < ticket and self.running:
-                self.cond.wait()
-            if self.covered >= ticket:
-                for after, upto, error in self.failures:
-                    if after < ticket <= upto:
-                        raise error
-                return
-            self.running = True
-            start, target = self.covered, self.issued
-        failure: OSError | None = None
-        try:
-            _fsync_dir(path)
-        except OSError as exc:
-            failure = exc
-        with self.cond:
-            self.running = False
-            self.covered = max(self.covered, target)
-            if failure is not None:
-                self.failures = [*self.failures[-15:], (start, target, failure)]
-            self.cond.notify_all()
-        if failure is not None:
-            raise failure
-
-
-_dir_syncs: weakref.WeakValueDictionary[str, _DirSync] = weakref.WeakValueDictionary()
-_dir_syncs_lock = threading.Lock()
-
-
-def _sync_dir_shared(path: str) -> None:
-    with _dir_syncs_lock:
-        state = _dir_syncs.get(path)
-        if state is None:
-            state = _dir_syncs[path] = _DirSync()
-    state.sync(path)
-
-
 def _create_maildir(levels: list[str], sync: bool, *, folder: bool = False) -> None:
     """Create each missing directory of `levels` (parent first), then the Maildir.
 
@@ -198,13 +130,7 @@ def _create_maildir(levels: list[str], sync: bool, *, folder: bool = False) -> N
             dirty.append(maildir)
     if sync:
         for path in sorted(set(dirty), key=len, reverse=True):
-            _fsync_dir(path)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+            fsync_dir(path)
 
 
 class LFConverter:
@@ -340,7 +266,7 @@ class _Job:
     def _write(self, live: list[_File], data: bytes) -> None:
         if data:
             for f in live:
-                self._guard(f, _write_all, f.fd, data)
+                self._guard(f, write_all, f.fd, data)
 
     def _open(self, f: _File) -> None:
         if f.create and not is_maildir(f.mailbox.path):
@@ -364,7 +290,7 @@ class _Job:
                 continue
             f.base, f.tmp_path = base, path
             self.created.add(path)
-            _write_all(f.fd, f.prefix)
+            write_all(f.fd, f.prefix)
             return
         raise OSError(errno.EEXIST, "no unique file name in tmp/")
 
@@ -438,7 +364,7 @@ def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
     if sync:
         for d in sorted(dirs):
             try:
-                _sync_dir_shared(d)
+                sync_dir_shared(d)
             except OSError as exc:  # never retried: after EIO the page state is unknown
                 for i in dirs[d]:
                     failed[i] = exc

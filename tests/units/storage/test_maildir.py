@@ -706,12 +706,12 @@ def test_overlapping_commits_share_directory_fsyncs(
     import threading
     import time as _time
 
-    from kittiwake.storage import maildir_files
+    from kittiwake import durable
 
     directory = tmp_path / "new"
     directory.mkdir()
     calls: list[tuple[float, float]] = []
-    real = maildir_files._fsync_dir
+    real = durable.fsync_dir
 
     def slow_fsync(path: str) -> None:
         started = _time.monotonic()
@@ -719,13 +719,13 @@ def test_overlapping_commits_share_directory_fsyncs(
         real(path)
         calls.append((started, _time.monotonic()))
 
-    monkeypatch.setattr(maildir_files, "_fsync_dir", slow_fsync)
+    monkeypatch.setattr(durable, "fsync_dir", slow_fsync)
     linked: dict[int, float] = {}
     returned: dict[int, float] = {}
 
     def commit(i: int) -> None:
         linked[i] = _time.monotonic()
-        maildir_files._sync_dir_shared(str(directory))
+        durable.sync_dir_shared(str(directory))
         returned[i] = _time.monotonic()
 
     threads = [threading.Thread(target=commit, args=(i,)) for i in range(40)]
@@ -743,11 +743,11 @@ def test_overlapping_commits_share_directory_fsyncs(
 def test_a_failed_shared_fsync_fails_the_commits_it_covered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kittiwake.storage import maildir_files
+    from kittiwake import durable
 
     def broken(path: str) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(maildir_files, "_fsync_dir", broken)
+    monkeypatch.setattr(durable, "fsync_dir", broken)
     with pytest.raises(OSError, match="Input/output error"):
-        maildir_files._sync_dir_shared(str(tmp_path))
+        durable.sync_dir_shared(str(tmp_path))

@@ -1,0 +1,328 @@
+"""`target.queue`: accept a message durably now, deliver it to a target later.
+
+As a delivery target (docs/target-queue.md) the queue accepts every
+recipient; `body` writes the message and its metadata to disk and syncs
+them (`store.py`, steps 1-2); `commit` makes the entry live with one rename
+(the commit point) and schedules its first attempt at once; only after
+that may the endpoint say 250. `abort` removes whatever was written.
+Storage errors are always temporary replies: `452 4.3.1` for a full disk,
+`451 4.3.0` otherwise, never a 5xx that would bounce the message.
+
+Behind it, `runner.py` delivers the entries to the configured `target`
+with retries, and `notices.py` sends delivery status notifications
+through the `bounce` pipeline. `commands.py` offers the entries to the
+operator (`kittiwake queue`).
+
+Threads: every file-system call runs on the queue's own small thread pool,
+never on the event loop; the pool is separate from the storage and check
+pools so a slow disk under the queue never delays local delivery or
+checks, and the other way round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kittiwake.config.directives import Directives
+from kittiwake.config.node import Node
+from kittiwake.config.values import parse_duration
+from kittiwake.durable import storage_error
+from kittiwake.errors import SMTPError
+from kittiwake.message import MsgMeta
+from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
+from kittiwake.module import Module, register
+from kittiwake.queue import commands
+from kittiwake.queue.notices import Notifier
+from kittiwake.queue.progress import NoticeRules
+from kittiwake.queue.record import FileSum, Rcpt, Record
+from kittiwake.queue.runner import Runner
+from kittiwake.queue.schedule import RetryPolicy
+from kittiwake.queue.store import Cancelled, Store
+from kittiwake.targets.base import DeliveryTarget
+
+__all__ = ["POOL_SIZE", "QueueDelivery", "QueueTarget"]
+
+T = TypeVar("T")
+
+#: Worker threads per queue: enough for the writes of concurrent sessions
+#: and the attempts' reads to wait on the disk together.
+POOL_SIZE = 8
+#: A new entry ID is tried again this often if its name is taken.
+_ID_TRIES = 5
+_REPLY_TEXT = "Cannot queue the message, try again later"
+#: `delay_notice` when not set: a "delayed" DSN after 4 hours in the queue.
+DELAY_NOTICE: float | None = 4 * 3600.0
+
+
+class QueueDelivery:
+    """One message being accepted into the queue."""
+
+    def __init__(self, queue: QueueTarget, meta: MsgMeta, mail_from: str) -> None:
+        self._queue = queue
+        self._meta = meta
+        self._mail_from = mail_from
+        self._rcpts: dict[str, None] = {}
+        self._record: Record | None = None
+        self._committed = False
+        self._cancel = threading.Event()
+        self._future: concurrent.futures.Future[Any] | None = None
+
+    async def add_rcpt(self, rcpt: str) -> None:
+        """Every recipient is accepted; the same one twice is kept once."""
+        self._rcpts[rcpt] = None
+
+    async def body(self, header: Header, body: Buffer) -> None:
+        """Write the entry (not yet live) and sync it; a storage error is 451/452."""
+        if self._record is not None:
+            raise RuntimeError("body was already called for this delivery")
+        if not self._rcpts:
+            return
+        store = self._queue.store
+        data = header.to_bytes()
+        for _ in range(_ID_TRIES):
+            entry_id = secrets.token_hex(8)
+            try:
+                sums = await self._in_thread(
+                    store.write_message, entry_id, data, body, self._cancel
+                )
+            except FileExistsError:
+                continue  # another entry has this ID: 64 random bits, but be sure
+            except OSError as exc:
+                raise self._error(exc, "writing the message") from exc
+            break
+        else:
+            raise SMTPError(451, (4, 3, 0), _REPLY_TEXT, reason="no free entry ID")
+        record = self._new_record(entry_id, *sums)
+        try:
+            await self._in_thread(store.prepare_meta, record)
+        except OSError as exc:
+            raise self._error(exc, "writing the metadata") from exc
+        self._record = record
+
+    def _new_record(self, entry_id: str, header: FileSum, body: FileSum) -> Record:
+        meta = self._meta
+        rcpts = list(self._rcpts)
+        originals = {r: meta.original_rcpts[r] for r in rcpts if r in meta.original_rcpts}
+        wanted = {originals.get(r, r) for r in rcpts}
+        return Record(
+            id=entry_id,
+            msg_id=meta.id,
+            sender=self._mail_from,
+            original_sender=meta.original_from,
+            rcpts=[Rcpt(r) for r in rcpts],
+            header=header,
+            body=body,
+            arrival=time.time(),
+            smtp=meta.smtp,
+            original_rcpts=originals,
+            rcpt_dsn={k: v for k, v in meta.rcpt_dsn.items() if k in wanted},
+            quarantine=meta.quarantine,  # final at body time
+            tls_not_required=meta.tls_not_required,
+            dont_trace_sender=meta.dont_trace_sender,
+        )
+
+    async def commit(self) -> None:
+        """The commit point: the entry is live and durable when this returns."""
+        record = self._record
+        if record is None or self._committed:
+            return
+        try:
+            await self._in_thread(self._queue.store.commit, record.id)
+        except OSError as exc:
+            self._record = None  # store.commit removed every file
+            raise self._error(exc, "committing the entry") from exc
+        self._committed = True
+        self._queue.accepted(record)
+
+    async def abort(self) -> None:
+        """Remove what `body` wrote; safe at any point, and repeatable."""
+        if self._committed:
+            return
+        self._cancel.set()
+        future = self._future
+        if future is not None and not future.done():
+            # body() was cancelled while its thread kept writing: let it stop
+            # at the next chunk (it removes its own files) before looking.
+            waiter = asyncio.wrap_future(future)
+            await asyncio.wait([waiter])
+            if not waiter.cancelled():
+                waiter.exception()  # seen: it was body()'s to report
+        record, self._record = self._record, None
+        if record is not None:
+            await self._queue.run(self._queue.store.discard, record.id)
+
+    def _error(self, exc: OSError, what: str) -> SMTPError:
+        error = storage_error(exc, f"queue {self._queue.store.location}: {what}", _REPLY_TEXT)
+        self._queue.log.error(
+            "cannot queue the message", msg_id=self._meta.id, reply=str(error), err=exc
+        )
+        return error
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            future = self._queue.pool().submit(fn, *args)
+        except RuntimeError as exc:  # the pool is shut down: the server is stopping
+            raise SMTPError(451, (4, 3, 0), _REPLY_TEXT, reason=str(exc)) from None
+        self._future = future
+        try:
+            return await asyncio.wrap_future(future)
+        except Cancelled:
+            raise SMTPError(451, (4, 3, 0), _REPLY_TEXT, reason="aborted") from None
+
+
+@register("target.queue")
+class QueueTarget(Module):
+    """`target.queue NAME { ... }`, or inline `deliver_to queue LOCATION { ... }`."""
+
+    def configure(self, cfg: Directives) -> None:
+        node = cfg.node
+        self._node = node
+        if len(self.inline_args) > 1:
+            raise node.error(f"{self.module_name}: expected at most one argument: the location")
+        location = cfg.optional_string("location")
+        if self.inline_args and location is not None:
+            raise node.error("location: given twice (argument and directive)")
+        location = location or (self.inline_args[0] if self.inline_args else None)
+        if location is None and not self.instance_name:
+            raise node.error(f"{self.module_name}: an inline queue needs a location argument")
+        self.location = os.path.abspath(self.container.state_path(location or self.instance_name))
+        self.store = Store(self.location)
+        target = cfg.module("target", DeliveryTarget, "target", required=True)
+        assert target is not None  # required
+        self.target: DeliveryTarget = target
+        self.policy = RetryPolicy(
+            initial=cfg.duration("initial_retry_time", 15 * 60.0, positive=True),
+            scale=cfg.custom("retry_time_scale", _scale, 1.25),
+            max_tries=cfg.integer("max_tries", 20, minimum=1),
+            post_init_delay=cfg.duration("post_init_delay", 10.0),
+        )
+        self.parallelism = cfg.integer("max_parallelism", 16, minimum=1)
+        delay_after = cfg.custom("delay_notice", _delay_notice, DELAY_NOTICE)
+        self.log.debug_enabled = cfg.boolean("debug", default=self.log.debug_enabled, inherit=True)
+        self.notifier: Notifier | None = None
+        bounce = cfg.get("bounce")
+        if bounce is not None:
+            self.notifier = self._bounce(cfg, bounce)
+        self.rules = NoticeRules(enabled=self.notifier is not None, delay_after=delay_after)
+        cfg.finish()
+        #: The name operators choose this queue by (`kittiwake queue --queue`).
+        self.name = self.instance_name or self.location
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock_fd = -1
+        self.runner: Runner | None = None
+
+    def _bounce(self, cfg: Directives, node: Node) -> Notifier:
+        """The `bounce { PIPELINE }` block and what notices need besides it."""
+        hostname = cfg.string("hostname", inherit=True, default="")
+        domain = cfg.string("autogenerated_msg_domain", inherit=True, default="")
+        if not hostname:
+            raise node.error("bounce: a hostname is needed (directive or global)")
+        if not domain:
+            raise node.error("bounce: autogenerated_msg_domain is needed (directive or global)")
+        if not node.block:
+            raise node.error("bounce: missing or empty pipeline block")
+        from kittiwake.pipeline.pipeline import Pipeline  # the pipeline imports targets
+
+        pipeline = Pipeline(
+            node.block, self.container, block=node, hostname=hostname, logger=self.log
+        )
+        return Notifier(pipeline, self.store, self.run, hostname, domain, self.log)
+
+    # -- threads -------------------------------------------------------------------
+
+    def pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=POOL_SIZE, thread_name_prefix="kittiwake-queue"
+            )
+        return self._pool
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run blocking file-system work on this queue's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool(), fn, *args)
+
+    # -- life ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.run(self.store.prepare)
+            self._lock_fd = await self.run(self.store.lock)
+        except BlockingIOError:
+            raise self._node.error(
+                f"{self.module_name}: {self.location} is used by another running kittiwake"
+            ) from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise self._node.error(
+                f"{self.module_name}: cannot use location {self.location}: {reason}"
+            ) from None
+        scan = await self.run(self.store.scan)
+        for entry_id, reason in scan.quarantined:
+            self.log.error("entry quarantined at start", queue_id=entry_id, reason=reason)
+        if scan.cleaned:
+            self.log.info("removed unfinished files", count=scan.cleaned)
+        self.runner = Runner(
+            target=self.target,
+            store=self.store,
+            run=self.run,
+            policy=self.policy,
+            rules=self.rules,
+            notifier=self.notifier,
+            parallelism=self.parallelism,
+            log=self.log,
+        )
+        self.runner.start(scan.records, time.time())
+        commands.register(self.container.control, self.name, self)
+        self.log.info("queue started", location=self.location, entries=len(scan.records))
+
+    async def stop(self) -> None:
+        commands.unregister(self.container.control, self.name)
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await runner.stop()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True)
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    # -- the target ------------------------------------------------------------------
+
+    async def start_delivery(self, meta: MsgMeta, mail_from: str) -> QueueDelivery:
+        return QueueDelivery(self, meta, mail_from)
+
+    def accepted(self, record: Record) -> None:
+        """A committed entry: try it at once (or at the next start if stopping)."""
+        if self.runner is not None:
+            self.runner.add(record)
+        self.log.info("queued", queue_id=record.id, msg_id=record.msg_id, rcpts=len(record.rcpts))
+
+
+def _scale(node: Node) -> float:
+    if len(node.args) != 1:
+        raise ValueError("expected one number")
+    try:
+        value = float(node.args[0])
+    except ValueError:
+        raise ValueError(f"not a number: {node.args[0]!r}") from None
+    if not 0 < value < 1000:
+        raise ValueError("must be greater than 0 and below 1000")
+    return value
+
+
+def _delay_notice(node: Node) -> float | None:
+    if node.args == ["off"]:
+        return None
+    value = parse_duration(node.args)
+    if value <= 0:
+        raise ValueError("must be greater than zero, or off")
+    return value
