@@ -6,8 +6,8 @@ That is enough to test the command line, readiness, signals and logging in
 a real process before the SMTP endpoints exist. `test.table` is a named
 block that does nothing, so references and unused blocks can be tested.
 
-Importing this module registers them all (with `test.crash`, `test.check`
-and `test.dkim`, further down); only `launcher.py` does, so the real
+Importing this module registers them all (with `test.crash`, `test.hold`,
+`test.check` and `test.dkim`, further down); only `launcher.py` does, so the real
 server never sees them.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 from kittiwake.config.directives import Directives
 from kittiwake.config.values import ListenAddress, parse_listen_address
@@ -129,6 +130,51 @@ class CrashTarget(Module):
 
     async def start_delivery(self, meta: object, mail_from: str) -> _CrashDelivery:
         return _CrashDelivery()
+
+
+class _HoldDelivery:
+    """Holds the body stage until a file exists, then succeeds (keeping nothing)."""
+
+    def __init__(self, target: HoldTarget) -> None:
+        self.target = target
+        self.rcpts: list[str] = []
+
+    async def add_rcpt(self, rcpt: str) -> None:
+        self.rcpts.append(rcpt)
+
+    async def body(self, header: object, body: object) -> None:
+        await asyncio.to_thread(self.target.note, "started", self.rcpts)
+        while not await asyncio.to_thread(os.path.exists, self.target.release):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    async def commit(self) -> None:
+        await asyncio.to_thread(self.target.note, "delivered", self.rcpts)
+
+    async def abort(self) -> None:
+        return None
+
+
+@register("test.hold")
+class HoldTarget(Module):
+    """`test.hold { release FILE; journal FILE }`: a downstream that takes its time.
+
+    Each delivery appends `started RCPTS` to the journal when its body
+    stage begins, waits until the release file exists, then appends
+    `delivered RCPTS` at commit: a test sees an attempt in flight and
+    counts deliveries.
+    """
+
+    def configure(self, cfg: Directives) -> None:
+        self.release = cfg.string("release")
+        self.journal = cfg.string("journal")
+        cfg.finish()
+
+    def note(self, what: str, rcpts: list[str]) -> None:
+        with open(self.journal, "a") as f:
+            f.write(f"{what} {' '.join(rcpts)}\n")
+
+    async def start_delivery(self, meta: object, mail_from: str) -> _HoldDelivery:
+        return _HoldDelivery(self)
 
 
 class _FakeCheckState:

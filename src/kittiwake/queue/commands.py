@@ -159,7 +159,8 @@ class _Handlers:
             ) from None
         except StorageTrouble as exc:
             raise CommandError(f"cannot update the entry: {exc}") from None
-        return {"bounced": entry.record.id, "rcpts": count, "notices_owed": entry.record.notices}
+        owed = len(entry.record.notices)
+        return {"bounced": entry.record.id, "rcpts": count, "notices_owed": owed}
 
 
 def _read_header(store: Store, entry_id: str) -> bytes:
