@@ -31,7 +31,7 @@ def config(
     queue: str = "",
     temp: str = TEMP,
     bounce: str | None = "destination sender.example { deliver_to &mb }\n"
-    "        default_destination { reject 550 5.7.1 \"No notices to strangers\" }",
+    '        default_destination { reject 550 5.7.1 "No notices to strangers" }',
     top: str = "",
     target: str = "&downstream",
     location: str = "",

@@ -217,9 +217,7 @@ def test_damaged_entries_are_quarantined_and_the_rest_delivered(
     for entry_id in (bad_meta, short_body, no_header):
         assert re.search(rf"entry quarantined at start queue_id={entry_id}", server.log)
         assert (location / "quarantine" / f"{entry_id}.meta").exists()
-    delivered = [
-        i for i in range(4) if mailbox(tmp_path, f"u{i}@temp.example")
-    ]
+    delivered = [i for i in range(4) if mailbox(tmp_path, f"u{i}@temp.example")]
     assert len(delivered) == 1
     assert good in server.log
 
