@@ -1,4 +1,4 @@
-"""Untrusted text made safe to write: one clean line, xtext, unitext.
+"""Untrusted text made safe to write, and read back: one clean line, xtext, unitext.
 
 Delivery reports (`kittiwake.dsn`) repeat what others told us - a
 downstream server's reply, a client's HELO, its ORCPT and ENVID - to a
@@ -7,6 +7,9 @@ characters; the encoders write it in the forms RFC 3461 §4 (xtext) and
 RFC 6533 §3 (utf-8-addr-xtext and utf-8-addr-unitext, `\\x{HEX}`) define
 for DSNs, so a report part can stay 7-bit.
 
+The decoders read the same forms in ESMTP parameters (`AUTH=`, `ENVID=`,
+`ORCPT=`) and refuse anything malformed with ValueError.
+
 Pure functions: no I/O.
 """
 
@@ -14,7 +17,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["clean_line", "encode_unitext", "encode_xtext", "escape_non_ascii"]
+__all__ = [
+    "clean_line",
+    "decode_unitext",
+    "decode_xtext",
+    "encode_unitext",
+    "encode_xtext",
+    "escape_non_ascii",
+]
 
 # C0, DEL, C1, Unicode line and paragraph separators, bidi embeddings,
 # overrides and isolates: nothing a reader should get from the network raw.
@@ -85,3 +95,57 @@ def encode_xtext(text: str) -> str:
     return "".join(
         chr(b) if 0x21 <= b <= 0x7E and b not in (0x2B, 0x3D) else f"+{b:02X}" for b in data
     )
+
+
+def decode_xtext(value: str) -> str:
+    """RFC 3461 §4 xtext back to text; ValueError when malformed.
+
+    The octets are read as UTF-8 (undecodable ones as surrogates), the
+    inverse of `encode_xtext`.
+    """
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == "+":
+            hx = value[i + 1 : i + 3]
+            if len(hx) != 2 or not all(h in "0123456789ABCDEFabcdef" for h in hx):
+                raise ValueError("bad xtext escape")
+            out.append(int(hx, 16))
+            i += 3
+            continue
+        if not "!" <= c <= "~" or c == "=":
+            raise ValueError("bad xtext character")
+        out.append(ord(c))
+        i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def decode_unitext(value: str) -> str:
+    """RFC 6533 §3 utf-8-addr-xtext or -unitext back to text; ValueError when malformed.
+
+    `\\x{HEX}` escapes and, as RFC 6533 keeps them valid, xtext's `+XX`.
+    """
+    out = []
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if value.startswith("\\x{", i):
+            end = value.find("}", i)
+            hx = value[i + 3 : end] if end > 0 else ""
+            if not 1 <= len(hx) <= 6 or not all(h in "0123456789ABCDEFabcdef" for h in hx):
+                raise ValueError("bad unitext escape")
+            code = int(hx, 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                raise ValueError("bad unitext code point")
+            out.append(chr(code))
+            i = end + 1
+        elif c == "+":
+            out.append(decode_xtext(value[i : i + 3]))
+            i += 3
+        elif c in "=\\" or (c.isascii() and not "!" <= c <= "~"):
+            raise ValueError("bad unitext character")
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)

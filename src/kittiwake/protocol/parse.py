@@ -17,6 +17,7 @@ import binascii
 from kittiwake import address
 from kittiwake.address import AddressError, PathSyntaxError, Role
 from kittiwake.message.meta import RcptDSN
+from kittiwake.message.xtext import decode_unitext, decode_xtext
 from kittiwake.protocol import replies
 from kittiwake.protocol.events import MailParams
 from kittiwake.protocol.replies import Reply
@@ -98,31 +99,6 @@ def split_params(text: str, err: Reply) -> list[tuple[str, str | None]]:
     return params
 
 
-def decode_xtext(value: str) -> str:
-    """RFC 3461 §4 xtext: `+XX` hex escapes; raise ValueError when malformed."""
-    out = []
-    i = 0
-    while i < len(value):
-        c = value[i]
-        if c == "+":
-            hx = value[i + 1 : i + 3]
-            if len(hx) != 2 or not all(h in "0123456789ABCDEFabcdef" for h in hx):
-                raise ValueError("bad xtext escape")
-            out.append(chr(int(hx, 16)))
-            i += 3
-            continue
-        if not "!" <= c <= "~" or c == "=":
-            raise ValueError("bad xtext character")
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def encode_xtext(value: str) -> str:
-    """RFC 3461 §4 xtext of an ASCII string: `+`, `=`, controls and space as `+XX`."""
-    return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in value)
-
-
 #: RFC 3461 §4.4: the ENVID value is at most 100 characters, §4.2: ORCPT 500.
 MAX_ENVID = 100
 MAX_ORCPT = 500
@@ -187,36 +163,6 @@ def _parse_orcpt(value: str | None) -> tuple[str, str]:
     if any(ord(c) < 32 or ord(c) == 127 for c in original):
         raise _dsn_error("ORCPT")
     return addr_type.lower(), original
-
-
-def decode_unitext(value: str) -> str:
-    """RFC 6533 §3 utf-8-addr-xtext: UTF-8 text with `\\x{HEX}` escapes.
-
-    xtext's `+XX` escapes are decoded too, as RFC 6533 keeps them valid.
-    """
-    out = []
-    i = 0
-    while i < len(value):
-        c = value[i]
-        if value.startswith("\\x{", i):
-            end = value.find("}", i)
-            hx = value[i + 3 : end] if end > 0 else ""
-            if not 1 <= len(hx) <= 6 or not all(h in "0123456789ABCDEFabcdef" for h in hx):
-                raise ValueError("bad unitext escape")
-            code = int(hx, 16)
-            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
-                raise ValueError("bad unitext code point")
-            out.append(chr(code))
-            i = end + 1
-        elif c == "+":
-            out.append(decode_xtext(value[i : i + 3]))
-            i += 3
-        elif c in "=\\" or (c.isascii() and not "!" <= c <= "~"):
-            raise ValueError("bad unitext character")
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
 
 
 _MAIL_PARAMS = Reply(501, (5, 5, 4), "Unable to parse MAIL ESMTP parameters")
