@@ -30,6 +30,7 @@ EHLO_PLAIN = [
     "250-8BITMIME",
     "250-ENHANCEDSTATUSCODES",
     "250-CHUNKING",
+    "250-DSN",
     "250-SMTPUTF8",
     "250-SIZE 33554432",
     "250 LIMITS RCPTMAX=20000",
@@ -114,6 +115,26 @@ def test_smtplib_delivers_into_maildir(server: Kittiwake, tmp_path: Path) -> Non
         received.replace("\n ", " "),
     ), received
     assert body_of(message) == b"hello\nworld\n"
+
+
+def test_dsn_parameters_are_taken_and_checked(server: Kittiwake, tmp_path: Path) -> None:
+    """RFC 3461: DSN is offered, its parameters accepted, a bad one refused."""
+    with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client:
+        client.ehlo("client.example")
+        assert client.has_extn("dsn")
+        refused = client.sendmail(
+            "sender@example.net",
+            ["user@example.org"],
+            b"Subject: dsn\r\n\r\nbody\r\n",
+            mail_options=["RET=HDRS", "ENVID=QQ314159"],
+            rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;user+2Bx@example.org"],
+        )
+        assert refused == {}
+        assert client.mail("sender@example.net", ["RET=EVERYTHING"]) == (
+            501,
+            b"5.5.4 Malformed RET parameter value",
+        )
+    assert len(stored(tmp_path)) == 1
 
 
 def test_banner_and_capabilities(server: Kittiwake) -> None:

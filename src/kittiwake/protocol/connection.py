@@ -309,10 +309,10 @@ class ServerConnection:
         if limit and self.rcpt_count >= limit:
             return self._auto(Reply(452, (4, 5, 3), f"Maximum limit of {limit} recipients reached"))
         try:
-            address = parse_rcpt(args)
+            address, dsn = parse_rcpt(args)
         except ParseError as exc:
             return self._auto(exc.reply)
-        return self._expect(RcptTo(address))
+        return self._expect(RcptTo(address, dsn))
 
     def _data(self, args: str) -> Event:
         if args:
@@ -588,7 +588,7 @@ class ServerConnection:
     def ehlo_capabilities(self) -> list[str]:
         """The EHLO/LHLO keyword lines, in the order docs/protocol.md gives."""
         s = self.settings
-        caps = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        caps = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
         if s.tls_available and not self.tls:
             caps.append("STARTTLS")
         if self.auth_allowed:

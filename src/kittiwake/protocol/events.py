@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kittiwake.message.meta import RcptDSN
 from kittiwake.protocol.replies import Reply
 
 
@@ -39,6 +40,8 @@ class MailParams:
     smtputf8: bool = False
     requiretls: bool = False
     auth: str | None = None  # xtext-decoded AUTH= value, "" for <>
+    ret: str | None = None  # RFC 3461 RET: FULL or HDRS
+    envid: str | None = None  # RFC 3461 ENVID, xtext-decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class MailFrom(Event):
 @dataclass(frozen=True, slots=True)
 class RcptTo(Event):
     address: str
+    dsn: RcptDSN | None = None  # RFC 3461 NOTIFY/ORCPT, when given
 
 
 @dataclass(frozen=True, slots=True)

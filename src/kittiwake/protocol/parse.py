@@ -16,6 +16,8 @@ import binascii
 
 from kittiwake import address
 from kittiwake.address import AddressError, PathSyntaxError, Role
+from kittiwake.message.meta import RcptDSN
+from kittiwake.message.xtext import decode_unitext, decode_xtext
 from kittiwake.protocol import replies
 from kittiwake.protocol.events import MailParams
 from kittiwake.protocol.replies import Reply
@@ -97,24 +99,70 @@ def split_params(text: str, err: Reply) -> list[tuple[str, str | None]]:
     return params
 
 
-def decode_xtext(value: str) -> str:
-    """RFC 3461 §4 xtext: `+XX` hex escapes; raise ValueError when malformed."""
-    out = []
-    i = 0
-    while i < len(value):
-        c = value[i]
-        if c == "+":
-            hx = value[i + 1 : i + 3]
-            if len(hx) != 2 or not all(h in "0123456789ABCDEFabcdef" for h in hx):
-                raise ValueError("bad xtext escape")
-            out.append(chr(int(hx, 16)))
-            i += 3
-            continue
-        if not "!" <= c <= "~" or c == "=":
-            raise ValueError("bad xtext character")
-        out.append(c)
-        i += 1
-    return "".join(out)
+#: RFC 3461 §4.4: the ENVID value is at most 100 characters, §4.2: ORCPT 500.
+MAX_ENVID = 100
+MAX_ORCPT = 500
+_NOTIFY_KINDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+def _dsn_error(key: str) -> ParseError:
+    return ParseError(Reply(501, (5, 5, 4), f"Malformed {key} parameter value"))
+
+
+def _once(seen: set[str], key: str, command: str) -> None:
+    """RFC 3461 §4: a DSN parameter may appear once per command."""
+    if key in seen:
+        raise ParseError(Reply(501, (5, 5, 4), f"Duplicate {key} parameter in {command}"))
+    seen.add(key)
+
+
+def _parse_ret(value: str | None) -> str:
+    ret = (value or "").upper()
+    if ret not in ("FULL", "HDRS"):
+        raise _dsn_error("RET")
+    return ret
+
+
+def _parse_envid(value: str | None) -> str:
+    """ENVID: xtext of printable ASCII (RFC 3461 §4.4), kept decoded."""
+    if not value or len(value) > MAX_ENVID:
+        raise _dsn_error("ENVID")
+    try:
+        envid = decode_xtext(value)
+    except ValueError:
+        raise _dsn_error("ENVID") from None
+    if not all(" " <= c <= "~" for c in envid):
+        raise _dsn_error("ENVID")
+    return envid
+
+
+def _parse_notify(value: str | None) -> tuple[str, ...]:
+    """NOTIFY: NEVER alone, or a list of SUCCESS, FAILURE, DELAY (RFC 3461 §4.1)."""
+    kinds = [k.upper() for k in (value or "").split(",")]
+    if kinds == ["NEVER"]:
+        return ("NEVER",)
+    if not all(k in _NOTIFY_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise _dsn_error("NOTIFY")
+    return tuple(k for k in ("SUCCESS", "FAILURE", "DELAY") if k in kinds)
+
+
+def _parse_orcpt(value: str | None) -> tuple[str, str]:
+    """ORCPT: `addr-type;xtext` (RFC 3461 §4.2), `utf-8` type per RFC 6533 §3."""
+    addr_type, semi, encoded = (value or "").partition(";")
+    if not semi or not encoded or not addr_type or len(value or "") > MAX_ORCPT:
+        raise _dsn_error("ORCPT")
+    if not all(c.isascii() and (c.isalnum() or c == "-") for c in addr_type):
+        raise _dsn_error("ORCPT")
+    try:
+        if addr_type.lower() == "utf-8":
+            original = decode_unitext(encoded)
+        else:
+            original = decode_xtext(encoded)
+    except ValueError:
+        raise _dsn_error("ORCPT") from None
+    if any(ord(c) < 32 or ord(c) == 127 for c in original):
+        raise _dsn_error("ORCPT")
+    return addr_type.lower(), original
 
 
 _MAIL_PARAMS = Reply(501, (5, 5, 4), "Unable to parse MAIL ESMTP parameters")
@@ -130,6 +178,9 @@ def parse_mail(args: str, max_size: int) -> tuple[str, MailParams]:
     body = ""
     smtputf8 = requiretls = False
     auth: str | None = None
+    ret: str | None = None
+    envid: str | None = None
+    seen: set[str] = set()
     for key, value in split_params(rest, _MAIL_PARAMS):
         if key == "SIZE":
             if not value or not value.isascii() or not value.isdigit() or int(value) > MAX_UINT32:
@@ -150,11 +201,15 @@ def parse_mail(args: str, max_size: int) -> tuple[str, MailParams]:
             requiretls = True
         elif key == "AUTH":
             auth = _parse_auth_param(value)
-        elif key in ("RET", "ENVID"):
-            raise ParseError(Reply(504, (5, 5, 4), f"{key} is not implemented"))
+        elif key == "RET":
+            _once(seen, key, "MAIL")
+            ret = _parse_ret(value)
+        elif key == "ENVID":
+            _once(seen, key, "MAIL")
+            envid = _parse_envid(value)
         else:
             raise ParseError(Reply(500, (5, 5, 4), "Unknown MAIL FROM argument"))
-    return mailbox, MailParams(size, body, smtputf8, requiretls, auth)
+    return mailbox, MailParams(size, body, smtputf8, requiretls, auth, ret, envid)
 
 
 def _parse_auth_param(value: str | None) -> str:
@@ -172,16 +227,28 @@ def _parse_auth_param(value: str | None) -> str:
     return mailbox
 
 
-def parse_rcpt(args: str) -> str:
-    """The argument of RCPT: `TO:<path> [params]` (docs/protocol.md)."""
+def parse_rcpt(args: str) -> tuple[str, RcptDSN | None]:
+    """The argument of RCPT: `TO:<path> [params]` (docs/protocol.md).
+
+    The RFC 3461 parameters come back as a `RcptDSN`, None when neither
+    NOTIFY nor ORCPT was given.
+    """
     if args[:3].upper() != "TO:":
         raise _address_reply(PathSyntaxError("no TO:"), "recipient")
     mailbox, rest = _path(args[3:], "recipient")
-    for key, _ in split_params(rest, _RCPT_PARAMS):
-        if key in ("NOTIFY", "ORCPT"):
-            raise ParseError(Reply(504, (5, 5, 4), f"{key} is not implemented"))
-        raise ParseError(Reply(500, (5, 5, 4), "Unknown RCPT TO argument"))
-    return mailbox
+    notify: tuple[str, ...] = ()
+    orcpt: tuple[str, str] | None = None
+    seen: set[str] = set()
+    for key, value in split_params(rest, _RCPT_PARAMS):
+        if key == "NOTIFY":
+            _once(seen, key, "RCPT")
+            notify = _parse_notify(value)
+        elif key == "ORCPT":
+            _once(seen, key, "RCPT")
+            orcpt = _parse_orcpt(value)
+        else:
+            raise ParseError(Reply(500, (5, 5, 4), "Unknown RCPT TO argument"))
+    return mailbox, RcptDSN(notify, orcpt) if seen else None
 
 
 def valid_base64(text: str) -> bool:

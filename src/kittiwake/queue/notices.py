@@ -121,33 +121,23 @@ class Notifier:
         )
 
     async def _submit(self, record: Record, group: list[Notice]) -> str:
-        header = parse_stored_header(await self.run(self.store.read_header, record))
-        full = (record.smtp.dsn_ret or "").upper() == "FULL"
-        body = None
-        if full:
-            body = Buffer.from_file(self.store.path(record.id, BODY), record.body.size)
-        message = dsn.build(
-            self._report(record, group, full),
-            header,
-            body,
-            autogen_domain=self.autogen_domain,
-        )
-        path, size = await self.run(self._write, record.id, message)
+        report = self._report(record, group)
+        header, path, size = await self.run(self._write, record, report)
         try:
-            return await self._deliver(record, message.header, Buffer.from_file(path, size))
+            return await self._deliver(record, header, Buffer.from_file(path, size))
         finally:
             await self.run(_unlink, path)
 
-    def _report(self, record: Record, group: list[Notice], full: bool) -> dsn.Report:
+    def _report(self, record: Record, group: list[Notice]) -> dsn.Report:
         return dsn.Report(
             reporting_mta=self.hostname,
-            msg_id=record.msg_id,
+            msg_id=record.id,
             sender=record.sender,
             arrival=_when(record.arrival),
             recipients=[self._recipient(record, n) for n in group],
             envid=record.smtp.dsn_envid,
             smtputf8=record.smtp.smtputf8,
-            return_full=full,
+            return_full=(record.smtp.dsn_ret or "").upper() == "FULL",
         )
 
     @staticmethod
@@ -163,10 +153,19 @@ class Notifier:
             will_retry_until=_when(notice.retry_until) if notice.retry_until else None,
         )
 
-    def _write(self, entry_id: str, message: dsn.DSNMessage) -> tuple[str, int]:
-        """The report's body in a scratch file (worker thread): it may hold the
-        whole original message (RET=FULL), so it is streamed, never in memory."""
-        path = os.path.join(self.store.location, f"{entry_id}.dsn-{secrets.token_hex(4)}{TMP}")
+    def _write(self, record: Record, report: dsn.Report) -> tuple[Header, str, int]:
+        """Build the report and write its body to a scratch file (worker thread).
+
+        Both read the original's files: the header always, the body when
+        the sender asked for it back (RET=FULL), which may be large, so the
+        report is streamed to disk, never held in memory.
+        """
+        header = parse_stored_header(self.store.read_header(record))
+        body = None
+        if report.return_full:
+            body = Buffer.from_file(self.store.path(record.id, BODY), record.body.size)
+        message = dsn.build(report, header, body, autogen_domain=self.autogen_domain)
+        path = os.path.join(self.store.location, f"{record.id}.dsn-{secrets.token_hex(4)}{TMP}")
         fd = os.open(path, NEW_FILE, FILE_MODE)
         size = 0
         try:
@@ -178,7 +177,7 @@ class Notifier:
             _unlink(path)
             raise
         os.close(fd)
-        return path, size
+        return message.header, path, size
 
     async def _deliver(self, record: Record, header: Header, body: Buffer) -> str:
         meta = MsgMeta(

@@ -106,6 +106,8 @@ class MailTransactions:
                 smtputf8=txn.params.smtputf8,
                 requiretls=txn.params.requiretls,
                 auth=txn.params.auth,
+                dsn_ret=txn.params.ret,
+                dsn_envid=txn.params.envid,
             ),
             original_from=sender,
             dont_trace_sender=self.cfg.kind is EndpointKind.SUBMISSION,
@@ -170,6 +172,8 @@ class MailTransactions:
             self.session.reply(Reply.from_error(error, txn.msg_id))
             return
         txn.rcpts.append((rcpt, clean))
+        if event.dsn is not None and txn.meta is not None:
+            txn.meta.rcpt_dsn[clean] = event.dsn
         self.cfg.log.debug("RCPT ok", msg_id=txn.msg_id, rcpt=rcpt)
         self.session.reply(Reply(250, (2, 0, 0), f"I'll make sure <{rcpt}> gets this"))
 
