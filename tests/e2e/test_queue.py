@@ -273,3 +273,69 @@ def test_sigterm_leaves_waiting_entries_on_disk(kittiwake: Start, tmp_path: Path
     server.send(signal.SIGTERM)
     assert server.wait() == 0
     assert len(entries(tmp_path / "queue")) == 1
+
+
+# --- what the sender asked for (RFC 3461 NOTIFY, RET, ENVID, ORCPT) ----------------------
+
+
+def test_notify_never_silences_a_failure(kittiwake: Start, tmp_path: Path) -> None:
+    server = kittiwake(config(tmp_path))
+    send(server.port(), "me@sender.example", ["c@perm.example"], rcpt_options=("NOTIFY=NEVER",))
+    server.wait_log(r"entry done")
+    assert "notice sent" not in server.log
+    assert not mailbox(tmp_path, "me@sender.example")
+
+
+def test_notify_success_reports_a_final_delivery(kittiwake: Start, tmp_path: Path) -> None:
+    server = kittiwake(config(tmp_path))
+    send(server.port(), "me@sender.example", ["a@ok.example"], rcpt_options=("NOTIFY=SUCCESS",))
+    notices = wait_for(lambda: mailbox(tmp_path, "me@sender.example"), message="DSN")
+    assert isinstance(notices, list) and len(notices) == 1
+    (report,) = reports(notices[0])
+    assert report["action"] == "delivered"
+    assert report["status"] == "2.0.0"
+    assert len(mailbox(tmp_path, "a@ok.example")) == 1
+
+
+def test_notify_delay_without_failure(kittiwake: Start, tmp_path: Path) -> None:
+    """Only the "delayed" report: the final failure was not asked for."""
+    server = kittiwake(config(tmp_path, queue="    max_tries 5\n    delay_notice 300ms"))
+    send(server.port(), "me@sender.example", ["x@temp.example"], rcpt_options=("NOTIFY=DELAY",))
+    server.wait_log(r"entry done")
+    (dsn,) = mailbox(tmp_path, "me@sender.example")
+    (report,) = reports(dsn)
+    assert report["action"] == "delayed"
+    assert "will-retry-until" in report
+
+
+def test_ret_full_envid_and_orcpt_come_back(kittiwake: Start, tmp_path: Path) -> None:
+    server = kittiwake(config(tmp_path))
+    send(
+        server.port(),
+        "me@sender.example",
+        ["c@perm.example"],
+        body="the secret body\r\n",
+        mail_options=("RET=FULL", "ENVID=env+2Dtracking"),
+        rcpt_options=("ORCPT=rfc822;orig@perm.example",),
+    )
+    (dsn,) = wait_for(lambda: mailbox(tmp_path, "me@sender.example"), message="DSN")  # type: ignore[misc]
+    text = dsn.as_string()
+    assert "the secret body" in text
+    assert "env-tracking" in text
+    (report,) = reports(dsn)
+    assert "orig@perm.example" in report["original-recipient"]
+
+
+def test_ret_hdrs_returns_the_header_only(kittiwake: Start, tmp_path: Path) -> None:
+    server = kittiwake(config(tmp_path))
+    send(
+        server.port(),
+        "me@sender.example",
+        ["c@perm.example"],
+        subject="only me",
+        body="the secret body\r\n",
+        mail_options=("RET=HDRS",),
+    )
+    (dsn,) = wait_for(lambda: mailbox(tmp_path, "me@sender.example"), message="DSN")  # type: ignore[misc]
+    assert "only me" in dsn.as_string()
+    assert "the secret body" not in dsn.as_string()
