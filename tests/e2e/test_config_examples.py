@@ -433,7 +433,7 @@ STOCK = {
     "local_aliases": "table.static local_aliases {\n}\n",
     "local_rewrites": "table.static local_rewrites {\n}\n",
     "proxy_tls": "tls.loader.self_signed proxy_tls {\n}\n",
-    "remote_queue": "target.queue remote_queue {\n}\n",
+    "remote_queue": "target.queue remote_queue {\n    target dummy\n}\n",
 }
 
 #: How the added endpoint refers to a named block nothing else refers to, by
