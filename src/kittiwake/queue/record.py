@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kittiwake.errors import SMTPError
@@ -229,15 +229,7 @@ class Record:
         """A fresh `MsgMeta` for one attempt: no connection, as for local mail."""
         return MsgMeta(
             id=attempt_id,
-            smtp=SMTPOptions(
-                size=self.smtp.size,
-                body=self.smtp.body,
-                smtputf8=self.smtp.smtputf8,
-                requiretls=self.smtp.requiretls,
-                auth=self.smtp.auth,
-                dsn_ret=self.smtp.dsn_ret,
-                dsn_envid=self.smtp.dsn_envid,
-            ),
+            smtp=replace(self.smtp),  # a copy: a target may change its own
             original_from=self.original_sender,
             original_rcpts=dict(self.original_rcpts),
             quarantine=self.quarantine,

@@ -47,6 +47,7 @@ from kittiwake.queue.runner import Runner
 from kittiwake.queue.schedule import RetryPolicy
 from kittiwake.queue.store import Cancelled, Store
 from kittiwake.targets.base import DeliveryTarget
+from kittiwake.workers import FilePool
 
 __all__ = ["POOL_SIZE", "QueueDelivery", "QueueTarget"]
 
@@ -215,7 +216,7 @@ class QueueTarget(Module):
         cfg.finish()
         #: The name operators choose this queue by (`kittiwake queue --queue`).
         self.name = self.instance_name or self.location
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._threads = FilePool(POOL_SIZE, "kittiwake-queue")
         self._lock_fd = -1
         self.runner: Runner | None = None
 
@@ -239,15 +240,11 @@ class QueueTarget(Module):
     # -- threads -------------------------------------------------------------------
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=POOL_SIZE, thread_name_prefix="kittiwake-queue"
-            )
-        return self._pool
+        return self._threads.executor()
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking file-system work on this queue's threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool(), fn, *args)
+        return await self._threads.run(fn, *args)
 
     # -- life ------------------------------------------------------------------------
 
@@ -288,9 +285,7 @@ class QueueTarget(Module):
         runner, self.runner = self.runner, None
         if runner is not None:
             await runner.stop()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, True)
+        await self._threads.shutdown()
         fd, self._lock_fd = self._lock_fd, -1
         if fd >= 0:
             os.close(fd)

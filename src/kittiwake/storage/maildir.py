@@ -81,6 +81,7 @@ from kittiwake.storage.maildir_files import (
     sweep_stale_tmp,
 )
 from kittiwake.targets.base import StatusCollector
+from kittiwake.workers import FilePool
 
 __all__ = ["POOL_SIZE", "MaildirDelivery", "MaildirStorage", "encode_host"]
 
@@ -361,19 +362,15 @@ class MaildirStorage(Module):
         # The machine's own name, not the `hostname` directive, so two servers
         # sharing a tree never produce one name (docs/storage-maildir.md).
         self.host = encode_host(socket.gethostname())
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._threads = FilePool(POOL_SIZE, "kittiwake-maildir")
         self._sweeper: asyncio.Task[None] | None = None
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=POOL_SIZE, thread_name_prefix="kittiwake-maildir"
-            )
-        return self._pool
+        return self._threads.executor()
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking file-system work on this block's threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool(), fn, *args)
+        return await self._threads.run(fn, *args)
 
     async def start(self) -> None:
         try:
@@ -414,10 +411,8 @@ class MaildirStorage(Module):
     async def stop(self) -> None:
         sweeper, self._sweeper = self._sweeper, None
         await stop_task(sweeper)
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            # Waits for commits in flight: their clients are owed a reply.
-            await asyncio.to_thread(pool.shutdown, True)
+        # Waits for commits in flight: their clients are owed a reply.
+        await self._threads.shutdown()
 
     async def start_delivery(self, meta: MsgMeta, mail_from: str) -> MaildirDelivery:
         return MaildirDelivery(self, meta, mail_from)
