@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import threading
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -165,9 +166,34 @@ class Logger:
         _emit("warn", self.name, msg, fields)
 
     def error(self, msg: str, err: BaseException | None = None, **fields: Any) -> None:
+        """An error; with `err`, its type, text and where it was raised.
+
+        `where` (file:line function of the innermost frame) stays on the one
+        line, so a bug report from a log names the code without a
+        multi-line traceback in the middle of the key=value stream; with
+        debug on, the whole traceback comes too, escaped onto that line.
+        """
         if err is not None:
-            fields = {"reason": f"{type(err).__name__}: {err}", **fields}
+            extra: dict[str, Any] = {"reason": f"{type(err).__name__}: {err}"}
+            where = _raised_at(err)
+            if where:
+                extra["where"] = where
+            if self.debug_enabled and err.__traceback__ is not None:
+                # Escaped like every value, so it stays on the one line.
+                extra["traceback"] = "".join(traceback.format_exception(err)).rstrip()
+            fields = {**extra, **fields}
         _emit("error", self.name, msg, fields)
+
+
+def _raised_at(err: BaseException) -> str:
+    """`file.py:LINE function` of the frame that raised `err`, "" without a traceback."""
+    tb = err.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{os.path.basename(code.co_filename)}:{tb.tb_lineno} {code.co_name}"
 
 
 def get(name: str) -> Logger:

@@ -541,7 +541,24 @@ def test_unexpected_errors_are_temporary(kittiwake: Start, tmp_path: Path, dns: 
         reply = d.reply()[-1]
     assert re.fullmatch(r"451 4\.3\.0 Internal server error \(msg ID = [0-9a-f]{8}\)", reply)
     assert "Traceback" not in reply
-    srv.wait_log("crash target")
+    # The log names the bug's place on the error's one line (docs/logging.md).
+    srv.wait_log(r"crash target.*where=\S*fakes\.py:\d+ body")
+    assert "traceback=" not in srv.log  # only with debug on
+
+
+def test_debug_logs_carry_the_traceback_of_a_bug(
+    kittiwake: Start, tmp_path: Path, dns: FakeDNS
+) -> None:
+    crash = "    destination crash.example {\n        deliver_to test.crash\n    }"
+    conf = "debug yes\n" + config(tmp_path, block=crash)
+    srv = kittiwake(conf, args=("--debug.dnsoverride", dns.address))
+    with (
+        smtplib.SMTP("127.0.0.1", srv.port(), timeout=10) as client,
+        pytest.raises(smtplib.SMTPDataError),
+    ):
+        client.sendmail("a@example.net", ["user@crash.example"], b"Subject: s\r\n\r\nb\r\n")
+    line = srv.wait_log(r"crash target.*traceback=.*")
+    assert "Traceback (most recent call last)" in line and "\\n" in line
 
 
 def test_socket_left_open_after_quit_is_closed_by_server(server: Kittiwake) -> None:
