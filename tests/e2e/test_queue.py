@@ -339,3 +339,19 @@ def test_ret_hdrs_returns_the_header_only(kittiwake: Start, tmp_path: Path) -> N
     (dsn,) = wait_for(lambda: mailbox(tmp_path, "me@sender.example"), message="DSN")  # type: ignore[misc]
     assert "only me" in dsn.as_string()
     assert "the secret body" not in dsn.as_string()
+
+
+def test_sigterm_lets_an_attempt_in_flight_finish(kittiwake: Start, tmp_path: Path) -> None:
+    """The stop waits for the running attempt; its outcome is written before exit."""
+    import threading
+
+    journal, release = tmp_path / "journal", tmp_path / "release"
+    top = f"test.hold held {{\n    release {release}\n    journal {journal}\n}}"
+    server = kittiwake(config(tmp_path, target="&held", top=top))
+    send(server.port(), "me@sender.example", ["a@ok.example"])
+    wait_for(journal.exists, message="attempt started")
+    server.send(signal.SIGTERM)
+    threading.Timer(1.0, release.touch).start()
+    assert server.wait() == 0
+    assert "delivered a@ok.example" in journal.read_text()
+    assert entries(tmp_path / "queue") == []

@@ -242,6 +242,8 @@ class Runner:
             if not entry.verified:
                 await self.run(self.store.verify_body, record)
                 entry.verified = True
+        except FileNotFoundError as exc:
+            raise CorruptEntry(f"{exc.filename} is missing") from None
         except OSError as exc:
             raise StorageTrouble(exc) from exc
         try:
