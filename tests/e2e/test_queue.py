@@ -146,8 +146,13 @@ def test_restart_keeps_every_entry_and_its_schedule(kittiwake: Start, tmp_path: 
     server = kittiwake(config(tmp_path, queue=queue))
     for i in range(5):
         send(server.port(), "me@sender.example", [f"u{i}@temp.example"])
-    wait_for(lambda: server.log.count("not delivered") == 5, message="first tries")
     location = tmp_path / "queue"
+
+    def tried() -> bool:
+        found = entries(location)
+        return len(found) == 5 and all(metadata(location, i)["last_attempt"] for i in found)
+
+    wait_for(tried, message="first tries written")
     due = {}
     for entry_id in entries(location):
         meta = metadata(location, entry_id)

@@ -48,6 +48,10 @@ def test_list_show_flush_delete_bounce_on_a_running_server(
     send(server.port(), "me@sender.example", ["x@temp.example", "a@ok.example"], subject="one")
     send(server.port(), "me@sender.example", ["y@temp.example"], subject="two")
     wait_for(lambda: server.log.count("not delivered") == 2, message="first tries")
+    wait_for(
+        lambda: [e["state"] for e in as_json(tmp_path, "list")] == ["waiting", "waiting"],
+        message="both waiting",
+    )
 
     listed = as_json(tmp_path, "list")
     assert [[r["addr"] for r in e["rcpts"]] for e in listed] == [
@@ -73,6 +77,10 @@ def test_list_show_flush_delete_bounce_on_a_running_server(
 
     assert sorted(as_json(tmp_path, "flush")["flushed"]) == sorted([first["id"], second["id"]])
     wait_for(lambda: server.log.count("not delivered") == 4, message="flushed tries")
+    wait_for(
+        lambda: [e["state"] for e in as_json(tmp_path, "list")] == ["waiting", "waiting"],
+        message="both waiting again",
+    )
 
     bounced = as_json(tmp_path, "bounce", second["id"])
     assert bounced["rcpts"] == 1

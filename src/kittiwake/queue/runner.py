@@ -231,8 +231,8 @@ class Runner:
             if entry.deleted:
                 return
             apply_attempt(record, result, self.policy, self.rules, started, time.time())
-            self._log_attempt(record, result)
             await self._save(entry)
+        self._log_attempt(record, result)  # once the outcome is on disk
 
     async def _message(self, entry: Entry) -> tuple[Header, Buffer]:
         """The entry's header and body for an attempt, checked against its record."""
