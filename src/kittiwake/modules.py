@@ -38,4 +38,5 @@ from kittiwake.tables import (  # noqa: F401
     static,
 )
 from kittiwake.targets import dummy  # noqa: F401
+from kittiwake.targets import smtp as target_smtp  # noqa: F401  (target.smtp, target.lmtp)
 from kittiwake.tls import loaders  # noqa: F401  (tls.loader.*)

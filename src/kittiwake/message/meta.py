@@ -29,6 +29,10 @@ class ConnInfo:
     #: (Received); checks that need it earlier await `reverse`.
     rdns: str | None = None
     auth_user: str | None = None
+    #: The password the client authenticated with, for `target.smtp`'s
+    #: `auth forward` (docs/target-smtp.md). Memory only: never in a repr,
+    #: a log line, or anything written to disk.
+    auth_password: str | None = field(default=None, repr=False)
     endpoint: str = ""  # module name of the endpoint (smtp, submission, lmtp)
     #: Waits for the session's own reverse lookup of the client (started at
     #: the greeting) and gives what it found, the error included; None where

@@ -100,6 +100,7 @@ class SASLHandling:
             await throttle.record_success(ip, step.username)
         # The name as the client sent it (docs/server.md, "Authentication").
         self.session.auth_user = step.username
+        self.session.auth_password = step.password  # for `auth forward` only
         self.cfg.log.info(
             "authenticated", username=step.username, account=account, src_ip=self.session.peer_ip
         )

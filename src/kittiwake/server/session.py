@@ -105,6 +105,8 @@ class Session(asyncio.Protocol):
         self._rdns: asyncio.Task[ReverseName] | None = None
         self._rdns_result: ReverseName | None = None
         self.auth_user: str | None = None
+        #: Kept for `target.smtp`'s `auth forward`; never logged.
+        self.auth_password: str | None = None
         #: Per-session memory of modules (`ConnInfo.module_data`).
         self.module_data: dict[object, object] = {}
         self.mail = MailTransactions(self)
@@ -484,6 +486,7 @@ class Session(asyncio.Protocol):
         self._plain = False
         self.conn.tls_started()
         self.auth_user = None  # RFC 3207 §4.2: nothing from before TLS is kept
+        self.auth_password = None
 
     # -- transactions and shutdown -------------------------------------------
 

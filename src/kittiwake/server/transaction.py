@@ -144,6 +144,7 @@ class MailTransactions:
             tls=self.session.conn.tls,
             proto=proto,
             auth_user=self.session.auth_user,
+            auth_password=self.session.auth_password,
             endpoint=self.cfg.kind,
             reverse=self.session.reverse_lookup,
             module_data=self.session.module_data,

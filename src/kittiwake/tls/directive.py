@@ -394,6 +394,8 @@ class ClientTLS:
     `context()` verifies the server against the system trust store plus the
     `root_ca` bundles; `context(verify=False)` is for opportunistic
     STARTTLS, where an unverifiable certificate still beats plain text.
+    `context(check_hostname=False)` verifies the chain but no name, for a
+    server reached without one (a Unix socket).
     """
 
     def __init__(
@@ -407,23 +409,29 @@ class ClientTLS:
         self.client_pair = client_pair
         self._verified = self._build(verify=True)
         self._unverified: ssl.SSLContext | None = None
+        self._nameless: ssl.SSLContext | None = None
 
-    def context(self, *, verify: bool = True) -> ssl.SSLContext:
-        if verify:
-            return self._verified
-        if self._unverified is None:
-            self._unverified = self._build(verify=False)
-        return self._unverified
+    def context(self, *, verify: bool = True, check_hostname: bool = True) -> ssl.SSLContext:
+        if not verify:
+            if self._unverified is None:
+                self._unverified = self._build(verify=False)
+            return self._unverified
+        if not check_hostname:
+            if self._nameless is None:
+                self._nameless = self._build(verify=True, check_hostname=False)
+            return self._nameless
+        return self._verified
 
-    def _build(self, *, verify: bool) -> ssl.SSLContext:
+    def _build(self, *, verify: bool, check_hostname: bool = True) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         self.options.apply(ctx)
         for bundle in self.root_cas:
             ctx.load_verify_locations(cadata=bundle.decode("ascii", "replace"))
         if self.client_pair is not None:
             load_chain(ctx, self.client_pair.cert_pem, self.client_pair.key_pem)
-        if not verify:
+        if not verify or not check_hostname:
             ctx.check_hostname = False
+        if not verify:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 

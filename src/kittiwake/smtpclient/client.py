@@ -1,0 +1,445 @@
+"""One outgoing SMTP or LMTP connection over asyncio (docs/client.md).
+
+Strategy: `_Wire` is an `asyncio.Protocol` (no streams): every byte the
+server sends goes straight into the sans-IO core (`protocol/client.py`), so
+the core sees everything that arrived, which is what makes its STARTTLS
+check complete (nothing can hide in a stream's buffer). `SMTPClient` writes
+the bytes the core's command methods return and waits for the core's
+events, each wait bounded by a timeout:
+
+* `connect_timeout` for the dial (and the handshake of `tls://`);
+* `command_timeout` for the greeting, every command's reply, the
+  STARTTLS handshake and every write that has to wait for the socket;
+* `submission_timeout` for each reply after the end of the content.
+
+Reading stops while more than `HIGH_WATER` bytes wait unparsed, so a server
+that floods costs bounded memory. Every failure that is not a reply becomes
+an `SMTPError` (`smtpclient/errors.py`) before it leaves this module, so
+callers handle one kind of error.
+
+The message content is streamed from the body buffer chunk by chunk
+through the core's encoder (CR LF line ends, dot-stuffing for DATA): it is
+never whole in memory. BDAT is used when the server offers CHUNKING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import cast
+
+from kittiwake.errors import SMTPError
+from kittiwake.log import Logger
+from kittiwake.message.buffer import Buffer
+from kittiwake.protocol.client import (
+    Capabilities,
+    ClientConnection,
+    ClientState,
+    ConnectionClosed,
+    Limits,
+    RemoteProtocolError,
+    ReplyReceived,
+)
+from kittiwake.protocol.connection import LocalProtocolError
+from kittiwake.protocol.replies import Reply
+from kittiwake.smtpclient.endpoint import Endpoint
+from kittiwake.smtpclient.errors import (
+    connect_error,
+    dns_error,
+    network_error,
+    protocol_error,
+    reply_error,
+    reply_text,
+    tls_error,
+)
+from kittiwake.smtpclient.sasl import MAX_CHALLENGES, Mechanism
+from kittiwake.tls.directive import ClientTLS
+
+__all__ = [
+    "CHUNK_SIZE",
+    "QUIT_TIMEOUT",
+    "TLS_UNSUPPORTED",
+    "ClientSettings",
+    "SMTPClient",
+    "default_client_tls",
+]
+
+HIGH_WATER = 64 * 1024  # unparsed input that pauses reading
+LOW_WATER = 16 * 1024  # ... and resumes it
+QUIT_TIMEOUT = 5.0  # a polite QUIT is not worth waiting longer for
+CHUNK_SIZE = 256 * 1024  # body read size: one BDAT chunk
+
+TLS_UNSUPPORTED = "TLS required but unsupported by downstream"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How to talk to a downstream server (one per `target.smtp` block)."""
+
+    hostname: str  # the EHLO/LHLO name, in A-labels
+    lmtp: bool = False
+    starttls: bool = True
+    tls: ClientTLS | None = None  # None: the defaults (system trust store)
+    connect_timeout: float = 300.0
+    command_timeout: float = 300.0
+    submission_timeout: float = 300.0
+    limits: Limits = field(default_factory=Limits)
+
+
+class _Wire(asyncio.Protocol):
+    """The socket side: every byte read goes into the core at once."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        if self.conn.pending_input > HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self._wake()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.conn.receive_data(b"")
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def readable(self) -> None:
+        """Wait until the server sends something or closes."""
+        if self._reading_paused and self.conn.pending_input < LOW_WATER:
+            self._reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def write(self, data: bytes) -> None:
+        """Write, and wait while the socket's buffer is full."""
+        transport = self.transport
+        if transport is None or self.lost or transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        transport.write(data)
+        if self._writing_paused:
+            self._drain = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+            if self.lost:
+                raise ConnectionResetError("the connection was lost while writing")
+
+
+class SMTPClient:
+    """One connection to one endpoint; a fresh one per message (no pooling)."""
+
+    def __init__(self, endpoint: Endpoint, settings: ClientSettings, log: Logger) -> None:
+        self.endpoint = endpoint
+        self.remote = str(endpoint)
+        self.settings = settings
+        self.log = log
+        self.conn = ClientConnection(lmtp=settings.lmtp, limits=settings.limits)
+        self._wire = _Wire(self.conn)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.conn.capabilities
+
+    @property
+    def tls(self) -> bool:
+        return self.conn.tls
+
+    # -- connecting ---------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Dial, read the greeting, EHLO (LHLO); STARTTLS and EHLO again if wanted."""
+        await self._dial()
+        try:
+            greeting = await self.read_reply(self.settings.command_timeout)
+            if greeting.reply.code != 220:
+                raise reply_error(greeting.reply, self.remote, "the greeting")
+            await self._hello()
+            if self.settings.starttls and not self.endpoint.implicit_tls:
+                await self._starttls()
+        except BaseException:
+            await self.quit()
+            raise
+
+    async def _dial(self) -> None:
+        loop = asyncio.get_running_loop()
+        ep = self.endpoint
+        context = self._tls_context() if ep.implicit_tls else None
+        timeout = self.settings.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if ep.scheme == "unix":
+                    await loop.create_unix_connection(lambda: self._wire, ep.path)
+                else:
+                    await loop.create_connection(
+                        lambda: self._wire,
+                        ep.host,
+                        ep.port,
+                        ssl=context,
+                        server_hostname=ep.tls_name if context else None,
+                        ssl_handshake_timeout=timeout if context else None,
+                    )
+        except TimeoutError:
+            raise connect_error(self.remote, f"no connection within {timeout:g}s") from None
+        except socket.gaierror as exc:
+            raise dns_error(self.remote, exc.strerror or str(exc)) from None
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise tls_error(self.remote, str(exc)) from None
+        except OSError as exc:
+            if context is not None and isinstance(exc, ConnectionAbortedError):
+                raise tls_error(self.remote, str(exc)) from None
+            raise connect_error(self.remote, exc.strerror or str(exc)) from None
+        self.log.debug("connected", remote=self.remote)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        tls = self.settings.tls or default_client_tls()
+        return tls.context(check_hostname=self.endpoint.tls_name is not None)
+
+    async def _hello(self) -> None:
+        name = self.settings.hostname
+        hello = await self.ask(self.conn.ehlo(name))
+        if not self.conn.lmtp and hello.reply.code in (500, 502):
+            # RFC 5321 §3.2: a server that does not know EHLO gets HELO.
+            hello = await self.ask(self.conn.helo(name))
+        if not hello.ok:
+            raise reply_error(hello.reply, self.remote, hello.command.value)
+
+    async def _starttls(self) -> None:
+        if not self.capabilities.starttls:
+            raise SMTPError(
+                451,
+                (4, 7, 0),
+                TLS_UNSUPPORTED,
+                reason=f"{self.remote} does not offer STARTTLS",
+                misc={"remote_server": self.remote},
+            )
+        answer = await self.ask(self.conn.starttls())
+        if answer.reply.code != 220:
+            raise tls_error(self.remote, f"STARTTLS refused: {answer.reply}")
+        loop = asyncio.get_running_loop()
+        transport = self._wire.transport
+        assert transport is not None
+        timeout = self.settings.command_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                new = await loop.start_tls(
+                    transport,
+                    self._wire,
+                    self._tls_context(),
+                    server_hostname=self.endpoint.tls_name,
+                    ssl_handshake_timeout=timeout,
+                )
+        except TimeoutError:
+            raise tls_error(self.remote, f"no handshake within {timeout:g}s") from None
+        except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+            raise tls_error(self.remote, str(exc)) from None
+        if new is None:
+            raise tls_error(self.remote, "the connection closed during the handshake")
+        self._wire.transport = new
+        self.conn.tls_started()
+        self.log.debug("TLS started", remote=self.remote)
+        await self._hello()
+
+    async def authenticate(self, mechanism: Mechanism) -> None:
+        """AUTH with one mechanism; a failure is ours to fix, so temporary."""
+        if mechanism.name not in self.capabilities.auth:
+            raise _auth_failed(self.remote, f"AUTH {mechanism.name} is not offered")
+        line = self.conn.auth(mechanism.name, mechanism.initial())
+        await self.send(line, secret=True)
+        answer = await self.read_reply()
+        rounds = 0
+        while answer.reply.code == 334:
+            response = mechanism.respond(rounds) if rounds < MAX_CHALLENGES else "*"
+            await self.send(self.conn.auth_response(response), secret=True)
+            answer = await self.read_reply()
+            rounds += 1
+        if answer.reply.code != 235:
+            raise _auth_failed(self.remote, f"{answer.reply}")
+        self.log.debug("authenticated", remote=self.remote, mechanism=mechanism.name)
+
+    # -- commands and replies -----------------------------------------------------
+
+    async def send(self, data: bytes, *, secret: bool = False) -> None:
+        """Write bytes the core produced, within `command_timeout`.
+
+        `secret`: a SASL line, never logged (it carries credentials).
+        """
+        if not data:
+            return
+        if self.log.debug_enabled:
+            self._log_sent(data, secret)
+        timeout = self.settings.command_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wire.write(data)
+        except TimeoutError:
+            raise network_error(self.remote, f"write blocked for {timeout:g}s") from None
+        except OSError as exc:
+            raise network_error(self.remote, f"write failed: {exc}") from None
+
+    async def read_reply(self, within: float | None = None) -> ReplyReceived:
+        """The next reply, within `within` seconds (default `command_timeout`)."""
+        limit = self.settings.command_timeout if within is None else within
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    event = self.conn.next_event()
+                    if isinstance(event, ReplyReceived):
+                        self.log.debug("reply", remote=self.remote, reply=str(event.reply))
+                        return event
+                    if isinstance(event, ConnectionClosed):
+                        raise network_error(
+                            self.remote,
+                            f"connection closed by the server ({event.owed} replies missing)",
+                        )
+                    await self._wire.readable()
+        except TimeoutError:
+            raise network_error(self.remote, f"no reply within {limit:g}s") from None
+        except RemoteProtocolError as exc:
+            raise protocol_error(self.remote, str(exc)) from None
+
+    async def ask(self, data: bytes, within: float | None = None) -> ReplyReceived:
+        """Send one command and read its reply."""
+        await self.send(data)
+        return await self.read_reply(within)
+
+    def _log_sent(self, data: bytes, secret: bool) -> None:
+        """Commands at debug level; content as a byte count; credentials never."""
+        if secret:
+            self.log.debug("sent", remote=self.remote, line="(SASL exchange, hidden)")
+        elif self.conn.state is ClientState.CONTENT or data.startswith(b"BDAT "):
+            self.log.debug("sent content", remote=self.remote, bytes=len(data))
+        else:
+            for line in data.decode("utf-8", "replace").splitlines():
+                self.log.debug("sent", remote=self.remote, line=line)
+
+    # -- the message content -------------------------------------------------------
+
+    async def send_message(self, header: bytes, body: Buffer, replies: list[Reply]) -> None:
+        """Send the content; append each final reply to `replies` as it comes.
+
+        One final reply for SMTP, one per accepted recipient for LMTP (in
+        RCPT order). A refusal before the end (DATA not answered 354, a
+        BDAT chunk refused) is the reply for every recipient. Failures that
+        are not replies raise `SMTPError`, with the replies so far kept.
+        """
+        count = self.conn.accepted_rcpts if self.conn.lmtp else 1
+        if self.capabilities.chunking:
+            early = await self._send_bdat(header, body)
+        else:
+            early = await self._send_data(header, body)
+        if early is not None:
+            replies.extend([early] * count)
+            return
+        for _ in range(count):
+            answer = await self.read_reply(self.settings.submission_timeout)
+            replies.append(answer.reply)
+
+    async def _send_data(self, header: bytes, body: Buffer) -> Reply | None:
+        answer = await self.ask(self.conn.data())
+        if answer.reply.code != 354:
+            return answer.reply if answer.reply.code >= 400 else _unexpected(answer)
+        await self.send(self.conn.content(header))
+        async for chunk in body.chunks(CHUNK_SIZE):
+            await self.send(self.conn.content(chunk))
+        await self.send(self.conn.end_of_data())
+        return None
+
+    async def _send_bdat(self, header: bytes, body: Buffer) -> Reply | None:
+        pending = header  # the header rides with the first body chunk
+        async for chunk in body.chunks(CHUNK_SIZE):
+            out = self.conn.bdat(pending + chunk)
+            pending = b""
+            if out:
+                answer = await self.ask(out)
+                if not answer.ok:
+                    return answer.reply
+        await self.send(self.conn.bdat(pending, last=True))
+        return None
+
+    # -- the end ---------------------------------------------------------------------
+
+    async def quit(self) -> None:
+        """QUIT politely (briefly), then close. Never raises."""
+        try:
+            if self.conn.state is ClientState.READY and not self._wire.lost:
+                await self.ask(self.conn.quit(), QUIT_TIMEOUT)
+        except (SMTPError, LocalProtocolError) as exc:
+            self.log.debug("QUIT failed", remote=self.remote, reason=str(exc))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close at once; after a protocol error or mid-content, without a goodbye."""
+        transport = self._wire.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.conn.state in (ClientState.READY, ClientState.CLOSED):
+            transport.close()
+        else:
+            transport.abort()
+
+
+def _auth_failed(remote: str, why: str) -> SMTPError:
+    """AUTH trouble is a configuration problem, never the message's: temporary."""
+    return SMTPError(
+        451,
+        (4, 7, 0),
+        "Authentication with the downstream server failed",
+        reason=f"{remote}: {why}",
+        misc={"remote_server": remote},
+    )
+
+
+def _unexpected(answer: ReplyReceived) -> Reply:
+    """A 2xx where 354 belongs: the two sides disagree, so a temporary refusal."""
+    text = reply_text(answer.reply)
+    return Reply(451, (4, 5, 0), f"Unexpected reply to {answer.command.value}: {text}"[:200])
+
+
+_DEFAULT_TLS: list[ClientTLS] = []
+
+
+def default_client_tls() -> ClientTLS:
+    """The `tls_client` defaults, built once (loading the trust store costs)."""
+    if not _DEFAULT_TLS:
+        _DEFAULT_TLS.append(ClientTLS())
+    return _DEFAULT_TLS[0]
