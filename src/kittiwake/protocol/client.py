@@ -301,7 +301,8 @@ class ClientConnection:
         """Collect one line; return the reply once its last line came."""
         code = line[:3]
         sep = line[3:4]
-        if not (code.isdigit() and b"200" <= code <= b"599") or sep not in (b"", b" ", b"-"):
+        valid = len(code) == 3 and code.isdigit() and b"200" <= code <= b"599"
+        if not valid or sep not in (b"", b" ", b"-"):
             raise self._fail(f"malformed reply line {line[:40]!r}")
         if self._lines and code != self._lines[0][:3]:
             raise self._fail(f"reply code changed within a reply: {line[:40]!r}")
