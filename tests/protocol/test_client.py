@@ -170,7 +170,8 @@ def test_byte_by_byte_gives_the_same_events() -> None:
         return events
 
     whole = run(len(rest))
-    assert [e.command for e in whole] == [Command.GREETING, Command.EHLO, Command.MAIL, Command.RCPT]
+    commands = [e.command for e in whole]
+    assert commands == [Command.GREETING, Command.EHLO, Command.MAIL, Command.RCPT]
     assert whole[-1].reply.text == ("a", "b")
     assert run(1) == whole
     assert run(7) == whole
