@@ -345,7 +345,10 @@ class SMTPClient:
         """Commands at debug level; content as a byte count; credentials never."""
         if secret:
             self.log.debug("sent", remote=self.remote, line="(SASL exchange, hidden)")
-        elif self.conn.state is ClientState.CONTENT or data.startswith(b"BDAT "):
+        elif data.startswith(b"BDAT "):
+            command = data[: data.index(b"\r\n")].decode("ascii")
+            self.log.debug("sent", remote=self.remote, line=command)
+        elif self.conn.state is ClientState.CONTENT:
             self.log.debug("sent content", remote=self.remote, bytes=len(data))
         else:
             for line in data.decode("utf-8", "replace").splitlines():

@@ -42,14 +42,16 @@ def reply_error(reply: Reply, remote: str, command: str) -> SMTPError:
 
     A missing enhanced code becomes `X.0.0` of the reply's class (RFC 3463
     §3.1: "other undefined status"). A positive code where a negative one
-    was expected (a 3xx to RCPT) is a protocol error.
+    was expected (a 3xx to RCPT) is a protocol error. A 421 (the
+    downstream is closing) becomes 451: passed on as it is, it would tell
+    our own client that *we* are closing (RFC 5321 §3.8).
     """
     if reply.code < 400:
         return protocol_error(remote, f"unexpected {reply.code} reply to {command}")
     enhanced = reply.enhanced or (reply.code // 100, 0, 0)
     text = reply_text(reply) or "No reason given"
     return SMTPError(
-        reply.code,
+        451 if reply.code == 421 else reply.code,
         enhanced,
         text,
         reason=f"{remote} said: {reply.code} {text} (in reply to {command})",
