@@ -274,7 +274,8 @@ def test_relay_over_starttls_with_bdat(pair: Pair) -> None:
     assert final.startswith("250 ")
     (stored,) = pair.stored("example.org", "one")
     assert stored.endswith(
-        b"\n\nFirst line.\n.leading dot\n..two dots\na lone CR\nin the middle\n.\nno final line end\n"
+        b"\n\nFirst line.\n.leading dot\n..two dots\n"
+        b"a lone CR\nin the middle\n.\nno final line end\n"
     )
     head = fields(stored)
     # The downstream's Received field: over TLS, from our EHLO name.
