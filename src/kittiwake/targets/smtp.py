@@ -26,6 +26,8 @@ the queue must not send a "relayed" DSN of its own.
 
 from __future__ import annotations
 
+import contextlib
+
 from kittiwake import address
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
@@ -284,9 +286,13 @@ class SMTPDelivery:
         await client.send(client.conn.rcpt(path, params))
         if self._mail_pending:
             await self._mail_reply()
-        answer = await client.read_reply()
         if self._mail_error is not None:
-            raise self._mail_error  # the RCPT's own reply (a 503) says nothing more
+            # The RCPT's own reply (a 503, or none from a server that went
+            # away with a 421) says nothing more.
+            with contextlib.suppress(SMTPError):
+                await client.read_reply()
+            raise self._mail_error
+        answer = await client.read_reply()
         if not answer.ok:
             raise _temporary_552(reply_error(answer.reply, client.remote, "RCPT TO"))
         self._rcpts.append(rcpt)
