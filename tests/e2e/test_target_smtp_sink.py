@@ -34,6 +34,7 @@ from kw import Dialog, Kittiwake
 from outbound import deliver, target
 from sink import Sink
 
+from kittiwake.errors import SMTPError
 from kittiwake.message import MsgMeta, RcptDSN, SMTPOptions
 
 SINKS = {
@@ -225,5 +226,28 @@ async def test_no_dsn_offered_no_parameters(tmp_path: Path) -> None:
         (sent,) = sink.wait_transactions(1)
         assert sent.mail_args == "<s@example.org>"  # neither DSN nor BODY=8BITMIME
         assert sent.rcpt_args == ["<final@example.org>"]
+    finally:
+        sink.close()
+
+
+async def test_lmtp_connection_lost_after_the_dot_fails_every_recipient(tmp_path: Path) -> None:
+    """body_non_atomic: recipients the server never answered share the failure."""
+    sink = Sink("-L", "-q", ".")
+    try:
+        line = f"deliver_to lmtp tcp://127.0.0.1:{sink.port}\n"
+        rcpts = ["a@example.org", "b@example.org"]
+        async with target(line, tmp_path) as tgt:
+            out = await deliver(
+                tgt, MsgMeta(id="l"), "s@example.org", rcpts, "x", b"b\r\n", non_atomic=True
+            )
+        assert list(out.statuses) == rcpts
+        for error in out.statuses.values():
+            assert isinstance(error, SMTPError)
+            assert (error.code, error.enhanced, error.message) == (
+                450,
+                (4, 4, 2),
+                "Network I/O error",
+            )
+            assert "2 replies missing" in error.reason
     finally:
         sink.close()

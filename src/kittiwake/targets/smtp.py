@@ -233,6 +233,7 @@ class SMTPDelivery:
         self._mail_pending = False
         self._mail_error: SMTPError | None = None
         self._rcpts: list[str] = []
+        self._paths: list[str] = []  # the same recipients as written on the wire
         self._closed = False
         #: The downstream offered DSN, so the DSN parameters went with the message.
         self.dsn_passed = False
@@ -296,6 +297,7 @@ class SMTPDelivery:
         if not answer.ok:
             raise _temporary_552(reply_error(answer.reply, client.remote, "RCPT TO"))
         self._rcpts.append(rcpt)
+        self._paths.append(path)
 
     def _check_size(self, header: bytes, body: Buffer) -> None:
         limit = self._client.capabilities.size
@@ -305,17 +307,21 @@ class SMTPDelivery:
 
     async def body(self, header: Header, body: Buffer) -> None:
         """Send the content; the downstream's reply to it is the outcome."""
-        replies = await self._send(header, body)
+        replies: list[Reply] = []
+        await self._send(header, body, replies)
         failures = [r for r in replies if r.code >= 400]
         if failures:
             raise self._combined(failures, len(replies))
 
-    async def _send(self, header: Header, body: Buffer) -> list[Reply]:
+    async def _send(self, header: Header, body: Buffer, replies: list[Reply]) -> None:
+        """Send the content; the final replies go into `replies`, even on a failure."""
         data = header.to_bytes()
         self._check_size(data, body)
-        replies: list[Reply] = []
-        await self._client.send_message(data, body, replies)
-        return replies
+        try:
+            await self._client.send_message(data, body, replies)
+        finally:
+            if self._target.lmtp:
+                replies[:] = [_unnamed(r, p) for r, p in zip(replies, self._paths, strict=False)]
 
     def _combined(self, failures: list[Reply], total: int) -> SMTPError:
         """One error for the whole message (SMTP: the one reply)."""
@@ -354,7 +360,7 @@ class LMTPDelivery(SMTPDelivery):
         replies: list[Reply] = []
         failure: SMTPError | None = None
         try:
-            replies = await self._send(header, body)
+            await self._send(header, body, replies)
         except SMTPError as exc:
             failure = exc
         remote = self._client.remote
@@ -366,6 +372,20 @@ class LMTPDelivery(SMTPDelivery):
             else:
                 # Every recipient not answered before the failure shares it.
                 status.set_status(rcpt, failure)
+
+
+def _unnamed(reply: Reply, path: str) -> Reply:
+    """The reply without the `<recipient>` an LMTP server puts in front of it.
+
+    RFC 2033 servers name the recipient each reply is for; the LMTP
+    endpoint that passes the reply on names it again, so the copy goes.
+    """
+    lines = (reply.text,) if isinstance(reply.text, str) else reply.text
+    first = lines[0] if lines else ""
+    named = f"<{path}>"
+    if first[: len(named)].lower() != named.lower():
+        return reply
+    return Reply(reply.code, reply.enhanced, (first[len(named) :].lstrip(), *lines[1:]))
 
 
 def _with_reason(error: SMTPError, reason: str) -> SMTPError:
