@@ -287,6 +287,8 @@ class SMTPClient:
         answer = await self.read_reply()
         rounds = 0
         while answer.reply.code == 334:
+            if rounds > MAX_CHALLENGES:  # even our `*` did not end it: give up
+                raise _auth_failed(self.remote, "the server keeps sending challenges")
             response = mechanism.respond(rounds) if rounds < MAX_CHALLENGES else "*"
             await self.send(self.conn.auth_response(response), secret=True)
             answer = await self.read_reply()

@@ -65,10 +65,10 @@ def parse_endpoint(text: str, runtime_dir: str) -> Endpoint:
         port_text = after[1:] if after.startswith(":") else ""
     else:
         host, _, port_text = rest.rpartition(":")
+        if not host or any(c in host for c in "/:@[] ") or not host.isprintable():
+            raise ValueError(f"invalid endpoint {text!r}: expected HOST:PORT")
     if not port_text:
         raise ValueError(f"invalid endpoint {text!r}: port is required")
     if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
         raise ValueError(f"invalid port {port_text!r} in {text!r}")
-    if not host or any(c in host for c in "/:@ ") or not host.isprintable():
-        raise ValueError(f"invalid endpoint {text!r}: bad host {host!r}")
     return Endpoint(scheme, host=host, port=int(port_text))
