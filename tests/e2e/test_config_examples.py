@@ -78,7 +78,8 @@ keeps passing as modules land and grows stricter with each one:
   one of the missing uses exactly. An endpoint may instead refuse the
   directive itself (`auth: not available in this version of kittiwake
   yet`) while the modules it would name do not exist; that is accepted at
-  the same lines;
+  the same lines. (In a `target.smtp`/`target.lmtp` block, `auth plain
+  USER PASS` names a SASL mechanism, not a module.);
 - once every module is registered, the example must pass (exit 0), unless
   the example itself is known to be incomplete (`when_complete`).
 
@@ -263,10 +264,25 @@ class _Use:
     node: Node
 
 
-def _inline_uses(nodes: list[Node], top: bool = True) -> Iterator[_Use]:
+#: Blocks whose `auth` names a SASL mechanism (`auth plain USER PASS`), not a module.
+_AUTH_MECHANISM_BLOCKS = frozenset({"target.smtp", "target.lmtp"})
+
+
+def _block_module(node: Node, top: bool) -> str:
+    """The module whose block `node.block` is: a top-level block's, or an inline target's."""
+    if top:
+        return node.name
+    if node.name == "deliver_to" and node.args and not node.args[0].startswith("&"):
+        return node.args[0] if "." in node.args[0] else f"target.{node.args[0]}"
+    return ""
+
+
+def _inline_uses(nodes: list[Node], top: bool = True, within: str = "") -> Iterator[_Use]:
     """Every module named by a directive (not a top-level block), in file order."""
     for node in nodes:
-        if node.name == "tls" and node.args:
+        if node.name == "auth" and within in _AUTH_MECHANISM_BLOCKS:
+            pass
+        elif node.name == "tls" and node.args:
             first = node.args[0]
             # off is no module; a path is the legacy `tls CERT KEY` (tls.loader.file).
             if first != "off" and not first.startswith("&") and "/" not in first:
@@ -279,7 +295,7 @@ def _inline_uses(nodes: list[Node], top: bool = True) -> Iterator[_Use]:
         if node.name in MODULE_LISTS:
             for child in node.block:
                 yield _Use(child.name, MODULE_LISTS[node.name], child)
-        yield from _inline_uses(node.block, top=False)
+        yield from _inline_uses(node.block, top=False, within=_block_module(node, top))
 
 
 _NAMESPACE = r"( \(namespace: [\w.]*\))?"
