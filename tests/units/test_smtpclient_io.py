@@ -21,10 +21,15 @@ import pytest
 import trustme
 
 from kittiwake import log
+from kittiwake.config.parser import parse_text
+from kittiwake.container import Container
 from kittiwake.errors import SMTPError
+from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
+from kittiwake.message.header import Header
 from kittiwake.protocol.client import Limits
 from kittiwake.smtpclient import ClientSettings, Endpoint, Mechanism, SMTPClient
+from kittiwake.targets.base import DeliveryTarget
 from kittiwake.tls.directive import ClientTLS
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -32,8 +37,11 @@ EHLO = b"250-server\r\n250-PIPELINING\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: Handler, context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
-    """A loopback server running `handler` per connection; every connection ends with it."""
+async def serving(
+    handler: Handler, context: ssl.SSLContext | None = None, path: str = ""
+) -> AsyncIterator[int]:
+    """A loopback server (TCP, or Unix at `path`) running `handler` per connection;
+    every connection ends with it."""
     tasks: set[asyncio.Task[None]] = set()
 
     async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -47,9 +55,12 @@ async def serving(handler: Handler, context: ssl.SSLContext | None = None) -> As
         finally:
             writer.transport.abort()
 
-    server = await asyncio.start_server(guarded, "127.0.0.1", 0, ssl=context)
+    if path:
+        server = await asyncio.start_unix_server(guarded, path)
+    else:
+        server = await asyncio.start_server(guarded, "127.0.0.1", 0, ssl=context)
     try:
-        yield server.sockets[0].getsockname()[1]
+        yield 0 if path else server.sockets[0].getsockname()[1]
     finally:
         server.close()
         for task in tasks:
@@ -416,10 +427,8 @@ async def test_unix_socket(tmp_path: Path) -> None:
         await reader.readline()
         writer.write(b"221 bye\r\n")
         await reader.read()
-        writer.close()
 
-    server = await asyncio.start_unix_server(lmtp, path)
-    try:
+    async with serving(lmtp, path=path):
         c = SMTPClient(
             Endpoint("unix", path=path),
             ClientSettings(hostname="client.example", lmtp=True, starttls=False),
@@ -427,5 +436,59 @@ async def test_unix_socket(tmp_path: Path) -> None:
         )
         await c.connect()
         await c.quit()
-    finally:
-        server.close()
+
+
+# -- the target's own size check ------------------------------------------------------------
+
+
+def size_server(seen: list[bytes]) -> Handler:
+    """Offers SIZE 100; records the commands (content as one line per message)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 mx\r\n")
+        await reader.readline()
+        writer.write(b"250-mx\r\n250 SIZE 100\r\n")
+        while line := await reader.readline():
+            seen.append(line)
+            if line == b"DATA\r\n":
+                writer.write(b"354 go\r\n")
+                seen.append(await reader.readuntil(b"\r\n.\r\n"))
+                writer.write(b"250 2.0.0 queued\r\n")
+            elif line == b"QUIT\r\n":
+                writer.write(b"221 bye\r\n")
+            else:
+                writer.write(b"250 ok\r\n")
+
+    return handler
+
+
+@pytest.mark.parametrize("size", [100, 101])
+async def test_message_size_at_and_past_the_advertised_limit(tmp_path: Path, size: int) -> None:
+    """The header plus the body may be exactly SIZE bytes; one more is refused unsent."""
+    seen: list[bytes] = []
+    async with serving(size_server(seen)) as port:
+        text = f"state_dir {tmp_path}\nhostname client.example\n"
+        container = Container(parse_text(text, "t.conf"), config_file="t.conf", cwd=str(tmp_path))
+        container.parse_globals()
+        (node,) = parse_text(
+            f"deliver_to smtp tcp://127.0.0.1:{port} {{\n starttls no\n}}\n", "t.conf"
+        )
+        target = container.module_from_node(node, DeliveryTarget, "target")
+        header = Header()
+        header.add("Subject", "s", folded=False)  # 12 bytes + the empty line: 14
+        body = Buffer.ram()
+        await body.write(b"x" * (size - 14))
+        await body.finish()
+        delivery = await target.start_delivery(MsgMeta(id="size"), "a@example.org")
+        await delivery.add_rcpt("b@example.org")
+        if size <= 100:
+            await delivery.body(header, body)
+            await delivery.commit()
+            assert seen[-2].endswith(b"x" * (size - 14) + b"\r\n.\r\n")
+        else:
+            with pytest.raises(SMTPError) as caught:
+                await delivery.body(header, body)
+            await delivery.abort()
+            assert (caught.value.code, caught.value.enhanced) == (552, (5, 3, 4))
+            assert b"DATA\r\n" not in seen
+        assert seen[-1] == b"QUIT\r\n"
