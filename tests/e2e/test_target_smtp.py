@@ -31,6 +31,10 @@ import pytest
 import trustme
 from fakedns import FakeDNS
 from kw import Dialog, Kittiwake, free_port, maildir_files
+from outbound import deliver, target
+
+from kittiwake.errors import SMTPError
+from kittiwake.message import MsgMeta, SMTPOptions
 
 USER = "relay@example.org"
 PASSWORD = "s3cret-relay-pw"
@@ -179,6 +183,7 @@ class Pair:
     up: Kittiwake
     down: Kittiwake
     mail: Path  # the downstream's Maildir root
+    ca_file: Path
 
     @property
     def smtp(self) -> int:
@@ -212,7 +217,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[P
         ports = [down.port(i) for i in range(4)]
         up = Kittiwake(up_dir, upstream_conf(up_dir, ca_file, ports, free_port()), args=args)
         up.wait_ready(2)
-        yield Pair(up, down, down_dir / "mail")
+        yield Pair(up, down, down_dir / "mail", ca_file)
     finally:
         for server in (up, down):
             if server is not None:
@@ -427,3 +432,37 @@ def test_auth_forward(pair: Pair) -> None:
     assert "with ESMTPSA" in " ".join(fields(stored).split())
     pair.up.wait_log(r"authenticated remote=tcp://127\.0\.0\.1:\d+ mechanism=PLAIN")
     assert PASSWORD not in pair.up.log
+
+
+# -- REQUIRETLS (from this process: it needs a TLS client session upstream) -------------
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "options", "delivered"),
+    [
+        ("tcp://127.0.0.1:{main}", "", True),  # STARTTLS: REQUIRETLS offered after it
+        ("tls://127.0.0.1:{implicit}", "", True),  # implicit TLS offers it too
+        ("tcp://127.0.0.1:{plain}", "starttls no", False),  # clear text: never
+    ],
+)
+async def test_requiretls(
+    pair: Pair, tmp_path: Path, endpoint: str, options: str, delivered: bool
+) -> None:
+    ports = {"main": pair.down.port(0), "plain": pair.down.port(1), "implicit": pair.down.port(2)}
+    line = (
+        f"deliver_to smtp {endpoint.format(**ports)} {{\n {options}\n"
+        f" tls_client {{\n  root_ca {pair.ca_file}\n }}\n}}\n"
+    )
+    meta = MsgMeta(id="rtls", smtp=SMTPOptions(requiretls=True))
+    user = f"rtls{len(endpoint)}{delivered}".lower()  # Maildir names are case-folded
+    async with target(line, tmp_path) as tgt:
+        if delivered:
+            out = await deliver(tgt, meta, "s@example.net", [f"{user}@example.org"], "r", b"b\r\n")
+            assert out.body_error is None and not out.dsn_passed
+        else:
+            with pytest.raises(SMTPError) as caught:
+                await deliver(tgt, meta, "s@example.net", [f"{user}@example.org"], "r", b"b\r\n")
+            error = caught.value
+            assert (error.code, error.enhanced) == (550, (5, 7, 30))
+            assert error.message == "REQUIRETLS support required"
+    assert len(pair.stored("example.org", user)) == int(delivered)

@@ -221,11 +221,14 @@ class _Owed:
 class ClientConnection:
     """Protocol state of one outgoing connection. Not thread-safe; no I/O."""
 
-    def __init__(self, *, lmtp: bool = False, limits: Limits | None = None) -> None:
+    def __init__(
+        self, *, lmtp: bool = False, tls: bool = False, limits: Limits | None = None
+    ) -> None:
+        """`tls`: the connection is TLS from the first byte (implicit TLS)."""
         self.lmtp = lmtp
         self.limits = limits or Limits()
         self.state = ClientState.GREETING
-        self.tls = False
+        self.tls = tls
         self.capabilities = NO_CAPABILITIES
         self.authenticated = False
         #: MAIL was accepted; RCPTs accepted since (this transaction).

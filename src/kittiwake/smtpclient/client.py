@@ -172,7 +172,9 @@ class SMTPClient:
         self.remote = str(endpoint)
         self.settings = settings
         self.log = log
-        self.conn = ClientConnection(lmtp=settings.lmtp, limits=settings.limits)
+        self.conn = ClientConnection(
+            lmtp=settings.lmtp, tls=endpoint.implicit_tls, limits=settings.limits
+        )
         self._wire = _Wire(self.conn)
 
     @property
@@ -195,8 +197,11 @@ class SMTPClient:
             await self._hello()
             if self.settings.starttls and not self.endpoint.implicit_tls:
                 await self._starttls()
-        except BaseException:
+        except Exception:
             await self.quit()
+            raise
+        except BaseException:  # cancelled: no time for a goodbye
+            self.close()
             raise
 
     async def _dial(self) -> None:
@@ -299,14 +304,17 @@ class SMTPClient:
 
     # -- commands and replies -----------------------------------------------------
 
-    async def send(self, data: bytes, *, secret: bool = False) -> None:
+    async def send(self, data: bytes, *, secret: bool = False, note: str = "") -> None:
         """Write bytes the core produced, within `command_timeout`.
 
         `secret`: a SASL line, never logged (it carries credentials).
+        `note`: what the debug log says instead of the bytes.
         """
         if not data:
             return
-        if self.log.debug_enabled:
+        if note and self.log.debug_enabled:
+            self.log.debug("sent", remote=self.remote, line=note)
+        elif self.log.debug_enabled:
             self._log_sent(data, secret)
         timeout = self.settings.command_timeout
         try:
@@ -385,7 +393,7 @@ class SMTPClient:
         await self.send(self.conn.content(header))
         async for chunk in body.chunks(CHUNK_SIZE):
             await self.send(self.conn.content(chunk))
-        await self.send(self.conn.end_of_data())
+        await self.send(self.conn.end_of_data(), note="(end of data)")
         return None
 
     async def _send_bdat(self, header: bytes, body: Buffer) -> Reply | None:

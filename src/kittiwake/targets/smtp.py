@@ -171,8 +171,11 @@ class SMTPDownstream(Module):
                 await client.authenticate(mechanism)
             delivery = (LMTPDelivery if self.lmtp else SMTPDelivery)(self, meta, client)
             await delivery.mail(mail_from)
-        except BaseException:
+        except Exception:
             await client.quit()
+            raise
+        except BaseException:  # cancelled: no time for a goodbye
+            client.close()
             raise
         return delivery
 
