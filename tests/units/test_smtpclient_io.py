@@ -462,18 +462,49 @@ def size_server(seen: list[bytes]) -> Handler:
     return handler
 
 
+def build_target(tmp: Path, port: int, block: str = "") -> DeliveryTarget:
+    text = f"state_dir {tmp}\nhostname client.example\n"
+    container = Container(parse_text(text, "t.conf"), config_file="t.conf", cwd=str(tmp))
+    container.parse_globals()
+    line = f"deliver_to smtp tcp://127.0.0.1:{port} {{\n starttls no\n {block}\n}}\n"
+    (node,) = parse_text(line, "t.conf")
+    return container.module_from_node(node, DeliveryTarget, "target")
+
+
+async def test_no_command_after_a_timeout(tmp_path: Path) -> None:
+    """A late reply must never be taken for the next command's: the connection is done."""
+    seen: list[bytes] = []
+
+    async def slow_rcpt(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 mx\r\n")
+        await reader.readline()
+        writer.write(b"250-mx\r\n250 PIPELINING\r\n")
+        while line := await reader.readline():
+            seen.append(line)
+            if line.startswith(b"RCPT"):
+                await asyncio.sleep(0.6)  # past command_timeout
+            writer.write(b"250 2.1.5 ok\r\n")
+
+    async with serving(slow_rcpt) as port:
+        target = build_target(tmp_path, port, "command_timeout 300ms")
+        delivery = await target.start_delivery(MsgMeta(id="t"), "a@example.org")
+        with pytest.raises(SMTPError) as first:
+            await delivery.add_rcpt("b@example.org")
+        await asyncio.sleep(0.5)  # the late reply arrives meanwhile
+        with pytest.raises(SMTPError) as second:
+            await delivery.add_rcpt("c@example.org")
+        await delivery.abort()
+    assert second.value is first.value  # the same failure, nothing sent
+    assert (second.value.code, second.value.enhanced) == (450, (4, 4, 2))
+    assert seen == [b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<b@example.org>\r\n"]
+
+
 @pytest.mark.parametrize("size", [100, 101])
 async def test_message_size_at_and_past_the_advertised_limit(tmp_path: Path, size: int) -> None:
     """The header plus the body may be exactly SIZE bytes; one more is refused unsent."""
     seen: list[bytes] = []
     async with serving(size_server(seen)) as port:
-        text = f"state_dir {tmp_path}\nhostname client.example\n"
-        container = Container(parse_text(text, "t.conf"), config_file="t.conf", cwd=str(tmp_path))
-        container.parse_globals()
-        (node,) = parse_text(
-            f"deliver_to smtp tcp://127.0.0.1:{port} {{\n starttls no\n}}\n", "t.conf"
-        )
-        target = container.module_from_node(node, DeliveryTarget, "target")
+        target = build_target(tmp_path, port)
         header = Header()
         header.add("Subject", "s", folded=False)  # 12 bytes + the empty line: 14
         body = Buffer.ram()

@@ -176,6 +176,8 @@ class SMTPClient:
             lmtp=settings.lmtp, tls=endpoint.implicit_tls, limits=settings.limits
         )
         self._wire = _Wire(self.conn)
+        #: Why the connection cannot be used any more (see `_broken`).
+        self.failure: SMTPError | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -316,17 +318,20 @@ class SMTPClient:
             self.log.debug("sent", remote=self.remote, line=note)
         elif self.log.debug_enabled:
             self._log_sent(data, secret)
+        self.check_usable()
         timeout = self.settings.command_timeout
         try:
             async with asyncio.timeout(timeout):
                 await self._wire.write(data)
         except TimeoutError:
-            raise network_error(self.remote, f"write blocked for {timeout:g}s") from None
+            why = f"write blocked for {timeout:g}s"
+            raise self._broken(network_error(self.remote, why)) from None
         except OSError as exc:
-            raise network_error(self.remote, f"write failed: {exc}") from None
+            raise self._broken(network_error(self.remote, f"write failed: {exc}")) from None
 
     async def read_reply(self, within: float | None = None) -> ReplyReceived:
         """The next reply, within `within` seconds (default `command_timeout`)."""
+        self.check_usable()
         limit = self.settings.command_timeout if within is None else within
         try:
             async with asyncio.timeout(limit):
@@ -336,15 +341,35 @@ class SMTPClient:
                         self.log.debug("reply", remote=self.remote, reply=str(event.reply))
                         return event
                     if isinstance(event, ConnectionClosed):
-                        raise network_error(
-                            self.remote,
-                            f"connection closed by the server ({event.owed} replies missing)",
-                        )
+                        why = f"connection closed by the server ({event.owed} replies missing)"
+                        raise self._broken(network_error(self.remote, why))
                     await self._wire.readable()
         except TimeoutError:
-            raise network_error(self.remote, f"no reply within {limit:g}s") from None
+            raise self._broken(network_error(self.remote, f"no reply within {limit:g}s")) from None
         except RemoteProtocolError as exc:
-            raise protocol_error(self.remote, str(exc)) from None
+            raise self._broken(protocol_error(self.remote, str(exc))) from None
+
+    def _broken(self, error: SMTPError) -> SMTPError:
+        """Remember why the connection is unusable; every later use fails the same way.
+
+        After a timeout a late reply could still come and be taken for the
+        next command's; after a protocol error nothing the server says can
+        be trusted. Either way the connection is only good for closing.
+        """
+        if self.failure is None:
+            self.failure = error
+        return error
+
+    def check_usable(self) -> None:
+        """Raise the failure that made this connection unusable, if there was one.
+
+        Callers check before they build a command: the core refuses to
+        build one on a connection that is closed or broken.
+        """
+        if self.failure is None and self.conn.state in (ClientState.CLOSED, ClientState.ERROR):
+            self._broken(network_error(self.remote, "the connection is closed"))
+        if self.failure is not None:
+            raise self.failure.with_traceback(None)
 
     async def ask(self, data: bytes, within: float | None = None) -> ReplyReceived:
         """Send one command and read its reply."""
@@ -413,7 +438,8 @@ class SMTPClient:
     async def quit(self) -> None:
         """QUIT politely (briefly), then close. Never raises."""
         try:
-            if self.conn.state is ClientState.READY and not self._wire.lost:
+            usable = self.failure is None and not self._wire.lost
+            if usable and self.conn.state is ClientState.READY:
                 await self.ask(self.conn.quit(), QUIT_TIMEOUT)
         except (SMTPError, LocalProtocolError) as exc:
             self.log.debug("QUIT failed", remote=self.remote, reason=str(exc))
@@ -425,7 +451,8 @@ class SMTPClient:
         transport = self._wire.transport
         if transport is None or transport.is_closing():
             return
-        if self.conn.state in (ClientState.READY, ClientState.CLOSED):
+        clean = self.failure is None or self.conn.state is ClientState.CLOSED
+        if clean and self.conn.state in (ClientState.READY, ClientState.CLOSED):
             transport.close()
         else:
             transport.abort()

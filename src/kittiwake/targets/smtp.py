@@ -31,6 +31,7 @@ import contextlib
 from kittiwake import address
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
+from kittiwake.config.values import parse_bool
 from kittiwake.errors import SMTPError
 from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
@@ -142,17 +143,19 @@ class SMTPDownstream(Module):
             file=node.file,
             line=node.line,
         )
-        if node.children is not None or len(node.args) > 1:
-            raise node.error("attempt_starttls: expected yes or no")
-        return not node.args or node.args[0].lower() in ("yes", "true", "on", "1")
+        if node.children is not None:
+            raise node.error("attempt_starttls: unexpected block")
+        return parse_bool(node.args)
 
     def _endpoints(self, node: Node, targets: Node | None) -> list[Endpoint]:
+        """`targets` first, then the inline arguments (maddy appends them)."""
         runtime_dir = self.container.globals.runtime_dir
         found = []
-        sources = [(targets, a) for a in targets.args] if targets is not None else []
-        sources += [(node, a) for a in self.inline_args]
+        sources: list[tuple[Node, str]] = []
+        if targets is not None:
+            sources += [(targets, text) for text in targets.args]
+        sources += [(node, text) for text in self.inline_args]
         for where, text in sources:
-            assert where is not None
             try:
                 found.append(parse_endpoint(text, runtime_dir))
             except ValueError as exc:
@@ -282,6 +285,7 @@ class SMTPDelivery:
         if rcpt in self._rcpts:
             return  # the contract: duplicates are accepted silently
         client = self._client
+        client.check_usable()
         try:
             path = wire_path(rcpt, smtputf8=self._utf8)
         except ValueError as exc:
@@ -318,6 +322,7 @@ class SMTPDelivery:
 
     async def _send(self, header: Header, body: Buffer, replies: list[Reply]) -> None:
         """Send the content; the final replies go into `replies`, even on a failure."""
+        self._client.check_usable()
         data = header.to_bytes()
         self._check_size(data, body)
         try:
