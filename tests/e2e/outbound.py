@@ -1,9 +1,9 @@
 """Drive `target.smtp`/`target.lmtp` in this process, against a real server.
 
-For what a client of the kittiwake process cannot ask for (DSN parameters,
-which the smtp endpoint does not accept yet), tests build the target from
-configuration text with the real container, as the server would, and call
-the delivery contract themselves.
+When a test needs exact control of the message's metadata (every form of
+the DSN parameters, REQUIRETLS without a TLS client session upstream),
+it builds the target from configuration text with the real container, as
+the server would, and calls the delivery contract itself.
 """
 
 from __future__ import annotations

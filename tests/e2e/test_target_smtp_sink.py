@@ -16,10 +16,13 @@ Through the kittiwake process (what the original client is told):
 * SMTPUTF8 without the extension: domains in A-labels, a non-ASCII local
   part refused with `550 5.6.7` (sender) / `553 5.6.7` (recipient).
 
-In this process (DSN parameters cannot come from a client yet): RET,
-ENVID, NOTIFY and ORCPT xtext-encoded when DSN is offered, none and
-`dsn_passed` false when it is not (`-N`); BODY=8BITMIME only when offered
-(`-8`).
+* RET, ENVID, NOTIFY and ORCPT from the client passed on unchanged.
+
+In this process (every form of the parameters, without a client to
+parse them): RET, ENVID, NOTIFY and ORCPT xtext-encoded when DSN is
+offered (a non-ASCII ORCPT as RFC 6533 utf-8-addr-xtext), none and
+`dsn_passed` false when it is not (`-N`); BODY=8BITMIME only when
+offered (`-8`).
 """
 
 from __future__ import annotations
@@ -101,14 +104,20 @@ MESSAGE = b"From: a@example.net\r\nSubject: sink\r\n\r\nHello.\r\n.dot\r\n"
 
 
 def send(
-    port: int, sender: str, rcpt: str, *, params: str = "", data: bool = True
+    port: int,
+    sender: str,
+    rcpt: str,
+    *,
+    params: str = "",
+    rcpt_params: str = "",
+    data: bool = True,
 ) -> tuple[str, str]:
     """(RCPT reply, final reply or "")."""
     with Dialog(port) as d:
         assert d.reply()[-1].startswith("220 ")
         assert d.cmd("EHLO client.example.net").startswith("250 ")
         assert d.cmd(f"MAIL FROM:<{sender}>{params}").startswith("250 ")
-        answer = d.cmd(f"RCPT TO:<{rcpt}>")
+        answer = d.cmd(f"RCPT TO:<{rcpt}>{rcpt_params}")
         final = ""
         if data and answer.startswith("250 "):
             assert d.cmd("DATA").startswith("354 ")
@@ -172,6 +181,26 @@ def test_smtputf8_without_the_extension(up: Kittiwake, sinks: dict[str, Sink]) -
     assert sent.rcpt_args == ["<x@plain.test>"]
     # The dump has LF line ends and an empty line after the message.
     assert sent.message.endswith(b"\n\nHello.\n.dot\n\n")
+
+
+def test_dsn_parameters_from_the_client_are_passed_on(
+    up: Kittiwake, sinks: dict[str, Sink]
+) -> None:
+    """RET, ENVID, NOTIFY and ORCPT given to kittiwake reach the next server unchanged."""
+    before = len(sinks["plain"].transactions())
+    answer, final = send(
+        up.port(),
+        "a@example.net",
+        "x@plain.test",
+        params=" RET=HDRS ENVID=QQ+2Bid",
+        rcpt_params=" NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Orig+2Bx@plain.test",
+    )
+    assert answer.startswith("250 ") and final.startswith("250 ")
+    (sent,) = sinks["plain"].wait_transactions(before + 1)[before:]
+    assert sent.mail_args == "<a@example.net> RET=HDRS ENVID=QQ+2Bid"
+    assert sent.rcpt_args == [
+        "<x@plain.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Orig+2Bx@plain.test"
+    ]
 
 
 # -- parameters, from this process -----------------------------------------------------

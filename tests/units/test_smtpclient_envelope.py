@@ -7,13 +7,7 @@ import pytest
 from kittiwake.message import MsgMeta, RcptDSN, SMTPOptions
 from kittiwake.protocol.client import Capabilities
 from kittiwake.smtpclient.endpoint import Endpoint, parse_endpoint
-from kittiwake.smtpclient.envelope import (
-    mail_params,
-    rcpt_params,
-    utf8_addr_xtext,
-    wire_path,
-    xtext,
-)
+from kittiwake.smtpclient.envelope import mail_params, rcpt_params, wire_path
 
 ALL = Capabilities.parse(["SIZE 1000", "8BITMIME", "SMTPUTF8", "DSN", "REQUIRETLS"])
 NONE = Capabilities()
@@ -44,17 +38,14 @@ def test_non_ascii_local_part_needs_smtputf8(addr: str) -> None:
         wire_path(addr, smtputf8=False)
 
 
-def test_xtext() -> None:
-    assert xtext("plain-id.123") == "plain-id.123"
-    assert xtext("a+b=c d") == "a+2Bb+3Dc+20d"
-    assert xtext("é") == "+C3+A9"  # bytes of UTF-8
-    assert xtext("\x7f~!") == "+7F~!"
-
-
-def test_utf8_addr_xtext() -> None:
-    assert utf8_addr_xtext("ü@x.example") == "\\x{FC}@x.example"
-    assert utf8_addr_xtext("a+b=c\\d e") == "a\\x{2B}b\\x{3D}c\\x{5C}d\\x{20}e"
-    assert utf8_addr_xtext("😀@x") == "\\x{1F600}@x"
+def test_orcpt_forms() -> None:
+    """xtext for an ASCII address, the ASCII-only utf-8-addr-xtext otherwise."""
+    ascii_ = RcptDSN((), ("rfc822", "a+b=c d@example.org"))
+    assert rcpt_params(ascii_, ALL) == ["ORCPT=rfc822;a+2Bb+3Dc+20d@example.org"]
+    utf8 = RcptDSN((), ("rfc822", "ü+1@x.example"))
+    assert rcpt_params(utf8, ALL) == ["ORCPT=utf-8;\\x{FC}\\x{2B}1@x.example"]
+    emoji = RcptDSN((), ("utf-8", "😀@x"))
+    assert rcpt_params(emoji, ALL) == ["ORCPT=utf-8;\\x{1F600}@x"]
 
 
 def test_mail_params_only_where_offered() -> None:

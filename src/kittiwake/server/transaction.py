@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from kittiwake import address
 from kittiwake.errors import SMTPError
 from kittiwake.log import Logger
-from kittiwake.message import ConnInfo, MsgMeta, SMTPOptions, new_msg_id
+from kittiwake.message import ConnInfo, MsgMeta, RcptDSN, SMTPOptions, new_msg_id
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import HeaderReader
 from kittiwake.protocol import BodyEnd, Data, MailFrom, RcptTo, Reply
@@ -160,21 +160,28 @@ class MailTransactions:
             self.session.reply(txn.sender_error)
             return
         rcpt = event.address
+        clean = ""
+        earlier = None
         try:
             try:
                 clean = address.clean_path(rcpt, smtputf8=txn.params.smtputf8)
             except address.AddressError as exc:
                 raise exc.smtp_error("recipient") from None
-            assert txn.delivery is not None
+            assert txn.delivery is not None and txn.meta is not None
+            # Known before the targets see the recipient: one that relays
+            # (target.smtp) passes NOTIFY and ORCPT on with its own RCPT.
+            earlier = txn.meta.rcpt_dsn.get(clean)
+            if event.dsn is not None:
+                txn.meta.rcpt_dsn[clean] = event.dsn
             await txn.delivery.add_rcpt(clean)
         except Exception as exc:
+            if txn.meta is not None and clean and event.dsn is not None:
+                _restore(txn.meta.rcpt_dsn, clean, earlier)
             error = client_error(exc, self.cfg.log, "RCPT error", msg_id=txn.msg_id, rcpt=rcpt)
             self._log_rcpt_error(txn, rcpt, error)
             self.session.reply(Reply.from_error(error, txn.msg_id))
             return
         txn.rcpts.append((rcpt, clean))
-        if event.dsn is not None and txn.meta is not None:
-            txn.meta.rcpt_dsn[clean] = event.dsn
         self.cfg.log.debug("RCPT ok", msg_id=txn.msg_id, rcpt=rcpt)
         self.session.reply(Reply(250, (2, 0, 0), f"I'll make sure <{rcpt}> gets this"))
 
@@ -377,3 +384,11 @@ def _lmtp_reply(rcpt: str, status: SMTPError | None, msg_id: str) -> Reply:
         return Reply(250, (2, 0, 0), f"<{rcpt}> OK: queued")
     text = f"<{rcpt}> {status.message} (msg ID = {msg_id})"
     return Reply(status.code, status.enhanced, text)
+
+
+def _restore(table: dict[str, RcptDSN], key: str, earlier: RcptDSN | None) -> None:
+    """Undo a refused RCPT's DSN parameters: an earlier accepted RCPT's stay."""
+    if earlier is None:
+        table.pop(key, None)
+    else:
+        table[key] = earlier

@@ -8,17 +8,18 @@ Pure functions (docs/target-smtp.md, "What is passed on"):
   be written at all (RFC 6531 §3.2 forbids it): `ValueError`.
 * `mail_params` / `rcpt_params`: SIZE, BODY, SMTPUTF8, REQUIRETLS and the
   RFC 3461 DSN parameters, each only where the server advertised its
-  extension. xtext (RFC 3461 §4) and utf-8-addr-xtext (RFC 6533 §3) encode
-  what may not appear raw.
+  extension. xtext (RFC 3461 §4) and utf-8-addr-xtext (RFC 6533 §3),
+  from `message/xtext.py`, encode what may not appear raw.
 """
 
 from __future__ import annotations
 
 from kittiwake import address
 from kittiwake.message import MsgMeta, RcptDSN
+from kittiwake.message.xtext import encode_unitext, encode_xtext
 from kittiwake.protocol.client import Capabilities
 
-__all__ = ["mail_params", "rcpt_params", "utf8_addr_xtext", "wire_path", "xtext"]
+__all__ = ["mail_params", "rcpt_params", "wire_path"]
 
 
 def wire_path(addr: str, *, smtputf8: bool) -> str:
@@ -33,32 +34,6 @@ def wire_path(addr: str, *, smtputf8: bool) -> str:
             domain = address.to_alabel_domain(domain)
     wire = address.quote_local_part(local)
     return f"{wire}@{domain}" if domain else wire
-
-
-def xtext(value: str) -> str:
-    """RFC 3461 §4: `+XX` for `+`, `=` and every byte outside `!`..`~`."""
-    out = []
-    for byte in value.encode("utf-8"):
-        if 33 <= byte <= 126 and byte not in (43, 61):
-            out.append(chr(byte))
-        else:
-            out.append(f"+{byte:02X}")
-    return "".join(out)
-
-
-def utf8_addr_xtext(value: str) -> str:
-    """RFC 6533 §3 utf-8-addr-xtext: ASCII only, so valid with or without SMTPUTF8.
-
-    Code points outside `!`..`~` and the characters `+`, `=` and `\\` are
-    written `\\x{HEX}`.
-    """
-    out = []
-    for ch in value:
-        if "!" <= ch <= "~" and ch not in "+=\\":
-            out.append(ch)
-        else:
-            out.append(f"\\x{{{ord(ch):X}}}")
-    return "".join(out)
 
 
 def mail_params(meta: MsgMeta, caps: Capabilities, *, smtputf8: bool) -> list[str]:
@@ -77,7 +52,7 @@ def mail_params(meta: MsgMeta, caps: Capabilities, *, smtputf8: bool) -> list[st
         if opts.dsn_ret:
             params.append(f"RET={opts.dsn_ret}")
         if opts.dsn_envid:
-            params.append(f"ENVID={xtext(opts.dsn_envid)}")
+            params.append(f"ENVID={encode_xtext(opts.dsn_envid)}")
     return params
 
 
@@ -91,8 +66,9 @@ def rcpt_params(dsn: RcptDSN, caps: Capabilities) -> list[str]:
     if dsn.orcpt is not None:
         kind, original = dsn.orcpt
         if original.isascii() and kind.lower() != "utf-8":
-            params.append(f"ORCPT={kind};{xtext(original)}")
+            params.append(f"ORCPT={kind};{encode_xtext(original)}")
         else:
-            # RFC 6533 §3: a non-ASCII original address travels as type utf-8.
-            params.append(f"ORCPT=utf-8;{utf8_addr_xtext(original)}")
+            # RFC 6533 §3: a non-ASCII original address travels as type utf-8,
+            # in the ASCII-only form every server can take.
+            params.append(f"ORCPT=utf-8;{encode_unitext(original, seven_bit=True)}")
     return params
