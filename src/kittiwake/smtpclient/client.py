@@ -95,6 +95,7 @@ class _Wire(asyncio.Protocol):
         self.conn = conn
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self._gone: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._writing_paused = False
@@ -123,6 +124,22 @@ class _Wire(asyncio.Protocol):
         self._wake()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Until the socket is really closed (asyncio closes it a loop turn later)."""
+        transport = self.transport
+        if self.lost or transport is None:
+            return
+        if transport.get_protocol() is not self:
+            # A handshake that never finished: asyncio's TLS layer owns the
+            # transport and will not tell us; its abort completes next turn.
+            await asyncio.sleep(0)
+            return
+        if self._gone is None:
+            self._gone = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._gone)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -436,7 +453,7 @@ class SMTPClient:
     # -- the end ---------------------------------------------------------------------
 
     async def quit(self) -> None:
-        """QUIT politely (briefly), then close. Never raises."""
+        """QUIT politely (briefly), close, and wait until the socket is closed. Never raises."""
         try:
             usable = self.failure is None and not self._wire.lost
             if usable and self.conn.state is ClientState.READY:
@@ -445,6 +462,13 @@ class SMTPClient:
             self.log.debug("QUIT failed", remote=self.remote, reason=str(exc))
         finally:
             self.close()
+        try:
+            async with asyncio.timeout(QUIT_TIMEOUT):
+                await self._wire.wait_closed()
+        except TimeoutError:
+            transport = self._wire.transport
+            if transport is not None:
+                transport.abort()  # a TLS goodbye the server never acknowledged
 
     def close(self) -> None:
         """Close at once; after a protocol error or mid-content, without a goodbye."""
