@@ -189,6 +189,7 @@ class _File:
     folder: str = ""  # the Maildir written to (the mailbox or its .Junk)
     base: str = ""
     tmp_path: str = ""
+    new_path: str = ""  # its name in new/, once published
     prefix: bytes = b""
     fd: int = -1
     size: int = 0
@@ -336,6 +337,7 @@ def _publish(f: _File, host: str) -> None:
                 continue
             os.rename(f.tmp_path, target)
             f.tmp_path = ""
+        f.new_path = target
         _drop_tmp(f)
         return
     raise OSError(errno.EEXIST, "no unique file name in new/")
@@ -346,8 +348,9 @@ def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
 
     Files are all moved even if one fails: each one moved is delivered.
     Returns the error of each file that is not durably in new/, by its
-    index in `files` (its link failed, or the fsync of its new/ did); the
-    directory fsyncs run whatever happened before them.
+    index in `files` (its link failed, or the fsync of its new/ did, in
+    which case its name there is removed again); the directory fsyncs run
+    whatever happened before them.
     """
     failed: dict[int, OSError] = {}
     dirs: dict[str, list[int]] = {}
@@ -368,7 +371,21 @@ def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
             except OSError as exc:  # never retried: after EIO the page state is unknown
                 for i in dirs[d]:
                     failed[i] = exc
+                    _unpublish(files[i])
     return failed
+
+
+def _unpublish(f: _File) -> None:
+    """Take a copy out of new/ again: its name may not be on disk, and it fails.
+
+    The client is told this copy failed and sends the message again; a copy
+    left in new/ meanwhile would be read, then duplicated by that retry.
+    Never raises: if the unlink fails too, the duplicate is all it costs.
+    """
+    if f.new_path:
+        with contextlib.suppress(OSError):
+            os.unlink(f.new_path)
+        f.new_path = ""
 
 
 #: Maildir convention (and Dovecot's): a tmp/ file untouched this long

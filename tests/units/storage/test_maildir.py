@@ -538,6 +538,32 @@ async def test_error_at_fsync_is_mapped(
     assert files(box / "tmp") == files(box / "new") == []
 
 
+async def test_a_failed_fsync_of_new_takes_the_copy_back(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link into new/ ran but its directory fsync failed: 451, and the copy is
+    not left in new/ for the user to read and the client's retry to duplicate."""
+    import kittiwake.storage.maildir_files as files_module
+
+    storage = await env.start()
+    box = env.make("example.org", "user")
+    real = files_module.sync_dir_shared
+
+    def failing(path: str) -> None:
+        if path.endswith("/new"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(path)
+
+    monkeypatch.setattr(files_module, "sync_dir_shared", failing)
+    with pytest.raises(SMTPError) as info:
+        await deliver(storage, ["user@example.org"])
+    assert (info.value.code, info.value.enhanced) == (451, (4, 3, 0))
+    assert files(box / "tmp") == files(box / "new") == []
+    monkeypatch.setattr(files_module, "sync_dir_shared", real)
+    await deliver(storage, ["user@example.org"])  # the retry: the one copy
+    only_file(box)
+
+
 # --- per-recipient outcomes ------------------------------------------------------
 
 
