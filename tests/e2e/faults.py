@@ -260,13 +260,15 @@ def upstream_config(
     endpoint: str = "",
     targets: tuple[str, ...] = ("&outq",),
     top: str = "",
+    extra: str = "",
     timeouts: str = "2s",
 ) -> str:
     """The upstream (A): smtp endpoint -> target.queue -> target.smtp/lmtp -> B.
 
     Notices (DSNs) for `sender.example` go into A's own Maildir (`&local`),
     so a test reads them; notices to anyone else are refused. `targets`:
-    the endpoint's `deliver_to` lines, in order.
+    the endpoint's `deliver_to` lines, in order; `extra`: blocks after it
+    (a second endpoint, say).
     """
     settings = {**QUEUE_DEFAULTS, **(queue or {})}
     directives = "".join(f"    {name} {value}\n" for name, value in settings.items())
@@ -304,6 +306,7 @@ smtp tcp://127.0.0.1:{port} {{
     tls off
 {endpoint}
 {deliver}}}
+{extra}
 """
 
 
@@ -514,3 +517,22 @@ def relay_of(tmp: Path, dns: str) -> Iterator[Relay]:
         yield relay
     finally:
         relay.close()
+
+
+@contextlib.contextmanager
+def small_disk(mount: Path, size: str = "64k") -> Iterator[Path]:
+    """A tmpfs of `size` at `mount` (made if missing), unmounted afterwards."""
+    if os.geteuid() != 0:
+        raise AssertionError("mounting a tmpfs needs root; the suite runs as root in CI")
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def make_mailbox(box: Path) -> Path:
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True, exist_ok=True)
+    return box

@@ -34,9 +34,11 @@ class Transaction:
 
 
 class Sink:
-    def __init__(self, *options: str) -> None:
+    def __init__(self, *options: str, port: int | None = None) -> None:
+        """`port`: where to listen (default a free one): a sink replaced by
+        another with other faults keeps its clients' address."""
         tool = need_tool("smtp-sink", "postfix")
-        self.port = free_port()
+        self.port = port or free_port()
         self.dump = Path(tempfile.mkdtemp(prefix="kw-sink-"))
         self.dump.chmod(0o777)
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
@@ -82,6 +84,9 @@ class Sink:
             time.sleep(0.02)
 
     def close(self) -> None:
+        """Kill it and remove its dumps; again is a no-op."""
+        if not self.dump.exists():
+            return
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(WAIT)
