@@ -342,6 +342,40 @@ virtual_gid_maps = static:{gid}
 """
 
 
+# The relaying variant (`postfix(..., relay_to=PORT)`, for bench/queue.py):
+# smtpd takes mail from loopback (mynetworks) for any domain and the smtp(8)
+# client hands everything to the relayhost, a loopback smtp-sink. No DNS:
+# the relayhost is an IP literal in brackets. Everything else is Postfix's
+# default, in particular 20 concurrent deliveries to the relayhost and its
+# connection cache (several messages per connection when mail waits).
+POSTFIX_RELAY_MAIN_CF = """\
+compatibility_level = 3.6
+config_directory = {base}/etc
+queue_directory = {base}/queue
+data_directory = {base}/data
+maillog_file = {base}/postfix.log
+maillog_file_prefixes = {base}
+myhostname = {host}
+mydomain = {host}
+myorigin = {host}
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relay_domains =
+relayhost = [127.0.0.1]:{relay}
+local_transport = error:local delivery is disabled
+alias_maps =
+alias_database =
+biff = no
+smtpd_banner = $myhostname ESMTP
+"""
+POSTFIX_RELAY_SERVICES = """\
+smtp      unix  - - n -     - smtp
+relay     unix  - - n -     - smtp
+"""
+
+
 def postfix_unavailable() -> str | None:
     if tool("postfix") is None:
         return "postfix is not installed"
@@ -368,6 +402,12 @@ def _postfix(base: Path, command: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def postfix_master(work: Path) -> int | None:
+    """The master pid of the instance `postfix(..., work)` started (its daemons are
+    the master's children), None if it is not running."""
+    return _postfix_master_pid(work / "postfix")
+
+
 def _postfix_master_pid(base: Path) -> int | None:
     try:
         return int((base / "queue" / "pid" / "master.pid").read_text().split()[0])
@@ -386,7 +426,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def postfix(name: str, work: Path) -> Iterator[Target]:
+def postfix(name: str, work: Path, *, relay_to: int | None = None) -> Iterator[Target]:
+    """A private instance; `relay_to`: relay everything to 127.0.0.1:PORT instead of
+    delivering into the Maildir (the `Target` then has no Maildir)."""
     reason = postfix_unavailable()
     if reason is not None:
         raise BenchError(reason)
@@ -402,10 +444,16 @@ def postfix(name: str, work: Path) -> Iterator[Target]:
     os.chown(base / "data", owner.pw_uid, owner.pw_gid)
     os.chown(base / "mail", nobody.pw_uid, nobody.pw_gid)
     port = free_port()
-    (base / "etc" / "main.cf").write_text(
-        POSTFIX_MAIN_CF.format(base=base, host=HOSTNAME, uid=nobody.pw_uid, gid=nobody.pw_gid)
-    )
-    (base / "etc" / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=port))
+    master_cf = POSTFIX_MASTER_CF.format(port=port)
+    if relay_to is None:
+        main_cf = POSTFIX_MAIN_CF.format(
+            base=base, host=HOSTNAME, uid=nobody.pw_uid, gid=nobody.pw_gid
+        )
+    else:
+        main_cf = POSTFIX_RELAY_MAIN_CF.format(base=base, host=HOSTNAME, relay=relay_to)
+        master_cf += POSTFIX_RELAY_SERVICES
+    (base / "etc" / "main.cf").write_text(main_cf)
+    (base / "etc" / "master.cf").write_text(master_cf)
     log = base / "postfix.log"
     master: int | None = None
 
@@ -421,7 +469,8 @@ def postfix(name: str, work: Path) -> Iterator[Target]:
                 f"{started.stdout}{started.stderr}{_tail(log)}"
             )
         wait_for_port(port, alive)
-        yield Target(name, port, None, base / "mail", False, alive, log)
+        maildir = base / "mail" if relay_to is None else None
+        yield Target(name, port, None, maildir, False, alive, log)
     finally:
         _postfix(base, "stop")
         pid = master or _postfix_master_pid(base)

@@ -390,6 +390,14 @@ class Relay:
         self.tracers.append(tracer)
         return tracer
 
+    def delay_at(self, trace: str, seconds: float, paths: tuple[str, ...] = ()) -> Strace:
+        """Hold A's thread on entering its first `trace` call on `paths` for `seconds`
+        (a slow disk); the rest of A runs on."""
+        inject = f"{trace}:delay_enter={int(seconds * 1_000_000)}:when=1"
+        tracer = Strace(self.pid, self._trace_file(), trace=trace, inject=inject, paths=paths)
+        self.tracers.append(tracer)
+        return tracer
+
     def hold(self, trace: str, paths: tuple[str, ...] = ()) -> Hold:
         """Stop A just after its first `trace` call on `paths` (see `Hold`)."""
         hold = Hold(self.pid, self._trace_file(), trace, paths)

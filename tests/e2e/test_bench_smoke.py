@@ -1,6 +1,10 @@
-"""`bench/smtp.py` still runs: a tiny matrix against kittiwake alone, real processes throughout.
+"""The benchmarks still run: each in a tiny configuration, real processes throughout.
 
-The benchmark starts `kittiwake run` and drives it with Postfix's
+`bench/smtp.py`: a tiny matrix against kittiwake alone. `bench/queue_relay.py`:
+60 messages through kittiwake's queue and through a private Postfix, both
+relaying to smtp-sink.
+
+Each benchmark starts `kittiwake run` and drives it with Postfix's
 `smtp-source`, so this fails where that tool is missing (Debian package
 `postfix`, which `.ci/run` installs). It checks that messages were really accepted (a rate
 above zero in both the printed table and the JSON) and that the memory
@@ -21,6 +25,7 @@ from kw import need_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "smtp.py"
+QUEUE_BENCH = ROOT / "bench" / "queue_relay.py"
 
 
 @pytest.mark.timeout(150)
@@ -65,3 +70,33 @@ def test_quick_kittiwake_discard_reports_a_rate(tmp_path: Path) -> None:
     assert data["big_message"]["kittiwake"]["delivered"] == 1
     memory_targets = [t for t in data["targets"] if str(t["target"]).startswith("memory:")]
     assert [t["status"] in ("PASS", "MISS") for t in memory_targets] == [True, True]
+
+
+@pytest.mark.timeout(150)
+def test_queue_relay_bench_reports_both_servers(tmp_path: Path) -> None:
+    need_tool("smtp-source", "postfix")
+    need_tool("smtp-sink", "postfix")
+    report = tmp_path / "queue.json"
+    result = subprocess.run(
+        [
+            *(sys.executable, str(QUEUE_BENCH), "--messages", "60", "--sessions", "5"),
+            # No --dir: Postfix's daemons could not reach pytest's private tmp_path.
+            *("--rounds", "1", "--warm-up", "10", "--json", str(report)),
+        ],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = dict(re.findall(r"^(kittiwake|postfix)\s+(\d+)\s+\d+\s", result.stdout, re.M))
+    assert set(rows) == {"kittiwake", "postfix"}, result.stdout
+    assert re.search(r"^(PASS|MISS)  relayed: kittiwake [\d.]+x Postfix", result.stdout, re.M)
+    data = json.loads(report.read_text())
+    for server in ("kittiwake", "postfix"):
+        (run,) = data["results"][server]
+        assert run["messages"] == 60
+        assert run["accepted_rate"] > 0 and run["relayed_rate"] > 0
+        assert run["relayed_seconds"] >= run["accepted_seconds"]

@@ -429,6 +429,27 @@ def test_sigterm_with_a_client_that_does_not_finish(relay: Relay) -> None:
     assert relay.copies() == {("u@ok.example", "1"): 1}
 
 
+def test_sigterm_while_the_disk_is_slow_leaves_no_half_written_entry(relay: Relay) -> None:
+    """R68: the queue's write outlasts `shutdown_timeout` (its directory fsync takes
+    3 s): the client gets 421 4.3.2, and the entry the thread finished after the
+    session gave up is removed before the server exits, not left for the next start."""
+    relay.start_b()
+    a = relay.start_a(endpoint="    shutdown_timeout 1s")
+    with open_data(relay.a_port, "me@sender.example", OK) as d:
+        d.send(message("1"))
+        relay.delay_at("fsync", 3.0, (str(relay.queue),))
+        d.send(stuffed(b""))
+        time.sleep(0.5)  # the thread is in its directory fsync now
+        a.send(signal.SIGTERM)
+        assert final_reply(d) == SHUTTING_DOWN
+    assert a.wait() == 0
+    assert queue_files(relay.queue) == []
+    relay.start_a()
+    assert send(relay.a_port, "1", OK).startswith("250 ")
+    relay.wait_drained()
+    assert relay.copies() == {("u@ok.example", "1"): 1}
+
+
 # -- R70: two targets, the second one's commit fails -----------------------------------------
 
 

@@ -45,7 +45,7 @@ from kittiwake.pipeline.config import (
 from kittiwake.pipeline.groups import NO_MODIFIERS, ModifierChain
 from kittiwake.pipeline.received import Clock, local_now, received_value
 from kittiwake.tables.base import Table
-from kittiwake.targets.base import Delivery, DeliveryTarget, PartialDelivery, StatusCollector
+from kittiwake.targets.base import Delivery, DeliveryTarget, StatusCollector, is_partial
 
 if TYPE_CHECKING:
     from kittiwake.container import Container
@@ -530,7 +530,7 @@ class MessageDelivery:
     ) -> None:
         delivery = started.delivery
         try:
-            if isinstance(delivery, PartialDelivery):
+            if is_partial(delivery):
                 await delivery.body_non_atomic(_Translate(started, outcomes), header, body)
                 return
             await delivery.body(header, body)

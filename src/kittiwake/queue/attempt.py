@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
-from kittiwake.targets.base import Delivery, DeliveryTarget, PartialDelivery
+from kittiwake.targets.base import Delivery, DeliveryTarget, is_partial
 
 __all__ = ["AttemptResult", "attempt"]
 
@@ -99,7 +99,7 @@ async def _add_rcpts(delivery: Delivery, rcpts: list[str], result: AttemptResult
 async def _send(
     delivery: Delivery, accepted: list[str], header: Header, body: Buffer, result: AttemptResult
 ) -> None:
-    if isinstance(delivery, PartialDelivery):
+    if is_partial(delivery):
         statuses = _Statuses()
         try:
             await delivery.body_non_atomic(statuses, header, body)

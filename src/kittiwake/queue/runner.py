@@ -238,10 +238,8 @@ class Runner:
         """The entry's header and body for an attempt, checked against its record."""
         record = entry.record
         try:
-            data = await self.run(self.store.read_header, record)
-            if not entry.verified:
-                await self.run(self.store.verify_body, record)
-                entry.verified = True
+            data = await self.run(self.store.read_for_attempt, record, not entry.verified)
+            entry.verified = True
         except FileNotFoundError as exc:
             raise CorruptEntry(f"{exc.filename} is missing") from None
         except OSError as exc:

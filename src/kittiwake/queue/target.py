@@ -91,24 +91,20 @@ class QueueDelivery:
         for _ in range(_ID_TRIES):
             entry_id = secrets.token_hex(8)
             try:
-                sums = await self._in_thread(
-                    store.write_message, entry_id, data, body, self._cancel
+                record = await self._in_thread(
+                    store.write_entry, entry_id, data, body, self._cancel, self._new_record
                 )
             except FileExistsError:
                 continue  # another entry has this ID: 64 random bits, but be sure
             except OSError as exc:
-                raise self._error(exc, "writing the message") from exc
+                raise self._error(exc, "writing the entry") from exc
             break
         else:
             raise SMTPError(451, (4, 3, 0), _REPLY_TEXT, reason="no free entry ID")
-        record = self._new_record(entry_id, *sums)
-        try:
-            await self._in_thread(store.prepare_meta, record)
-        except OSError as exc:
-            raise self._error(exc, "writing the metadata") from exc
         self._record = record
 
     def _new_record(self, entry_id: str, header: FileSum, body: FileSum) -> Record:
+        """The metadata of the new entry; runs on a worker thread (reads only)."""
         meta = self._meta
         rcpts = list(self._rcpts)
         originals = {r: meta.original_rcpts[r] for r in rcpts if r in meta.original_rcpts}
@@ -144,18 +140,28 @@ class QueueDelivery:
         self._queue.accepted(record)
 
     async def abort(self) -> None:
-        """Remove what `body` wrote; safe at any point, and repeatable."""
+        """Remove what `body` wrote; safe at any point, and repeatable.
+
+        `body` may have been cancelled (a shutdown past its grace) while its
+        thread went on writing: the thread is waited for, and an entry it
+        finished is removed too, though `body` never saw it.
+        """
         if self._committed:
             return
         self._cancel.set()
         future = self._future
         if future is not None and not future.done():
-            # body() was cancelled while its thread kept writing: let it stop
-            # at the next chunk (it removes its own files) before looking.
+            # Let the thread stop at the next chunk (it then removes its own
+            # files) or finish, before looking.
             waiter = asyncio.wrap_future(future)
             await asyncio.wait([waiter])
             if not waiter.cancelled():
                 waiter.exception()  # seen: it was body()'s to report
+        if self._record is None and _finished_well(future):
+            assert future is not None
+            written = future.result()
+            if isinstance(written, Record):
+                self._record = written
         record, self._record = self._record, None
         if record is not None:
             await self._queue.run(self._queue.store.discard, record.id)
@@ -177,6 +183,16 @@ class QueueDelivery:
             return await asyncio.wrap_future(future)
         except Cancelled:
             raise SMTPError(451, (4, 3, 0), _REPLY_TEXT, reason="aborted") from None
+
+
+def _finished_well(future: concurrent.futures.Future[Any] | None) -> bool:
+    """The thread's job is over and returned (not raised, not cancelled)."""
+    return (
+        future is not None
+        and future.done()
+        and not future.cancelled()
+        and future.exception() is None
+    )
 
 
 @register("target.queue")

@@ -429,25 +429,44 @@ class SMTPClient:
             replies.append(answer.reply)
 
     async def _send_data(self, header: bytes, body: Buffer) -> Reply | None:
+        """DATA, then the content in writes of about `CHUNK_SIZE`.
+
+        Pieces are gathered before they are written: each write is a system
+        call (on loopback the receiver's TCP work runs inside it), so a
+        message smaller than a chunk, the final dot included, goes out in one.
+        """
         answer = await self.ask(self.conn.data())
         if answer.reply.code != 354:
             return answer.reply if answer.reply.code >= 400 else _unexpected(answer)
-        await self.send(self.conn.content(header))
+        pending = self.conn.content(header)
         async for chunk in body.chunks(CHUNK_SIZE):
-            await self.send(self.conn.content(chunk))
-        await self.send(self.conn.end_of_data(), note="(end of data)")
+            pending += self.conn.content(chunk)
+            if len(pending) >= CHUNK_SIZE:
+                await self.send(pending)
+                pending = b""
+        size = len(pending)
+        await self.send(pending + self.conn.end_of_data(), note=f"({size} bytes, end of data)")
         return None
 
     async def _send_bdat(self, header: bytes, body: Buffer) -> Reply | None:
+        """BDAT chunks; the last one with the body's last piece (`BDAT n LAST`).
+
+        One chunk is held back until the next is read, so the last piece
+        of the body rides with LAST rather than costing a `BDAT 0 LAST`
+        round trip of its own.
+        """
         pending = header  # the header rides with the first body chunk
+        held: bytes | None = None
         async for chunk in body.chunks(CHUNK_SIZE):
-            out = self.conn.bdat(pending + chunk)
-            pending = b""
-            if out:
-                answer = await self.ask(out)
-                if not answer.ok:
-                    return answer.reply
-        await self.send(self.conn.bdat(pending, last=True))
+            if held is not None:
+                out = self.conn.bdat(pending + held)
+                pending = b""
+                if out:
+                    answer = await self.ask(out)
+                    if not answer.ok:
+                        return answer.reply
+            held = chunk
+        await self.send(self.conn.bdat(pending + (held or b""), last=True))
         return None
 
     # -- the end ---------------------------------------------------------------------

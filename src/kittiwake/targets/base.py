@@ -11,7 +11,7 @@ each recipient its own reply.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
@@ -41,6 +41,23 @@ class PartialDelivery(Delivery, Protocol):
     async def body_non_atomic(
         self, status: StatusCollector, header: Header, body: Buffer
     ) -> None: ...
+
+
+_partial_classes: dict[type, bool] = {}
+
+
+def is_partial(delivery: Delivery) -> TypeGuard[PartialDelivery]:
+    """`isinstance(delivery, PartialDelivery)`, remembered per class.
+
+    A runtime protocol check looks up every member of the protocol on each
+    call (Python 3.11): a measurable cost once per message on the queue's
+    delivery path. A class's answer never changes.
+    """
+    kind = type(delivery)
+    known = _partial_classes.get(kind)
+    if known is None:
+        known = _partial_classes[kind] = isinstance(delivery, PartialDelivery)
+    return known
 
 
 @capability("delivery target")
