@@ -117,6 +117,20 @@ def test_smtplib_delivers_into_maildir(server: Kittiwake, tmp_path: Path) -> Non
     assert body_of(message) == b"hello\nworld\n"
 
 
+def test_the_accepted_line_counts_recipients_and_the_whole_message(
+    server: Kittiwake, tmp_path: Path
+) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client:
+        client.sendmail(
+            "sender@example.net",
+            ["user@example.org", "other@example.org"],
+            b"Subject: two\r\n\r\nbody\r\n",
+        )
+    line = server.wait_log(r"accepted msg_id=\S+ rcpts=\d+ size=\d+")
+    assert line.endswith(" rcpts=2 size=22")  # the message as the client sent it
+    assert len(stored(tmp_path)) == 1 and len(stored(tmp_path, "other")) == 1
+
+
 def test_dsn_parameters_are_taken_and_checked(server: Kittiwake, tmp_path: Path) -> None:
     """RFC 3461: DSN is offered, its parameters accepted, a bad one refused."""
     with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client:
