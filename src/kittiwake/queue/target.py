@@ -183,6 +183,9 @@ class QueueDelivery:
 class QueueTarget(Module):
     """`target.queue NAME { ... }`, or inline `deliver_to queue LOCATION { ... }`."""
 
+    #: The queue sends the notices NOTIFY asks for (targets/base.py `honours_dsn`).
+    honours_dsn = True
+
     def configure(self, cfg: Directives) -> None:
         node = cfg.node
         self._node = node

@@ -114,6 +114,7 @@ class SMTPEndpoint(Endpoint):
             auth_mechanisms=self.mechanisms,
             insecure_auth=self.insecure_auth,
             max_junk_commands=max_junk,
+            dsn=self.pipeline.honours_dsn,
         )
         self.io_log: log.Logger | None = None
         if io_debug:
