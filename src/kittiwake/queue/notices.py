@@ -136,6 +136,7 @@ class Notifier:
             arrival=_when(record.arrival),
             recipients=[self._recipient(record, n) for n in group],
             envid=record.smtp.dsn_envid,
+            received_from_mta=record.client_helo,
             smtputf8=record.smtp.smtputf8,
             return_full=(record.smtp.dsn_ret or "").upper() == "FULL",
         )
@@ -149,6 +150,7 @@ class Notifier:
             status=error.enhanced if error is not None else (2, 0, 0),
             diagnostic=str(error) if error is not None else None,
             original=record.dsn_for(notice.rcpt).orcpt,
+            remote_mta=_remote_host(error.remote) if error is not None else None,
             last_attempt=_when(notice.at),
             will_retry_until=_when(notice.retry_until) if notice.retry_until else None,
         )
@@ -194,6 +196,17 @@ class Notifier:
                 await delivery.abort()
             raise
         return meta.id
+
+
+def _remote_host(remote: str | None) -> str | None:
+    """The host of a next hop `tcp://HOST:PORT` / `tls://...`, for Remote-MTA.
+
+    None for a Unix socket (a local program, no MTA name) or no hop at all.
+    """
+    if not remote or not remote.startswith(("tcp://", "tls://")):
+        return None
+    host = remote.split("://", 1)[1].rpartition(":")[0]
+    return host.strip("[]") or None
 
 
 def _unlink(path: str) -> None:
