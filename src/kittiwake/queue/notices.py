@@ -111,14 +111,22 @@ class Notifier:
         return settled, waiting
 
     def _failed(self, record: Record, group: list[Notice], exc: Exception, what: str) -> None:
-        self.log.error(
-            f"notice not sent: {what}",
-            queue_id=record.id,
-            msg_id=record.msg_id,
-            action=group[0].action,
-            err=exc,
-            reason=getattr(exc, "reason", ""),
-        )
+        """Log a notice the bounce pipeline did not take.
+
+        A reply from the pipeline (a `reject` for strangers, a full disk) is
+        a policy or operating outcome: a warning naming the reply and the
+        address; anything else is a bug, logged as an error with its place.
+        """
+        fields: dict[str, object] = {
+            "queue_id": record.id,
+            "msg_id": record.msg_id,
+            "action": group[0].action,
+            "to": record.sender,
+        }
+        if isinstance(exc, SMTPError):
+            self.log.warn(f"notice not sent: {what}", reply=str(exc), reason=exc.reason, **fields)
+        else:
+            self.log.error(f"notice not sent: {what}", err=exc, **fields)
 
     async def _submit(self, record: Record, group: list[Notice]) -> str:
         report = self._report(record, group)
