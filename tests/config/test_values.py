@@ -149,6 +149,7 @@ def test_listen_address(text: str, expected: ListenAddress) -> None:
         ("tcp://[::1:25", "unclosed"),
         ("unix://", "missing socket path"),
         ("127.0.0.1", "expected tcp://HOST:PORT"),
+        ("127.0.0.1:2525", "expected tcp://HOST:PORT, tls://HOST:PORT or unix://PATH"),
     ],
 )
 def test_listen_address_refused(text: str, words: str) -> None:

@@ -201,6 +201,16 @@ BAD_CONFIGS = {
         f"{ECHO} {{\n    table test.echo\n}}\n",
         ":2: test.echo is an endpoint and cannot be used here",
     ),
+    "smtp-without-tls": (
+        "hostname mx.example.org\nsmtp tcp://127.0.0.1:0 {\n    deliver_to dummy\n}\n",
+        ":2: missing required directive: tls (here or global; `tls off` for an endpoint"
+        " without TLS)",
+    ),
+    "listen-address-without-scheme": (
+        "hostname mx.example.org\ntls off\nsmtp 127.0.0.1:2525 {\n    deliver_to dummy\n}\n",
+        ":3: invalid listen address '127.0.0.1:2525': expected tcp://HOST:PORT,"
+        " tls://HOST:PORT or unix://PATH",
+    ),
 }
 
 

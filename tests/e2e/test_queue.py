@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 import signal
+import smtplib
 from collections.abc import Callable
 from pathlib import Path
 
 from kw import Kittiwake
-from queuetools import config, entries, mailbox, metadata, reports, send, wait_for
+from queuetools import PERM, config, entries, mailbox, metadata, reports, send, wait_for
 
 from kittiwake.queue.record import Record
 
@@ -267,7 +268,11 @@ def test_a_notice_that_cannot_be_handed_over_keeps_the_entry(
 def test_a_notice_refused_for_good_is_dropped(kittiwake: Start, tmp_path: Path) -> None:
     server = kittiwake(config(tmp_path))
     send(server.port(), "me@elsewhere.example", ["c@perm.example"])
-    server.wait_log(r"notice not sent: refused for good")
+    line = server.wait_log(r"\S+ target.queue/outq: notice not sent: refused for good.*")
+    # A policy outcome, not a bug: a warning naming the reply and the address.
+    assert line.startswith("warn ")
+    assert 'reply="550 5.7.1 No notices to strangers"' in line
+    assert "to=me@elsewhere.example" in line and "where=" not in line
     wait_for(lambda: not entries(tmp_path / "queue"), message="entry removed")
 
 
@@ -360,3 +365,41 @@ def test_sigterm_lets_an_attempt_in_flight_finish(kittiwake: Start, tmp_path: Pa
     assert server.wait() == 0
     assert "delivered a@ok.example" in journal.read_text()
     assert entries(tmp_path / "queue") == []
+
+
+def test_a_refusal_by_the_next_hop_names_it_and_the_client_in_the_dsn(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    """Remote-MTA (the next hop that refused) and Received-From-MTA (the client's
+    EHLO name) in the report, through a real target.smtp and a second server."""
+    down_dir = tmp_path / "down"
+    down_dir.mkdir()
+    downstream = Kittiwake(
+        down_dir,
+        f"""
+state_dir {down_dir}/state
+hostname next.example.com
+tls off
+smtp tcp://127.0.0.1:0 {{
+    destination perm.example {{ {PERM} }}
+    default_destination {{ reject 451 4.4.1 "Later" }}
+}}
+""",
+    )
+    try:
+        downstream.wait_ready()
+        hop = f"smtp tcp://127.0.0.1:{downstream.port()} {{\n        starttls no\n    }}"
+        server = kittiwake(config(tmp_path, target=hop))
+        with smtplib.SMTP("127.0.0.1", server.port(), timeout=20) as client:
+            client.ehlo("laptop.example.test")
+            client.sendmail("me@sender.example", ["c@perm.example"], b"Subject: s\r\n\r\nb\r\n")
+        notices = wait_for(lambda: mailbox(tmp_path, "me@sender.example"), message="DSN")
+    finally:
+        downstream.kill()
+    assert isinstance(notices, list)
+    status = next(p for p in notices[0].walk() if p.get_content_type() == "message/delivery-status")
+    per_message, per_rcpt = status.get_payload()[:2]
+    assert per_message["Received-From-MTA"] == "dns; laptop.example.test"
+    assert per_rcpt["Remote-MTA"] == "dns; 127.0.0.1"
+    assert per_rcpt["Diagnostic-Code"].startswith("smtp; 550 5.1.1 No such user here")
+    assert "127.0.0.1" in notices[0].as_string().split("message/delivery-status")[0]

@@ -41,6 +41,10 @@ def as_json(tmp: Path, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
+def states(tmp: Path) -> list[str]:
+    return [e["state"] for e in as_json(tmp, "list")["entries"]]
+
+
 def test_list_show_flush_delete_bounce_on_a_running_server(
     kittiwake: Start, tmp_path: Path
 ) -> None:
@@ -49,11 +53,13 @@ def test_list_show_flush_delete_bounce_on_a_running_server(
     send(server.port(), "me@sender.example", ["y@temp.example"], subject="two")
     wait_for(lambda: server.log.count("not delivered") == 2, message="first tries")
     wait_for(
-        lambda: [e["state"] for e in as_json(tmp_path, "list")] == ["waiting", "waiting"],
+        lambda: (
+            [e["state"] for e in as_json(tmp_path, "list")["entries"]] == ["waiting", "waiting"]
+        ),
         message="both waiting",
     )
 
-    listed = as_json(tmp_path, "list")
+    listed = as_json(tmp_path, "list")["entries"]
     assert [[r["addr"] for r in e["rcpts"]] for e in listed] == [
         ["x@temp.example"],
         ["y@temp.example"],
@@ -78,7 +84,9 @@ def test_list_show_flush_delete_bounce_on_a_running_server(
     assert sorted(as_json(tmp_path, "flush")["flushed"]) == sorted([first["id"], second["id"]])
     wait_for(lambda: server.log.count("not delivered") == 4, message="flushed tries")
     wait_for(
-        lambda: [e["state"] for e in as_json(tmp_path, "list")] == ["waiting", "waiting"],
+        lambda: (
+            [e["state"] for e in as_json(tmp_path, "list")["entries"]] == ["waiting", "waiting"]
+        ),
         message="both waiting again",
     )
 
@@ -105,14 +113,16 @@ def test_without_a_server_list_show_delete_read_the_files(kittiwake: Start, tmp_
     wait_for(lambda: server.log.count("not delivered") == 2, message="first tries")
     assert server.stop() == 0
 
-    listed = as_json(tmp_path, "list")
+    offline = as_json(tmp_path, "list")
+    assert (offline["queue"], offline["server_running"]) == ("outq", False)
+    listed = offline["entries"]
     assert [e["state"] for e in listed] == ["stored", "stored"]
     assert "(server not running: read from disk)" in queue_cmd(tmp_path, "list").stdout
     assert "Subject: hello" in as_json(tmp_path, "show", listed[0]["id"])["header"]
     for action in ("flush", "bounce"):
         refused = queue_cmd(tmp_path, action, listed[0]["id"])
         assert refused.returncode == 1
-        assert "the server is not running" in refused.stderr
+        assert f"no server answers on {tmp_path}/state/run/control.sock" in refused.stderr
     assert as_json(tmp_path, "delete", listed[0]["id"])["deleted"] == listed[0]["id"]
     assert entries(tmp_path / "queue") == [listed[1]["id"]]
     # The survivor is still whole for the next start.
@@ -129,7 +139,7 @@ def test_delete_while_an_attempt_is_in_flight(kittiwake: Start, tmp_path: Path) 
     server = kittiwake(config(tmp_path, target="&held", top=top, queue=SLOW))
     send(server.port(), "me@sender.example", ["a@ok.example"])
     wait_for(journal.exists, message="attempt started")
-    (entry,) = as_json(tmp_path, "list")
+    (entry,) = as_json(tmp_path, "list")["entries"]
     assert entry["state"] == "in flight"
     assert as_json(tmp_path, "flush", entry["id"]) == {"flushed": [], "in_flight": True}
     busy = queue_cmd(tmp_path, "bounce", entry["id"])
@@ -143,7 +153,7 @@ def test_delete_while_an_attempt_is_in_flight(kittiwake: Start, tmp_path: Path) 
     time.sleep(0.5)
     assert entries(tmp_path / "queue") == []
     assert journal.read_text().count("started") == 1
-    assert as_json(tmp_path, "list") == []
+    assert as_json(tmp_path, "list")["entries"] == []
     assert server.stop() == 0
     server = kittiwake(config(tmp_path, target="&held", top=top))
     time.sleep(0.5)
@@ -158,8 +168,50 @@ def test_several_queues_need_a_choice(kittiwake: Start, tmp_path: Path) -> None:
     unclear = queue_cmd(tmp_path, "list")
     assert unclear.returncode == 2
     assert "several queues, choose one with --queue: outq, other" in unclear.stderr
-    assert as_json(tmp_path, "list", "--queue", "other") == []
-    assert as_json(tmp_path, "list", "--queue", f"{tmp_path}/other") == []
+    assert as_json(tmp_path, "list", "--queue", "other")["entries"] == []
+    assert as_json(tmp_path, "list", "--queue", f"{tmp_path}/other")["entries"] == []
+
+
+def test_an_inline_queue_is_chosen_by_its_location_as_written(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    kittiwake(f"""
+state_dir {tmp_path}/state
+hostname mx.example.com
+storage.maildir mb {{
+    path {tmp_path}/mail
+}}
+smtp tcp://127.0.0.1:0 {{
+    tls off
+    deliver_to queue inlineq {{
+        target &mb
+    }}
+}}
+""")
+    listed = as_json(tmp_path, "list", "--queue", "inlineq")
+    assert listed["server_running"] is True and listed["entries"] == []
+
+
+def test_from_another_directory_the_paths_are_named(kittiwake: Start, tmp_path: Path) -> None:
+    """Relative paths follow the working directory: the error says which path and why."""
+    conf = config(tmp_path).replace(f"state_dir {tmp_path}/state", "state_dir state")
+    conf = conf.replace(f"location {tmp_path}/queue", "location queue")
+    (tmp_path / "kittiwake.conf").write_text(conf)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(LAUNCHER), "queue", "list", "-c", str(tmp_path / "kittiwake.conf")],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        env=env(),
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"{elsewhere}/state/queue does not exist" in done.stderr
+    assert "relative state_dir and runtime_dir" in done.stderr
+    assert "Errno" not in done.stderr
 
 
 def test_a_bad_id_is_refused(kittiwake: Start, tmp_path: Path) -> None:

@@ -30,7 +30,6 @@ EHLO_PLAIN = [
     "250-8BITMIME",
     "250-ENHANCEDSTATUSCODES",
     "250-CHUNKING",
-    "250-DSN",
     "250-SMTPUTF8",
     "250-SIZE 33554432",
     "250 LIMITS RCPTMAX=20000",
@@ -117,9 +116,28 @@ def test_smtplib_delivers_into_maildir(server: Kittiwake, tmp_path: Path) -> Non
     assert body_of(message) == b"hello\nworld\n"
 
 
-def test_dsn_parameters_are_taken_and_checked(server: Kittiwake, tmp_path: Path) -> None:
-    """RFC 3461: DSN is offered, its parameters accepted, a bad one refused."""
+def test_the_accepted_line_counts_recipients_and_the_whole_message(
+    server: Kittiwake, tmp_path: Path
+) -> None:
     with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client:
+        client.sendmail(
+            "sender@example.net",
+            ["user@example.org", "other@example.org"],
+            b"Subject: two\r\n\r\nbody\r\n",
+        )
+    line = server.wait_log(r"accepted msg_id=\S+ rcpts=\d+ size=\d+")
+    assert line.endswith(" rcpts=2 size=22")  # the message as the client sent it
+    assert len(stored(tmp_path)) == 1 and len(stored(tmp_path, "other")) == 1
+
+
+def test_dsn_parameters_are_taken_and_checked(
+    kittiwake: Start, tmp_path: Path, dns: FakeDNS
+) -> None:
+    """RFC 3461: DSN is offered where every path ends in a queue, its parameters
+    accepted there and a bad one refused; a pipeline without a queue does not offer it."""
+    conf = config(tmp_path).replace("deliver_to &mb", "deliver_to queue inbound {\n target &mb\n }")
+    srv = kittiwake(conf, args=("--debug.dnsoverride", dns.address))
+    with smtplib.SMTP("127.0.0.1", srv.port(), timeout=10) as client:
         client.ehlo("client.example")
         assert client.has_extn("dsn")
         refused = client.sendmail(
@@ -134,7 +152,20 @@ def test_dsn_parameters_are_taken_and_checked(server: Kittiwake, tmp_path: Path)
             501,
             b"5.5.4 Malformed RET parameter value",
         )
+    deadline = time.monotonic() + 10
+    while not stored(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(stored(tmp_path)) == 1
+
+
+def test_without_a_queue_dsn_is_not_offered(server: Kittiwake) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client:
+        client.ehlo("client.example")
+        assert not client.has_extn("dsn")
+        assert client.mail("sender@example.net", ["RET=HDRS"]) == (
+            504,
+            b"5.5.4 RET is not implemented",
+        )
 
 
 def test_banner_and_capabilities(server: Kittiwake) -> None:

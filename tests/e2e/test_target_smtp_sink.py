@@ -184,23 +184,59 @@ def test_smtputf8_without_the_extension(up: Kittiwake, sinks: dict[str, Sink]) -
 
 
 def test_dsn_parameters_from_the_client_are_passed_on(
-    up: Kittiwake, sinks: dict[str, Sink]
+    tmp_path: Path, sinks: dict[str, Sink]
 ) -> None:
-    """RET, ENVID, NOTIFY and ORCPT given to kittiwake reach the next server unchanged."""
-    before = len(sinks["plain"].transactions())
-    answer, final = send(
-        up.port(),
-        "a@example.net",
-        "x@plain.test",
-        params=" RET=HDRS ENVID=QQ+2Bid",
-        rcpt_params=" NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Orig+2Bx@plain.test",
-    )
-    assert answer.startswith("250 ") and final.startswith("250 ")
-    (sent,) = sinks["plain"].wait_transactions(before + 1)[before:]
+    """RET, ENVID, NOTIFY and ORCPT given to kittiwake reach the next server unchanged.
+
+    Through a queue: only an endpoint whose every path ends in a queue
+    offers DSN (the queue is what can send the notices).
+    """
+    sink = sinks["plain"]
+    conf = f"""
+state_dir {tmp_path}/state
+hostname up.example.com
+tls off
+smtp tcp://127.0.0.1:0 {{
+    deliver_to queue relay {{
+        target smtp tcp://127.0.0.1:{sink.port} {{
+            starttls no
+        }}
+        initial_retry_time 100ms
+    }}
+}}
+"""
+    dns = FakeDNS({})
+    server = Kittiwake(tmp_path, conf, args=("--debug.dnsoverride", dns.address))
+    try:
+        server.wait_ready()
+        before = len(sink.transactions())
+        answer, final = send(
+            server.port(),
+            "a@example.net",
+            "x@plain.test",
+            params=" RET=HDRS ENVID=QQ+2Bid",
+            rcpt_params=" NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Orig+2Bx@plain.test",
+        )
+        assert answer.startswith("250 ") and final.startswith("250 ")
+        (sent,) = sink.wait_transactions(before + 1)[before:]
+    finally:
+        server.kill()
+        dns.close()
     assert sent.mail_args == "<a@example.net> RET=HDRS ENVID=QQ+2Bid"
     assert sent.rcpt_args == [
         "<x@plain.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Orig+2Bx@plain.test"
     ]
+
+
+def test_a_relay_without_a_queue_does_not_offer_dsn(up: Kittiwake) -> None:
+    """No queue, no notices it could send: DSN is not offered nor taken."""
+    with Dialog(up.port()) as d:
+        d.reply()
+        d.send(b"EHLO client.example.net\r\n")
+        assert "250-DSN" not in d.reply()
+        assert d.cmd("MAIL FROM:<a@example.net> RET=HDRS") == "504 5.5.4 RET is not implemented"
+        assert d.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+        assert d.cmd("RCPT TO:<x@plain.test> NOTIFY=NEVER") == "504 5.5.4 NOTIFY is not implemented"
 
 
 # -- parameters, from this process -----------------------------------------------------

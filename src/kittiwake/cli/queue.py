@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -68,21 +69,20 @@ def cmd_queue(args: argparse.Namespace) -> int:
         return config_error(exc)
     action: str = args.queue_action
     entry_id: str | None = getattr(args, "id", None)
+    socket = container.runtime_path(SOCKET_NAME)
     try:
         try:
-            result = request(
-                container.runtime_path(SOCKET_NAME),
-                f"queue.{action}",
-                {"instance": queue.name, "id": entry_id},
-            )
+            result = request(socket, f"queue.{action}", {"instance": queue.name, "id": entry_id})
             running = True
         except Unavailable:
-            result = _offline(queue, action, entry_id)
+            result = _offline(queue, action, entry_id, socket)
             running = False
     except (CommandError, CorruptEntry, OSError) as exc:
-        print(f"kittiwake queue {action}: {exc}", file=sys.stderr, flush=True)
+        print(f"kittiwake queue {action}: {_explain(exc)}", file=sys.stderr, flush=True)
         return EXIT_FAILURE
     if args.json:
+        if action == "list":  # the entries with what the text's heading says
+            result = {"queue": queue.name, "server_running": running, "entries": result}
         print(json.dumps(result, ensure_ascii=False, indent=1))
     else:
         sys.stdout.write(_render(action, queue.name, result, running))
@@ -99,14 +99,33 @@ def _choose(modules: list[Any], wanted: str | None, config_file: str) -> QueueTa
             raise ConfigError(f"several queues, choose one with --queue: {names}", config_file)
         return queues[0]
     for queue in queues:
-        if wanted in (queue.name, queue.location):
+        # The block name, the location as written inline, or as resolved.
+        if wanted in (queue.name, queue.location, *queue.inline_args) or (
+            os.path.abspath(wanted) == queue.location
+        ):
             return queue
     names = ", ".join(q.name for q in queues)
     raise ConfigError(f"no queue {wanted!r}; there are: {names}", config_file)
 
 
-def _offline(queue: QueueTarget, action: str, entry_id: str | None) -> Any:
-    """The answer read from the files: no server runs."""
+#: Why a command finds no server or no queue directory, most often.
+_RELATIVE_HINT = (
+    "relative state_dir and runtime_dir are taken from the directory a command runs in:"
+    " run it where the server was started, or make them absolute"
+)
+
+
+def _explain(exc: Exception) -> str:
+    """An error for the operator: the path and what to check, never a bare errno."""
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.filename} does not exist ({_RELATIVE_HINT})"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def _offline(queue: QueueTarget, action: str, entry_id: str | None, socket: str) -> Any:
+    """The answer read from the files: no server answers on `socket`."""
     if action == "list":
         return commands.offline_list(queue.store)
     if action == "show":
@@ -115,7 +134,10 @@ def _offline(queue: QueueTarget, action: str, entry_id: str | None) -> Any:
     if action == "delete":
         assert entry_id is not None
         return commands.offline_delete(queue.store, entry_id)
-    raise CommandError(f"the server is not running: nothing would deliver; start it to {action}")
+    raise CommandError(
+        f"no server answers on {socket}: nothing would deliver; start it to {action}"
+        f" (if it runs, {_RELATIVE_HINT})"
+    )
 
 
 # --- text output ------------------------------------------------------------------------

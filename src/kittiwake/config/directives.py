@@ -68,11 +68,13 @@ class Directives:
         *,
         required: bool = False,
         inherit: bool = False,
+        hint: str = "",
     ) -> T:
         """The value of `name` parsed by `parse(node)`; the base of every getter.
 
         `parse` may raise `ConfigError` or `ValueError`; a ValueError is
-        positioned at the directive.
+        positioned at the directive. `hint` is added to the error for a
+        missing required directive: how to write the usual value.
         """
         node = self.get(name)
         if node is not None:
@@ -85,7 +87,7 @@ class Directives:
             if present:
                 return cast(T, value)
         if required or default is _UNSET:
-            raise self.node.error(f"missing required directive: {name}")
+            raise self.node.error(f"missing required directive: {name}{hint}")
         return default
 
     def _simple(

@@ -150,6 +150,11 @@ def parse_listen_address(text: str) -> ListenAddress:
         raise ValueError(f"invalid listen address {text!r}: expected tcp://HOST:PORT")
     scheme = scheme.lower()
     if scheme not in _SCHEME_ALIASES:
+        if "://" not in text:  # `127.0.0.1:25`: the scheme was left out
+            raise ValueError(
+                f"invalid listen address {text!r}: expected tcp://HOST:PORT,"
+                " tls://HOST:PORT or unix://PATH"
+            )
         raise ValueError(f"unsupported scheme {scheme!r} in {text!r} (use tcp, tls or unix)")
     kind = _SCHEME_ALIASES[scheme]
     if rest.startswith("//"):

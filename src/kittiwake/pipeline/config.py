@@ -116,6 +116,12 @@ class RoutingConfig:
         yield from self.rules.values()
         yield self.default
 
+    def all_targets(self) -> Iterable[DeliveryTarget]:
+        """Every target of every destination block (repeats included)."""
+        for source in self.sources():
+            for dest in source.destinations():
+                yield from dest.targets
+
     def all_checks(self) -> Iterable[Check]:
         """Every check at every level (the same module may appear more than once)."""
         yield from self.checks

@@ -186,5 +186,10 @@ class MsgPipelineModule(Module):
             rest, self.container, block=cfg.node, hostname=hostname, logger=self.log
         )
 
+    @property
+    def honours_dsn(self) -> bool:
+        """A reusable pipeline keeps DSN promises when all its targets do."""
+        return self.pipeline.honours_dsn
+
     async def start_delivery(self, meta: MsgMeta, mail_from: str) -> Delivery:
         return await self.pipeline.start(meta, mail_from)

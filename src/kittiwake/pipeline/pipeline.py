@@ -45,7 +45,13 @@ from kittiwake.pipeline.config import (
 from kittiwake.pipeline.groups import NO_MODIFIERS, ModifierChain
 from kittiwake.pipeline.received import Clock, local_now, received_value
 from kittiwake.tables.base import Table
-from kittiwake.targets.base import Delivery, DeliveryTarget, StatusCollector, is_partial
+from kittiwake.targets.base import (
+    Delivery,
+    DeliveryTarget,
+    StatusCollector,
+    honours_dsn,
+    is_partial,
+)
 
 if TYPE_CHECKING:
     from kittiwake.container import Container
@@ -102,6 +108,10 @@ class Pipeline:
         self._early = tuple(c for c in self.routing.checks if isinstance(c, EarlyCheck))
         #: Whether DMARC will evaluate messages: enabled, with SPF and DKIM checks.
         self.dmarc_runs = self.routing.dmarc_runs()
+        targets = list(self.routing.all_targets())
+        #: Every path ends in a target that sends the notices RFC 3461 asks
+        #: for (docs/protocol.md, "DSN"): only then may an endpoint offer DSN.
+        self.honours_dsn = bool(targets) and all(honours_dsn(t) for t in targets)
 
     def _dmarc_evaluation(self, meta: MsgMeta) -> DmarcVerifier:
         return DmarcEvaluation(self.container.resolver, meta)

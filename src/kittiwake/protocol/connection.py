@@ -89,6 +89,9 @@ class Settings:
     #: MAIL, empty BDAT chunks, ...) allowed between two messages; the next
     #: one closes the connection. 0 = no limit.
     max_junk_commands: int = 100
+    #: Offer the DSN extension (RFC 3461) and take its parameters; off when
+    #: the endpoint's pipeline cannot send the notices they ask for.
+    dsn: bool = True
 
 
 _NOT_IMPLEMENTED = frozenset({"SEND", "SOML", "SAML", "EXPN", "HELP", "TURN"})
@@ -291,7 +294,7 @@ class ServerConnection:
         if self._bdat_active:
             return self._auto(replies.during_transfer("MAIL"))
         try:
-            address, params = parse_mail(args, self.settings.max_message_size)
+            address, params = parse_mail(args, self.settings.max_message_size, self.settings.dsn)
         except ParseError as exc:
             return self._auto(exc.reply)
         if params.requiretls and not self.tls:
@@ -309,7 +312,7 @@ class ServerConnection:
         if limit and self.rcpt_count >= limit:
             return self._auto(Reply(452, (4, 5, 3), f"Maximum limit of {limit} recipients reached"))
         try:
-            address, dsn = parse_rcpt(args)
+            address, dsn = parse_rcpt(args, self.settings.dsn)
         except ParseError as exc:
             return self._auto(exc.reply)
         return self._expect(RcptTo(address, dsn))
@@ -588,7 +591,9 @@ class ServerConnection:
     def ehlo_capabilities(self) -> list[str]:
         """The EHLO/LHLO keyword lines, in the order docs/protocol.md gives."""
         s = self.settings
-        caps = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
+        caps = ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        if s.dsn:
+            caps.append("DSN")
         if s.tls_available and not self.tls:
             caps.append("STARTTLS")
         if self.auth_allowed:

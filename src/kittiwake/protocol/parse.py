@@ -169,8 +169,16 @@ _MAIL_PARAMS = Reply(501, (5, 5, 4), "Unable to parse MAIL ESMTP parameters")
 _RCPT_PARAMS = Reply(501, (5, 5, 4), "Unable to parse RCPT ESMTP parameters")
 
 
-def parse_mail(args: str, max_size: int) -> tuple[str, MailParams]:
-    """The argument of MAIL: `FROM:<path> [params]` (docs/protocol.md)."""
+def _not_offered(key: str) -> ParseError:
+    """A DSN parameter where the extension is not offered (docs/protocol.md)."""
+    return ParseError(Reply(504, (5, 5, 4), f"{key} is not implemented"))
+
+
+def parse_mail(args: str, max_size: int, dsn: bool = True) -> tuple[str, MailParams]:
+    """The argument of MAIL: `FROM:<path> [params]` (docs/protocol.md).
+
+    `dsn`: whether RET and ENVID are taken (the DSN extension is offered).
+    """
     if args[:5].upper() != "FROM:":
         raise _address_reply(PathSyntaxError("no FROM:"), "sender")
     mailbox, rest = _path(args[5:], "sender")
@@ -201,6 +209,8 @@ def parse_mail(args: str, max_size: int) -> tuple[str, MailParams]:
             requiretls = True
         elif key == "AUTH":
             auth = _parse_auth_param(value)
+        elif key in ("RET", "ENVID") and not dsn:
+            raise _not_offered(key)
         elif key == "RET":
             _once(seen, key, "MAIL")
             ret = _parse_ret(value)
@@ -227,7 +237,7 @@ def _parse_auth_param(value: str | None) -> str:
     return mailbox
 
 
-def parse_rcpt(args: str) -> tuple[str, RcptDSN | None]:
+def parse_rcpt(args: str, dsn: bool = True) -> tuple[str, RcptDSN | None]:
     """The argument of RCPT: `TO:<path> [params]` (docs/protocol.md).
 
     The RFC 3461 parameters come back as a `RcptDSN`, None when neither
@@ -240,6 +250,8 @@ def parse_rcpt(args: str) -> tuple[str, RcptDSN | None]:
     orcpt: tuple[str, str] | None = None
     seen: set[str] = set()
     for key, value in split_params(rest, _RCPT_PARAMS):
+        if key in ("NOTIFY", "ORCPT") and not dsn:
+            raise _not_offered(key)
         if key == "NOTIFY":
             _once(seen, key, "RCPT")
             notify = _parse_notify(value)

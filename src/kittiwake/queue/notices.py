@@ -111,14 +111,22 @@ class Notifier:
         return settled, waiting
 
     def _failed(self, record: Record, group: list[Notice], exc: Exception, what: str) -> None:
-        self.log.error(
-            f"notice not sent: {what}",
-            queue_id=record.id,
-            msg_id=record.msg_id,
-            action=group[0].action,
-            err=exc,
-            reason=getattr(exc, "reason", ""),
-        )
+        """Log a notice the bounce pipeline did not take.
+
+        A reply from the pipeline (a `reject` for strangers, a full disk) is
+        a policy or operating outcome: a warning naming the reply and the
+        address; anything else is a bug, logged as an error with its place.
+        """
+        fields: dict[str, object] = {
+            "queue_id": record.id,
+            "msg_id": record.msg_id,
+            "action": group[0].action,
+            "to": record.sender,
+        }
+        if isinstance(exc, SMTPError):
+            self.log.warn(f"notice not sent: {what}", reply=str(exc), reason=exc.reason, **fields)
+        else:
+            self.log.error(f"notice not sent: {what}", err=exc, **fields)
 
     async def _submit(self, record: Record, group: list[Notice]) -> str:
         report = self._report(record, group)
@@ -136,6 +144,7 @@ class Notifier:
             arrival=_when(record.arrival),
             recipients=[self._recipient(record, n) for n in group],
             envid=record.smtp.dsn_envid,
+            received_from_mta=record.client_helo,
             smtputf8=record.smtp.smtputf8,
             return_full=(record.smtp.dsn_ret or "").upper() == "FULL",
         )
@@ -149,6 +158,7 @@ class Notifier:
             status=error.enhanced if error is not None else (2, 0, 0),
             diagnostic=str(error) if error is not None else None,
             original=record.dsn_for(notice.rcpt).orcpt,
+            remote_mta=_remote_host(error.remote) if error is not None else None,
             last_attempt=_when(notice.at),
             will_retry_until=_when(notice.retry_until) if notice.retry_until else None,
         )
@@ -194,6 +204,17 @@ class Notifier:
                 await delivery.abort()
             raise
         return meta.id
+
+
+def _remote_host(remote: str | None) -> str | None:
+    """The host of a next hop `tcp://HOST:PORT` / `tls://...`, for Remote-MTA.
+
+    None for a Unix socket (a local program, no MTA name) or no hop at all.
+    """
+    if not remote or not remote.startswith(("tcp://", "tls://")):
+        return None
+    host = remote.split("://", 1)[1].rpartition(":")[0]
+    return host.strip("[]") or None
 
 
 def _unlink(path: str) -> None:

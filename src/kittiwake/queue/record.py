@@ -62,6 +62,9 @@ class StoredError:
     code: int
     enhanced: tuple[int, int, int]
     message: str
+    #: The next hop that gave the reply (`tcp://HOST:PORT`), when one did:
+    #: the DSN's Remote-MTA.
+    remote: str | None = None
 
     @property
     def temporary(self) -> bool:
@@ -77,14 +80,22 @@ class StoredError:
         for a passing fault.
         """
         if isinstance(exc, SMTPError):
-            return cls(exc.code, exc.enhanced, exc.message)
+            remote = exc.misc.get("remote_server") if exc.misc else None
+            return cls(exc.code, exc.enhanced, exc.message, str(remote) if remote else None)
         return cls(451, (4, 0, 0), "Internal server error")
 
     def __str__(self) -> str:
         return f"{self.code} {'.'.join(map(str, self.enhanced))} {self.message}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "enhanced": list(self.enhanced), "message": self.message}
+        doc: dict[str, Any] = {
+            "code": self.code,
+            "enhanced": list(self.enhanced),
+            "message": self.message,
+        }
+        if self.remote is not None:
+            doc["remote"] = self.remote
+        return doc
 
     @classmethod
     def from_json(cls, raw: object) -> StoredError:
@@ -97,7 +108,8 @@ class StoredError:
             or not all(isinstance(p, int) and not isinstance(p, bool) for p in enhanced)
         ):
             raise CorruptEntry("error: enhanced must be three integers")
-        return cls(code, (enhanced[0], enhanced[1], enhanced[2]), _str(d, "message"))
+        enhanced_code = (enhanced[0], enhanced[1], enhanced[2])
+        return cls(code, enhanced_code, _str(d, "message"), _opt_str(d, "remote"))
 
 
 @dataclass(slots=True)
@@ -213,6 +225,9 @@ class Record:
     quarantine: bool = False
     tls_not_required: bool = False
     dont_trace_sender: bool = False
+    #: The client's EHLO name, for the DSN's Received-From-MTA; None for
+    #: mail kittiwake made and for submission (whose client is not traced).
+    client_helo: str | None = None
     first_attempt: float | None = None
     last_attempt: float | None = None
     notices: list[Notice] = field(default_factory=list)
@@ -275,6 +290,7 @@ class Record:
             "quarantine": self.quarantine,
             "tls_not_required": self.tls_not_required,
             "dont_trace_sender": self.dont_trace_sender,
+            "client_helo": self.client_helo,
             "arrival": self.arrival,
             "first_attempt": self.first_attempt,
             "last_attempt": self.last_attempt,
@@ -329,6 +345,7 @@ class Record:
             quarantine=_bool(d, "quarantine"),
             tls_not_required=_bool(d, "tls_not_required"),
             dont_trace_sender=_bool(d, "dont_trace_sender"),
+            client_helo=_opt_str(d, "client_helo"),
             first_attempt=_opt_float(d, "first_attempt"),
             last_attempt=_opt_float(d, "last_attempt"),
         )

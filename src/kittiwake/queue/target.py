@@ -124,6 +124,7 @@ class QueueDelivery:
             quarantine=meta.quarantine,  # final at body time
             tls_not_required=meta.tls_not_required,
             dont_trace_sender=meta.dont_trace_sender,
+            client_helo=_client_helo(meta),
         )
 
     async def commit(self) -> None:
@@ -198,6 +199,9 @@ def _finished_well(future: concurrent.futures.Future[Any] | None) -> bool:
 @register("target.queue")
 class QueueTarget(Module):
     """`target.queue NAME { ... }`, or inline `deliver_to queue LOCATION { ... }`."""
+
+    #: The queue sends the notices NOTIFY asks for (targets/base.py `honours_dsn`).
+    honours_dsn = True
 
     def configure(self, cfg: Directives) -> None:
         node = cfg.node
@@ -337,3 +341,10 @@ def _delay_notice(node: Node) -> float | None:
     if value <= 0:
         raise ValueError("must be greater than zero, or off")
     return value
+
+
+def _client_helo(meta: MsgMeta) -> str | None:
+    """The EHLO name a DSN may name as Received-From-MTA (RFC 3464 §2.2.4)."""
+    if meta.conn is None or meta.dont_trace_sender or not meta.conn.helo:
+        return None
+    return meta.conn.helo

@@ -54,7 +54,12 @@ class SMTPEndpoint(Endpoint):
         except ValueError as exc:
             raise node.error(f"hostname {hostname!r} cannot be used: {exc}") from None
         self.tls: ServerTLS | None = cfg.custom(
-            "tls", self._parse_tls, None, required=self.tls_required, inherit=True
+            "tls",
+            self._parse_tls,
+            None,
+            required=self.tls_required,
+            inherit=True,
+            hint=" (here or global; `tls off` for an endpoint without TLS)",
         )
         io_debug = cfg.boolean("io_debug", False)
         self.log.debug_enabled = cfg.boolean("debug", False, inherit=True)
@@ -109,6 +114,7 @@ class SMTPEndpoint(Endpoint):
             auth_mechanisms=self.mechanisms,
             insecure_auth=self.insecure_auth,
             max_junk_commands=max_junk,
+            dsn=self.pipeline.honours_dsn,
         )
         self.io_log: log.Logger | None = None
         if io_debug:
@@ -162,7 +168,7 @@ class SMTPEndpoint(Endpoint):
         try:
             addr = parse_listen_address(text)
         except ValueError as exc:
-            raise node.error(f"{text}: invalid address: {exc}") from None
+            raise node.error(str(exc)) from None
         if self.kind is EndpointKind.LMTP and addr.scheme != "unix" and addr.port == 25:
             raise node.error(f"{text}: LMTP must not listen on port 25 (RFC 2033 §5)")
         return addr

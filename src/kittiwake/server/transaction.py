@@ -246,7 +246,7 @@ class MailTransactions:
             statuses: list[SMTPError | None] = []
             try:
                 statuses = await self._deliver(txn, event)
-                size = len(txn.buffer) if txn.buffer is not None else 0
+                size = _message_size(txn)
             except Exception as exc:
                 failure = client_error(exc, self.cfg.log, "delivery failed", msg_id=txn.msg_id)
         finally:
@@ -307,8 +307,12 @@ class MailTransactions:
         return result
 
     def _log_outcome(self, txn: Transaction, statuses: list[SMTPError | None], size: int) -> None:
-        """One line for what was accepted, one per recipient that was not (LMTP)."""
-        delivered = sum(1 for status in statuses if status is None)
+        """One line for what was accepted, one per recipient that was not (LMTP).
+
+        `size` is the whole message as the client sent it: header and body.
+        """
+        # SMTP has one status for the message: all its recipients or none.
+        delivered = len(txn.rcpts) if statuses and statuses[0] is None else 0
         if self.cfg.kind is EndpointKind.LMTP:
             delivered = 0
             for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
@@ -376,6 +380,13 @@ def _detail(error: SMTPError) -> dict[str, str]:
 
 def _too_large() -> SMTPError:
     return SMTPError(552, (5, 3, 4), "Maximum message size exceeded")
+
+
+def _message_size(txn: Transaction) -> int:
+    """Octets of the message as received: header, blank line, body."""
+    header = txn.header.header if txn.header is not None else None
+    head = sum(len(f.raw) for f in header) + 2 if header is not None else 0
+    return head + (len(txn.buffer) if txn.buffer is not None else 0)
 
 
 def _lmtp_reply(rcpt: str, status: SMTPError | None, msg_id: str) -> Reply:

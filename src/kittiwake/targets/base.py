@@ -64,3 +64,16 @@ def is_partial(delivery: Delivery) -> TypeGuard[PartialDelivery]:
 @runtime_checkable
 class DeliveryTarget(Protocol):
     async def start_delivery(self, meta: MsgMeta, mail_from: str) -> Delivery: ...
+
+
+def honours_dsn(target: object) -> bool:
+    """Whether `target` keeps RFC 3461's promises for what it accepts.
+
+    A target says so with a true `honours_dsn` attribute: `target.queue`
+    does (it sends the notices NOTIFY asks for, through its `bounce`
+    pipeline), a nested pipeline does when every target it routes to does.
+    An endpoint offers the DSN extension only when its pipeline honours it
+    (docs/protocol.md): a final delivery straight from the session, or a
+    hop without a queue, could not send a "delivered" or "relayed" notice.
+    """
+    return bool(getattr(target, "honours_dsn", False))
