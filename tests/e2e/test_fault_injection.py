@@ -4,14 +4,16 @@ Every test runs two real servers (faults.py): the upstream A takes the
 message into `target.queue` and relays it with `target.smtp` to the
 downstream B, which delivers into a Maildir where each copy is counted.
 strace kills A on entering one system call of one entry (a `-P` path), or
-holds it there (`stop_at`) while the test looks at the disk. Each test then
+holds it just after one (`Relay.hold`) while the test looks at the disk or
+arms the next strace. Each test then
 restarts A and checks the rule (docs/target-queue.md, "Durability" and "An
 attempt"): whatever got a 250 is delivered, duplicates only where the
 step allows one, no file left half-written, and the server starts cleanly.
 
 R49 kill mid-DATA, R50 between the final dot and the 250 (four steps), R51
 just after the 250, R53 after the downstream's 250 but before the queue
-records it.
+records it, R58 a failed fsync or close, R68 SIGTERM mid-session, R70 the
+second of two targets failing its commit.
 """
 
 from __future__ import annotations
