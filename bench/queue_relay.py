@@ -28,7 +28,8 @@ Two rates per run, both from the same clock started just before
 
 Beside them: the servers' CPU time per message (kittiwake: its process;
 Postfix: the master and every daemon it started, reaped or alive, from
-/proc) and the machine's load average. Rounds alternate the servers and
+/proc) and the machine's load average (before the benchmark, and around
+each measurement, which counts the benchmark itself). Rounds alternate the servers and
 the best rate of each counts. A warm-up (`--warm-up`, 200 messages)
 precedes each measurement. The issue's goal: kittiwake at least Postfix's rate.
 """
@@ -295,12 +296,18 @@ def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
 # -- the report ----------------------------------------------------------------------------
 
 
-def report(results: dict[str, list[Result]], args: argparse.Namespace) -> str:
+def report(results: dict[str, list[Result]], args: argparse.Namespace, idle: float) -> str:
+    """The table; `idle`: the load average before the benchmark started (other work).
+
+    The load column is the 1-minute load average before and after a
+    measurement; it counts the benchmark itself (Postfix's 70 processes,
+    threads waiting on fsync), so only `idle` says how busy the machine was.
+    """
     best = {name: _best(rs) for name, rs in results.items() if rs}
     lines = [
         f"{args.messages} messages of {args.size // 1024} KiB, {args.sessions} sessions, "
         f"{'one connection per session' if args.keep else 'one message per connection'}, "
-        f"best of {args.rounds}",
+        f"best of {args.rounds}; load average before the benchmark: {idle:.2f}",
         f"{'server':<10} {'accepted/s':>10} {'relayed/s':>10} {'ms CPU/msg':>10} {'load':>11}",
     ]
     for name, r in best.items():
@@ -357,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: dict[str, list[Result]] = {name: [] for name in names}
     failures: list[str] = []
+    idle = load_average()
     with tempfile.TemporaryDirectory(prefix="kittiwake-bench-queue-", dir=args.dir) as tmp:
         root = Path(tmp)
         os.chmod(root, 0o755)
@@ -374,18 +382,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result.relayed_rate:6.0f}/s, {result.cpu_ms_per_message:.2f} ms CPU/msg",
                     flush=True,
                 )
-    print(report(results, args))
+    print(report(results, args, idle))
     if args.json is not None:
-        args.json.write_text(json.dumps(_payload(results, args), indent=2))
+        args.json.write_text(json.dumps(_payload(results, args, idle), indent=2))
     return 1 if failures else 0
 
 
-def _payload(results: dict[str, list[Result]], args: argparse.Namespace) -> dict[str, object]:
+def _payload(
+    results: dict[str, list[Result]], args: argparse.Namespace, idle: float
+) -> dict[str, object]:
     def row(r: Result) -> dict[str, object]:
         return asdict(r) | {"accepted_rate": r.accepted_rate, "relayed_rate": r.relayed_rate}
 
     return {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "load_before": idle,
         "results": {name: [row(r) for r in rs] for name, rs in results.items()},
     }
 
