@@ -25,6 +25,7 @@ and lives in `kittiwake.checks.base`.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -437,8 +438,12 @@ def _describe(reason: SMTPError | None, state: object) -> str:
 
 # --- Authentication-Results (RFC 8601; docs/pipeline.md) -----------------------
 
-_TSPECIALS = frozenset('()<>@,;:\\"/[]?=')
-_ADDRESS_PUNCT = frozenset("#$%&'*+,./-@[]\\^_`{|}~")
+#: Characters that make a value a quoted-string: white space, controls and
+#: RFC 2045 tspecials.
+_NEEDS_QUOTES = re.compile(r'[\x00- ()<>@,;:\\"/\[\]?=]')
+#: An address- or domain-like pvalue: letters and digits (any script, as
+#: `str.isalnum` has them; `\w` adds only `_`) and address punctuation.
+_PLAIN_PVALUE = re.compile(r"[\w#$%&'*+,./@\[\]\\^`{|}~-]*")
 
 
 #: Control characters become spaces: a value that came from a message (a
@@ -451,14 +456,14 @@ def _quote_value(text: str) -> str:
     """RFC 2045 `value`: a token as is, anything else as a quoted-string."""
     if not text.isprintable():
         text = text.translate(_CONTROLS)
-    if any(ch <= " " or ch in _TSPECIALS for ch in text):
+    if _NEEDS_QUOTES.search(text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
 
 
 def _pvalue(text: str) -> str:
     """RFC 8601 `pvalue`: address- and domain-like values stay unquoted."""
-    if all(ch.isalnum() or ch in _ADDRESS_PUNCT for ch in text):
+    if _PLAIN_PVALUE.fullmatch(text):
         return text
     return _quote_value(text)
 
