@@ -17,6 +17,12 @@ Like maddy, a From domain whose name has TXT records but none of them
 DMARC does not fall back. A temporary DNS error fails closed (`450 4.7.1`:
 the sender retries); anything else that goes wrong fails open (`permerror`,
 no policy applied). Reports (`rua`, `ruf`) are parsed but not sent.
+
+What a busy MX repeats is kept: a discovery per From domain
+(`PolicyCache`, as long as every DNS answer it rested on), organisational
+domains (the Public Suffix List does not change while the process runs),
+and the From field of the usual shape (`Name <local@domain>`) is read by
+one regular expression instead of the whole address grammar.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import asyncio
 import contextlib
 import functools
 import random
+import re
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -42,6 +51,7 @@ __all__ = [
     "DmarcEvaluation",
     "DmarcRecord",
     "DmarcVerdict",
+    "PolicyCache",
     "RecordLookup",
     "aligned",
     "find_record",
@@ -59,6 +69,11 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+#: Organisational domains remembered (least recently used dropped first).
+ORG_CACHE_SIZE = 10_000
+
+
+@functools.lru_cache(maxsize=ORG_CACHE_SIZE)
 def organizational_domain(domain: str) -> str | None:
     """The registered domain of `domain` (RFC 7489 §3.2), or None for a public suffix."""
     result = _psl().privatesuffix(domain.rstrip(".").lower())
@@ -135,6 +150,19 @@ def _mode(value: str, tag: str) -> Literal["r", "s"]:
 # --- Finding it ----------------------------------------------------------------------
 
 
+# The usual From field: an optional display name of plain words or
+# quoted strings, then `<local@domain>`, or a bare `local@domain`, all
+# ASCII, no comments. The address grammar reads every such value as one
+# mailbox with this domain (tests/e2e/test_dmarc.py checks that); anything
+# else takes the whole grammar.
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_WORD = r"""(?:[A-Za-z0-9!#$%&'*+/^_`{|}~.-]+|"[ !#-\[\]-~]+")"""
+_SIMPLE_FROM = re.compile(
+    rf"[ \t]*(?:{_DOT_ATOM}@(?P<bare>{_DOT_ATOM})"
+    rf"|(?:{_WORD}(?:[ \t]+{_WORD})*[ \t]*)?<{_DOT_ATOM}@(?P<angle>{_DOT_ATOM})>)[ \t]*"
+)
+
+
 def from_domain(header: Header) -> str:
     """The RFC5322.From domain (RFC 7489 §6.6.1), as written; ValueError with why not."""
     values = header.get_all("From")
@@ -142,6 +170,9 @@ def from_domain(header: Header) -> str:
         raise ValueError("missing From header field")
     if len(values) > 1:
         raise ValueError("multiple From header fields are not allowed")
+    simple = _SIMPLE_FROM.fullmatch(values[0])
+    if simple is not None:
+        return simple.group("bare") or simple.group("angle")
     try:
         mailboxes = parse_address_list(values[0])
     except AddressSyntaxError as exc:
@@ -167,6 +198,10 @@ class RecordLookup:
     #: Why there is no record, when discovery failed (None: simply no record).
     error: str | None = None
     temporary: bool = False
+    #: Until when (`time.monotonic()`) every DNS answer it rests on holds;
+    #: 0 when it rests on none (a lookup that failed, a From domain that is
+    #: no DNS name), so it must not be kept.
+    fresh_until: float = 0.0
 
     def effective(self) -> Policy:
         """`sp` when the record came from the organisational domain and has one, else `p`."""
@@ -176,31 +211,98 @@ class RecordLookup:
         return self.record.p
 
 
-async def find_record(resolver: Resolver, domain: str) -> RecordLookup:
-    """RFC 7489 §6.6.3 discovery for `domain` (any IDN form): the record and its domain."""
+#: Discoveries a `PolicyCache` keeps at most.
+POLICY_CACHE_SIZE = 10_000
+
+
+class PolicyCache:
+    """Record discoveries by From domain, kept while their DNS answers hold.
+
+    A discovery depends only on the domain and on DNS, so while every
+    answer it rested on is fresh, discovering again would give it again;
+    the resolver would answer from its cache too, but each message would
+    still pay the lookups, the record's parse and a task. Only discoveries
+    that DNS answered are kept (a failed lookup is asked again next
+    time), at most `size`, least recently used dropped first.
+    """
+
+    def __init__(
+        self, size: int = POLICY_CACHE_SIZE, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._size = size
+        self._clock = clock
+        self._found: OrderedDict[str, RecordLookup] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    def get(self, domain: str) -> RecordLookup | None:
+        """The fresh discovery for `domain` (as given to `find_record`), or None."""
+        known = self._found.get(domain)
+        if known is None:
+            return None
+        if known.fresh_until <= self._clock():
+            del self._found[domain]
+            return None
+        self._found.move_to_end(domain)
+        return known
+
+    def put(self, domain: str, lookup: RecordLookup) -> None:
+        if lookup.fresh_until <= self._clock():
+            return
+        self._found[domain] = lookup
+        self._found.move_to_end(domain)
+        while len(self._found) > self._size:
+            self._found.popitem(last=False)
+
+
+async def find_record(
+    resolver: Resolver, domain: str, cache: PolicyCache | None = None
+) -> RecordLookup:
+    """RFC 7489 §6.6.3 discovery for `domain` (any IDN form): the record and its domain.
+
+    With `cache`, a fresh discovery kept there is the answer, and a new
+    one is kept there.
+    """
+    if cache is not None:
+        known = cache.get(domain)
+        if known is not None:
+            return known
+    lookup = await _discover(resolver, domain)
+    if cache is not None:
+        cache.put(domain, lookup)
+    return lookup
+
+
+async def _discover(resolver: Resolver, domain: str) -> RecordLookup:
     try:
         ascii_domain = to_alabel_domain(domain).rstrip(".").lower()
     except (ValueError, UnicodeError) as exc:
         return RecordLookup(None, error=f"invalid From domain: {exc}")
     try:
-        texts = await resolver.txt(f"_dmarc.{ascii_domain}")
+        answer = await resolver.query(f"_dmarc.{ascii_domain}", "TXT")
+        fresh_until = answer.expires
         where, at_org = ascii_domain, False
+        texts = [t for t in answer.records if isinstance(t, bytes)]
         if not texts:
             org = organizational_domain(ascii_domain)
             if org is None or org == ascii_domain:
-                return RecordLookup(None)
-            texts = await resolver.txt(f"_dmarc.{org}")
+                return RecordLookup(None, fresh_until=fresh_until)
+            answer = await resolver.query(f"_dmarc.{org}", "TXT")
+            fresh_until = min(fresh_until, answer.expires)
+            texts = [t for t in answer.records if isinstance(t, bytes)]
             where, at_org = org, True
     except DNSError as exc:
         return RecordLookup(None, error=str(exc), temporary=exc.temporary)
     records = [t for t in texts if t.startswith(b"v=DMARC1")]
     if len(records) != 1:
-        return RecordLookup(None)
+        return RecordLookup(None, fresh_until=fresh_until)
     try:
         record = parse_record(records[0].decode("utf-8", "replace"))
     except ValueError as exc:
-        return RecordLookup(None, where, at_org, error=f"malformed record: {exc}")
-    return RecordLookup(record, where, at_org)
+        error = f"malformed record: {exc}"
+        return RecordLookup(None, where, at_org, error=error, fresh_until=fresh_until)
+    return RecordLookup(record, where, at_org, fresh_until=fresh_until)
 
 
 def aligned(domain: str, from_dom: str, mode: str) -> bool:
@@ -252,33 +354,49 @@ class DmarcEvaluation:
         meta: MsgMeta,
         *,
         draw: Callable[[], float] = random.random,
+        policies: PolicyCache | None = None,
     ) -> None:
-        """`draw`: a number in [0, 1) for `pct` sampling (tests inject their own)."""
+        """`draw`: a number in [0, 1) for `pct` sampling (tests inject their own).
+
+        `policies`: discoveries shared by the messages of a pipeline.
+        """
         self._resolver = resolver
         self._meta = meta
         self._draw = draw
+        self._policies = policies
         self._from: str | None = None
         self._from_error: str | None = None
+        self._found: RecordLookup | None = None
         self._lookup: asyncio.Task[RecordLookup] | None = None
 
     def fetch_record(self, header: Header) -> None:
-        """Read the From domain and start the record lookup (without waiting)."""
+        """Read the From domain and start the record lookup (without waiting).
+
+        A discovery the cache holds needs no lookup, hence no task.
+        """
         try:
             self._from = from_domain(header)
         except ValueError as exc:
             self._from_error = str(exc)
             return
+        if self._policies is not None:
+            self._found = self._policies.get(self._from)
+            if self._found is not None:
+                return
         self._lookup = asyncio.get_running_loop().create_task(
-            find_record(self._resolver, self._from)
+            find_record(self._resolver, self._from, self._policies)
         )
 
     async def evaluate(self, results: Sequence[AuthResult]) -> DmarcVerdict:
         """RFC 7489 §6.6: the dmarc= entry for A-R, and the policy to apply."""
-        if self._from is None or self._lookup is None:
+        lookup = self._found
+        if self._from is None or (lookup is None and self._lookup is None):
             reason = f"Policy lookup failed: {self._from_error or 'no From header field'}"
             return _verdict("permerror", "", reason)
         from_dom = self._from
-        lookup = await self._lookup
+        if lookup is None:
+            assert self._lookup is not None
+            lookup = await self._lookup
         if lookup.error is not None:
             result = "temperror" if lookup.temporary else "permerror"
             verdict = _verdict(result, from_dom, f"Policy lookup failed: {lookup.error}")

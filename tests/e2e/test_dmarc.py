@@ -8,16 +8,23 @@ the algorithm has its own case.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 from fakedns import SERVFAIL, FakeDNS, txt
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from kittiwake import dmarc as dmarc_module
 from kittiwake.checks.base import AuthResult
 from kittiwake.dmarc import (
+    ORG_CACHE_SIZE,
     DmarcEvaluation,
+    PolicyCache,
     aligned,
     find_record,
+    from_domain,
     organizational_domain,
     parse_record,
     published_policy,
@@ -25,6 +32,7 @@ from kittiwake.dmarc import (
 from kittiwake.dns import Resolver
 from kittiwake.message import MsgMeta
 from kittiwake.message.header import Field, Header
+from kittiwake.message.mailaddr import AddressSyntaxError, parse_address_list
 
 
 @pytest.fixture
@@ -216,3 +224,158 @@ async def test_published_policy_for_spf(dns: FakeDNS) -> None:
     assert await published_policy(resolver, header("a@none.example")) == "none"
     assert await published_policy(resolver, header("a@nowhere.example")) is None
     assert await published_policy(resolver, header(None)) is None
+
+
+async def test_evaluation_with_a_policy_cache_asks_dns_once(dns: FakeDNS) -> None:
+    policies = PolicyCache()
+    failing = [spf("fail"), dkim("fail", "example.org")]
+    for _ in range(3):
+        resolver = Resolver(dns.address, timeout=1.0)  # no DNS cache between messages
+        evaluation = DmarcEvaluation(resolver, MsgMeta(id="t"), policies=policies)
+        evaluation.fetch_record(header("Ann <ann@example.org>"))
+        verdict = await evaluation.evaluate(failing)
+        await evaluation.close()
+        assert (verdict.auth_result.result, verdict.policy) == ("fail", "reject")
+    assert dns.queries == [("_dmarc.example.org.", "TXT")]
+    assert len(policies) == 1
+
+
+# -- what is kept between messages ----------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_policy_cache_keeps_a_discovery_while_its_answers_hold() -> None:
+    server = FakeDNS({("_dmarc.example.org", "TXT"): [txt("v=DMARC1; p=reject")]}, ttl=300)
+    try:
+        clock = Clock()
+        cache = PolicyCache(clock=clock)
+        first = await find_record(Resolver(server.address, timeout=1.0), "example.org", cache)
+        assert first.record is not None and first.record.p == "reject"
+        # Kept as long as the TXT answer's TTL, no longer.
+        assert clock.now + 290 < first.fresh_until <= time.monotonic() + 300
+        server.set("_dmarc.example.org", "TXT", [txt("v=DMARC1; p=none")])
+        # A fresh resolver (no DNS cache): the discovery comes from the policy cache.
+        again = await find_record(Resolver(server.address, timeout=1.0), "example.org", cache)
+        assert again is first and len(server.queries) == 1
+        clock.now = first.fresh_until  # the answer has expired
+        later = await find_record(Resolver(server.address, timeout=1.0), "example.org", cache)
+        assert later.record is not None and later.record.p == "none"
+        assert len(server.queries) == 2
+    finally:
+        server.close()
+
+
+async def test_policy_cache_takes_the_shortest_ttl_of_a_fallback() -> None:
+    """No record at the From domain (negative TTL 60), one at the organisational domain."""
+    server = FakeDNS(
+        {("_dmarc.example.org", "TXT"): [txt("v=DMARC1; p=reject")]}, ttl=300, negative_ttl=60
+    )
+    try:
+        cache = PolicyCache()
+        found = await find_record(Resolver(server.address, timeout=1.0), "mail.example.org", cache)
+        assert found.at_org and found.record is not None
+        assert found.fresh_until <= time.monotonic() + 60
+        assert cache.get("mail.example.org") is found
+        none = await find_record(Resolver(server.address, timeout=1.0), "nowhere.example", cache)
+        assert none.record is None and none.error is None and none.fresh_until > 0
+        assert cache.get("nowhere.example") is none  # "no record" is an answer too
+    finally:
+        server.close()
+
+
+async def test_policy_cache_keeps_no_failure(dns: FakeDNS) -> None:
+    cache = PolicyCache()
+    for _ in range(2):
+        broken = await find_record(Resolver(dns.address, timeout=1.0), "broken.example", cache)
+        assert broken.temporary and broken.fresh_until == 0
+    assert dns.queries.count(("_dmarc.broken.example.", "TXT")) == 2
+    invalid = await find_record(Resolver(dns.address, timeout=1.0), "a..b", cache)
+    assert invalid.error is not None
+    assert len(cache) == 0
+
+
+async def test_policy_cache_is_bounded(dns: FakeDNS) -> None:
+    resolver = Resolver(dns.address, timeout=1.0)
+    cache = PolicyCache(size=2)
+    for domain in ("example.org", "none.example", "strict.example"):
+        await find_record(resolver, domain, cache)
+    assert len(cache) == 2
+    assert cache.get("example.org") is None  # the least recently used went first
+    assert cache.get("strict.example") is not None
+
+
+def test_organizational_domains_are_kept_bounded() -> None:
+    organizational_domain.cache_clear()
+    for i in range(ORG_CACHE_SIZE + 10):
+        organizational_domain(f"host{i}.example.co.uk")
+    info = organizational_domain.cache_info()
+    assert info.currsize == ORG_CACHE_SIZE == info.maxsize
+    assert organizational_domain("a.b.example.co.uk") == "example.co.uk"
+
+
+# -- the usual From field without the whole grammar -------------------------------------
+
+
+def _slow_domain(value: str) -> str | None:
+    try:
+        boxes = parse_address_list(value)
+    except AddressSyntaxError:
+        return None
+    if len(boxes) != 1:
+        return None
+    return boxes[0].address.rpartition("@")[2]
+
+
+# Display names and addresses near the edge of the fast path, in every order.
+_words = st.sampled_from(
+    ["Ann", "J.", ".x", "a..b", '"A B"', '"a\\"b"', '""', "=?utf-8?q?A?=", "=?x-bogus?q?a?=",
+     "(c)", "ü", "a@b", "a,b", "x=y", "q?", "<", ">", ""]
+)  # fmt: skip
+_addresses = st.sampled_from(
+    ["<a@b.c>", "< a@b.c>", "<a@b.c >", "a@b.c", "<a.@b.c>", "<a@b..c>", '<"q"@b.c>',
+     "<a@[192.0.2.1]>", "a@ b.c", "<a@b.c>,", "<a@b.c> (c)", "<a@b.c", "<@b.c>", "<a@>", ""]
+)  # fmt: skip
+_gaps = st.sampled_from(["", " ", "\t", "  "])
+from_values = st.tuples(
+    _gaps, st.lists(st.tuples(_words, _gaps), max_size=3), _addresses, _gaps
+).map(lambda t: t[0] + "".join(w + g for w, g in t[1]) + t[2] + t[3])
+
+
+@settings(max_examples=5000, deadline=None)
+@given(from_values)
+def test_simple_from_agrees_with_the_address_grammar(value: str) -> None:
+    simple = dmarc_module._SIMPLE_FROM.fullmatch(value)
+    if simple is not None:
+        assert _slow_domain(value) == (simple.group("bare") or simple.group("angle"))
+
+
+@pytest.mark.parametrize(
+    ("value", "domain"),
+    [
+        ("Bench <sender@bench.test>", "bench.test"),
+        ('"Doe, John" <j.doe@example.org>', "example.org"),
+        ("J. R. Doe <jrd@example.org>", "example.org"),
+        ("  plain@example.org  ", "example.org"),
+        ("<only@example.org>", "example.org"),
+        ("Ann <ann@Example.ORG>", "Example.ORG"),  # as written
+        ("=?utf-8?q?Ann?= <ann@example.org>", "example.org"),  # the grammar's path
+        ("=?x-bogus?q?Ann?= <ann@example.org>", None),  # a charset nobody knows
+        ("ann@example.org (Ann)", "example.org"),
+        ("Ann <ann@[192.0.2.1]>", None),  # no domain name
+        ("a@example.org, b@example.org", None),
+        ("Ann <ann@example.org >", None),  # the grammar refuses a space before >
+    ],
+)
+def test_from_domain(value: str, domain: str | None) -> None:
+    if domain is None:
+        with pytest.raises(ValueError):
+            from_domain(header(value))
+    else:
+        assert from_domain(header(value)) == domain

@@ -44,6 +44,9 @@ READ_SIZE = 64 * 1024
 
 #: Runs of white space that are not already one space (one space is left alone: faster).
 _WSP_RUN = re.compile(rb"\t[ \t]*| [ \t]+")
+#: Finds two spaces faster than `in` does (`bytes.find` is slow for a
+#: needle made of a byte as common as the space).
+_DOUBLE_SPACE = re.compile(rb"  ").search
 #: Held-back CR LF pairs are written out in blocks of this many pairs.
 _CRLF_BLOCK = b"\r\n" * 32768
 
@@ -170,11 +173,14 @@ class _Relaxed:
         settled = body.rstrip(b" \t")
         self._carry = (b" " if len(settled) < len(body) else b"") + (b"\r" if cr else b"")
         if settled:
-            # Most text has neither tabs nor double spaces: two scans in C
-            # spare the regular expression a walk over every byte.
-            if b"\t" in settled or b"  " in settled:
+            # Most text has neither tabs, double spaces nor spaces before a
+            # line end: scans in C spare the regular expression a walk over
+            # every byte.
+            if b"\t" in settled or _DOUBLE_SPACE(settled):
                 settled = _WSP_RUN.sub(b" ", settled)
-            self._out.write(settled.replace(b" \r\n", b"\r\n"))
+            if b" \r\n" in settled:
+                settled = settled.replace(b" \r\n", b"\r\n")
+            self._out.write(settled)
 
     def close(self) -> None:
         # White space with no line end after it stays one space, and a final

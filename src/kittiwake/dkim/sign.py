@@ -3,8 +3,8 @@
 Strategy. The body hash comes from `kittiwake.dkim.body`, streamed from
 the buffer like verification's. The header hash input (the signed fields,
 selected bottom-up and canonicalized, then the new field itself with an
-empty `b=`) is assembled by dkimpy's `hash_headers`, the code its own
-verifier uses, into a collector instead of a hash; `cryptography` signs it
+empty `b=`) is `kittiwake.dkim.header.signed_header_data`, the code
+verification uses (and byte for byte dkimpy's); `cryptography` signs it
 (RSA PKCS#1 v1.5 with SHA-256, or Ed25519 over the SHA-256 hash, RFC 8463
 §3). kittiwake writes the tags itself, so it controls exactly what goes
 out: `v a c d s t [x] i h bh b` in that order, no `l=` and no `q=`, names
@@ -24,10 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import dkim
-from dkim.canonicalization import CanonicalizationPolicy
-
 from kittiwake.dkim.body import BodySpec, Canon, hash_body
+from kittiwake.dkim.header import signed_header_data
 from kittiwake.dkim.keys import SigningKey
 from kittiwake.message.header import Header
 
@@ -68,16 +66,6 @@ def fields_to_sign(header: Header, oversign: Sequence[str], sign: Sequence[str])
             seen.add(key)
             out.extend([name] * (header.count(name) + extra))
     return out
-
-
-class _Collect:
-    """Stands in for a hash object: keeps what dkimpy would hash."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def update(self, data: bytes) -> None:
-        self.data += data
 
 
 def _fold(tags: Sequence[tuple[str, str]]) -> str:
@@ -137,18 +125,12 @@ def signature_value(
         ("bh", base64.b64encode(body_hash).decode("ascii")),
     ]
     unsigned = _fold(tags) + "\r\n\tb="
-    policy = CanonicalizationPolicy.from_c_value(
-        f"{request.header_canon}/{request.body_canon}".encode()
-    )
-    collector = _Collect()
-    dkim.hash_headers(
-        collector,
-        policy,
-        policy.canonicalize_headers([[bytes(h[0]), bytes(h[1])] for h in headers]),
+    data = signed_header_data(
+        headers,
         [name.lower().encode() for name in request.fields],
         (b"DKIM-Signature", b" " + unsigned.encode("utf-8") + b"\r\n"),
-        {},
+        relaxed=request.header_canon == "relaxed",
     )
-    signature = base64.b64encode(request.key.sign(bytes(collector.data))).decode("ascii")
+    signature = base64.b64encode(request.key.sign(data)).decode("ascii")
     folded = "\r\n\t".join(signature[i : i + 72] for i in range(0, len(signature), 72))
     return unsigned + folded

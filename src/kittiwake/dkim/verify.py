@@ -1,25 +1,31 @@
-"""Verifying DKIM signatures with dkimpy, the body hashed apart (RFC 6376 §6, RFC 8463).
+"""Verifying DKIM signatures, the body hashed apart (RFC 6376 §6, RFC 8463).
 
 Strategy. dkimpy verifies a message it holds whole in memory: it hashes
 `self.body`, and its `verify()` turns a bad key into a bare `False`. So
-kittiwake uses it in pieces, in three steps that `checks/dkim.py` drives:
+kittiwake does the work in pieces, in three steps that `checks/dkim.py`
+drives, and uses dkimpy only where its rules are the reference:
 
-1. `prepare` (worker thread): each `DKIM-Signature` field is parsed and
-   checked with dkimpy's tag parser and field validation, then with the
-   rules dkimpy leaves out (From must be signed, `rsa-sha1` is refused,
-   `l=` only when allowed). What survives says which TXT record holds
-   its key and which body hash it needs (a `BodySpec`).
+1. `prepare`: each `DKIM-Signature` field is parsed once
+   (`kittiwake.dkim.header.parse_tags`) and checked with dkimpy's field
+   validation, then with the rules dkimpy leaves out (From must be
+   signed, `rsa-sha1` is refused, `l=` only when allowed). What survives
+   says which TXT record holds its key and which body hash it needs (a
+   `BodySpec`).
 2. The event loop looks the keys up through kittiwake's resolver, all at
-   once, while a worker streams the body once through
+   once, while the body is streamed once through
    `kittiwake.dkim.body.BodyHasher` for every spec at the same time.
-3. `finish` (worker thread): per signature, the key record is checked
-   (revoked, wrong type, size) and parsed by dkimpy, the streamed body
-   hash is compared with `bh=`, dkimpy canonicalizes and hashes the
-   signed header fields (`dkim.hash_headers`), and `cryptography`
-   verifies the signature: dkimpy's own RSA is pure Python, and its
-   number conversions alone cost more than the whole check should. The
-   public key of a record is parsed once and kept (by the record's bytes),
-   since a busy MX sees the same few keys all day.
+3. `finish`: per signature, the key record is checked (revoked, wrong
+   type, size), the streamed body hash is compared with `bh=`, the signed
+   header fields are canonicalized and hashed
+   (`kittiwake.dkim.header.signed_header_data`, byte for byte what
+   dkimpy hashes), and `cryptography` verifies the signature: dkimpy's
+   own RSA is pure Python, and its number conversions alone cost more
+   than the whole check should. A key record is read once and kept (by
+   its bytes: what it says, and its public key, parsed by dkimpy's
+   rules), since a busy MX sees the same few keys all day.
+
+For a message in memory with a signature or two, all of it runs on the
+event loop: a thread hop costs more than the work.
 
 Limits against a hostile message: `check.dkim` verifies at most
 `max_signatures` fields; an RSA key over 16384 bits or with a public
@@ -32,13 +38,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
+import hashlib
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import dkim
 import dkim.util
@@ -49,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
 from kittiwake.dkim.body import BodyHasher, BodySpec, Canon
+from kittiwake.dkim.header import parse_tags, signed_header_data
 from kittiwake.message.header import Header
 
 __all__ = [
@@ -73,17 +80,26 @@ MAX_REASON = 120
 _SIG_NAME = b"dkim-signature"
 _REQUIRED_TAGS = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")
 _H_SPLIT = re.compile(rb"\s*:\s*")
+#: What `\s` is in a bytes pattern, deleted with `bytes.translate`.
+_WSP = b" \t\n\r\x0b\x0c"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-_QUIET = logging.getLogger("kittiwake.dkimpy")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
+_PKCS1 = padding.PKCS1v15()
+_PREHASHED_SHA256 = Prehashed(hashes.SHA256())
 
 
 def clean(text: str | bytes, limit: int = MAX_REASON) -> str:
-    """Text from a message fit for a header field: no control characters, short."""
+    """Text from a message fit for a header field: no control characters, short.
+
+    White space runs become one space and the ends are trimmed. Printable
+    text has no white space but the ASCII space, so text already in that
+    form (a domain, most reasons) is only checked.
+    """
+    if not text:
+        return ""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    text = " ".join(_CONTROL.sub(" ", text).split())
+    if not text.isprintable() or text[0] == " " or text[-1] == " " or "  " in text:
+        text = " ".join(_CONTROL.sub(" ", text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -109,6 +125,7 @@ class Pending:
     identity: str
     key_name: str  # SELECTOR._domainkey.DOMAIN
     body: BodySpec
+    relaxed_header: bool = False  # c= header canonicalization
     key_record: bytes | None = None
     outcome: Outcome | None = None
 
@@ -150,7 +167,7 @@ def _prepare_one(
     index: int, sig_field: tuple[bytes, bytes], allow_body_subset: bool
 ) -> Outcome | Pending:
     try:
-        tags = cast(dict[bytes, bytes], dkim.util.parse_tag_value(sig_field[1]))
+        tags = parse_tags(sig_field[1])
     except dkim.util.InvalidTagValueList as exc:
         return Outcome("permerror", reason=clean(f"malformed signature: {exc!r}"))
     domain = clean(tags.get(b"d", b""), 255)
@@ -196,6 +213,7 @@ def _prepare_one(
         identity=identity,
         key_name=f"{selector}._domainkey.{sig_domain}",
         body=BodySpec(canon, hash_name, limit),
+        relaxed_header=policy.header_algorithm.name == b"relaxed",
     )
 
 
@@ -205,29 +223,26 @@ def finish(
     hashes: BodyHasher,
     required: Sequence[str],
 ) -> None:
-    """Step 3: set `outcome` of each signature that has its key record (in a worker)."""
-    verifier = dkim.DKIM(logger=_QUIET, minkey=MIN_RSA_BITS)
-    verifier.headers = [[bytes(h[0]), bytes(h[1])] for h in headers]
-    verifier.body = b""
+    """Step 3: set `outcome` of each signature that has its key record."""
     for sig in pending:
         if sig.outcome is None and sig.key_record is not None:
-            sig.outcome = _finish_one(verifier, sig, hashes, required)
+            sig.outcome = _finish_one(headers, sig, hashes, required)
 
 
 def _finish_one(
-    verifier: Any, sig: Pending, hashes: BodyHasher, required: Sequence[str]
+    headers: Sequence[Sequence[bytes]], sig: Pending, hashes: BodyHasher, required: Sequence[str]
 ) -> Outcome:
     def verdict(result: str, reason: str = "") -> Outcome:
         return Outcome(result, sig.domain, sig.identity, clean(reason))
 
     assert sig.key_record is not None
-    problem = _key_problem(sig.key_record, sig.tags)
+    record = _record(sig.key_name, sig.key_record)
+    problem = record.problem or _key_problem(record, sig.tags)
     if problem:
         return verdict("permerror", problem)
-    try:
-        key = _public_key(sig.key_name, sig.key_record)
-    except Exception as exc:  # the record is the signer's data: any parse failure is theirs
-        return verdict("permerror", f"key syntax error: {exc}")
+    key = record.key
+    if key is None:
+        return verdict("permerror", record.key_error)
     expected_type = b"ed25519" if sig.tags[b"a"].startswith(b"ed25519") else b"rsa"
     if key.ktag != expected_type:
         return verdict("permerror", "key type does not match the signature algorithm")
@@ -243,7 +258,7 @@ def _finish_one(
     if spec.limit is not None and spec.limit > hashes.length(spec.canon):
         return verdict("permerror", "l= is larger than the body")
     try:
-        expected = base64.b64decode(re.sub(rb"\s+", b"", sig.tags[b"bh"]), validate=True)
+        expected = base64.b64decode(sig.tags[b"bh"].translate(None, _WSP), validate=True)
     except (binascii.Error, ValueError):
         return verdict("permerror", "bh= is not base64")
     if hashes.digest(spec) != expected:
@@ -251,9 +266,7 @@ def _finish_one(
 
     try:
         assert key.key is not None  # the size checks above refused the others
-        good = _signature_verifies(verifier, sig, key.key)
-    except (dkim.KeyFormatError, dkim.MessageFormatError, dkim.ValidationError) as exc:
-        return verdict("permerror", str(exc))
+        good = _signature_verifies(headers, sig, key.key)
     except (ValueError, TypeError, binascii.Error):  # a b= that is not base64 or too big
         good = False
     if not good:
@@ -269,7 +282,7 @@ PublicKey = rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    """A key record parsed once: its type, size and the key `cryptography` verifies with."""
+    """A key record's public key: its type, size and the key `cryptography` verifies with."""
 
     ktag: bytes
     bits: int
@@ -278,34 +291,77 @@ class _Key:
     key: PublicKey | None
 
 
-#: Parsed key records by their bytes, at most `KEY_CACHE_SIZE` of them.
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """What a key record says (RFC 6376 §3.6.1), read once.
+
+    `problem` is the first fault of the record alone (syntax, no `p=`,
+    revoked, `v=`); the tags a signature is checked against come next;
+    `key` is None when `key_error` says why it could not be parsed.
+    """
+
+    problem: str = ""
+    hashes: frozenset[bytes] | None = None  # h=
+    services: frozenset[bytes] | None = None  # s=
+    strict_identity: bool = False  # t=s
+    key: _Key | None = None
+    key_error: str = ""
+
+
+#: Key records read, by their bytes, at most `KEY_CACHE_SIZE` of them.
 KEY_CACHE_SIZE = 1000
-_keys: OrderedDict[bytes, _Key] = OrderedDict()
-_keys_lock = threading.Lock()
+_records: OrderedDict[bytes, _Record] = OrderedDict()
+_records_lock = threading.Lock()
+
+
+def _record(name: str, record: bytes) -> _Record:
+    """The record read by dkimpy's rules and RFC 6376's; cached by its bytes.
+
+    A record whose key cannot be parsed is not kept: such records are the
+    exception, and the error text may name the record.
+    """
+    with _records_lock:
+        known = _records.get(record)
+        if known is not None:
+            _records.move_to_end(record)
+            return known
+    read = _read_record(name, record)
+    if not read.key_error:
+        with _records_lock:
+            _records[record] = read
+            while len(_records) > KEY_CACHE_SIZE:
+                _records.popitem(last=False)
+    return read
+
+
+def _read_record(name: str, record: bytes) -> _Record:
+    try:
+        tags = parse_tags(record)
+    except dkim.util.InvalidTagValueList as exc:
+        return _Record(f"key syntax error: {exc!r}")
+    if b"p" not in tags:
+        return _Record("key syntax error: no p= tag")
+    if not tags[b"p"].translate(None, _WSP):
+        return _Record("key revoked")
+    if b"v" in tags and tags[b"v"] != b"DKIM1":
+        return _Record("key syntax error: v= is not DKIM1")
+    hashes = frozenset(h.strip() for h in tags[b"h"].split(b":")) if b"h" in tags else None
+    services = frozenset(s.strip() for s in tags[b"s"].split(b":")) if b"s" in tags else None
+    strict = b"t" in tags and b"s" in {t.strip() for t in tags[b"t"].split(b":")}
+    try:
+        key = _public_key(name, record)
+    except Exception as exc:  # the record is the signer's data: any parse failure is theirs
+        return _Record("", hashes, services, strict, key_error=f"key syntax error: {exc}")
+    return _Record("", hashes, services, strict, key)
 
 
 def _public_key(name: str, record: bytes) -> _Key:
-    """The key of a record, parsed by dkimpy's rules; cached by the record's bytes.
-
-    Raises whatever dkimpy raises for a record it cannot use; such records
-    are not kept, they are the exception.
-    """
-    with _keys_lock:
-        known = _keys.get(record)
-        if known is not None:
-            _keys.move_to_end(record)
-            return known
+    """The key of a record, parsed by dkimpy's rules; raises whatever dkimpy raises."""
     pk, bits, ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), record)
     if ktag == b"rsa":
         exponent = int(pk["publicExponent"])
-        parsed = _Key(ktag, bits, exponent.bit_length(), _rsa_key(exponent, int(pk["modulus"])))
-    else:
-        parsed = _Key(ktag, 256, 0, ed25519.Ed25519PublicKey.from_public_bytes(bytes(pk)))
-    with _keys_lock:
-        _keys[record] = parsed
-        while len(_keys) > KEY_CACHE_SIZE:
-            _keys.popitem(last=False)
-    return parsed
+        return _Key(ktag, bits, exponent.bit_length(), _rsa_key(exponent, int(pk["modulus"])))
+    return _Key(ktag, 256, 0, ed25519.Ed25519PublicKey.from_public_bytes(bytes(pk)))
 
 
 def _rsa_key(exponent: int, modulus: int) -> PublicKey | None:
@@ -315,58 +371,37 @@ def _rsa_key(exponent: int, modulus: int) -> PublicKey | None:
     return rsa.RSAPublicNumbers(exponent, modulus).public_key()
 
 
-def _signature_verifies(verifier: Any, sig: Pending, key: PublicKey) -> bool:
-    """The header hash (dkimpy) and the signature over it (cryptography).
+def _signature_verifies(headers: Sequence[Sequence[bytes]], sig: Pending, key: PublicKey) -> bool:
+    """The header hash and the signature over it (cryptography).
 
     Like dkimpy, one more `from` is hashed than `h=` lists, so a second From
     field added to a signed message breaks the signature (dkimpy bug
-    644046's rule).
+    644046's rule). Every algorithm left after `prepare` hashes with SHA-256.
     """
-    tags = sig.tags
-    policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
-    hasher = dkim.HASH_ALGORITHMS[tags[b"a"]]()
     include = list(sig.signed)
     if b"from" in include:
         include.append(b"from")
-    # Only the fields h= names take part: canonicalizing the others is waste.
-    wanted = set(include)
-    headers = policy.canonicalize_headers(
-        [h for h in verifier.headers if h[0].strip().lower() in wanted]
-    )
-    dkim.hash_headers(hasher, policy, headers, include, sig.field, tags)
-    signature = base64.b64decode(re.sub(rb"\s+", b"", tags[b"b"]))
+    data = signed_header_data(headers, include, sig.field, sig.relaxed_header)
+    digest = hashlib.sha256(data).digest()
+    signature = base64.b64decode(sig.tags[b"b"].translate(None, _WSP))
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, hasher.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+            key.verify(signature, digest, _PKCS1, _PREHASHED_SHA256)
         else:
             # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the header data.
-            key.verify(signature, hasher.digest())
+            key.verify(signature, digest)
     except InvalidSignature:
         return False
     return True
 
 
-def _key_problem(record: bytes, sig: dict[bytes, bytes]) -> str:
-    """What RFC 6376 §3.6.1 forbids that dkimpy lets through; "" if nothing."""
-    try:
-        key = cast(dict[bytes, bytes], dkim.util.parse_tag_value(record))
-    except dkim.util.InvalidTagValueList as exc:
-        return f"key syntax error: {exc!r}"
-    if b"p" not in key:
-        return "key syntax error: no p= tag"
-    if not re.sub(rb"\s+", b"", key[b"p"]):
-        return "key revoked"
-    if b"v" in key and key[b"v"] != b"DKIM1":
-        return "key syntax error: v= is not DKIM1"
-    if b"h" in key:
-        allowed = {h.strip() for h in key[b"h"].split(b":")}
-        if sig[b"a"].split(b"-", 1)[1] not in allowed:
-            return "hash algorithm not allowed by the key"
-    if b"s" in key:
-        services = {s.strip() for s in key[b"s"].split(b":")}
-        if not services & {b"*", b"email"}:
-            return "key is not for email"
-    if b"t" in key and b"s" in {t.strip() for t in key[b"t"].split(b":")}:
+def _key_problem(record: _Record, sig: dict[bytes, bytes]) -> str:
+    """What RFC 6376 §3.6.1 forbids for this signature's use of a sound record; "" if nothing."""
+    if record.hashes is not None and sig[b"a"].split(b"-", 1)[1] not in record.hashes:
+        return "hash algorithm not allowed by the key"
+    if record.services is not None and not record.services & {b"*", b"email"}:
+        return "key is not for email"
+    if record.strict_identity:
         identity = sig.get(b"i", b"@" + sig[b"d"])
         if identity.rpartition(b"@")[2].lower() != sig[b"d"].lower():
             return "i= domain must equal d= (key flag t=s)"

@@ -30,7 +30,7 @@ from kittiwake import log as _log
 from kittiwake.address import AddressError, normalize_address, split
 from kittiwake.checks.base import EarlyCheck
 from kittiwake.config.node import Node
-from kittiwake.dmarc import DmarcEvaluation
+from kittiwake.dmarc import DmarcEvaluation, PolicyCache
 from kittiwake.errors import SMTPError
 from kittiwake.message import ConnInfo, MsgMeta
 from kittiwake.message.buffer import Buffer
@@ -99,6 +99,8 @@ class Pipeline:
         self.first_pipeline = first_pipeline
         self.log = logger if logger is not None else _log.get("pipeline")
         self.clock = clock
+        #: DMARC discoveries shared by this pipeline's messages (and its nested ones').
+        self._policies = PolicyCache()
         self.dmarc_factory = dmarc_factory or self._dmarc_evaluation
         self.routing: RoutingConfig = parse_routing(
             container, nodes, block, log=self.log, nested=self._nested
@@ -114,7 +116,7 @@ class Pipeline:
         self.honours_dsn = bool(targets) and all(honours_dsn(t) for t in targets)
 
     def _dmarc_evaluation(self, meta: MsgMeta) -> DmarcVerifier:
-        return DmarcEvaluation(self.container.resolver, meta)
+        return DmarcEvaluation(self.container.resolver, meta, policies=self._policies)
 
     def _nested(self, nodes: list[Node], node: Node) -> DeliveryTarget:
         return Pipeline(

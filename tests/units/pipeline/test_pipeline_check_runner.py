@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,6 +121,23 @@ async def test_group_runs_concurrently(tmp_path: Path) -> None:
     # Both started before either finished.
     assert body_events[:2] == ["a body", "b body"]
     assert sorted(body_events[2:]) == ["a body done", "b body done"]
+
+
+async def test_cancelled_stage_stops_every_check_first(tmp_path: Path) -> None:
+    """A stage cancelled mid-way (the client left) ends only once no check runs any more."""
+    pipeline = pipe("  check {\n    test a\n    test b\n  }\n  deliver_to test t\n", tmp_path)
+    FAKES["a"].delay["body"] = 5.0
+    FAKES["b"].delay["body"] = 5.0
+    delivery = await pipeline.start(meta(), "s@example.org")
+    await delivery.add_rcpt("x@a.org")
+    body = asyncio.ensure_future(delivery.body(header(), await buffer()))
+    await asyncio.sleep(0.01)
+    assert [e for e in EVENTS if e.endswith(" body")] == ["a body", "b body"]
+    body.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await body
+    assert [t for t in asyncio.all_tasks() if not t.done()] == [asyncio.current_task()]
+    assert "body" not in FAKES["a"].finished and "body" not in FAKES["b"].finished
 
 
 async def test_quarantine_beats_reject_in_one_result(tmp_path: Path) -> None:
