@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -86,6 +87,7 @@ class Container:
         self._binds: list[tuple[tuple[str, str, int], Node]] = []
         self._globals_parsed = False
         self._started: list[Module] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         #: Operator commands modules offer while they run (kittiwake/control.py).
         self.control = Commands()
         self.log = log.get("")
@@ -309,14 +311,30 @@ class Container:
                 await self.stop()
                 raise
 
+    def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run `closer` when the server stops, after every module has stopped.
+
+        For what modules share rather than own (the TLS report store,
+        docs/tls-report.md): made on first use by whichever module needs
+        it, closed once nothing can use it any more.
+        """
+        self._closers.append(closer)
+
     async def stop(self) -> None:
-        """Stop started modules in reverse order; one failure does not stop the rest."""
+        """Stop started modules in reverse order, then run the `on_stop` closers
+        (last registered first); one failure does not stop the rest."""
         while self._started:
             module = self._started.pop()
             try:
                 await module.stop()
             except Exception as exc:
                 self.log.error("module failed to stop", err=exc, module=repr(module))
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                await closer()
+            except Exception as exc:
+                self.log.error("failed to close at shutdown", err=exc, closer=repr(closer))
 
 
 def _same_socket(a: tuple[str, str, int], b: tuple[str, str, int]) -> bool:

@@ -1,7 +1,8 @@
 """The `kittiwake` command: the parser, the entry point and the small commands.
 
 `run` lives in `cli/run.py`, `creds` and `hash` in `cli/creds.py`, `dkim`
-in `cli/dkim.py`, `queue` in `cli/queue.py`, what they
+in `cli/dkim.py`, `queue` in `cli/queue.py`, `tls-report` in
+`cli/tlsreport.py`, what they
 share in `cli/common.py`. This module is the program's composition root: it
 imports `kittiwake.modules`, the list of every built-in module, so that a
 configuration can name them (the registry never imports modules itself).
@@ -32,6 +33,7 @@ from kittiwake.cli.creds import add_creds_commands
 from kittiwake.cli.dkim import add_dkim_commands
 from kittiwake.cli.queue import add_queue_commands
 from kittiwake.cli.run import cmd_run, traceback_fields
+from kittiwake.cli.tlsreport import add_tls_report_command
 from kittiwake.errors import ConfigError
 
 
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_creds_commands(commands, config_option)
     add_dkim_commands(commands, config_option)
     add_queue_commands(commands, config_option)
+    add_tls_report_command(commands, config_option)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=cmd_version)
