@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import fakes  # noqa: F401  (registers test.echo and test.table)
+import tlsrpt_probe  # noqa: F401  (registers test.tlsrpt)
 
 from kittiwake.cli import main
 
