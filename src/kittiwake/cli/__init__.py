@@ -2,7 +2,7 @@
 
 `run` lives in `cli/run.py`, `creds` and `hash` in `cli/creds.py`, `dkim`
 in `cli/dkim.py`, `queue` in `cli/queue.py`, `tls-report` in
-`cli/tlsreport.py`, what they
+`cli/tlsreport.py`, `sendmail` in `cli/sendmail.py`, what they
 share in `cli/common.py`. This module is the program's composition root: it
 imports `kittiwake.modules`, the list of every built-in module, so that a
 configuration can name them (the registry never imports modules itself).
@@ -33,6 +33,7 @@ from kittiwake.cli.creds import add_creds_commands
 from kittiwake.cli.dkim import add_dkim_commands
 from kittiwake.cli.queue import add_queue_commands
 from kittiwake.cli.run import cmd_run, traceback_fields
+from kittiwake.cli.sendmail import main as sendmail_main
 from kittiwake.cli.tlsreport import add_tls_report_command
 from kittiwake.errors import ConfigError
 
@@ -87,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dkim_commands(commands, config_option)
     add_queue_commands(commands, config_option)
     add_tls_report_command(commands, config_option)
+    # Listed for --help only: main() hands `sendmail` its arguments as they
+    # are, because sendmail's options are not argparse's (-oi, -fSENDER).
+    commands.add_parser(
+        "sendmail",
+        help="send a message read on stdin, sendmail-compatible (-t, -f, -i ...)",
+        add_help=False,
+    )
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=cmd_version)
@@ -94,9 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["sendmail"]:
+        return sendmail_main(args_list[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(args_list)
     except SystemExit as exc:  # usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
     try:
