@@ -72,7 +72,12 @@ class Options:
 
 def parse(argv: Sequence[str]) -> Options:
     """The options of a sendmail command line; `UsageError` for what cannot run."""
-    short = "tif:r:F:o:c:C:b:q:" + "".join(f"{c}:" for c in _IGNORED_WITH_VALUE) + _IGNORED_FLAGS
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg.startswith("-q"):  # -q, -q15m, -qR...: its value is optional
+            raise UsageError(f"{arg}: there is no queue to run here (see kittiwake queue)")
+    short = "tif:r:F:o:c:C:b:" + "".join(f"{c}:" for c in _IGNORED_WITH_VALUE) + _IGNORED_FLAGS
     long = ["server=", "auth-user=", "auth-password-file=", "config=", "help"]
     try:
         pairs, rest = getopt.gnu_getopt(list(argv), short, long)
@@ -92,8 +97,6 @@ def parse(argv: Sequence[str]) -> Options:
             opts.config = value
         elif name == "-b" and value != "m":
             raise UsageError(f"-b{value}: only -bm (deliver a message) is supported")
-        elif name == "-q":
-            raise UsageError("-q: there is no queue to run here (see kittiwake queue)")
         elif name == "--server":
             opts.server = value
         elif name == "--auth-user":
@@ -171,7 +174,7 @@ def run(opts: Options, stdin: bytes) -> int:
     else:
         targets = from_config(nodes, runtime_dir, auth=opts.auth_user is not None)
         if not targets:
-            kind = "a submission endpoint" if opts.auth_user else "an smtp or lmtp endpoint"
+            kind = "submission endpoint" if opts.auth_user else "smtp or lmtp endpoint"
             return _fail(
                 dl.EX_CONFIG,
                 f"{path or EMBEDDED_NAME} has no {kind} on a Unix socket or a loopback"
