@@ -245,7 +245,10 @@ def main(argv: Sequence[str]) -> int:
         data = sys.stdin.buffer.read()
     except OSError as exc:
         return _fail(dl.EX_NOINPUT, f"cannot read the message: {exc.strerror}")
-    return run(opts, data)
+    try:
+        return run(opts, data)
+    except Exception as exc:  # a bug: say so the sysexits way, not with a traceback
+        return _fail(dl.EX_SOFTWARE, f"internal error: {type(exc).__name__}: {exc}")
 
 
 def console() -> int:
