@@ -28,11 +28,9 @@ from kittiwake.tlsrpt.store import TLSReportStore
 Start = Callable[..., Kittiwake]
 
 
-def tls_report(
-    tmp: Path, *args: str, conf: str = "kittiwake.conf"
-) -> subprocess.CompletedProcess[str]:
+def tls_report(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kittiwake", "tls-report", "-c", str(tmp / conf), *args],
+        [sys.executable, "-m", "kittiwake", "tls-report", "-c", str(tmp / "kittiwake.conf"), *args],
         check=False,
         cwd=tmp,
         env=env(),
@@ -185,12 +183,6 @@ def test_a_running_server_writes_periodically_and_at_shutdown(
         ["sts.example success mx.sts.example sts"] * 2
         + ["plain.example starttls-not-supported mx.plain.example"],
     )
-    # The real command does not know the test-only endpoint: it reads the same
-    # state_dir through a configuration of its own.
-    (tmp_path / "cli.conf").write_text(
-        "state_dir data\nhostname mx.sender.example\n"
-        "smtp tcp://127.0.0.1:0 {\n deliver_to dummy\n}\n"
-    )
     today = dt.datetime.now(dt.UTC).date().isoformat()
     path = tmp_path / "data" / "tls_reports" / f"{today}.json"
     deadline = time.monotonic() + WAIT
@@ -199,7 +191,7 @@ def test_a_running_server_writes_periodically_and_at_shutdown(
         time.sleep(0.1)
     running = {
         r["policies"][0]["policy"]["policy-domain"]: r
-        for r in reports(tls_report(tmp_path, "--day", today, conf="cli.conf"))
+        for r in reports(tls_report(tmp_path, "--day", today))
     }
     assert running["sts.example"]["policies"][0]["summary"] == {
         "total-successful-session-count": 2,
@@ -216,9 +208,7 @@ def test_a_running_server_writes_periodically_and_at_shutdown(
     # Counted just before SIGTERM: only the shutdown write can have them.
     probe(server.port(), ["sts.example certificate-expired mx.sts.example sts"] * 4)
     assert server.stop() == 0
-    [sts] = reports(
-        tls_report(tmp_path, "--day", today, "--domain", "sts.example", conf="cli.conf")
-    )
+    [sts] = reports(tls_report(tmp_path, "--day", today, "--domain", "sts.example"))
     assert sts["policies"][0]["summary"] == {
         "total-successful-session-count": 2,
         "total-failure-session-count": 4,

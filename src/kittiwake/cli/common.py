@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from importlib import resources
 
 from kittiwake.config import parser
+from kittiwake.config.globals import PARSERS, Globals
 from kittiwake.config.node import Node
 from kittiwake.container import Container, DebugFlags
 from kittiwake.errors import ConfigError
@@ -101,6 +102,25 @@ def build(args: argparse.Namespace) -> tuple[Container, list[Node]]:
     container = Container(nodes, config_file=path or EMBEDDED_NAME, debug_flags=_debug_flags(args))
     container.build()
     return container, nodes
+
+
+def read_places(nodes: list[Node], config_file: str) -> Globals:
+    """`state_dir`, `runtime_dir` and `hostname` of a configuration, and nothing else.
+
+    For the commands that only read the server's files or talk to it
+    (`tls-report`, `sendmail`): they use the server's own parsers for these
+    three, and leave the rest alone, so that a `tls` or `auth_map` global
+    does not load keys or open databases the user running them may not
+    read. Errors in other directives are the server's to report.
+    """
+    container = Container(nodes, config_file=config_file)
+    places = container.globals
+    for node in nodes:
+        if node.name in ("hostname", "state_dir", "runtime_dir"):
+            setattr(places, node.name, PARSERS[node.name](node, container))
+    if not any(n.name == "runtime_dir" for n in nodes):
+        places.runtime_dir = os.path.join(places.state_dir, "run")
+    return places
 
 
 def config_error(exc: ConfigError) -> int:

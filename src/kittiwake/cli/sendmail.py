@@ -25,10 +25,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kittiwake.cli.common import EMBEDDED_NAME, load_config, machine_fqdn, resolve_config
-from kittiwake.config.globals import PARSERS
-from kittiwake.config.node import Node
-from kittiwake.container import Container
+from kittiwake.cli.common import (
+    EMBEDDED_NAME,
+    load_config,
+    machine_fqdn,
+    read_places,
+    resolve_config,
+)
 from kittiwake.errors import ConfigError
 from kittiwake.sendmail import deliver as dl
 from kittiwake.sendmail.endpoint import Target, from_config, from_url
@@ -117,24 +120,6 @@ def _fail(status: int, *lines: str) -> int:
     return status
 
 
-def _settings(nodes: list[Node], config_file: str) -> tuple[str | None, str]:
-    """(hostname, runtime_dir) from the configuration's global directives.
-
-    Only these two are read (through the server's own parsers): the others
-    (`tls`, `auth_map`) would load keys and databases a sending user has no
-    business reading.
-    """
-    container = Container(nodes, config_file=config_file)
-    values: dict[str, str] = {}
-    for node in nodes:
-        if node.name in ("hostname", "state_dir", "runtime_dir"):
-            values[node.name] = PARSERS[node.name](node, container)
-    runtime_dir = values.get("runtime_dir") or os.path.join(
-        values.get("state_dir", container.globals.state_dir), "run"
-    )
-    return values.get("hostname"), runtime_dir
-
-
 def _qualify(address: str, hostname: str) -> str:
     """A bare user name gets the server's host name, as sendmail does."""
     address = address.strip()
@@ -161,10 +146,10 @@ def run(opts: Options, stdin: bytes) -> int:
     try:
         path = resolve_config(opts.config)
         nodes = load_config(path)
-        hostname_set, runtime_dir = _settings(nodes, path or EMBEDDED_NAME)
+        places = read_places(nodes, path or EMBEDDED_NAME)
     except ConfigError as exc:
         return _fail(dl.EX_CONFIG, str(exc) if exc.file else exc.message)
-    hostname = hostname_set or machine_fqdn()
+    hostname = places.hostname or machine_fqdn()
     targets: list[Target]
     if opts.server is not None:
         try:
@@ -172,7 +157,7 @@ def run(opts: Options, stdin: bytes) -> int:
         except ValueError as exc:
             return _fail(dl.EX_USAGE, str(exc))
     else:
-        targets = from_config(nodes, runtime_dir, auth=opts.auth_user is not None)
+        targets = from_config(nodes, places.runtime_dir, auth=opts.auth_user is not None)
         if not targets:
             kind = "submission endpoint" if opts.auth_user else "smtp or lmtp endpoint"
             return _fail(

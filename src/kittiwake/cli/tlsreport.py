@@ -18,18 +18,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Callable
 
 from kittiwake.cli.common import (
+    EMBEDDED_NAME,
     EXIT_FAILURE,
     EXIT_OK,
     config_error,
     load_config,
     machine_fqdn,
+    read_places,
     resolve_config,
 )
-from kittiwake.container import Container
 from kittiwake.errors import ConfigError
 from kittiwake.tlsrpt.report import build_report
 from kittiwake.tlsrpt.store import DIRECTORY, day_path, read_day
@@ -70,15 +72,14 @@ def add_tls_report_command(
 def cmd_tls_report(args: argparse.Namespace) -> int:
     try:
         path = resolve_config(args.config)
-        container = Container(load_config(path), config_file=path or "<default>")
-        container.parse_globals()  # state_dir and hostname are all it needs
+        places = read_places(load_config(path), path or EMBEDDED_NAME)
     except ConfigError as exc:
         return config_error(exc)
     day: dt.date = args.day or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    hostname = container.globals.hostname or machine_fqdn()
+    hostname = places.hostname or machine_fqdn()
     organization: str = args.organization or hostname
     contact: str = args.contact or f"postmaster@{hostname}"
-    file = day_path(container.state_path(DIRECTORY), day)
+    file = day_path(os.path.join(places.state_dir, DIRECTORY), day)
     try:
         counts = read_day(file)
     except (OSError, ValueError) as exc:
