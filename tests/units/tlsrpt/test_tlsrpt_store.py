@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -396,3 +397,26 @@ async def test_the_shared_store_is_closed_when_the_container_stops(tmp_path: Pat
     store.record(TLSAttempt("a.example", "success", ()))
     assert store.lost == 1  # closed with the container
     await asyncio.sleep(0)
+
+
+async def test_on_stop_closers_run_after_the_modules_last_first(tmp_path: Path) -> None:
+    """What the shared store relies on: closed once no module can record any more."""
+    nodes = parse_text(f"state_dir {tmp_path}\n", "t.conf")
+    container = Container(nodes, config_file="t.conf")
+    ran: list[str] = []
+
+    def closer(name: str, fail: bool = False) -> Callable[[], Awaitable[None]]:
+        async def close() -> None:
+            ran.append(name)
+            if fail:
+                raise RuntimeError(name)
+
+        return close
+
+    container.on_stop(closer("first"))
+    container.on_stop(closer("second", fail=True))
+    await container.start()
+    await container.stop()
+    assert ran == ["second", "first"]  # a failing closer does not stop the others
+    await container.stop()
+    assert ran == ["second", "first"]  # once only
