@@ -101,6 +101,10 @@ class PolicyReport:
     policy_domain: str
     policy_string: tuple[str, ...] = ()
     mx_host: tuple[str, ...] = ()  # MTA-STS mx patterns
+    #: A failure found before any connection, as an RFC 8460 §4.3 result
+    #: type ("sts-policy-fetch-error", "sts-policy-invalid", "tlsa-invalid",
+    #: "dnssec-invalid"); empty when the policy was found and usable.
+    failure: str = ""
 
 
 @runtime_checkable
