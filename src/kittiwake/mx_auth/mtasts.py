@@ -53,9 +53,7 @@ DEFAULT_DIR = "mtasts_cache"
 
 MX_REFUSED = "Failed to establish the MX record authenticity (MTA-STS)"
 NO_TLS = "TLS is required but unavailable or failed (MTA-STS)"
-NOT_TRUSTED = (
-    "Recipient server TLS certificate is not trusted but authentication is required by MTA-STS"
-)
+NOT_TRUSTED = "TLS certificate of the MX is not trusted but authentication is required (MTA-STS)"
 
 
 @dataclass(frozen=True, slots=True)

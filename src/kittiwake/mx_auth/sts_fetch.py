@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import ssl
 
-from kittiwake.dns import DNSError, Resolver
+from kittiwake.dns import Answer, Resolver
 
 __all__ = ["FETCH_TIMEOUT", "MAX_POLICY_SIZE", "FetchError", "fetch_policy", "policy_url"]
 
@@ -70,12 +70,14 @@ async def fetch_policy(
 async def _fetch(
     host: str, resolver: Resolver, context: ssl.SSLContext, port: int, limit: int
 ) -> bytes:
-    try:
-        addresses = await resolver.addresses(host)
-    except DNSError as exc:
-        raise FetchError(f"{host}: {exc}") from None
+    # A and AAAA apart: a server that fails one type still has the other.
+    answers = await asyncio.gather(
+        resolver.query(host, "A"), resolver.query(host, "AAAA"), return_exceptions=True
+    )
+    addresses = [str(r) for a in answers if isinstance(a, Answer) for r in a.records]
     if not addresses:
-        raise FetchError(f"{host}: no address records")
+        errors = [str(a) for a in answers if isinstance(a, BaseException)]
+        raise FetchError(f"{host}: {'; '.join(errors) or 'no address records'}")
     last: Exception | None = None
     for address in addresses:
         try:
