@@ -66,9 +66,7 @@ def https(ca: trustme.CA, tmp_path: Path) -> Iterator[MTASTSServer]:
         server.close()
 
 
-def build(
-    tmp: Path, dns: FakeDNS, text: str, https: MTASTSServer | None = None
-) -> list[Policy]:
+def build(tmp: Path, dns: FakeDNS, text: str, https: MTASTSServer | None = None) -> list[Policy]:
     """The policies of an `mx_auth` directive, built as target.remote builds them."""
     flags = DebugFlags(
         dns_override=dns.address,
@@ -139,7 +137,7 @@ async def handshake(port: int, host: str, ca: trustme.CA | None) -> TLSState:
     else:
         ca.configure_trust(context)
     try:
-        reader, writer = await asyncio.open_connection(
+        _, writer = await asyncio.open_connection(
             "127.0.0.1", port, ssl=context, server_hostname=host
         )
     except ssl.SSLCertVerificationError as exc:
@@ -160,7 +158,9 @@ def spki_sha256(pem: bytes) -> str:
 
 
 def cert_sha256(pem: bytes) -> str:
-    return hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
+    return hashlib.sha256(
+        x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+    ).hexdigest()
 
 
 def no_tls() -> TLSState:
@@ -509,9 +509,9 @@ async def test_dane_ta_with_the_chain_python_hands_over(
     tlsa(fake_dns, f"2 0 1 {cert_sha256(issuer)}")
     tlsa(fake_dns, f"2 1 2 {hashlib.sha512(_spki(issuer)).hexdigest()}", host="mx7.example.test")
     policy = await dane.for_domain(DOMAIN)
-    assert await policy.check_conn(candidate(dnssec=True), MXLevel.NONE, state, TLSLevel.ENCRYPTED) is (
-        TLSLevel.AUTHENTICATED
-    )
+    assert await policy.check_conn(
+        candidate(dnssec=True), MXLevel.NONE, state, TLSLevel.ENCRYPTED
+    ) is (TLSLevel.AUTHENTICATED)
     assert other.peer_chain == state.peer_chain
     # DANE-TA checks the name: the certificate is for MX, not for mx7.
     with pytest.raises(SMTPError) as refused:
@@ -537,13 +537,17 @@ async def test_dnssec_level_from_a_validated_mx_answer(tmp_path: Path, fake_dns:
     fake_dns.set(DOMAIN, "MX", ["10 mx.example.test."])
     fake_dns.set("insecure.test", "MX", ["10 mx.insecure.test."])
     fake_dns.set_secure(DOMAIN)
-    policies = build(tmp_path, fake_dns, "mx_auth {\n    local_policy {\n        min_mx_level dnssec\n    }\n    dnssec\n}\n")
+    policies = build(
+        tmp_path,
+        fake_dns,
+        "mx_auth {\n    local_policy {\n        min_mx_level dnssec\n    }\n    dnssec\n}\n",
+    )
     dnssec, local = policies  # local_policy is always asked last
     container_resolver = dnssec.resolver  # type: ignore[attr-defined]
     assert container_resolver.ad_trusted
     for domain, expected in ((DOMAIN, MXLevel.DNSSEC), ("insecure.test", MXLevel.NONE)):
         answer = await container_resolver.query(domain, "MX")
-        (pref, host), = answer.records
+        ((pref, host),) = answer.records
         mx = MXCandidate(domain, host, pref, dnssec=answer.secure)
         level = MXLevel.NONE
         for p in policies:
