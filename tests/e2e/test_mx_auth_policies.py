@@ -66,7 +66,9 @@ def https(ca: trustme.CA, tmp_path: Path) -> Iterator[MTASTSServer]:
         server.close()
 
 
-def build(tmp: Path, dns: FakeDNS, text: str, https: MTASTSServer | None = None) -> list[Policy]:
+def build(
+    tmp: Path, dns: FakeDNS, text: str, https: MTASTSServer | RawHTTPS | None = None
+) -> list[Policy]:
     """The policies of an `mx_auth` directive, built as target.remote builds them."""
     flags = DebugFlags(
         dns_override=dns.address,
@@ -294,15 +296,18 @@ async def test_mtasts_bad_policy_hosts_mean_no_policy(
     assert https.requests == [f"mta-sts.{DOMAIN}"]
 
 
-@pytest.mark.parametrize("framing", ["chunked", "close"])
+@pytest.mark.parametrize(("framing", "usable"), [("chunked", True), ("close", False)])
 async def test_mtasts_body_framings(
-    tmp_path: Path, fake_dns: FakeDNS, https: MTASTSServer, framing: str
+    tmp_path: Path, fake_dns: FakeDNS, https: MTASTSServer, framing: str, usable: bool
 ) -> None:
+    """Chunks are read; a body that only ends with the connection is refused:
+    a cut TLS connection cannot be told from a finished one here."""
     sts_record(fake_dns, "f1")
     https.serve(DOMAIN, Response(policy_text("enforce", MX), framing=framing))
     (sts,) = build(tmp_path, fake_dns, RAM, https)
     policy = await sts.for_domain(DOMAIN)
-    assert await policy.check_mx(candidate(), MXLevel.NONE) is MXLevel.MTASTS
+    expected = MXLevel.MTASTS if usable else MXLevel.NONE
+    assert await policy.check_mx(candidate(), MXLevel.NONE) is expected
 
 
 async def test_mtasts_certificate_and_time_are_checked(
@@ -391,6 +396,109 @@ async def test_mtasts_concurrent_deliveries_share_one_fetch(
     policies = await asyncio.gather(*(sts.for_domain(DOMAIN) for _ in range(10)))
     assert all(p.report == policies[0].report for p in policies)
     assert https.requests == [f"mta-sts.{DOMAIN}"]
+
+
+class RawHTTPS:
+    """A TLS server for mta-sts.DOMAIN that answers any request with `payload` as it is.
+
+    `abort`: end with a TCP reset-like close, without TLS close_notify.
+    """
+
+    def __init__(self, ca: trustme.CA, tmp: Path, payload: bytes, *, abort: bool) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(f"mta-sts.{DOMAIN}").configure_cert(self.context)
+        self.ca_file = tmp / "raw-ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self.payload = payload
+        self.abort = abort
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(self.payload)
+                await writer.drain()
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+                pass
+            if self.abort:
+                writer.transport.abort()
+            else:
+                writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=self.context)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+_POLICY = policy_text("enforce", MX)
+
+
+@pytest.mark.parametrize(
+    ("payload", "abort", "usable"),
+    [
+        (_OK_HEAD + b"Content-Length: %d\r\n\r\n" % len(_POLICY) + _POLICY, False, True),
+        (
+            b"HTTP/1.0 200\r\nContent-type: TEXT/PLAIN\r\nContent-Length: 68\r\n\r\n" + _POLICY,
+            False,
+            True,
+        ),
+        (b"HTTP/1.0 200\r\nContent-type: text/plain\r\n\r\n" + _POLICY, False, False),
+        (b"HTTP/1.0 200\r\nContent-type: text/plain\r\n\r\n" + _POLICY, True, False),
+        (_OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", False, False),
+        (_OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nversi", False, False),
+        (_OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcXY", False, False),
+        (_OK_HEAD + b"Transfer-Encoding: gzip\r\n\r\n" + _POLICY, False, False),
+        (_OK_HEAD + b"Content-Length: 500\r\n\r\n" + _POLICY, False, False),
+        (_OK_HEAD + b"Content-Length: -1\r\n\r\n" + _POLICY, False, False),
+        (_OK_HEAD + b"Content-Type: text/plain\r\n\r\n" + _POLICY, False, False),
+        (_OK_HEAD + b" folded: header\r\n\r\n" + _POLICY, False, False),
+        (_OK_HEAD + b"X: " + b"x" * 70_000 + b"\r\n\r\n" + _POLICY, False, False),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", False, False),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: text/plainx\r\n\r\n" + _POLICY, False, False),
+        (b"", False, False),
+    ],
+    ids=[
+        "length",
+        "http10",
+        "eof",
+        "eof-without-close-notify",
+        "chunk-size",
+        "chunk-cut",
+        "chunk-crlf",
+        "gzip",
+        "length-cut",
+        "length-bad",
+        "two-types",
+        "folded",
+        "huge-header",
+        "not-http",
+        "type-prefix",
+        "nothing",
+    ],
+)
+async def test_mtasts_fetch_reads_http_strictly(
+    tmp_path: Path,
+    fake_dns: FakeDNS,
+    ca: trustme.CA,
+    payload: bytes,
+    abort: bool,
+    usable: bool,
+) -> None:
+    sts_record(fake_dns, "r1")
+    raw = RawHTTPS(ca, tmp_path, payload, abort=abort)
+    await raw.start()
+    try:
+        (sts,) = build(tmp_path, fake_dns, RAM, raw)
+        policy = await sts.for_domain(DOMAIN)
+    finally:
+        assert raw.server is not None
+        raw.server.close()
+    assert policy.report is not None
+    assert (policy.report.failure == "") is usable, policy.report
+    level = MXLevel.MTASTS if usable else MXLevel.NONE
+    assert await policy.check_mx(candidate(), MXLevel.NONE) is level
 
 
 # -- DANE -------------------------------------------------------------------------------

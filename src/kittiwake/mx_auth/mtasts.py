@@ -49,6 +49,8 @@ __all__ = ["MTASTS", "STSDomain", "build_mtasts"]
 _log = log.get("mx_auth/mtasts")
 #: How long a failed discovery is remembered before the next fetch attempt.
 RETRY_AFTER = 300.0
+#: Failed domains remembered at most.
+FAILURES_KEPT = 10_000
 DEFAULT_DIR = "mtasts_cache"
 
 MX_REFUSED = "Failed to establish the MX record authenticity (MTA-STS)"
@@ -85,7 +87,7 @@ class MTASTS:
         if cafile is not None:
             self.context.load_verify_locations(cafile=cafile)
         self._inflight: dict[str, asyncio.Task[_Found]] = {}
-        self._failed: dict[str, tuple[float, _Found]] = {}
+        self._failed: dict[str, tuple[float, str, _Found]] = {}
 
     async def for_domain(self, domain: str) -> STSDomain:
         """The policy of `domain` as it applies now (never raises for a bad policy)."""
@@ -114,8 +116,8 @@ class MTASTS:
         if cached is not None and cached.policy_id == policy_id:
             return self._use(domain, cached.policy)
         failed = self._failed.get(domain)
-        if failed is not None and failed[0] > time.monotonic():
-            return _Found(cached.policy if cached else None, failed[1].report)
+        if failed is not None and failed[0] > time.monotonic() and failed[1] == policy_id:
+            return self._use(domain, cached.policy) if cached is not None else failed[2]
         try:
             body = await fetch_policy(
                 domain, self.resolver, self.context, port=self.port, time_limit=self.timeout
@@ -124,20 +126,34 @@ class MTASTS:
         except (FetchError, STSError) as exc:
             kind = exc.kind if isinstance(exc, FetchError) else "sts-policy-invalid"
             _log.warn(
-                "cannot fetch the MTA-STS policy",
+                "cannot use the MTA-STS policy",
                 domain=domain,
                 reason=str(exc),
                 using_cached=cached is not None,
             )
-            if cached is not None:
-                return self._use(domain, cached.policy)
-            found = _Found(None, PolicyReport("sts", domain, failure=kind))
-            self._failed[domain] = (time.monotonic() + RETRY_AFTER, found)
-            return found
-        self._failed.pop(domain, None)
-        await self.cache.put(domain, CachedPolicy(policy_id, fetched, body, time.time()))
-        _log.debug("MTA-STS policy fetched", domain=domain, id=policy_id, mode=fetched.mode.value)
-        return self._use(domain, fetched)
+        except Exception as exc:
+            # A bug here must not stop deliveries: logged as one, handled as a failed fetch.
+            kind = "sts-policy-fetch-error"
+            _log.error("MTA-STS policy fetch failed unexpectedly", err=exc, domain=domain)
+        else:
+            self._failed.pop(domain, None)
+            await self.cache.put(domain, CachedPolicy(policy_id, fetched, body, time.time()))
+            _log.debug(
+                "MTA-STS policy fetched", domain=domain, id=policy_id, mode=fetched.mode.value
+            )
+            return self._use(domain, fetched)
+        found = _Found(None, PolicyReport("sts", domain, failure=kind))
+        self._remember_failure(domain, policy_id, found)
+        # A policy cached under an older id still binds (RFC 8461 §5.1).
+        return self._use(domain, cached.policy) if cached is not None else found
+
+    def _remember_failure(self, domain: str, policy_id: str, found: _Found) -> None:
+        now = time.monotonic()
+        if len(self._failed) >= FAILURES_KEPT:
+            # Bounded memory whatever the number of broken domains: expired first.
+            for key in [k for k, v in self._failed.items() if v[0] <= now] or list(self._failed):
+                del self._failed[key]
+        self._failed[domain] = (now + RETRY_AFTER, policy_id, found)
 
     @staticmethod
     def _use(domain: str, found: STSPolicy) -> _Found:
