@@ -32,6 +32,8 @@ from kittiwake.container import Container, DebugFlags
 from kittiwake.errors import SMTPError
 from kittiwake.mx_auth.base import MXCandidate, MXLevel, Policy, TLSLevel, TLSState
 from kittiwake.mx_auth.config import parse_mx_auth
+from kittiwake.mx_auth.dnssec import DNSSEC
+from kittiwake.mx_auth.local import LocalPolicy
 from kittiwake.mx_auth.mtasts import MTASTS
 from kittiwake.mx_auth.tlsinfo import tls_state
 
@@ -642,29 +644,29 @@ def _spki(pem: bytes) -> bytes:
 
 
 async def test_dnssec_level_from_a_validated_mx_answer(tmp_path: Path, fake_dns: FakeDNS) -> None:
+    """The MX answer's AD bit, as the target reads it, decides the level; the
+    policies run in the target's order, local_policy judging last."""
     fake_dns.set(DOMAIN, "MX", ["10 mx.example.test."])
     fake_dns.set("insecure.test", "MX", ["10 mx.insecure.test."])
     fake_dns.set_secure(DOMAIN)
-    policies = build(
-        tmp_path,
-        fake_dns,
-        "mx_auth {\n    local_policy {\n        min_mx_level dnssec\n    }\n    dnssec\n}\n",
-    )
+    text = "mx_auth {\n    local_policy {\n        min_mx_level dnssec\n    }\n    dnssec\n}\n"
+    policies = build(tmp_path, fake_dns, text)
     dnssec, local = policies  # local_policy is always asked last
-    container_resolver = dnssec.resolver  # type: ignore[attr-defined]
-    assert container_resolver.ad_trusted
-    for domain, expected in ((DOMAIN, MXLevel.DNSSEC), ("insecure.test", MXLevel.NONE)):
-        answer = await container_resolver.query(domain, "MX")
+    assert isinstance(dnssec, DNSSEC) and isinstance(local, LocalPolicy)
+    resolver = dnssec.resolver
+    assert resolver.ad_trusted
+    for domain, secure in ((DOMAIN, True), ("insecure.test", False)):
+        answer = await resolver.query(domain, "MX")
+        assert answer.secure is secure
         ((pref, host),) = answer.records
-        mx = MXCandidate(domain, host, pref, dnssec=answer.secure)
-        level = MXLevel.NONE
-        for p in policies:
-            if expected is MXLevel.NONE and p is local:
-                with pytest.raises(SMTPError) as refused:
-                    await (await p.for_domain(domain)).check_mx(mx, level)
-                assert str(refused.value) == (
-                    "451 4.7.0 Failed to establish the MX record authenticity"
-                )
-                continue
-            level = await (await p.for_domain(domain)).check_mx(mx, level)
-        assert level is expected
+        assert isinstance(pref, int) and isinstance(host, str)
+        mx = MXCandidate(domain, host, pref, dnssec=answer.secure and resolver.ad_trusted)
+        level = await (await dnssec.for_domain(domain)).check_mx(mx, MXLevel.NONE)
+        assert level is (MXLevel.DNSSEC if secure else MXLevel.NONE)
+        judge = await local.for_domain(domain)
+        if secure:
+            assert await judge.check_mx(mx, level) is MXLevel.DNSSEC
+        else:
+            with pytest.raises(SMTPError) as refused:
+                await judge.check_mx(mx, level)
+            assert str(refused.value) == "451 4.7.0 Failed to establish the MX record authenticity"

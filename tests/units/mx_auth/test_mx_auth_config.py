@@ -10,12 +10,20 @@ import pytest
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container, DebugFlags
 from kittiwake.errors import ConfigError, SMTPError
-from kittiwake.mx_auth.base import MXCandidate, MXLevel, Policy, TLSLevel, TLSState
+from kittiwake.mx_auth.base import (
+    DomainPolicy,
+    MXCandidate,
+    MXLevel,
+    Policy,
+    PolicyReport,
+    TLSLevel,
+    TLSState,
+)
 from kittiwake.mx_auth.config import parse_mx_auth
 from kittiwake.mx_auth.dane import DANE
 from kittiwake.mx_auth.dnssec import DNSSEC
 from kittiwake.mx_auth.local import LocalPolicy
-from kittiwake.mx_auth.mtasts import MTASTS
+from kittiwake.mx_auth.mtasts import MTASTS, STSDomain
 
 
 def container(tmp: Path, top: str = "", flags: DebugFlags | None = None) -> Container:
@@ -189,3 +197,14 @@ async def test_dnssec_trusts_only_a_loopback_resolver(tmp_path: Path) -> None:
     domain = await dane.for_domain("example.test")
     assert await domain.check_mx(secure, MXLevel.NONE) is MXLevel.NONE
     assert await domain.check_conn(secure, MXLevel.NONE, PLAIN, TLSLevel.NONE) is TLSLevel.NONE
+
+
+async def test_every_policy_keeps_the_contract(tmp_path: Path) -> None:
+    """What target.remote relies on: `Policy.for_domain` gives a `DomainPolicy`."""
+    text = "mx_auth {\n    dane\n    dnssec\n    local_policy\n    mtasts\n}\n"
+    built = build(tmp_path, text)
+    assert all(isinstance(p, Policy) for p in built)
+    for p in built[:3]:  # mtasts would look its TXT record up: built below without DNS
+        assert isinstance(await p.for_domain("example.test"), DomainPolicy)
+    sts = STSDomain("example.test", None, PolicyReport("no-policy-found", "example.test"))
+    assert isinstance(sts, DomainPolicy)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kittiwake.mx_auth.sts_text import (
     MAX_AGE_LIMIT,
@@ -114,3 +116,49 @@ def test_bad_policy_files(body: bytes) -> None:
 )
 def test_mx_patterns(pattern: str, host: str, expected: bool) -> None:
     assert mx_matches(pattern, host) is expected
+
+
+# -- hostile input: only STSError, and what parses is what the grammar allows --------------
+
+_POLICY_PIECES = st.sampled_from(
+    [
+        b"version: STSv1",
+        b"mode: enforce",
+        b"mode: testing",
+        b"mode: none",
+        b"mx: mx.example.test",
+        b"mx: *.example.test",
+        b"max_age: 86400",
+        b"max_age: 99999999999",
+        b"key: value",
+        b"mx:",
+        b"\x00",
+        b"\xff",
+        b" ",
+        b":",
+        b"",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_POLICY_PIECES, max_size=12), st.sampled_from([b"\n", b"\r\n", b"\r", b" "]))
+def test_policy_parser_never_fails_otherwise(pieces: list[bytes], eol: bytes) -> None:
+    body = eol.join(pieces)
+    try:
+        policy = parse_policy(body)
+    except STSError:
+        return
+    assert 0 <= policy.max_age <= MAX_AGE_LIMIT
+    assert policy.mode is Mode.NONE or policy.mx
+    assert all(m == m.lower() and not m.endswith(".") for m in policy.mx)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=4))
+def test_txt_parser_never_fails_otherwise(records: list[bytes]) -> None:
+    try:
+        found = parse_txt_records([b"v=STSv1; " + r for r in records] + records)
+    except STSError:
+        return
+    assert found is None or (found.isalnum() and 1 <= len(found) <= 32)
