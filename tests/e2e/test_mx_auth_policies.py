@@ -30,7 +30,14 @@ from mtasts_server import MTASTSServer, Response, policy_text
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container, DebugFlags
 from kittiwake.errors import SMTPError
-from kittiwake.mx_auth.base import MXCandidate, MXLevel, Policy, TLSLevel, TLSState
+from kittiwake.mx_auth.base import (
+    RESULT_TYPE,
+    MXCandidate,
+    MXLevel,
+    Policy,
+    TLSLevel,
+    TLSState,
+)
 from kittiwake.mx_auth.config import parse_mx_auth
 from kittiwake.mx_auth.dnssec import DNSSEC
 from kittiwake.mx_auth.local import LocalPolicy
@@ -211,11 +218,12 @@ async def test_mtasts_enforce(
     assert not failed.tls and "mismatch" in failed.error.lower()
     unverified = await handshake(server.port, "other-name.example.test", None)
     assert unverified.tls and not unverified.verified
-    for state in (unverified, no_tls()):
+    for state, result in ((unverified, "sts-webpki-invalid"), (no_tls(), "starttls-not-supported")):
         with pytest.raises(SMTPError) as refused:
             await policy.check_conn(candidate(), MXLevel.MTASTS, state, TLSLevel.ENCRYPTED)
         assert (refused.value.code, refused.value.enhanced) == (451, (4, 7, 1))
         assert refused.value.message.endswith("(MTA-STS)")
+        assert refused.value.misc[RESULT_TYPE] == result
     assert https.requests == [f"mta-sts.{DOMAIN}"]  # one fetch for the whole delivery
 
 
@@ -544,10 +552,12 @@ async def test_dane_ee_matching_and_not(
     with pytest.raises(SMTPError) as refused:
         await policy.check_conn(mx3, MXLevel.NONE, state, TLSLevel.ENCRYPTED)
     assert str(refused.value) == "451 4.7.5 No TLSA record matches the server certificate (DANE)"
+    assert refused.value.misc[RESULT_TYPE] == "tlsa-invalid"
     # TLSA records and no TLS: refused too.
     with pytest.raises(SMTPError) as refused:
         await policy.check_conn(candidate(dnssec=True), MXLevel.NONE, no_tls(), TLSLevel.NONE)
     assert str(refused.value) == "451 4.7.1 TLS is required but unavailable or failed (DANE)"
+    assert refused.value.misc[RESULT_TYPE] == "starttls-not-supported"
 
 
 async def test_dane_needs_dnssec_for_mx_and_tlsa(
@@ -581,7 +591,7 @@ async def test_dane_needs_dnssec_for_mx_and_tlsa(
             candidate("mx6.example.test", dnssec=True), MXLevel.NONE, state, TLSLevel.ENCRYPTED
         )
     assert (refused.value.code, refused.value.enhanced) == (451, (4, 7, 5))
-    assert policy.report is not None and policy.report.failure == "tlsa-invalid"
+    assert policy.report is not None and policy.report.failure == "dnssec-invalid"
 
 
 async def test_dane_unusable_records_still_require_tls(

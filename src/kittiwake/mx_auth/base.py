@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 from kittiwake.module import capability
 
 __all__ = [
+    "RESULT_TYPE",
     "DomainPolicy",
     "MXCandidate",
     "MXLevel",
@@ -43,6 +44,12 @@ __all__ = [
     "TLSLevel",
     "TLSState",
 ]
+
+
+#: The `SMTPError.misc` key under which a policy's refusal names its RFC 8460
+#: §4.3 result type ("sts-webpki-invalid", "tlsa-invalid", ...), so the
+#: target can record the TLS attempt without parsing reply texts.
+RESULT_TYPE = "tlsrpt_result"
 
 
 class TLSLevel(IntEnum):

@@ -37,7 +37,14 @@ from kittiwake import log
 from kittiwake.config.node import Node
 from kittiwake.dns import DNSError, Resolver
 from kittiwake.errors import SMTPError
-from kittiwake.mx_auth.base import MXCandidate, MXLevel, PolicyReport, TLSLevel, TLSState
+from kittiwake.mx_auth.base import (
+    RESULT_TYPE,
+    MXCandidate,
+    MXLevel,
+    PolicyReport,
+    TLSLevel,
+    TLSState,
+)
 from kittiwake.mx_auth.config import policy
 from kittiwake.mx_auth.tlsa import TLSARecord, match_chain, parse_tlsa
 
@@ -126,14 +133,26 @@ class DANEDomain:
         task = self._lookups.get(mx.host)
         found = await (task if task is not None else self.dane.tlsa(mx.host))
         if found.error:
-            self._report = PolicyReport("tlsa", mx.domain, failure="tlsa-invalid")
-            raise SMTPError(451, (4, 7, 5), LOOKUP_FAILED, reason=found.error)
+            self._report = PolicyReport("tlsa", mx.domain, failure="dnssec-invalid")
+            raise SMTPError(
+                451,
+                (4, 7, 5),
+                LOOKUP_FAILED,
+                reason=found.error,
+                misc={RESULT_TYPE: "dnssec-invalid"},
+            )
         if not found.texts:
             self._report = None
             return level
         self._report = PolicyReport("tlsa", mx.domain, found.texts)
         if not tls.tls:
-            raise SMTPError(451, (4, 7, 1), NO_TLS, reason=tls.error or "no TLS")
+            raise SMTPError(
+                451,
+                (4, 7, 1),
+                NO_TLS,
+                reason=tls.error or "no TLS",
+                misc={RESULT_TYPE: "starttls-not-supported"},
+            )
         usable = [r for r in found.records if r.usable]
         if not usable:
             _log.info(
@@ -148,6 +167,7 @@ class DANEDomain:
                 (4, 7, 5),
                 NO_MATCH,
                 reason=f"{len(usable)} usable TLSA record(s), none matched",
+                misc={RESULT_TYPE: "tlsa-invalid"},
             )
         _log.debug("DANE authenticated the MX", mx=mx.host, record=str(matched))
         return max(level, TLSLevel.AUTHENTICATED)

@@ -35,7 +35,14 @@ from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.dns import DNSError, Resolver
 from kittiwake.errors import SMTPError
-from kittiwake.mx_auth.base import MXCandidate, MXLevel, PolicyReport, TLSLevel, TLSState
+from kittiwake.mx_auth.base import (
+    RESULT_TYPE,
+    MXCandidate,
+    MXLevel,
+    PolicyReport,
+    TLSLevel,
+    TLSState,
+)
 from kittiwake.mx_auth.config import policy
 from kittiwake.mx_auth.sts_cache import CachedPolicy, PolicyCache
 from kittiwake.mx_auth.sts_fetch import FETCH_TIMEOUT, FetchError, fetch_policy
@@ -183,7 +190,11 @@ class STSDomain:
             return max(level, MXLevel.MTASTS)
         if self.policy.mode is Mode.ENFORCE:
             raise SMTPError(
-                550, (5, 7, 0), MX_REFUSED, reason=f"{mx.host} is not an MX the policy lists"
+                550,
+                (5, 7, 0),
+                MX_REFUSED,
+                reason=f"{mx.host} is not an MX the policy lists",
+                misc={RESULT_TYPE: "validation-failure"},
             )
         _log.info(
             "MX not listed by the MTA-STS policy (testing mode)", domain=mx.domain, mx=mx.host
@@ -196,15 +207,14 @@ class STSDomain:
         if self.policy is None or self.policy.mode is Mode.NONE:
             return level
         # RFC 8461 §4.2: TLS with a certificate valid for the MX name (WebPKI).
-        problem = ""
         if not tls.tls:
-            problem = NO_TLS
+            problem, result = NO_TLS, "starttls-not-supported"
         elif not tls.verified:
-            problem = NOT_TRUSTED
-        if not problem:
+            problem, result = NOT_TRUSTED, "sts-webpki-invalid"
+        else:
             return level
         if self.policy.mode is Mode.ENFORCE:
-            raise SMTPError(451, (4, 7, 1), problem, reason=tls.error)
+            raise SMTPError(451, (4, 7, 1), problem, reason=tls.error, misc={RESULT_TYPE: result})
         _log.info(
             "MTA-STS would refuse this connection (testing mode)",
             domain=mx.domain,
