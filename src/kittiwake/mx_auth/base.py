@@ -1,4 +1,4 @@
-"""The contract between `target.remote` and its `mx_auth` policies (docs/target-remote.md).
+"""The contract between `target.remote` and its `mx_auth` policies (docs/mx-auth.md).
 
 Strategy: delivery to a domain has two security questions, asked of every
 policy in turn, each policy able to raise the answer or refuse:

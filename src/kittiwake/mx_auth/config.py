@@ -1,4 +1,4 @@
-"""The `mx_auth { ... }` block of `target.remote` (docs/target-remote.md).
+"""The `mx_auth { ... }` block of `target.remote` (docs/target-remote.md, docs/mx-auth.md).
 
 Each directive in the block names one policy (`mtasts`, `dane`, `dnssec`,
 `local_policy`), with its own arguments and block. Policy modules register

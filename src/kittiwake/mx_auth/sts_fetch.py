@@ -5,7 +5,7 @@ standard `ssl` module, so it never blocks the event loop and needs no HTTP
 library: a policy fetch is a single request with a tiny answer, and the
 rules RFC 8461 sets (no redirects, no HTTP caching, a certificate valid
 for `mta-sts.DOMAIN`, text/plain, a size limit) are easier to see enforced
-in sixty lines than configured in a general client. The host name is
+in one short module than configured in a general client. The host name is
 resolved through kittiwake's own resolver, so `--debug.dnsoverride`
 reaches this lookup too, and the connection is made to the address with
 SNI and certificate checks for the name.
