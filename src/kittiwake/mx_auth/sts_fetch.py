@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 
 from kittiwake.dns import Answer, Resolver
@@ -30,6 +31,10 @@ MAX_POLICY_SIZE = 64 * 1024
 FETCH_TIMEOUT = 60.0
 _MAX_HEADER = 16 * 1024
 _PATH = "/.well-known/mta-sts.txt"
+# Strictly ASCII digits: int() would also take "0x1f", "1_0", "-5" or "²".
+_STATUS = re.compile(r"[0-9]{3}")
+_LENGTH = re.compile(r"[0-9]{1,10}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 
 
 class FetchError(Exception):
@@ -138,7 +143,11 @@ def _parse_head(host: str, head: bytes) -> tuple[int, dict[str, str]]:
         raise FetchError(f"{host}: undecodable response header") from None
     status_line, *lines = text[:-4].split("\r\n")
     parts = status_line.split(" ", 2)
-    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].isdigit():
+    if (
+        len(parts) < 2
+        or parts[0] not in ("HTTP/1.1", "HTTP/1.0")
+        or not _STATUS.fullmatch(parts[1])
+    ):
         raise FetchError(f"{host}: not an HTTP/1.x response: {status_line[:80]!r}")
     headers: dict[str, str] = {}
     for line in lines:
@@ -163,8 +172,8 @@ async def _body(
         return await _chunked(host, reader, limit, too_big)
     length_text = headers.get("content-length")
     if length_text is not None:
-        if not length_text.isdigit():
-            raise FetchError(f"{host}: bad Content-Length {length_text!r}")
+        if _LENGTH.fullmatch(length_text) is None:
+            raise FetchError(f"{host}: bad Content-Length {length_text[:20]!r}")
         length = int(length_text)
         if length > limit:
             raise too_big
@@ -186,11 +195,10 @@ async def _chunked(
     try:
         while True:
             size_line = await reader.readuntil(b"\r\n")
-            size_text = size_line[:-2].split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise FetchError(f"{host}: bad chunk size {size_text[:20]!r}") from None
+            size_text = size_line[:-2].split(b";", 1)[0].strip(b" \t")
+            if _CHUNK_SIZE.fullmatch(size_text) is None:
+                raise FetchError(f"{host}: bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 while await reader.readuntil(b"\r\n") != b"\r\n":
                     pass  # trailer fields, ignored
