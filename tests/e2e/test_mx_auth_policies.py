@@ -383,6 +383,28 @@ async def test_mtasts_fs_cache_survives_and_follows_the_id(
     assert json.loads((tmp_path / "state" / "mtasts_cache" / DOMAIN).read_text())["id"] == "v2"
 
 
+async def test_mtasts_policy_in_use_is_refreshed_in_the_background(
+    tmp_path: Path, fake_dns: FakeDNS, https: MTASTSServer
+) -> None:
+    sts_record(fake_dns, "r1")
+    https.serve(DOMAIN, policy_text("enforce", MX, max_age=2))
+    (sts,) = build(tmp_path, fake_dns, "mx_auth {\n    mtasts\n}\n", https)
+    await sts.for_domain(DOMAIN)
+    path = tmp_path / "state" / "mtasts_cache" / DOMAIN
+    first = json.loads(path.read_text())["fetched"]
+    await sts.for_domain(DOMAIN)  # young: no fetch
+    assert len(https.requests) == 1
+    await asyncio.sleep(1.1)  # past half of max_age
+    policy = await sts.for_domain(DOMAIN)  # answered from the cache at once...
+    assert await policy.check_mx(candidate(), MXLevel.NONE) is MXLevel.MTASTS
+    for _ in range(100):  # ...while the policy is fetched again
+        if len(https.requests) == 2 and json.loads(path.read_text())["fetched"] > first:
+            break
+        await asyncio.sleep(0.05)
+    assert len(https.requests) == 2
+    assert json.loads(path.read_text())["fetched"] > first
+
+
 async def test_mtasts_expired_cache_is_not_used(
     tmp_path: Path, fake_dns: FakeDNS, https: MTASTSServer
 ) -> None:

@@ -13,7 +13,9 @@ way RFC 8461 §5.1 orders it:
 
 Concurrent deliveries to one domain share one discovery. A failed fetch is
 remembered for `RETRY_AFTER` seconds so a domain with a broken policy host
-does not cost a fetch per message.
+does not cost a fetch per message. A cached policy still in use is fetched
+again in the background once it is a day old (or half its max_age), so a
+destination mail keeps going to never drops out of the cache.
 
 Effects, per MX: an MX the policy lists gets MX level `mtasts`; in
 `enforce` mode an MX it does not list is refused (`550 5.7.0`), and so is
@@ -56,6 +58,9 @@ __all__ = ["MTASTS", "STSDomain", "build_mtasts"]
 _log = log.get("mx_auth/mtasts")
 #: How long a failed discovery is remembered before the next fetch attempt.
 RETRY_AFTER = 300.0
+#: A cached policy in use is fetched again once it is this old (or half its
+#: max_age, if that is shorter).
+REFRESH_AFTER = 86_400.0
 #: Failed domains remembered at most.
 FAILURES_KEPT = 10_000
 DEFAULT_DIR = "mtasts_cache"
@@ -95,6 +100,7 @@ class MTASTS:
             self.context.load_verify_locations(cafile=cafile)
         self._inflight: dict[str, asyncio.Task[_Found]] = {}
         self._failed: dict[str, tuple[float, str, _Found]] = {}
+        self._refreshing: dict[str, asyncio.Task[STSPolicy | _Found]] = {}
 
     async def for_domain(self, domain: str) -> STSDomain:
         """The policy of `domain` as it applies now (never raises for a bad policy)."""
@@ -121,10 +127,20 @@ class MTASTS:
                 return self._use(domain, cached.policy)
             return _Found(None, PolicyReport("no-policy-found", domain))
         if cached is not None and cached.policy_id == policy_id:
+            if time.time() - cached.fetched > min(REFRESH_AFTER, cached.policy.max_age / 2):
+                self._refresh(domain, policy_id)
             return self._use(domain, cached.policy)
         failed = self._failed.get(domain)
         if failed is not None and failed[0] > time.monotonic() and failed[1] == policy_id:
             return self._use(domain, cached.policy) if cached is not None else failed[2]
+        fetched = await self._fetch(domain, policy_id, has_cached=cached is not None)
+        if isinstance(fetched, STSPolicy):
+            return self._use(domain, fetched)
+        # A policy cached under an older id still binds (RFC 8461 §5.1).
+        return self._use(domain, cached.policy) if cached is not None else fetched
+
+    async def _fetch(self, domain: str, policy_id: str, *, has_cached: bool) -> STSPolicy | _Found:
+        """Fetch, parse and cache the policy; on failure what to report, remembered."""
         try:
             body = await fetch_policy(
                 domain, self.resolver, self.context, port=self.port, time_limit=self.timeout
@@ -136,7 +152,7 @@ class MTASTS:
                 "cannot use the MTA-STS policy",
                 domain=domain,
                 reason=str(exc),
-                using_cached=cached is not None,
+                using_cached=has_cached,
             )
         except Exception as exc:
             # A bug here must not stop deliveries: logged as one, handled as a failed fetch.
@@ -148,11 +164,26 @@ class MTASTS:
             _log.debug(
                 "MTA-STS policy fetched", domain=domain, id=policy_id, mode=fetched.mode.value
             )
-            return self._use(domain, fetched)
+            return fetched
         found = _Found(None, PolicyReport("sts", domain, failure=kind))
         self._remember_failure(domain, policy_id, found)
-        # A policy cached under an older id still binds (RFC 8461 §5.1).
-        return self._use(domain, cached.policy) if cached is not None else found
+        return found
+
+    def _refresh(self, domain: str, policy_id: str) -> None:
+        """Fetch a cached policy again in the background, so that a domain mail
+        keeps going to stays protected past the policy's first max_age (its
+        expiry counts from the last successful fetch); the delivery does not
+        wait for it, and a failure keeps the cached policy."""
+        if domain in self._refreshing:
+            return
+        failed = self._failed.get(domain)
+        if failed is not None and failed[0] > time.monotonic():
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._fetch(domain, policy_id, has_cached=True)
+        )
+        self._refreshing[domain] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(domain, None))
 
     def _remember_failure(self, domain: str, policy_id: str, found: _Found) -> None:
         now = time.monotonic()
