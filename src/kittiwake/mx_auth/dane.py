@@ -21,10 +21,11 @@ are all unusable → TLS still mandatory but unauthenticated (RFC 7672
 from an attack that suppresses the records, so it refuses the MX
 temporarily too.
 
-Why temporary (451, 4.7.5): RFC 7672 §2.2 says delivery through that
-server must not proceed, not that the mail is undeliverable; mismatches
-are nearly always a receiver's key rollover gone wrong, fixed within
-hours, and a retry later delivers the message instead of bouncing it.
+Why temporary (451; 4.7.5 for a mismatch or a failed lookup, 4.7.1 for
+no TLS): RFC 7672 §2.2 says delivery through that server must not
+proceed, not that the mail is undeliverable; mismatches are nearly always
+a receiver's key rollover gone wrong, fixed within hours, and a retry
+later delivers the message instead of bouncing it.
 """
 
 from __future__ import annotations

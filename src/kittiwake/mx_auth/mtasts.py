@@ -210,10 +210,6 @@ class STSDomain:
     def report(self) -> PolicyReport | None:
         return self._report
 
-    @property
-    def enforced(self) -> bool:
-        return self.policy is not None and self.policy.mode is Mode.ENFORCE
-
     async def check_mx(self, mx: MXCandidate, level: MXLevel) -> MXLevel:
         if self.policy is None or self.policy.mode is Mode.NONE:
             return level
