@@ -39,6 +39,10 @@ class DebugFlags:
 
     dns_override: str | None = None
     smtp_port: int | None = None
+    #: MTA-STS policy fetches go to this port instead of 443, and trust this
+    #: CA bundle besides the system's (docs/mx-auth.md, "Testing").
+    mtasts_port: int | None = None
+    mtasts_ca: str | None = None
 
 
 class BlockState(enum.Enum):

@@ -185,6 +185,19 @@ class Resolver:
         self._resolver.flags = dns.flags.RD | dns.flags.AD
         self._ptr_first: OrderedDict[str, tuple[float, ReverseName]] = OrderedDict()
 
+    @property
+    def ad_trusted(self) -> bool:
+        """Whether the AD bit of this resolver's answers can be believed.
+
+        The bit says the server validated the answer with DNSSEC, but it
+        travels unprotected: only a validating resolver on this host
+        (loopback) can be trusted to have set it (RFC 6698 §4.1, RFC 7672
+        §2.2; docs/mx-auth.md). `--debug.dnsoverride` to a loopback
+        address counts as such a resolver, which is how tests use it.
+        """
+        servers = [str(s) for s in self._resolver.nameservers]
+        return bool(servers) and all(_loopback(s) for s in servers)
+
     # -- the cache ------------------------------------------------------------
 
     def cached(self, name: str, rdtype: str) -> Answer | None:
@@ -366,3 +379,10 @@ class BlockingResolver:
 
 def _key_name(name: str) -> str:
     return name.rstrip(".").lower()
+
+
+def _loopback(server: str) -> bool:
+    try:
+        return ipaddress.ip_address(server.strip("[]").partition("%")[0]).is_loopback
+    except ValueError:
+        return False  # a DNS-over-HTTPS URL or a name: not a local validator

@@ -25,6 +25,8 @@ from kittiwake.checks import (  # noqa: F401
 from kittiwake.checks import dkim as check_dkim  # noqa: F401
 from kittiwake.modify import dkim as modify_dkim  # noqa: F401
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
+from kittiwake.mx_auth import dane, local, mtasts  # noqa: F401  (mx_auth policies)
+from kittiwake.mx_auth import dnssec as mx_auth_dnssec  # noqa: F401  (mx_auth dnssec)
 from kittiwake.pipeline import groups  # noqa: F401  (msgpipeline, checks, modifiers)
 from kittiwake.queue import target as queue_target  # noqa: F401  (target.queue)
 from kittiwake.server import endpoint  # noqa: F401  (smtp, submission, lmtp)

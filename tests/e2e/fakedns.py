@@ -11,7 +11,11 @@ recursive resolver kittiwake would normally ask:
 * the value "SERVFAIL" answers that rcode, "TIMEOUT" never answers;
 * UDP answers larger than the client's EDNS payload (512 without EDNS)
   are truncated, and the same port answers over TCP, so big records
-  (a 16 kbit DKIM key) travel the way they do in the field.
+  (a 16 kbit DKIM key) travel the way they do in the field;
+* answers about the names in `secure` (a name: every type; or a
+  (name, type) pair) carry the AD bit, as a validating resolver sets it
+  for a DNSSEC-signed zone; a CNAME chain is secure only if every name
+  in it is. Nothing else does, so DNSSEC and DANE can be tested both ways.
 
 Used with kittiwake's `--debug.dnsoverride 127.0.0.1:PORT`, so no test ever
 depends on (or leaks to) a real resolver. `queries` records every question.
@@ -66,9 +70,16 @@ class FakeDNS:
         negative_ttl: int = 60,
         host: str = "127.0.0.1",
         port: int = 0,
+        secure: set[str | tuple[str, str]] | None = None,
     ) -> None:
-        """`host`, `port`: where to listen (a tool that only asks port 53 needs one)."""
+        """`host`, `port`: where to listen (a tool that only asks port 53 needs one).
+
+        `secure`: the names (or (name, type) pairs) answered with the AD bit.
+        """
         self.ttl = ttl
+        self.secure: set[str | tuple[str, str]] = set()
+        for entry in secure or ():
+            self.set_secure(entry)
         self.negative_ttl = negative_ttl
         self.records: dict[tuple[str, str], list[str] | str] = {}
         for (name, rtype), value in records.items():
@@ -96,6 +107,19 @@ class FakeDNS:
             self.records.pop(key, None)
         else:
             self.records[key] = value
+
+    def set_secure(self, entry: str | tuple[str, str], secure: bool = True) -> None:
+        """Answer a name (every type) or a (name, type) with the AD bit, or (False) without."""
+        key: str | tuple[str, str] = (
+            _key(entry) if isinstance(entry, str) else (_key(entry[0]), entry[1].upper())
+        )
+        if secure:
+            self.secure.add(key)
+        else:
+            self.secure.discard(key)
+
+    def _is_secure(self, name: str, rtype: str) -> bool:
+        return name in self.secure or (name, rtype) in self.secure
 
     # -- serving ------------------------------------------------------------
 
@@ -170,7 +194,9 @@ class FakeDNS:
         rtype = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((name, rtype))
         seen: set[str] = set()
+        secure = self._is_secure(name, rtype)
         while True:
+            secure = secure and self._is_secure(name, rtype)
             value = self.records.get((name, rtype))
             if value == TIMEOUT:
                 return None
@@ -181,6 +207,8 @@ class FakeDNS:
                 response.answer.append(
                     dns.rrset.from_text_list(name, self.ttl, "IN", rtype, list(value))
                 )
+                if secure:
+                    response.flags |= dns.flags.AD
                 return response
             cname = self.records.get((name, "CNAME"))
             if rtype != "CNAME" and isinstance(cname, list) and cname:
@@ -202,6 +230,8 @@ class FakeDNS:
         response.authority.append(
             dns.rrset.from_text_list("test.", self.negative_ttl, "IN", "SOA", [soa])
         )
+        if secure:  # an authenticated denial of existence
+            response.flags |= dns.flags.AD
         return response
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+import trustme
 from kw import LAUNCHER, WAIT, free_port
 from kw import ServerProcess as Server
 from kw import env as _env
@@ -481,6 +482,23 @@ def test_debug_dnsoverride_is_parsed_and_passed(
     assert "port=2526" in server.stderr
 
 
+def test_debug_mtasts_flags_are_parsed_and_passed(
+    tmp_path: Path, start: Callable[..., Server]
+) -> None:
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    conf = write(tmp_path / "k.conf", echo_conf())
+    flags = ("--debug.mtastsport", "8443", "--debug.mtastsca", "ca.pem")
+    result = cli("config", "check", "-c", conf, *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    server = start("-c", conf, *flags)
+    server.wait_ready()
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0
+    assert "MTA-STS policy fetches changed" in server.stderr
+    assert f"port=8443 ca={ca}" in server.stderr  # the CA file made absolute
+
+
 @pytest.mark.parametrize(
     "flags",
     [
@@ -493,6 +511,8 @@ def test_debug_dnsoverride_is_parsed_and_passed(
         ["--debug.dnsoverride"],
         ["--debug.smtpport", "0"],
         ["--debug.smtpport", "smtp"],
+        ["--debug.mtastsport", "0"],
+        ["--debug.mtastsca", "/nonexistent/ca.pem"],
     ],
 )
 @pytest.mark.parametrize("command", [["config", "check"], ["run"]])

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import sys
 from collections.abc import Mapping
 from importlib import resources
@@ -157,6 +158,16 @@ def _host_port(text: str) -> str:
     return f"[{ip}]:{number}" if ip.version == 6 else f"{ip}:{number}"
 
 
+def _ca_file(text: str) -> str:
+    """A readable PEM bundle, as an absolute path (the server may change directory)."""
+    path = os.path.abspath(text)
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise argparse.ArgumentTypeError(f"{text}: not a readable PEM CA bundle: {exc}") from None
+    return path
+
+
 def add_debug_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("debug flags (tests and local experiments only)")
     group.add_argument(
@@ -173,12 +184,28 @@ def add_debug_flags(p: argparse.ArgumentParser) -> None:
         type=_port,
         help="port target.remote connects to instead of 25",
     )
+    group.add_argument(
+        "--debug.mtastsport",
+        dest="debug_mtastsport",
+        metavar="PORT",
+        type=_port,
+        help="port MTA-STS policies are fetched from instead of 443",
+    )
+    group.add_argument(
+        "--debug.mtastsca",
+        dest="debug_mtastsca",
+        metavar="FILE",
+        type=_ca_file,
+        help="PEM bundle of CAs trusted for MTA-STS policy fetches, besides the system's",
+    )
 
 
 def _debug_flags(args: argparse.Namespace) -> DebugFlags:
     return DebugFlags(
         dns_override=getattr(args, "debug_dnsoverride", None),
         smtp_port=getattr(args, "debug_smtpport", None),
+        mtasts_port=getattr(args, "debug_mtastsport", None),
+        mtasts_ca=getattr(args, "debug_mtastsca", None),
     )
 
 

@@ -176,6 +176,12 @@ def _log_debug_flags(container: Container, logger: log.Logger) -> None:
         )
     if flags.smtp_port is not None:
         logger.warn("debug flag in use: outbound SMTP port changed", port=flags.smtp_port)
+    if flags.mtasts_port is not None or flags.mtasts_ca is not None:
+        logger.warn(
+            "debug flag in use: MTA-STS policy fetches changed",
+            port=flags.mtasts_port or 443,
+            ca=flags.mtasts_ca or "",
+        )
 
 
 def _announce(container: Container) -> None:

@@ -1,4 +1,4 @@
-"""The contract between `target.remote` and its `mx_auth` policies (docs/target-remote.md).
+"""The contract between `target.remote` and its `mx_auth` policies (docs/mx-auth.md).
 
 Strategy: delivery to a domain has two security questions, asked of every
 policy in turn, each policy able to raise the answer or refuse:
@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 from kittiwake.module import capability
 
 __all__ = [
+    "RESULT_TYPE",
     "DomainPolicy",
     "MXCandidate",
     "MXLevel",
@@ -43,6 +44,12 @@ __all__ = [
     "TLSLevel",
     "TLSState",
 ]
+
+
+#: The `SMTPError.misc` key under which a policy's refusal names its RFC 8460
+#: §4.3 result type ("sts-webpki-invalid", "tlsa-invalid", ...), so the
+#: target can record the TLS attempt without parsing reply texts.
+RESULT_TYPE = "tlsrpt_result"
 
 
 class TLSLevel(IntEnum):
@@ -101,6 +108,10 @@ class PolicyReport:
     policy_domain: str
     policy_string: tuple[str, ...] = ()
     mx_host: tuple[str, ...] = ()  # MTA-STS mx patterns
+    #: A failure found before any connection, as an RFC 8460 §4.3 result
+    #: type ("sts-policy-fetch-error", "sts-policy-invalid", "tlsa-invalid",
+    #: "dnssec-invalid"); empty when the policy was found and usable.
+    failure: str = ""
 
 
 @runtime_checkable
