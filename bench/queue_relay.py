@@ -1,7 +1,7 @@
 """Queue and relay throughput: kittiwake's `target.queue` + `target.smtp` beside Postfix.
 
 Usage: python bench/queue_relay.py [--messages 4000] [--sessions 50] [--size 10240]
-[--rounds 2] [--only kittiwake,postfix] [--keep] [--quick] [--json FILE]
+[--rounds 2] [--only kittiwake,postfix,remote,remote-noreuse] [--keep] [--quick] [--json FILE]
 [--profile DIR] [--dir DIR]
 
 Each server takes N messages of SIZE bytes (the `smtp-source -l` payload)
@@ -11,6 +11,12 @@ relays them to a fresh `smtp-sink` on loopback:
 
 - `kittiwake`: an `smtp` endpoint -> `target.queue` (defaults: 16 attempts
   at once) -> `target.smtp` (one connection per message) -> the sink;
+- `remote` (issue 13): the same queue, but its target is `target.remote`:
+  an MX lookup (`bench.test MX 10 mx.sink.test`, from a loopback DNS
+  server), the connection to the sink through `--debug.smtpport`, and the
+  idle pool keeping connections for the next messages;
+- `remote-noreuse`: the same with the pool off (`conn_reuse_limit 1`,
+  `conn_max_idle_count 0`): a connection, EHLO and QUIT per message;
 - `postfix`: a private Postfix 3.7 (bench/smtp_servers.py) whose smtpd
   queues and whose smtp(8) relays everything to `relayhost =
   [127.0.0.1]:SINK` (defaults: 20 deliveries at once, connection cache).
@@ -53,6 +59,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from checks import dns_zone  # noqa: E402
 from smtp_load import Profiler, smtp_source, summarize_profile  # noqa: E402
 from smtp_servers import (  # noqa: E402
     HOSTNAME,
@@ -70,7 +77,15 @@ from smtp_servers import (  # noqa: E402
 
 RELAY_TIMEOUT = 300.0  # seconds for the sink to see every message
 STALL = 30.0  # seconds without a new message at the sink before giving up
-SERVERS = ("kittiwake", "postfix")
+SERVERS = ("kittiwake", "postfix", "remote", "remote-noreuse")
+#: The issue-12 comparison; `--only remote,remote-noreuse,postfix` gives issue 13's.
+DEFAULT_SERVERS = ("kittiwake", "postfix")
+#: What `target.remote` finds in DNS for the recipients' domain: one MX on
+#: loopback, reached at the sink's port through `--debug.smtpport`.
+REMOTE_ZONE = {
+    f"{HOSTNAME} MX": ["10 mx.sink.test."],
+    "mx.sink.test A": ["127.0.0.1"],
+}
 
 
 # -- the downstream -------------------------------------------------------------------
@@ -168,19 +183,66 @@ smtp tcp://127.0.0.1:{port} {{
     return conf
 
 
+def remote_config(work: Path, port: int, reuse: bool) -> Path:
+    """The queue sends through `target.remote` (MX lookup, STARTTLS attempt, the pool).
+
+    Without reuse every delivery opens its own connection
+    (`conn_reuse_limit 1`, `conn_max_idle_count 0`).
+    """
+    pool = "" if reuse else "    conn_reuse_limit 1\n    conn_max_idle_count 0\n"
+    conf = work / "kittiwake.conf"
+    conf.write_text(
+        f"""state_dir {work}/state
+hostname {HOSTNAME}
+target.remote outbound {{
+{pool}}}
+target.queue outq {{
+    target &outbound
+    location {work}/queue
+}}
+smtp tcp://127.0.0.1:{port} {{
+    tls off
+    deliver_to &outq
+}}
+"""
+    )
+    return conf
+
+
 @contextlib.contextmanager
 def kittiwake(work: Path, sink: int) -> Iterator[Server]:
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = kittiwake_config(work, port, sink)
-    with dns_stub(work) as dns:  # every client's PTR lookup stays on loopback
-        cmd = [sys.executable, "-m", "kittiwake", "run", "-c", str(conf)]
-        proc = Process([*cmd, "--debug.dnsoverride", dns], work / "kittiwake.log", python_env())
-        try:
-            proc.wait_ready(KITTIWAKE_READY)
-            yield Server("kittiwake", port, lambda: tree_cpu(proc.pid), proc.pid)
-        finally:
-            proc.stop()
+    # Every client's PTR lookup stays on loopback.
+    with (
+        dns_stub(work) as dns,
+        _kittiwake_process("kittiwake", conf, port, ["--debug.dnsoverride", dns]) as server,
+    ):
+        yield server
+
+
+@contextlib.contextmanager
+def kittiwake_remote(work: Path, sink: int, *, reuse: bool) -> Iterator[Server]:
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = remote_config(work, port, reuse)
+    name = "remote" if reuse else "remote-noreuse"
+    with dns_zone(work, REMOTE_ZONE) as dns:
+        flags = ["--debug.dnsoverride", dns, "--debug.smtpport", str(sink)]
+        with _kittiwake_process(name, conf, port, flags) as server:
+            yield server
+
+
+@contextlib.contextmanager
+def _kittiwake_process(name: str, conf: Path, port: int, flags: list[str]) -> Iterator[Server]:
+    cmd = [sys.executable, "-m", "kittiwake", "run", "-c", str(conf), *flags]
+    proc = Process(cmd, conf.parent / "kittiwake.log", python_env())
+    try:
+        proc.wait_ready(KITTIWAKE_READY)
+        yield Server(name, port, lambda: tree_cpu(proc.pid), proc.pid)
+    finally:
+        proc.stop()
 
 
 @contextlib.contextmanager
@@ -272,13 +334,20 @@ def measure(server: Server, sink: Sink, args: argparse.Namespace) -> Result:
     )
 
 
+def _start(name: str, work: Path, sink: int) -> contextlib.AbstractContextManager[Server]:
+    if name == "kittiwake":
+        return kittiwake(work, sink)
+    if name == "postfix":
+        return postfix_relay(work, sink)
+    return kittiwake_remote(work, sink, reuse=name == "remote")
+
+
 def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
     work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
     os.chmod(work, 0o755)  # Postfix's daemons must reach their directories
     sink = Sink(work)
     try:
-        start = kittiwake if name == "kittiwake" else postfix_relay
-        with start(work, sink.port) as server:
+        with _start(name, work, sink.port) as server:
             if args.profile is None or server.pid is None:
                 return measure(server, sink, args)
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -339,7 +408,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=10 * 1024, help="payload bytes")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each")
     parser.add_argument("--warm-up", type=int, default=200, help="messages before measuring")
-    parser.add_argument("--only", default=",".join(SERVERS), help="kittiwake,postfix")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_SERVERS), help=f"some of {','.join(SERVERS)}"
+    )
     parser.add_argument("--keep", action="store_true", help="smtp-source -d")
     parser.add_argument("--quick", action="store_true", help="300 messages, one round")
     parser.add_argument("--dir", type=Path, default=None, help="where the work goes")
