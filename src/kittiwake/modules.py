@@ -27,6 +27,7 @@ from kittiwake.modify import dkim as modify_dkim  # noqa: F401
 from kittiwake.modify import replace_addr  # noqa: F401  (modify.replace_rcpt/_sender)
 from kittiwake.pipeline import groups  # noqa: F401  (msgpipeline, checks, modifiers)
 from kittiwake.queue import target as queue_target  # noqa: F401  (target.queue)
+from kittiwake.remote import target as remote_target  # noqa: F401  (target.remote)
 from kittiwake.server import endpoint  # noqa: F401  (smtp, submission, lmtp)
 from kittiwake.storage import maildir  # noqa: F401
 from kittiwake.tables import (  # noqa: F401
