@@ -46,6 +46,7 @@ class MXSink:
 
     def __post_init__(self) -> None:
         self.connections = 0
+        self.peers: list[str] = []  # the client address of each connection
         self.messages: list[Received] = []
         self.lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -65,6 +66,7 @@ class MXSink:
     def reset(self) -> None:
         with self.lock:
             self.connections = 0
+            self.peers = []
             self.messages = []
         self.rcpt_replies = {}
 
@@ -97,6 +99,7 @@ class MXSink:
             self.connections += 1
             index = self.connections
             self._open.add(sock)
+            self.peers.append(str(sock.getpeername()[0]))
         conn: socket.socket | ssl.SSLSocket = sock
         conn.settimeout(WAIT)
         reader = conn.makefile("rb")

@@ -36,6 +36,7 @@ import trustme
 from fakedns import SERVFAIL, FakeDNS
 from kw import Kittiwake, free_port, maildir_files
 from mxsink import MXSink
+from postfix import Postfix, instance_pids, masters, need_postfix, not_root
 from queuetools import wait_for
 
 Start = Callable[..., Kittiwake]
@@ -212,7 +213,9 @@ def notices(tmp: Path) -> list[email.message.EmailMessage]:
 # -- where the message goes -----------------------------------------------------
 
 
-def test_lowest_preference_first(kittiwake: Start, tmp_path: Path, mx: World, cert_files) -> None:
+def test_lowest_preference_first(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files)
     replies, data = send_direct(server, ["you@pref.test"], "preference")
     assert replies["you@pref.test"][0] == 250
@@ -226,7 +229,7 @@ def test_lowest_preference_first(kittiwake: Start, tmp_path: Path, mx: World, ce
 
 
 def test_next_mx_when_the_first_refuses_connections(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files)
     replies, data = send_direct(server, ["you@fallback.test"], "fallback")
@@ -237,7 +240,7 @@ def test_next_mx_when_the_first_refuses_connections(
 
 
 def test_implicit_mx_is_the_domain_itself(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files)
     replies, data = send_direct(server, ["you@implicit.test"], "implicit")
@@ -246,7 +249,9 @@ def test_implicit_mx_is_the_domain_itself(
     assert got.rcpts == ["you@implicit.test"]
 
 
-def test_null_mx_is_refused(kittiwake: Start, tmp_path: Path, mx: World, cert_files) -> None:
+def test_null_mx_is_refused(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files)
     replies, data = send_direct(server, ["you@nullmx.test"])
     code, text = replies["you@nullmx.test"]
@@ -256,7 +261,7 @@ def test_null_mx_is_refused(kittiwake: Start, tmp_path: Path, mx: World, cert_fi
 
 
 def test_nxdomain_is_permanent_and_bounces_through_the_queue(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files)
     replies, _ = send_direct(server, ["you@nowhere.test"])
@@ -270,7 +275,7 @@ def test_nxdomain_is_permanent_and_bounces_through_the_queue(
 
 
 def test_servfail_is_temporary_and_stays_queued(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files)
     replies, _ = send_direct(server, ["you@servfail.test"])
@@ -287,7 +292,7 @@ def test_servfail_is_temporary_and_stays_queued(
 
 
 def test_starttls_with_a_trusted_certificate(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files, "    debug yes")
     replies, data = send_direct(server, ["you@tls.test"], "secret")
@@ -299,7 +304,7 @@ def test_starttls_with_a_trusted_certificate(
 
 
 def test_untrusted_certificate_still_encrypted(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files, "    debug yes")
     replies, data = send_direct(server, ["you@badcert.test"], "unverified")
@@ -316,7 +321,7 @@ def test_untrusted_certificate_still_encrypted(
 
 
 def test_two_domains_two_connections_one_per_domain(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files, "    conn_max_idle_count 0")
     rcpts = ["x@a.test", "y@b.test", "z@a.test", "w@b.test", "v@a.test"]
@@ -332,7 +337,7 @@ def test_two_domains_two_connections_one_per_domain(
 
 
 def test_connections_are_reused_up_to_the_limit(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files, "    conn_reuse_limit 3")
     for i in range(7):
@@ -346,7 +351,7 @@ def test_connections_are_reused_up_to_the_limit(
 
 
 def test_without_pool_every_message_dials(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files, "    conn_max_idle_count 0")
     for i in range(3):
@@ -356,7 +361,7 @@ def test_without_pool_every_message_dials(
 
 
 def test_a_pooled_connection_closed_by_the_mx_is_replaced(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     """The MX goes away while our connection idles: the next message dials again."""
     server = start(kittiwake, tmp_path, mx, cert_files)
@@ -375,7 +380,7 @@ def test_a_pooled_connection_closed_by_the_mx_is_replaced(
 
 
 def test_replies_passed_through_with_the_mx_name_and_552_as_452(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     sink = mx.sinks["mx-a"]
     sink.rcpt_replies = {
@@ -393,7 +398,7 @@ def test_replies_passed_through_with_the_mx_name_and_552_as_452(
 
 
 def test_address_literal_and_no_domain_refused(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files)
     replies, _ = send_direct(server, ["you@[127.0.0.2]"])
@@ -403,7 +408,7 @@ def test_address_literal_and_no_domain_refused(
 
 
 def test_requiretls_refused_towards_a_plaintext_mx(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files, ca: trustme.CA
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str], ca: trustme.CA
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files)
     context = ssl.create_default_context()
@@ -419,3 +424,88 @@ def test_requiretls_refused_towards_a_plaintext_mx(
     assert code == 550 and text.startswith(b"5.7.30 "), text
     assert not mx.sinks["mx-a"].messages
     assert "not authenticated" in server.log
+
+
+# -- through the queue -------------------------------------------------------------------
+
+
+def test_queue_delivers_each_domain_and_bounces_only_the_refused(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    """body_non_atomic: each recipient gets its own domain's outcome."""
+    mx.sinks["mx-a"].rcpt_replies = {"gone@a.test": "550 5.1.1 No such user here"}
+    server = start(kittiwake, tmp_path, mx, cert_files)
+    send_queued(server, ["gone@a.test", "ok@a.test", "ok@b.test", "x@nullmx.test"], "mixed")
+    (at_a,) = mx.sinks["mx-a"].wait_messages(1)
+    (at_b,) = mx.sinks["mx-b"].wait_messages(1)
+    assert at_a.rcpts == ["ok@a.test"] and at_b.rcpts == ["ok@b.test"]
+    found = wait_for(lambda: notices(tmp_path), message="DSN")
+    assert isinstance(found, list) and len(found) == 1
+    report = found[0].as_string()
+    assert "gone@a.test" in report and "mx-a.test said: No such user here" in report
+    assert "x@nullmx.test" in report and "5.1.10" in report
+    assert "ok@a.test" not in report and "ok@b.test" not in report
+
+
+def test_local_ip_and_force_ipv4(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    """The connection leaves from `local_ip`; only A records are asked for."""
+    mx.dns.queries.clear()
+    remote = "    local_ip 127.0.0.7\n    force_ipv4 yes\n    debug yes"
+    server = start(kittiwake, tmp_path, mx, cert_files, remote)
+    replies, data = send_direct(server, ["you@a.test"], "from .7")
+    assert replies["you@a.test"][0] == 250 and data is not None and data[0] == 250
+    assert len(mx.sinks["mx-a"].wait_messages(1)) == 1
+    assert mx.sinks["mx-a"].peers == ["127.0.0.7"]
+    asked = [q for q in mx.dns.queries if q[0] == "mx-a.test."]
+    assert asked == [("mx-a.test.", "A")]
+
+
+def test_postfix_smtpd_accepts_what_the_queue_sends(
+    kittiwake: Start, tmp_path: Path, cert_files: tuple[str, str], ca: trustme.CA
+) -> None:
+    """A real MTA as the MX: Postfix's smtpd takes the message (held in its queue)."""
+    need_postfix()
+    reason = not_root()
+    if reason:
+        pytest.skip(reason)
+    records: dict[tuple[str, str], list[str] | str] = {
+        ("postfix.test", "MX"): ["10 pf.test."],
+        ("pf.test", "A"): ["127.0.0.1"],
+    }
+    dns = FakeDNS(records)
+    pf = Postfix(
+        {
+            "smtpd_recipient_restrictions": "check_recipient_access static:HOLD",
+            # Held before any delivery; were it not, nothing would leave.
+            "default_transport": "discard:held by the test",
+        },
+        keep_log=tmp_path / "maillog",
+    )
+    try:
+        pf.start()
+        world = _PostfixWorld(dns, pf.port, ca)
+        server = start(kittiwake, tmp_path, world, cert_files)  # type: ignore[arg-type]
+        send_queued(server, ["someone@postfix.test", "other@postfix.test"], "to postfix")
+        held = pf.wait_queue(lambda q: len(q) == 1)
+        (entry,) = held
+        assert entry["queue_name"] == "hold"
+        assert entry["sender"] == "me@sender.example"
+        got = sorted(r["address"] for r in entry["recipients"])
+        assert got == ["other@postfix.test", "someone@postfix.test"]
+        wait_for(lambda: not [p for p in (tmp_path / "queue").iterdir() if p.name != "lock"])
+        assert not notices(tmp_path)
+    finally:
+        pf.close()
+        dns.close()
+        assert masters(pf.config_dir) == [] and instance_pids(pf.config_dir) == []
+
+
+class _PostfixWorld:
+    """What `start` needs of a `World`: the DNS, the port, the CA."""
+
+    def __init__(self, dns: FakeDNS, port: int, ca: trustme.CA) -> None:
+        self.dns = dns
+        self.port = port
+        self.ca = ca
