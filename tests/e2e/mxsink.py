@@ -69,6 +69,7 @@ class MXSink:
             self.peers = []
             self.messages = []
         self.rcpt_replies = {}
+        self.requiretls = False
 
     def wait_messages(self, count: int, timeout: float = WAIT) -> list[Received]:
         deadline = time.monotonic() + timeout

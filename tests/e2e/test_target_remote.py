@@ -20,6 +20,11 @@ Domains and where their MX records point:
 | tls.test | mx-tls (127.0.0.5), trusted certificate | over TLS |
 | badcert.test | mx-bad (127.0.0.6), certificate of an unknown CA | over TLS all the same |
 | a.test, b.test | mx-a, mx-b | one connection each |
+| pol.test | 5 mx-a (plain text), 10 mx-tls | where a policy wants TLS |
+
+`mx_auth` is exercised with the test-only policy `test_policy`
+(fakepolicy.py), which vouches for the levels its block says and refuses
+what it is told to.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class World:
             ("a.test", "MX"): ["10 mx-a.test."],
             ("b.test", "MX"): ["10 mx-b.test."],
             ("reuse.test", "MX"): ["10 mx-b.test."],
+            ("pol.test", "MX"): ["5 mx-a.test.", "10 mx-tls.test."],
         }
         for name, ip in ADDRESSES.items():
             records[(f"{name}.test", "A")] = [ip]
@@ -509,3 +515,119 @@ class _PostfixWorld:
         self.dns = dns
         self.port = port
         self.ca = ca
+
+
+# -- mx_auth policies and REQUIRETLS ------------------------------------------------------
+
+STRICT = "    mx_auth {\n        test_policy {\n            refuse_plaintext\n        }\n    }"
+#: A policy that vouches for MX hosts (as MTA-STS would) and for TLS (as DANE would).
+VOUCHING = (
+    "    mx_auth {\n        test_policy {\n            mx_level mtasts\n"
+    "            tls_level authenticated\n        }\n    }"
+)
+
+
+def send_requiretls(server: Kittiwake, ca: trustme.CA, rcpt: str) -> tuple[int, bytes, int]:
+    """A REQUIRETLS message over STARTTLS: the RCPT reply and the DATA reply's code."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with smtplib.SMTP("127.0.0.1", server.port(0), timeout=30) as client:
+        client.ehlo("client.example")
+        client.starttls(context=context)
+        client.ehlo("client.example")
+        assert client.has_extn("requiretls")
+        code, text = client.mail("me@sender.example", ["REQUIRETLS"])
+        assert code == 250, text
+        code, text = client.rcpt(rcpt)
+        if code != 250:
+            return code, text.split(b" (msg ID = ")[0], 0
+        data_code, _ = client.data(message("requiretls"))
+        return code, text, data_code
+
+
+def test_a_policy_refusal_skips_to_the_next_mx(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    server = start(kittiwake, tmp_path, mx, cert_files, STRICT)
+    replies, data = send_direct(server, ["you@pol.test"], "policy")
+    assert replies["you@pol.test"][0] == 250 and data is not None and data[0] == 250
+    (got,) = mx.sinks["mx-tls"].wait_messages(1)
+    assert got.tls
+    assert not mx.sinks["mx-a"].messages
+    assert "TLS is required (test policy)" in server.log
+
+
+def test_no_usable_mx_gives_the_last_error(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    server = start(kittiwake, tmp_path, mx, cert_files, STRICT)
+    replies, _ = send_direct(server, ["you@a.test"])
+    assert replies["you@a.test"] == (
+        451,
+        b"4.4.0 No usable MXs, last err: TLS is required (test policy)",
+    )
+    assert not mx.sinks["mx-a"].messages
+
+
+def test_tls_required_no_turns_the_policies_off(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    """RFC 8689 §5: `TLS-Required: No` (seen at receipt: through the queue)."""
+    server = start(kittiwake, tmp_path, mx, cert_files, STRICT)
+    with smtplib.SMTP("127.0.0.1", server.port(1), timeout=30) as client:
+        client.sendmail("me@sender.example", ["you@a.test"], b"TLS-Required: No\r\n" + message("x"))
+        client.sendmail("me@sender.example", ["them@a.test"], message("strict"))
+    (got,) = mx.sinks["mx-a"].wait_messages(1)
+    assert got.rcpts == ["you@a.test"] and not got.tls
+    server.wait_log(r"not delivered .*rcpt=them@a\.test")
+    assert [m.rcpts for m in mx.sinks["mx-a"].messages] == [["you@a.test"]]
+
+
+def test_requiretls_override_no_keeps_the_policies(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    server = start(kittiwake, tmp_path, mx, cert_files, STRICT + "\n    requiretls_override no")
+    with smtplib.SMTP("127.0.0.1", server.port(1), timeout=30) as client:
+        client.sendmail("me@sender.example", ["you@a.test"], b"TLS-Required: No\r\n" + message("x"))
+    server.wait_log(r"not delivered .*rcpt=you@a\.test")
+    assert not mx.sinks["mx-a"].messages
+
+
+def test_requiretls_delivered_when_the_levels_are_reached(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str], ca: trustme.CA
+) -> None:
+    mx.sinks["mx-tls"].requiretls = True
+    server = start(kittiwake, tmp_path, mx, cert_files, VOUCHING)
+    assert send_requiretls(server, ca, "you@tls.test")[::2] == (250, 250)
+    (got,) = mx.sinks["mx-tls"].wait_messages(1)
+    assert got.tls and "REQUIRETLS" in got.mail_params
+
+
+def test_relaxed_requiretls_drops_the_flag_for_an_mx_without_it(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str], ca: trustme.CA
+) -> None:
+    server = start(kittiwake, tmp_path, mx, cert_files, VOUCHING)
+    assert send_requiretls(server, ca, "you@tls.test")[::2] == (250, 250)
+    (got,) = mx.sinks["mx-tls"].wait_messages(1)
+    assert got.tls and "REQUIRETLS" not in got.mail_params
+
+
+def test_strict_requiretls_refuses_an_mx_without_it(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str], ca: trustme.CA
+) -> None:
+    remote = VOUCHING + "\n    relaxed_requiretls no"
+    server = start(kittiwake, tmp_path, mx, cert_files, remote)
+    code, text, _ = send_requiretls(server, ca, "you@tls.test")
+    assert (code, text) == (550, b"5.7.30 REQUIRETLS: TLS requirements not met")
+    assert not mx.sinks["mx-tls"].messages
+
+
+def test_requiretls_refuses_an_unverified_certificate(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str], ca: trustme.CA
+) -> None:
+    """Encrypted is not enough: a certificate the policies do not vouch for either."""
+    remote = "    mx_auth {\n        test_policy {\n            mx_level mtasts\n        }\n    }"
+    server = start(kittiwake, tmp_path, mx, cert_files, remote)
+    code, text, _ = send_requiretls(server, ca, "you@badcert.test")
+    assert (code, text) == (550, b"5.7.30 REQUIRETLS: TLS requirements not met")
+    assert not mx.sinks["mx-bad"].messages
