@@ -29,6 +29,7 @@ what it is told to.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import smtplib
@@ -36,13 +37,23 @@ import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import fakepolicy  # noqa: F401  (test_policy, for the in-process test)
 import pytest
 import trustme
 from fakedns import SERVFAIL, FakeDNS
 from kw import Kittiwake, free_port, maildir_files
 from mxsink import MXSink
+from outbound import Outcome, deliver
 from postfix import Postfix, instance_pids, masters, need_postfix, not_root
 from queuetools import wait_for
+
+from kittiwake.config.parser import parse_text
+from kittiwake.container import Container, DebugFlags
+from kittiwake.message import MsgMeta
+from kittiwake.mx_auth.base import PolicyReport
+from kittiwake.remote.target import RemoteTarget
+from kittiwake.targets.base import DeliveryTarget
+from kittiwake.tlsrpt import TLSAttempt
 
 Start = Callable[..., Kittiwake]
 
@@ -631,3 +642,73 @@ def test_requiretls_refuses_an_unverified_certificate(
     code, text, _ = send_requiretls(server, ca, "you@badcert.test")
     assert (code, text) == (550, b"5.7.30 REQUIRETLS: TLS requirements not met")
     assert not mx.sinks["mx-bad"].messages
+
+
+# -- TLS reports -------------------------------------------------------------------------
+
+
+class _Attempts:
+    """A `Recorder` that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.attempts: list[TLSAttempt] = []
+
+    def record(self, attempt: TLSAttempt) -> None:
+        self.attempts.append(attempt)
+
+
+def test_every_connection_is_recorded_for_tls_reports(tmp_path: Path, mx: World) -> None:
+    """In this process, so the test can be the recorder: one attempt per MX connection."""
+    ca_path = tmp_path / "ca.pem"
+    mx.ca.cert_pem.write_to_path(str(ca_path))
+    block = (
+        f"deliver_to remote {{\n tls_client {{\n  root_ca {ca_path}\n }}\n"
+        " mx_auth {\n  test_policy {\n   refuse_mx mx-a.test\n  }\n }\n}\n"
+    )
+    rcpts = ["a@tls.test", "b@badcert.test", "c@pol.test", "d@b.test"]
+
+    async def run() -> tuple[Outcome, list[TLSAttempt]]:
+        text = f"state_dir {tmp_path}/state\nhostname sender.example.com\n"
+        flags = DebugFlags(dns_override=mx.dns.address, smtp_port=mx.port)
+        container = Container(
+            parse_text(text, "t.conf"), config_file="t.conf", cwd=str(tmp_path), debug_flags=flags
+        )
+        container.parse_globals()
+        (node,) = parse_text(block, "t.conf")
+        target = container.module_from_node(node, DeliveryTarget, "target")
+        assert isinstance(target, RemoteTarget)
+        recorder = _Attempts()
+        target.recorder = recorder
+        await container.start()
+        try:
+            meta = MsgMeta(id="tlsrpt01")
+            out = await deliver(
+                target, meta, "me@sender.example", rcpts, "reported", b"Hi\r\n", non_atomic=True
+            )
+        finally:
+            await container.stop()
+        return out, recorder.attempts
+
+    out, attempts = asyncio.run(run())
+    assert out.statuses == dict.fromkeys(rcpts)  # all delivered
+    refused = [a for a in attempts if a.result == "sts-policy-invalid"]
+    assert [(a.domain, a.receiving_mx, a.receiving_ip) for a in refused] == [
+        ("pol.test", "mx-a.test", "")  # refused before any dial
+    ]
+    by_domain = {a.domain: a for a in attempts if a not in refused}
+    assert sorted(by_domain) == ["b.test", "badcert.test", "pol.test", "tls.test"]
+    assert len(attempts) == 5
+    good = by_domain["tls.test"]
+    assert (good.result, good.receiving_mx, good.receiving_ip) == (
+        "success",
+        "mx-tls.test",
+        "127.0.0.5",
+    )
+    assert good.helo == "mx-tls.test" and good.sending_ip == "127.0.0.1"
+    assert good.policies == (
+        PolicyReport("sts", "tls.test", ("version: STSv1", "mode: enforce"), ("*.test",)),
+    )
+    assert by_domain["badcert.test"].result == "certificate-not-trusted"
+    assert by_domain["pol.test"].receiving_mx == "mx-tls.test"
+    plain = by_domain["b.test"]
+    assert (plain.result, plain.receiving_ip) == ("starttls-not-supported", "127.0.0.3")

@@ -52,7 +52,7 @@ from kittiwake.smtpclient.client import ClientSettings, SMTPClient
 from kittiwake.smtpclient.endpoint import Endpoint
 from kittiwake.smtpclient.errors import TLSHandshakeError
 from kittiwake.tls.directive import ClientTLS
-from kittiwake.tlsrpt import TLSAttempt
+from kittiwake.tlsrpt import RESULT_TYPES, TLSAttempt
 
 __all__ = [
     "REQUIRETLS_FAILED",
@@ -211,8 +211,21 @@ class Connector:
         msg_id: str,
     ) -> MXConn:
         mx_level = MXLevel.NONE
-        for policy in policies:
-            mx_level = max(mx_level, await policy.check_mx(mx, mx_level))
+        try:
+            for policy in policies:
+                mx_level = max(mx_level, await policy.check_mx(mx, mx_level))
+        except SMTPError as exc:
+            # Refused before any dial: a policy failure all the same (RFC 8460 §4.3).
+            self.record(
+                TLSAttempt(
+                    domain=mx.domain,
+                    result=_policy_result(exc),
+                    policies=reports,
+                    receiving_mx=mx.host,
+                    detail=exc.reason or exc.message,
+                )
+            )
+            raise
         addresses = await host_addresses(
             self.resolver, mx.host, force_ipv4=self.settings.force_ipv4
         )
@@ -226,8 +239,7 @@ class Connector:
                 if requiretls:
                     self._check_requiretls(mx, opened.client, mx_level, level)
             except SMTPError as exc:
-                result = str(exc.misc.get("tlsrpt_result", "validation-failure"))
-                self._record(mx, opened, reports, result, exc.reason or exc.message)
+                self._record(mx, opened, reports, _policy_result(exc), exc.reason or exc.message)
                 await opened.client.quit()
                 raise
         except BaseException:
@@ -365,6 +377,16 @@ class Connector:
         )
         level = TLSLevel.AUTHENTICATED if verified else TLSLevel.ENCRYPTED
         return _Opened(client, state, level, result)
+
+
+def _policy_result(error: SMTPError) -> str:
+    """The RFC 8460 result type a policy's refusal names (`misc["tlsrpt_result"]`).
+
+    A policy that does not name one gets "validation-failure", the general
+    type (RFC 8460 §4.3.2.1).
+    """
+    named = error.misc.get("tlsrpt_result")
+    return named if isinstance(named, str) and named in RESULT_TYPES else "validation-failure"
 
 
 def _chain(tls: object) -> tuple[bytes, ...]:
