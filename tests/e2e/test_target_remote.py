@@ -712,3 +712,22 @@ def test_every_connection_is_recorded_for_tls_reports(tmp_path: Path, mx: World)
     assert by_domain["pol.test"].receiving_mx == "mx-tls.test"
     plain = by_domain["b.test"]
     assert (plain.result, plain.receiving_ip) == ("starttls-not-supported", "127.0.0.3")
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+def test_destination_limit_per_recipient_domain(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    """One message per hour to each domain: the second to a.test waits, then 451."""
+    remote = "    limits {\n        destination rate 1 1h\n    }"
+    server = start(kittiwake, tmp_path, mx, cert_files, remote)
+    replies, data = send_direct(server, ["one@a.test"], "first")
+    assert replies["one@a.test"][0] == 250 and data is not None and data[0] == 250
+    replies, _ = send_direct(server, ["two@a.test"], "second")
+    assert replies["two@a.test"] == (451, b"4.4.5 High load, try again later")
+    replies, data = send_direct(server, ["three@b.test"], "elsewhere")
+    assert replies["three@b.test"][0] == 250 and data is not None and data[0] == 250
+    assert [m.rcpts for m in mx.sinks["mx-a"].messages] == [["one@a.test"]]
+    assert len(mx.sinks["mx-b"].wait_messages(1)) == 1
