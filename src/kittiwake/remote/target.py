@@ -209,7 +209,11 @@ class RemoteTarget(Module):
                 return await self._fresh(domain, meta, policed=policed)
             if conn.client.alive:
                 if self.limits is not None:
-                    conn.ticket = await self.limits.take_scoped("mx", conn.mx.host)
+                    try:
+                        conn.ticket = await self.limits.take_scoped("mx", conn.mx.host)
+                    except BaseException:
+                        await conn.client.quit()
+                        raise
                 self.log.debug("reusing connection", msg_id=meta.id, domain=domain, mx=conn.mx.host)
                 return conn
             await conn.client.quit()
@@ -246,7 +250,10 @@ class RemoteTarget(Module):
         ticket: Ticket | None = None
         if self.limits is not None and mail_from:
             # A null sender is a notice (DSN): never held back (maddy does the same).
-            _, domain = address.split(mail_from)
+            try:
+                _, domain = address.split(mail_from)
+            except NormalizationError:
+                domain = ""
             ip = meta.conn.remote_ip if meta.conn is not None else None
             ticket = await self.limits.take(ip, domain)
         return RemoteDelivery(self, meta, mail_from, ticket)
