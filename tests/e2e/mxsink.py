@@ -59,6 +59,7 @@ class MXSink:
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
             daemon_threads = True
+            address_family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
         self.server = Server((self.host, self.port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

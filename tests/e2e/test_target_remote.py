@@ -21,6 +21,7 @@ Domains and where their MX records point:
 | badcert.test | mx-bad (127.0.0.6), certificate of an unknown CA | over TLS all the same |
 | a.test, b.test | mx-a, mx-b | one connection each |
 | pol.test | 5 mx-a (plain text), 10 mx-tls | where a policy wants TLS |
+| v6.test | mx-v6, AAAA ::1 only | over IPv6 (not with `force_ipv4`) |
 
 `mx_auth` is exercised with the test-only policy `test_policy`
 (fakepolicy.py), which vouches for the levels its block says and refuses
@@ -84,6 +85,8 @@ class World:
             ("b.test", "MX"): ["10 mx-b.test."],
             ("reuse.test", "MX"): ["10 mx-b.test."],
             ("pol.test", "MX"): ["5 mx-a.test.", "10 mx-tls.test."],
+            ("v6.test", "MX"): ["10 mx-v6.test."],
+            ("mx-v6.test", "AAAA"): ["::1"],
         }
         for name, ip in ADDRESSES.items():
             records[(f"{name}.test", "A")] = [ip]
@@ -99,6 +102,7 @@ class World:
             "mx-b": MXSink(ADDRESSES["mx-b"], self.port, name="mx-b.test"),
             "mx-tls": MXSink(ADDRESSES["mx-tls"], self.port, tls=good, name="mx-tls.test"),
             "mx-bad": MXSink(ADDRESSES["mx-bad"], self.port, tls=bad, name="mx-bad.test"),
+            "mx-v6": MXSink("::1", self.port, name="mx-v6.test"),
         }
 
     def reset(self) -> None:
@@ -477,6 +481,21 @@ def test_local_ip_and_force_ipv4(
     assert mx.sinks["mx-a"].peers == ["127.0.0.7"]
     asked = [q for q in mx.dns.queries if q[0] == "mx-a.test."]
     assert asked == [("mx-a.test.", "A")]
+
+
+def test_ipv6_unless_force_ipv4(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    server = start(kittiwake, tmp_path, mx, cert_files)
+    replies, data = send_direct(server, ["you@v6.test"], "over v6")
+    assert replies["you@v6.test"][0] == 250 and data is not None and data[0] == 250
+    (got,) = mx.sinks["mx-v6"].wait_messages(1)
+    assert got.rcpts == ["you@v6.test"]
+    server.kill()
+    server = start(kittiwake, tmp_path, mx, cert_files, "    force_ipv4 yes")
+    replies, _ = send_direct(server, ["you@v6.test"])
+    assert replies["you@v6.test"] == (550, b"5.4.0 No usable MXs, last err: MX host has no address")
+    assert len(mx.sinks["mx-v6"].messages) == 1
 
 
 def test_postfix_smtpd_accepts_what_the_queue_sends(
