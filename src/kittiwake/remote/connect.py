@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 REQUIRETLS_FAILED = (5, 7, 30)
+#: RFC 5321 §4.5.3.2.1: "Initial 220 Message: 5 Minutes".
+GREETING_TIMEOUT = 300.0
 
 #: OpenSSL X509_V_ERR_* codes -> the RFC 8460 §4.3.2 result type.
 _VERIFY_RESULTS = {
@@ -106,6 +108,8 @@ class DialSettings:
             connect_timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
             submission_timeout=self.submission_timeout,
+            # Fixed, as in maddy: a slow greeting (tarpitting) is common.
+            greeting_timeout=GREETING_TIMEOUT,
             local_ip=self.local_ip,
             verify=verify,
         )

@@ -89,6 +89,8 @@ class ClientSettings:
     limits: Limits = field(default_factory=Limits)
     #: The local address to dial from (`target.remote`'s `local_ip`).
     local_ip: str | None = None
+    #: The wait for the greeting; None: `command_timeout`.
+    greeting_timeout: float | None = None
     #: Check the server's certificate; False: opportunistic TLS that takes
     #: any certificate (RFC 7435), for a server that failed the check.
     verify: bool = True
@@ -245,7 +247,9 @@ class SMTPClient:
         """Dial, read the greeting, EHLO (LHLO); STARTTLS and EHLO again if wanted."""
         await self._dial()
         try:
-            greeting = await self.read_reply(self.settings.command_timeout)
+            settings = self.settings
+            wait = settings.greeting_timeout or settings.command_timeout
+            greeting = await self.read_reply(wait)
             if greeting.reply.code != 220:
                 raise reply_error(greeting.reply, self.remote, "the greeting")
             await self._hello()
