@@ -41,6 +41,7 @@ class MXSink:
     port: int
     tls: ssl.SSLContext | None = None
     requiretls: bool = False
+    smtputf8: bool = True
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     name: str = "mx.test"
 
@@ -71,6 +72,7 @@ class MXSink:
             self.messages = []
         self.rcpt_replies = {}
         self.requiretls = False
+        self.smtputf8 = True
 
     def wait_messages(self, count: int, timeout: float = WAIT) -> list[Received]:
         deadline = time.monotonic() + timeout
@@ -122,7 +124,9 @@ class MXSink:
                 verb = line.split(" ", 1)[0].upper()
                 if verb in ("EHLO", "HELO"):
                     mail, rcpts = None, []
-                    caps = ["8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 10000000", "SMTPUTF8"]
+                    caps = ["8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 10000000"]
+                    if self.smtputf8:
+                        caps.append("SMTPUTF8")
                     if self.tls is not None and not tls:
                         caps.append("STARTTLS")
                     if self.requiretls and tls:

@@ -22,6 +22,7 @@ Domains and where their MX records point:
 | a.test, b.test | mx-a, mx-b | one connection each |
 | pol.test | 5 mx-a (plain text), 10 mx-tls | where a policy wants TLS |
 | v6.test | mx-v6, AAAA ::1 only | over IPv6 (not with `force_ipv4`) |
+| пример-a.test, пример-b.test | mx-a (SMTPUTF8), mx-b (told not to offer it) | UTF-8 or A-labels |
 
 `mx_auth` is exercised with the test-only policy `test_policy`
 (fakepolicy.py), which vouches for the levels its block says and refuses
@@ -58,6 +59,10 @@ from kittiwake.tlsrpt import TLSAttempt
 
 Start = Callable[..., Kittiwake]
 
+#: Two internationalised domains, as DNS knows them (A-labels).
+IDN_A = "пример-a.test".encode("idna").decode()
+IDN_B = "пример-b.test".encode("idna").decode()
+
 ADDRESSES = {
     "mx-a": "127.0.0.2",
     "mx-b": "127.0.0.3",
@@ -86,6 +91,8 @@ class World:
             ("reuse.test", "MX"): ["10 mx-b.test."],
             ("pol.test", "MX"): ["5 mx-a.test.", "10 mx-tls.test."],
             ("v6.test", "MX"): ["10 mx-v6.test."],
+            (IDN_A, "MX"): ["10 mx-a.test."],
+            (IDN_B, "MX"): ["10 mx-b.test."],
             ("mx-v6.test", "AAAA"): ["::1"],
         }
         for name, ip in ADDRESSES.items():
@@ -496,6 +503,21 @@ def test_ipv6_unless_force_ipv4(
     replies, _ = send_direct(server, ["you@v6.test"])
     assert replies["you@v6.test"] == (550, b"5.4.0 No usable MXs, last err: MX host has no address")
     assert len(mx.sinks["mx-v6"].messages) == 1
+
+
+def test_utf8_where_offered_else_a_labels(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    mx.sinks["mx-b"].smtputf8 = False
+    server = start(kittiwake, tmp_path, mx, cert_files)
+    with smtplib.SMTP("127.0.0.1", server.port(0), timeout=30) as client:
+        rcpts = ["you@пример-a.test", "you@пример-b.test"]
+        refused = client.sendmail("me@sender.example", rcpts, message("idn"), ["SMTPUTF8"])
+    assert refused == {}
+    (at_a,) = mx.sinks["mx-a"].wait_messages(1)
+    (at_b,) = mx.sinks["mx-b"].wait_messages(1)
+    assert at_a.rcpts == ["you@пример-a.test"] and "SMTPUTF8" in at_a.mail_params
+    assert at_b.rcpts == [f"you@{IDN_B}"] and "SMTPUTF8" not in at_b.mail_params
 
 
 def test_postfix_smtpd_accepts_what_the_queue_sends(
