@@ -42,6 +42,8 @@ class MXSink:
     tls: ssl.SSLContext | None = None
     requiretls: bool = False
     smtputf8: bool = True
+    #: Offer STARTTLS, answer it 220, then send garbage instead of a handshake.
+    broken_tls: bool = False
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     name: str = "mx.test"
 
@@ -127,13 +129,17 @@ class MXSink:
                     caps = ["8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 10000000"]
                     if self.smtputf8:
                         caps.append("SMTPUTF8")
-                    if self.tls is not None and not tls:
+                    if (self.tls is not None or self.broken_tls) and not tls:
                         caps.append("STARTTLS")
                     if self.requiretls and tls:
                         caps.append("REQUIRETLS")
                     lines = [self.name, *caps]
                     for i, text in enumerate(lines):
                         send(f"250{'-' if i < len(lines) - 1 else ' '}{text}")
+                elif verb == "STARTTLS" and self.broken_tls:
+                    send("220 2.0.0 Ready to start TLS")
+                    conn.sendall(b"this is not a TLS server hello\r\n")
+                    return
                 elif verb == "STARTTLS" and self.tls is not None and not tls:
                     send("220 2.0.0 Ready to start TLS")
                     reader.close()

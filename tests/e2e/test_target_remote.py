@@ -22,6 +22,7 @@ Domains and where their MX records point:
 | a.test, b.test | mx-a, mx-b | one connection each |
 | pol.test | 5 mx-a (plain text), 10 mx-tls | where a policy wants TLS |
 | v6.test | mx-v6, AAAA ::1 only | over IPv6 (not with `force_ipv4`) |
+| brokentls.test | mx-broken (127.0.0.8): STARTTLS answered, no handshake | in plain text |
 | пример-a.test, пример-b.test | mx-a (SMTPUTF8), mx-b (told not to offer it) | UTF-8 or A-labels |
 
 `mx_auth` is exercised with the test-only policy `test_policy`
@@ -68,6 +69,7 @@ ADDRESSES = {
     "mx-b": "127.0.0.3",
     "mx-tls": "127.0.0.5",
     "mx-bad": "127.0.0.6",
+    "mx-broken": "127.0.0.8",
 }
 
 
@@ -91,6 +93,7 @@ class World:
             ("reuse.test", "MX"): ["10 mx-b.test."],
             ("pol.test", "MX"): ["5 mx-a.test.", "10 mx-tls.test."],
             ("v6.test", "MX"): ["10 mx-v6.test."],
+            ("brokentls.test", "MX"): ["10 mx-broken.test."],
             (IDN_A, "MX"): ["10 mx-a.test."],
             (IDN_B, "MX"): ["10 mx-b.test."],
             ("mx-v6.test", "AAAA"): ["::1"],
@@ -110,6 +113,9 @@ class World:
             "mx-tls": MXSink(ADDRESSES["mx-tls"], self.port, tls=good, name="mx-tls.test"),
             "mx-bad": MXSink(ADDRESSES["mx-bad"], self.port, tls=bad, name="mx-bad.test"),
             "mx-v6": MXSink("::1", self.port, name="mx-v6.test"),
+            "mx-broken": MXSink(
+                ADDRESSES["mx-broken"], self.port, broken_tls=True, name="mx-broken.test"
+            ),
         }
 
     def reset(self) -> None:
@@ -343,6 +349,18 @@ def test_untrusted_certificate_still_encrypted(
     assert "tls=encrypted" in server.log
     # The first connection gave up at the handshake, the second one delivered.
     assert mx.sinks["mx-bad"].connections == 2
+
+
+def test_failed_handshake_falls_back_to_plain_text(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    server = start(kittiwake, tmp_path, mx, cert_files, "    debug yes")
+    replies, data = send_direct(server, ["you@brokentls.test"], "plain after all")
+    assert replies["you@brokentls.test"][0] == 250 and data is not None and data[0] == 250
+    (got,) = mx.sinks["mx-broken"].wait_messages(1)
+    assert not got.tls
+    assert mx.sinks["mx-broken"].connections == 2
+    assert "TLS failed, plain text" in server.log and "tls=none" in server.log
 
 
 # -- connections ----------------------------------------------------------------------
