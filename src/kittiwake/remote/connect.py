@@ -23,8 +23,14 @@ the order `mx.py` gives. For each one:
    MX level of at least `MTASTS`, and an MX that advertises REQUIRETLS
    unless `relaxed_requiretls` lets the flag drop.
 
-Every connection outcome is given to the TLS report recorder as one
-`TLSAttempt` (RFC 8460 §4.3 result types). No usable MX: `No usable MXs,
+Every MX that answered, or that a policy refused before the dial, is
+given to the TLS report recorder as one `TLSAttempt` (RFC 8460 §4.3
+result types; an MX that could not be reached at all had no TLS to
+report): how the negotiation ended, or the failure a
+policy named when it refused (in `SMTPError.misc["tlsrpt_result"]`, else
+"validation-failure"), before the dial or after. A REQUIRETLS refusal is
+the message's own demand, not a failure of the domain's policy: the
+attempt is recorded as the negotiation went. No usable MX: `No usable MXs,
 last err: ...`, `451 4.4.0` when the last failure was temporary, else
 `550 5.4.0`; except that when a REQUIRETLS demand was what refused the
 MX hosts, the message gets that refusal (`550 5.7.30`) itself.
@@ -240,19 +246,26 @@ class Connector:
             try:
                 for policy in policies:
                     level = max(level, await policy.check_conn(mx, mx_level, opened.state, level))
-                if requiretls:
-                    self._check_requiretls(mx, opened.client, mx_level, level)
             except SMTPError as exc:
                 self._record(mx, opened, reports, _policy_result(exc), exc.reason or exc.message)
                 await opened.client.quit()
                 raise
+            authenticated = level >= TLSLevel.AUTHENTICATED
+            tls_ok = authenticated or (opened.state.tls and not reports)
+            result = "success" if tls_ok else opened.result
+            # REQUIRETLS is the message's demand, not the domain's policy: the
+            # report says how the negotiation went, whatever the message needs.
+            self._record(mx, opened, reports, result, opened.state.error)
+            if requiretls:
+                try:
+                    self._check_requiretls(mx, opened.client, mx_level, level)
+                except SMTPError:
+                    await opened.client.quit()
+                    raise
         except BaseException:
             if ticket is not None:
                 await ticket.release()
             raise
-        authenticated = level >= TLSLevel.AUTHENTICATED
-        result = "success" if authenticated or (opened.state.tls and not reports) else opened.result
-        self._record(mx, opened, reports, result, opened.state.error)
         self.log.debug(
             "connected to MX",
             msg_id=msg_id,
