@@ -138,6 +138,9 @@ class MXSink:
                         send(f"250{'-' if i < len(lines) - 1 else ' '}{text}")
                 elif verb == "STARTTLS" and self.broken_tls:
                     send("220 2.0.0 Ready to start TLS")
+                    # After the client's ClientHello: bytes with the reply
+                    # would be taken for an injection, not a handshake.
+                    time.sleep(0.3)
                     conn.sendall(b"this is not a TLS server hello\r\n")
                     return
                 elif verb == "STARTTLS" and self.tls is not None and not tls:

@@ -356,7 +356,8 @@ def test_failed_handshake_falls_back_to_plain_text(
 ) -> None:
     server = start(kittiwake, tmp_path, mx, cert_files, "    debug yes")
     replies, data = send_direct(server, ["you@brokentls.test"], "plain after all")
-    assert replies["you@brokentls.test"][0] == 250 and data is not None and data[0] == 250
+    assert replies["you@brokentls.test"][0] == 250, server.log
+    assert data is not None and data[0] == 250
     (got,) = mx.sinks["mx-broken"].wait_messages(1)
     assert not got.tls
     assert mx.sinks["mx-broken"].connections == 2
