@@ -42,6 +42,8 @@ class MXSink:
     tls: ssl.SSLContext | None = None
     requiretls: bool = False
     smtputf8: bool = True
+    #: The reply to the end of the content instead of 250 (the message is dropped).
+    data_reply: str | None = None
     #: Offer STARTTLS, answer it 220, then send garbage instead of a handshake.
     broken_tls: bool = False
     rcpt_replies: dict[str, str] = field(default_factory=dict)
@@ -75,6 +77,7 @@ class MXSink:
         self.rcpt_replies = {}
         self.requiretls = False
         self.smtputf8 = True
+        self.data_reply = None
 
     def wait_messages(self, count: int, timeout: float = WAIT) -> list[Received]:
         deadline = time.monotonic() + timeout
@@ -182,6 +185,10 @@ class MXSink:
                         if chunk == b".\r\n":
                             break
                         data += chunk[1:] if chunk.startswith(b".") else chunk
+                    if self.data_reply is not None:
+                        mail, rcpts = None, []
+                        send(self.data_reply)
+                        continue
                     with self.lock:
                         self.messages.append(
                             Received(mail[0], mail[1], list(rcpts), data, tls, index)

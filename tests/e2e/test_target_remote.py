@@ -444,6 +444,25 @@ def test_replies_passed_through_with_the_mx_name_and_552_as_452(
     assert got.rcpts == ["ok@a.test"]
 
 
+def test_content_refused_by_one_domain_or_by_several(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    """Behind an endpoint (one reply for the message): the one error, or a summary."""
+    server = start(kittiwake, tmp_path, mx, cert_files)
+    mx.sinks["mx-a"].data_reply = "554 5.7.1 Spam, go away"
+    _, data = send_direct(server, ["x@a.test", "y@b.test"], "one refuses")
+    assert data is not None
+    assert (data[0], data[1].split(b" (msg ID")[0]) == (554, b"5.7.1 mx-a.test said: Spam, go away")
+    assert [m.rcpts for m in mx.sinks["mx-b"].wait_messages(1)] == [["y@b.test"]]
+    mx.sinks["mx-b"].data_reply = "451 4.3.0 Try later"
+    _, data = send_direct(server, ["x@a.test", "y@b.test"], "both refuse")
+    assert data is not None
+    assert (data[0], data[1].split(b" (msg ID")[0]) == (
+        451,
+        b"4.0.0 Partial delivery failure, additional attempts may result in duplicates",
+    )
+
+
 def test_address_literal_and_no_domain_refused(
     kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
