@@ -52,6 +52,7 @@ class MXSink:
     def __post_init__(self) -> None:
         self.connections = 0
         self.peers: list[str] = []  # the client address of each connection
+        self.quits = 0  # connections the client ended with QUIT
         self.messages: list[Received] = []
         self.lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -73,6 +74,7 @@ class MXSink:
         with self.lock:
             self.connections = 0
             self.peers = []
+            self.quits = 0
             self.messages = []
         self.rcpt_replies = {}
         self.requiretls = False
@@ -201,6 +203,8 @@ class MXSink:
                 elif verb == "NOOP":
                     send("250 2.0.0 OK")
                 elif verb == "QUIT":
+                    with self.lock:
+                        self.quits += 1
                     send("221 2.0.0 Bye")
                     return
                 else:

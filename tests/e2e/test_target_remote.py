@@ -397,6 +397,31 @@ def test_connections_are_reused_up_to_the_limit(
     assert mx.sinks["mx-b"].connections == 3
 
 
+def test_idle_connections_are_closed_after_their_idle_time(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    server = start(kittiwake, tmp_path, mx, cert_files, "    conn_max_idle_time 1s")
+    sink = mx.sinks["mx-b"]
+    send_direct(server, ["u1@reuse.test"], "then idle")
+    assert len(sink.wait_messages(1)) == 1
+    assert sink.quits == 0  # kept for the next message
+    wait_for(lambda: sink.quits == 1, timeout=5, message="QUIT of the idle connection")
+    send_direct(server, ["u2@reuse.test"], "after the idle time")
+    assert [m.connection for m in sink.wait_messages(2)] == [1, 2]
+
+
+def test_the_pool_is_closed_when_the_server_stops(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    server = start(kittiwake, tmp_path, mx, cert_files)
+    sink = mx.sinks["mx-b"]
+    send_direct(server, ["u1@reuse.test"], "then stop")
+    assert len(sink.wait_messages(1)) == 1
+    assert sink.quits == 0
+    assert server.stop() == 0  # SIGTERM
+    wait_for(lambda: sink.quits == 1, timeout=5, message="QUIT at shutdown")
+
+
 def test_without_pool_every_message_dials(
     kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
 ) -> None:
