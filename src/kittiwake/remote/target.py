@@ -403,6 +403,12 @@ class RemoteDelivery:
         except SMTPError as exc:
             entry.result = exc
             return
+        except Exception as exc:  # a bug or the body buffer: not the other domains' business
+            self._target.log.error("sending failed", err=exc, msg_id=self._meta.id)
+            entry.result = SMTPError(
+                451, (4, 3, 0), "Internal server error", reason=f"{type(exc).__name__}: {exc}"
+            )
+            return
         failed = next((r for r in replies if r.code >= 400), None)
         if failed is not None:
             entry.result = mx_said(failed, conn, "end of data")
