@@ -93,8 +93,12 @@ _SCOPES = {
     "ip": "ip",
     "source": "source",
     "destination": "destination",
+    "mx": "mx",
 }
 _ORDER = {"all": 0, "ip": 1, "source": 2}
+#: Scopes whose key is only known to a delivery target (`target.remote`):
+#: the recipient's domain, the MX host. Endpoints accept and ignore them.
+SCOPED = ("destination", "mx")
 
 
 def _high_load() -> SMTPError:
@@ -233,7 +237,7 @@ class Rule:
     `max_slots`). `name` identifies the rule's counters in the store.
     """
 
-    scope: str  # all | ip | source
+    scope: str  # all | ip | source | destination | mx
     kind: str  # rate | concurrency
     name: str
     burst: int = 0
@@ -291,7 +295,9 @@ class Limiter:
     ) -> None:
         # Order all -> ip -> source, file order within a scope (docs/limits.md,
         # "When a limit is taken and given back").
-        self.rules = sorted(rules, key=lambda r: _ORDER[r.scope])
+        self.rules = sorted((r for r in rules if r.scope in _ORDER), key=lambda r: _ORDER[r.scope])
+        #: destination and mx rules, for `take_scoped` (target.remote).
+        self.scoped_rules = [r for r in rules if r.scope in SCOPED]
         self.store: LimitStore = store if store is not None else MemoryLimitStore()
         self.log = log if log is not None else get_logger("limits")
         self._waiters: set[asyncio.Future[None]] = set()
@@ -308,15 +314,25 @@ class Limiter:
         before the failure are given back; so are they if the caller is
         cancelled while waiting.
         """
+        keys = {"all": "", "ip": _ip_key(ip), "source": source_domain}
+        return await self._take([(rule, keys[rule.scope]) for rule in self.rules], deadline_s)
+
+    async def take_scoped(
+        self, scope: str, key: str, *, deadline_s: float = DEFAULT_DEADLINE
+    ) -> Ticket:
+        """Take the `destination` (key: recipient domain) or `mx` (key: MX
+        host) rules, as `take` does the others; `target.remote` calls it."""
+        rules = [r for r in self.scoped_rules if r.scope == scope]
+        return await self._take([(rule, key) for rule in rules], deadline_s)
+
+    async def _take(self, wanted: list[tuple[Rule, str]], deadline_s: float) -> Ticket:
         ticket = Ticket(self)
-        if not self.rules:
+        if not wanted:
             return ticket
         loop = asyncio.get_running_loop()
         deadline = loop.time() + deadline_s
-        keys = {"all": "", "ip": _ip_key(ip), "source": source_domain}
         try:
-            for rule in self.rules:
-                key = keys[rule.scope]
+            for rule, key in wanted:
                 while (wait := await self._try(rule, key, ticket)) > 0:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
@@ -387,6 +403,10 @@ class Limits(Protocol):
         self, ip: str | None, source_domain: str, *, deadline_s: float = DEFAULT_DEADLINE
     ) -> Ticket: ...
 
+    async def take_scoped(
+        self, scope: str, key: str, *, deadline_s: float = DEFAULT_DEADLINE
+    ) -> Ticket: ...
+
 
 @register("limits")
 class LimitsModule(Module):
@@ -418,6 +438,11 @@ class LimitsModule(Module):
     ) -> Ticket:
         return await self.limiter.take(ip, source_domain, deadline_s=deadline_s)
 
+    async def take_scoped(
+        self, scope: str, key: str, *, deadline_s: float = DEFAULT_DEADLINE
+    ) -> Ticket:
+        return await self.limiter.take_scoped(scope, key, deadline_s=deadline_s)
+
 
 def _parse_rule(node: Node, index: int) -> Rule | None:
     """One line; None when it limits nothing (0 = unlimited, `destination`).
@@ -442,10 +467,11 @@ def _parse_rule(node: Node, index: int) -> Rule | None:
     scope = _SCOPES.get(node.name)
     if scope is None:
         raise node.error(f"unknown limit scope: {node.name}")
-    if unlimited or scope == "destination":
-        # destination limits need the recipient before the transaction
-        # starts; maddy accepts and ignores them in endpoints (docs/limits.md).
+    if unlimited:
         return None
+    # destination and mx rules are kept for target.remote; an endpoint
+    # takes its limits before any recipient is known and ignores them, as
+    # maddy does (docs/limits.md).
     name = f"{scope}.{kind}.{index}"
     return Rule(scope, kind, name, burst=burst, period=period, max_slots=max_slots)
 

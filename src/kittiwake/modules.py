@@ -29,6 +29,7 @@ from kittiwake.mx_auth import dane, local, mtasts  # noqa: F401  (mx_auth polici
 from kittiwake.mx_auth import dnssec as mx_auth_dnssec  # noqa: F401  (mx_auth dnssec)
 from kittiwake.pipeline import groups  # noqa: F401  (msgpipeline, checks, modifiers)
 from kittiwake.queue import target as queue_target  # noqa: F401  (target.queue)
+from kittiwake.remote import target as remote_target  # noqa: F401  (target.remote)
 from kittiwake.server import endpoint  # noqa: F401  (smtp, submission, lmtp)
 from kittiwake.storage import maildir  # noqa: F401
 from kittiwake.tables import (  # noqa: F401

@@ -46,6 +46,7 @@ from kittiwake.protocol.connection import LocalProtocolError
 from kittiwake.protocol.replies import Reply
 from kittiwake.smtpclient.endpoint import Endpoint
 from kittiwake.smtpclient.errors import (
+    TLSHandshakeError,
     connect_error,
     dns_error,
     network_error,
@@ -86,6 +87,13 @@ class ClientSettings:
     command_timeout: float = 300.0
     submission_timeout: float = 300.0
     limits: Limits = field(default_factory=Limits)
+    #: The local address to dial from (`target.remote`'s `local_ip`).
+    local_ip: str | None = None
+    #: The wait for the greeting; None: `command_timeout`.
+    greeting_timeout: float | None = None
+    #: Check the server's certificate; False: opportunistic TLS that takes
+    #: any certificate (RFC 7435), for a server that failed the check.
+    verify: bool = True
 
 
 class _Wire(asyncio.Protocol):
@@ -195,6 +203,8 @@ class SMTPClient:
         self._wire = _Wire(self.conn)
         #: Why the connection cannot be used any more (see `_broken`).
         self.failure: SMTPError | None = None
+        #: The name the server gave in its last EHLO reply's first line.
+        self.helo_name = ""
 
     @property
     def capabilities(self) -> Capabilities:
@@ -204,13 +214,42 @@ class SMTPClient:
     def tls(self) -> bool:
         return self.conn.tls
 
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS session once TLS is up (certificate, version, cipher), else None."""
+        transport = self._wire.transport
+        if transport is None or not self.conn.tls:
+            return None
+        found = transport.get_extra_info("ssl_object")
+        return found if isinstance(found, ssl.SSLObject) else None
+
+    @property
+    def local_address(self) -> str:
+        """The address this end of the connection has ("" before the dial)."""
+        transport = self._wire.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        return str(sockname[0]) if isinstance(sockname, tuple) and sockname else ""
+
+    @property
+    def alive(self) -> bool:
+        """Nothing known to be wrong: not failed, not closed by either side."""
+        return (
+            self.failure is None
+            and not self._wire.lost
+            and self.conn.state is ClientState.READY
+            and self._wire.transport is not None
+            and not self._wire.transport.is_closing()
+        )
+
     # -- connecting ---------------------------------------------------------------
 
     async def connect(self) -> None:
         """Dial, read the greeting, EHLO (LHLO); STARTTLS and EHLO again if wanted."""
         await self._dial()
         try:
-            greeting = await self.read_reply(self.settings.command_timeout)
+            settings = self.settings
+            wait = settings.greeting_timeout or settings.command_timeout
+            greeting = await self.read_reply(wait)
             if greeting.reply.code != 220:
                 raise reply_error(greeting.reply, self.remote, "the greeting")
             await self._hello()
@@ -233,6 +272,7 @@ class SMTPClient:
                 if ep.scheme == "unix":
                     await loop.create_unix_connection(lambda: self._wire, ep.path)
                 else:
+                    local = self.settings.local_ip
                     await loop.create_connection(
                         lambda: self._wire,
                         ep.host,
@@ -240,6 +280,7 @@ class SMTPClient:
                         ssl=context,
                         server_hostname=ep.tls_name if context else None,
                         ssl_handshake_timeout=timeout if context else None,
+                        local_addr=(local, 0) if local else None,
                     )
         except TimeoutError:
             raise connect_error(self.remote, f"no connection within {timeout:g}s") from None
@@ -255,7 +296,9 @@ class SMTPClient:
 
     def _tls_context(self) -> ssl.SSLContext:
         tls = self.settings.tls or default_client_tls()
-        return tls.context(check_hostname=self.endpoint.tls_name is not None)
+        return tls.context(
+            verify=self.settings.verify, check_hostname=self.endpoint.tls_name is not None
+        )
 
     async def _hello(self) -> None:
         name = self.settings.hostname
@@ -265,6 +308,17 @@ class SMTPClient:
             hello = await self.ask(self.conn.helo(name))
         if not hello.ok:
             raise reply_error(hello.reply, self.remote, hello.command.value)
+        lines = (hello.reply.text,) if isinstance(hello.reply.text, str) else hello.reply.text
+        self.helo_name = lines[0].split(" ", 1)[0] if lines and lines[0] else ""
+
+    async def starttls(self) -> None:
+        """STARTTLS and EHLO again, on a connection made without `settings.starttls`.
+
+        A refused STARTTLS command raises `SMTPError`; a failed handshake
+        `TLSHandshakeError`, which says whether the certificate check was
+        the cause (the connection is unusable after either).
+        """
+        await self._starttls()
 
     async def _starttls(self) -> None:
         if not self.capabilities.starttls:
@@ -292,11 +346,16 @@ class SMTPClient:
                     ssl_handshake_timeout=timeout,
                 )
         except TimeoutError:
-            raise tls_error(self.remote, f"no handshake within {timeout:g}s") from None
+            why = f"no handshake within {timeout:g}s"
+            raise self._broken(TLSHandshakeError(self.remote, why)) from None
+        except ssl.SSLCertVerificationError as exc:
+            code = exc.verify_code if isinstance(exc.verify_code, int) else 0
+            raise self._broken(TLSHandshakeError(self.remote, str(exc), code)) from None
         except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
-            raise tls_error(self.remote, str(exc)) from None
+            raise self._broken(TLSHandshakeError(self.remote, str(exc))) from None
         if new is None:
-            raise tls_error(self.remote, "the connection closed during the handshake")
+            why = "the connection closed during the handshake"
+            raise self._broken(TLSHandshakeError(self.remote, why))
         self._wire.transport = new
         self.conn.tls_started()
         self.log.debug("TLS started", remote=self.remote)

@@ -23,6 +23,9 @@ class Endpoint:
     host: str = ""
     port: int = 0
     path: str = ""
+    #: The name the server's certificate must carry when `host` is an
+    #: address (an MX host dialled at one of its addresses).
+    name: str = ""
 
     @property
     def implicit_tls(self) -> bool:
@@ -31,7 +34,7 @@ class Endpoint:
     @property
     def tls_name(self) -> str | None:
         """The name the server's certificate must carry (None over a Unix socket)."""
-        return self.host or None
+        return self.name or self.host or None
 
     def __str__(self) -> str:
         if self.scheme == "unix":

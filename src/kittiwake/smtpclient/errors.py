@@ -21,6 +21,7 @@ from kittiwake.errors import SMTPError
 from kittiwake.protocol.replies import Reply
 
 __all__ = [
+    "TLSHandshakeError",
     "connect_error",
     "dns_error",
     "network_error",
@@ -97,6 +98,26 @@ def tls_error(remote: str, why: str) -> SMTPError:
         reason=f"TLS with {remote}: {why}",
         misc={"remote_server": remote},
     )
+
+
+class TLSHandshakeError(SMTPError):
+    """A TLS handshake that failed, with what made it fail.
+
+    `verify_code` is OpenSSL's certificate verification result when the
+    failure was the certificate check (X509_V_ERR_*), None for any other
+    handshake failure: opportunistic TLS falls back differently for the two
+    (docs/target-remote.md, "Connecting").
+    """
+
+    def __init__(self, remote: str, why: str, verify_code: int | None = None) -> None:
+        super().__init__(
+            451,
+            (4, 7, 0),
+            "TLS handshake with the downstream server failed",
+            reason=f"TLS with {remote}: {why}",
+            misc={"remote_server": remote},
+        )
+        self.verify_code = verify_code
 
 
 def protocol_error(remote: str, why: str) -> SMTPError:
