@@ -83,7 +83,7 @@ def test_every_directive(tmp_path: Path) -> None:
         ("conn_reuse_limit 0", "conn_reuse_limit: must be at least 1, got 0"),
         ("conn_max_idle_time 0s", "conn_max_idle_time: must be greater than zero"),
         ("mx_auth { nosuch }", "mx_auth: unknown policy 'nosuch'"),
-        ("mx_auth on", "mx_auth: takes a block of policies, no arguments"),
+        ("mx_auth on", "mx_auth: takes a block of policies, or one &NAME of an mx_auth block"),
         ("frobnicate yes", "unexpected directive: frobnicate"),
     ],
 )
