@@ -15,10 +15,13 @@ Nothing here is a stand-in policy: the `mx_auth` block names `mtasts`,
 | sts-unlisted.test | MTA-STS enforce: mx-good | 5 mx-unlisted (valid, not listed), 10 mx-good |
 | sts-plain.test | MTA-STS enforce: mx-plain | mx-plain: no STARTTLS |
 | sts-testing.test | MTA-STS testing: mx-plain | mx-plain |
+| sts-badcert.test | MTA-STS enforce: mx-dane | mx-dane: certificate of an unknown CA |
 | sts-broken.test | MTA-STS announced, the policy host answers 404 | mx-plain |
 | dane-ee.test | DNSSEC; TLSA 3 1 1 of mx-dane's key | mx-dane: certificate of an unknown CA |
 | dane-ta.test | DNSSEC; TLSA 2 0 1 of mx-danta's issuer | mx-danta: chain of an unknown CA |
 | dane-bad.test | DNSSEC; TLSA 3 1 1 of another key | mx-danebad: certificate of an unknown CA |
+| dane-implicit.test | DNSSEC, no MX; TLSA 3 1 1 of mx-dane's key | implicit: A of mx-dane |
+| dnssec-halfway.test | no MX (validated), A not validated | implicit: A of mx-dane |
 | plain.test | none | mx-plain |
 | nopol-tls.test | none | mx-good |
 """
@@ -58,7 +61,13 @@ ADDRESSES = {
     "mx-danta": "127.0.1.6",
     "mx-danebad": "127.0.1.7",
 }
-STS_DOMAINS = ["sts-good.test", "sts-unlisted.test", "sts-plain.test", "sts-testing.test"]
+STS_DOMAINS = [
+    "sts-good.test",
+    "sts-unlisted.test",
+    "sts-plain.test",
+    "sts-testing.test",
+    "sts-badcert.test",
+]
 
 
 def host(name: str) -> str:
@@ -97,6 +106,7 @@ class World:
             self.https.serve(domain, policy_text("enforce", host("mx-good")))
         self.https.serve("sts-plain.test", policy_text("enforce", host("mx-plain")))
         self.https.serve("sts-testing.test", policy_text("testing", host("mx-plain")))
+        self.https.serve("sts-badcert.test", policy_text("enforce", host("mx-dane")))
         self.https.serve("sts-broken.test", Response(b"gone\n", status=404))
 
         stranger = trustme.CA()  # a CA nobody trusts: only DANE vouches for these
@@ -114,6 +124,7 @@ class World:
             ("sts-plain.test", "MX"): [f"10 {host('mx-plain')}."],
             ("sts-testing.test", "MX"): [f"10 {host('mx-plain')}."],
             ("sts-broken.test", "MX"): [f"10 {host('mx-plain')}."],
+            ("sts-badcert.test", "MX"): [f"10 {host('mx-dane')}."],
             ("_mta-sts.sts-broken.test", "TXT"): [txt("v=STSv1; id=broken1")],
             ("dane-ee.test", "MX"): [f"10 {host('mx-dane')}."],
             ("dane-ta.test", "MX"): [f"10 {host('mx-danta')}."],
@@ -121,6 +132,10 @@ class World:
             (f"_25._tcp.{host('mx-dane')}", "TLSA"): [dane_ee],
             (f"_25._tcp.{host('mx-danta')}", "TLSA"): [dane_ta],
             (f"_25._tcp.{host('mx-danebad')}", "TLSA"): [wrong],
+            # No MX records: the domain's own address is the MX (RFC 5321 §5.1).
+            ("dane-implicit.test", "A"): [ADDRESSES["mx-dane"]],
+            ("_25._tcp.dane-implicit.test", "TLSA"): [dane_ee],
+            ("dnssec-halfway.test", "A"): [ADDRESSES["mx-dane"]],
             ("plain.test", "MX"): [f"10 {host('mx-plain')}."],
             ("nopol-tls.test", "MX"): [f"10 {host('mx-good')}."],
         }
@@ -138,6 +153,9 @@ class World:
             f"_25._tcp.{host('mx-dane')}",
             f"_25._tcp.{host('mx-danta')}",
             f"_25._tcp.{host('mx-danebad')}",
+            "dane-implicit.test",  # its MX denial and its address records
+            "_25._tcp.dane-implicit.test",
+            ("dnssec-halfway.test", "MX"),  # the denial only, not the address
         }
         self.dns = FakeDNS(records, secure=secure)
         good = tls_context(ca.issue_cert(host("mx-good")))
@@ -375,6 +393,7 @@ def test_mtasts_enforce_delivers_to_a_listed_mx_with_a_valid_certificate(
     assert send(server, ca, "you@sts-good.test", "certified", queued=True)[0] == 250
     (got,) = mx.sinks["mx-good"].wait_messages(1)
     assert got.tls and got.rcpts == ["you@sts-good.test"]
+    assert mx.sinks["mx-good"].server_names == [host("mx-good")]  # SNI: the MX name
     wait_for(lambda: queue_entries(tmp_path) == [], message="queue empty")
 
 
@@ -406,6 +425,28 @@ def test_dane_ee_match_delivers_to_a_certificate_no_ca_vouches_for(
     assert got.tls
     # WebPKI did refuse it: the DANE match is what made it authenticated.
     server.wait_log(r"certificate check failed, TLS without it .*mx=mx-dane\.sec\.test")
+    # Both handshakes (checked, then not) named the MX (RFC 7672 §8.1).
+    assert mx.sinks["mx-dane"].server_names == [host("mx-dane")] * 2
+
+
+def test_dnssec_of_an_implicit_mx_needs_its_address_records_validated(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str], ca: trustme.CA
+) -> None:
+    """No MX records: the validated denial is not enough, the A answer must be too."""
+    local = (
+        "local_policy {\n            min_tls_level authenticated\n"
+        "            min_mx_level dnssec\n        }"
+    )
+    server = start(kittiwake, tmp_path, mx, cert_files, local=local)
+    assert send(server, ca, "you@dane-implicit.test", "implicit")[0] == 250
+    (got,) = mx.sinks["mx-dane"].wait_messages(1)
+    assert got.tls and got.rcpts == ["you@dane-implicit.test"]
+    assert mx.sinks["mx-dane"].server_names[-1] == "dane-implicit.test"
+    assert send(server, ca, "you@dnssec-halfway.test", "halfway") == (
+        451,
+        b"4.7.0 No usable MXs, last err: Failed to establish the MX record authenticity",
+    )
+    assert len(mx.sinks["mx-dane"].messages) == 1
 
 
 def test_dane_ta_match_through_the_chain_the_mx_sent(
@@ -514,6 +555,7 @@ def test_tls_reports_count_real_deliveries(
         "sts-unlisted.test": 250,  # sts: validation-failure (mx-unlisted), then success
         "sts-plain.test": 451,  # sts: starttls-not-supported
         "sts-broken.test": 250,  # sts: sts-policy-fetch-error, sent as without a policy
+        "sts-badcert.test": 451,  # sts: sts-webpki-invalid
         "dane-ee.test": 250,  # tlsa: success
         "dane-bad.test": 451,  # tlsa: tlsa-invalid
         "plain.test": 250,  # no-policy-found: starttls-not-supported
@@ -562,6 +604,12 @@ def test_tls_reports_count_real_deliveries(
         0,
         1,
         [("sts-policy-fetch-error", host("mx-plain"), 1)],
+    )
+    assert summary("sts-badcert.test") == (
+        "sts",
+        0,
+        1,
+        [("sts-webpki-invalid", host("mx-dane"), 1)],
     )
     assert summary("dane-ee.test") == ("tlsa", 1, 0, [])
     assert summary("dane-bad.test") == ("tlsa", 0, 1, [("tlsa-invalid", host("mx-danebad"), 1)])
