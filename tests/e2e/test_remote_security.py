@@ -24,6 +24,7 @@ Nothing here is a stand-in policy: the `mx_auth` block names `mtasts`,
 | dnssec-halfway.test | no MX (validated), A not validated | implicit: A of mx-dane |
 | plain.test | none | mx-plain |
 | nopol-tls.test | none | mx-good |
+| nopol-badcert.test | none | mx-danebad (not signed: no DANE) |
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ class World:
             ("dnssec-halfway.test", "A"): [ADDRESSES["mx-dane"]],
             ("plain.test", "MX"): [f"10 {host('mx-plain')}."],
             ("nopol-tls.test", "MX"): [f"10 {host('mx-good')}."],
+            ("nopol-badcert.test", "MX"): [f"10 {host('mx-danebad')}."],
         }
         for domain in [*STS_DOMAINS, "sts-broken.test"]:
             records[(f"mta-sts.{domain}", "A")] = ["127.0.0.1"]
@@ -560,6 +562,7 @@ def test_tls_reports_count_real_deliveries(
         "dane-bad.test": 451,  # tlsa: tlsa-invalid
         "plain.test": 250,  # no-policy-found: starttls-not-supported
         "nopol-tls.test": 250,  # no-policy-found: success
+        "nopol-badcert.test": 250,  # no-policy-found: any TLS is a success without a policy
     }
     for domain, code in sent.items():
         got = send(server, ca, f"you@{domain}", f"report {domain}")
@@ -620,6 +623,7 @@ def test_tls_reports_count_real_deliveries(
         [("starttls-not-supported", host("mx-plain"), 1)],
     )
     assert summary("nopol-tls.test") == ("no-policy-found", 1, 0, [])
+    assert summary("nopol-badcert.test") == ("no-policy-found", 1, 0, [])
 
     sts = reports["sts-good.test"]["policies"][0]["policy"]
     assert sts["mx-host"] == [host("mx-good")] and "mode: enforce" in sts["policy-string"]
