@@ -20,6 +20,7 @@ Nothing here is a stand-in policy: the `mx_auth` block names `mtasts`,
 | dane-ee.test | DNSSEC; TLSA 3 1 1 of mx-dane's key | mx-dane: certificate of an unknown CA |
 | dane-ta.test | DNSSEC; TLSA 2 0 1 of mx-danta's issuer | mx-danta: chain of an unknown CA |
 | dane-bad.test | DNSSEC; TLSA 3 1 1 of another key | mx-danebad: certificate of an unknown CA |
+| dane-plain.test | DNSSEC; TLSA for an MX without STARTTLS | mx-plain |
 | dane-implicit.test | DNSSEC, no MX; TLSA 3 1 1 of mx-dane's key | implicit: A of mx-dane |
 | dnssec-halfway.test | no MX (validated), A not validated | implicit: A of mx-dane |
 | plain.test | none | mx-plain |
@@ -130,9 +131,11 @@ class World:
             ("dane-ee.test", "MX"): [f"10 {host('mx-dane')}."],
             ("dane-ta.test", "MX"): [f"10 {host('mx-danta')}."],
             ("dane-bad.test", "MX"): [f"10 {host('mx-danebad')}."],
+            ("dane-plain.test", "MX"): [f"10 {host('mx-plain')}."],
             (f"_25._tcp.{host('mx-dane')}", "TLSA"): [dane_ee],
             (f"_25._tcp.{host('mx-danta')}", "TLSA"): [dane_ta],
             (f"_25._tcp.{host('mx-danebad')}", "TLSA"): [wrong],
+            (f"_25._tcp.{host('mx-plain')}", "TLSA"): [wrong],
             # No MX records: the domain's own address is the MX (RFC 5321 §5.1).
             ("dane-implicit.test", "A"): [ADDRESSES["mx-dane"]],
             ("_25._tcp.dane-implicit.test", "TLSA"): [dane_ee],
@@ -152,6 +155,8 @@ class World:
             ("dane-ee.test", "MX"),
             ("dane-ta.test", "MX"),
             ("dane-bad.test", "MX"),
+            ("dane-plain.test", "MX"),
+            f"_25._tcp.{host('mx-plain')}",
             f"_25._tcp.{host('mx-dane')}",
             f"_25._tcp.{host('mx-danta')}",
             f"_25._tcp.{host('mx-danebad')}",
@@ -472,6 +477,13 @@ def test_dane_mismatch_is_refused_and_stays_queued(
         "451 4.7.5 No usable MXs, last err: No TLSA record matches the server certificate (DANE)"
     )
     assert mx.sinks["mx-danebad"].connections >= 1 and not mx.sinks["mx-danebad"].messages
+    # TLSA records make TLS mandatory: an MX without STARTTLS is refused (RFC 7672 §2.2).
+    assert send(server, ca, "you@dane-plain.test", "dane plain", queued=True)[0] == 250
+    entry = stays_queued(tmp_path, "you@dane-plain.test")
+    assert entry["last_error"] == (
+        "451 4.7.1 No usable MXs, last err: TLS is required but unavailable or failed (DANE)"
+    )
+    assert mx.sinks["mx-plain"].connections == 1 and not mx.sinks["mx-plain"].messages
 
 
 # -- local_policy ----------------------------------------------------------------------
@@ -491,6 +503,14 @@ def test_local_policy_min_tls_encrypted_refuses_plain_text(
     # The same server sends to a domain whose MX does offer TLS.
     assert send(server, ca, "you@nopol-tls.test", "encrypted enough")[0] == 250
     assert mx.sinks["mx-good"].wait_messages(1)[0].tls
+    # Reported as the negotiation went: the local rule names no result type.
+    assert server.stop() == 0
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    done = kittiwake_cmd(tmp_path, "tls-report", "--day", day, "--domain", "plain.test")
+    assert done.returncode == 0, done.stderr
+    (policy,) = json.loads(done.stdout)["policies"]
+    assert policy["policy"]["policy-type"] == "no-policy-found"
+    assert [d["result-type"] for d in policy["failure-details"]] == ["starttls-not-supported"]
 
 
 # -- REQUIRETLS --------------------------------------------------------------------------
