@@ -27,7 +27,7 @@ the order `mx.py` gives. For each one:
    MX that falls short of that too is a REQUIRETLS refusal.
 
 Every MX that answered, or that a policy refused before the dial, is
-given to the TLS report recorder as one `TLSAttempt` (RFC 8460 §4.3
+given to the TLS report recorder as a `TLSAttempt` (RFC 8460 §4.3
 result types; an MX that could not be reached at all had no TLS to
 report), with the policies' reports as they stand after judging that MX
 (DANE's names the MX's TLSA records). The result is how the negotiation
@@ -435,6 +435,7 @@ def _reports(policies: Sequence[DomainPolicy]) -> tuple[PolicyReport, ...]:
 
 
 def _requiretls_error(why: str) -> SMTPError:
+    """RFC 8689 §4.2.1 makes it the message's failure, not the MX's: permanent."""
     return SMTPError(550, REQUIRETLS_FAILED, "REQUIRETLS: TLS requirements not met", reason=why)
 
 
