@@ -527,6 +527,19 @@ def test_requiretls_delivered_under_mtasts_to_a_certified_mx(
     assert got.tls and "REQUIRETLS" in got.mail_params
 
 
+def test_requiretls_delivered_under_dane_and_dnssec(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str], ca: trustme.CA
+) -> None:
+    """No MTA-STS: the validated MX answer (`dnssec`) and the TLSA match (`dane`)
+    reach the levels REQUIRETLS demands, with a certificate no CA vouches for."""
+    mx.sinks["mx-dane"].requiretls = True
+    server = start(kittiwake, tmp_path, mx, cert_files)
+    code, _ = send(server, ca, "you@dane-ee.test", "dane tls", queued=True, requiretls=True)
+    assert code == 250
+    (got,) = mx.sinks["mx-dane"].wait_messages(1)
+    assert got.tls and "REQUIRETLS" in got.mail_params
+
+
 def test_requiretls_towards_a_plaintext_mx_is_bounced(
     kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str], ca: trustme.CA
 ) -> None:
