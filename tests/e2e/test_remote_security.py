@@ -6,7 +6,7 @@ finding them through the tests' DNS server (fakedns.py, which sets the AD
 bit on the names marked secure, and listens on loopback so kittiwake
 believes it). MTA-STS policies are served over HTTPS by mtasts_server.py,
 reached through `--debug.mtastsport` and trusted through `--debug.mtastsca`.
-Nothing here is a stand-in policy: the `mx_auth` block names `mtasts`,
+Nothing here is a stand-in policy: the `mx_auth` block names `mtasts`, `dnssec`,
 `dane` and `local_policy` as an operator would (docs/mx-auth.md).
 
 | domain | policy | MX (receiver) |
