@@ -3,8 +3,9 @@
 `MXSink(host, port)` listens on `host:port` (127.0.0.2, 127.0.0.3, ...: the
 whole 127/8 is loopback on Linux) in threads, speaks enough ESMTP for a
 sending MTA (EHLO, STARTTLS, MAIL, RCPT, DATA, RSET, NOOP, QUIT) and keeps
-what it saw: every connection (`connections`), and every message with its
-envelope, its MAIL parameters and whether it came over TLS (`messages`).
+what it saw: every connection (`connections`), the SNI name of every TLS
+handshake (`server_names`), and every message with its envelope, its MAIL
+parameters and whether it came over TLS (`messages`).
 
 Options make it behave as a test needs: `tls` (an `ssl.SSLContext`) offers
 STARTTLS; `requiretls` advertises REQUIRETLS; `rcpt_replies` answers
@@ -54,9 +55,13 @@ class MXSink:
         self.peers: list[str] = []  # the client address of each connection
         self.quits = 0  # connections the client ended with QUIT
         self.messages: list[Received] = []
+        #: The SNI name of each TLS handshake ("" when the client sent none).
+        self.server_names: list[str] = []
         self.lock = threading.Lock()
         self._open: set[socket.socket] = set()
         sink = self
+        if self.tls is not None:
+            self.tls.sni_callback = self._sni
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
@@ -76,10 +81,15 @@ class MXSink:
             self.peers = []
             self.quits = 0
             self.messages = []
+            self.server_names = []
         self.rcpt_replies = {}
         self.requiretls = False
         self.smtputf8 = True
         self.data_reply = None
+
+    def _sni(self, sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: object) -> None:
+        with self.lock:
+            self.server_names.append(name or "")
 
     def wait_messages(self, count: int, timeout: float = WAIT) -> list[Received]:
         deadline = time.monotonic() + timeout

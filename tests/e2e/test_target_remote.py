@@ -679,7 +679,7 @@ def test_no_usable_mx_gives_the_last_error(
     replies, _ = send_direct(server, ["you@a.test"])
     assert replies["you@a.test"] == (
         451,
-        b"4.4.0 No usable MXs, last err: TLS is required (test policy)",
+        b"4.7.1 No usable MXs, last err: TLS is required (test policy)",
     )
     assert not mx.sinks["mx-a"].messages
 

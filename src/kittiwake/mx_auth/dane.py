@@ -130,6 +130,7 @@ class DANEDomain:
         self, mx: MXCandidate, mx_level: MXLevel, tls: TLSState, level: TLSLevel
     ) -> TLSLevel:
         if not self._applies(mx):
+            self._report = None  # no TLSA records count for this MX
             return level
         task = self._lookups.get(mx.host)
         found = await (task if task is not None else self.dane.tlsa(mx.host))

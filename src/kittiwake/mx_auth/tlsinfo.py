@@ -24,8 +24,12 @@ def peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[bytes, ...]:
     if getter is None:
         inner = getattr(ssl_object, "_sslobj", None)
         getter = getattr(inner, "get_unverified_chain", None)
+    chain: Sequence[object] | None = None
     if getter is not None:
-        chain: Sequence[object] | None = getter()
+        try:
+            chain = getter()
+        except (ValueError, OSError):  # no handshake (any more): the leaf, if any
+            chain = None
         if chain:
             der = [_der(cert) for cert in chain]
             if all(der):

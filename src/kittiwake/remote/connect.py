@@ -17,23 +17,32 @@ the order `mx.py` gives. For each one:
    * the handshake failed otherwise: dial again and stay in plain text
      (level `NONE`);
    * the STARTTLS command itself was refused: this MX is given up;
-4. every policy's `check_conn` judges the connection (`TLSState`), and may
-   raise the TLS level (DANE) or refuse (next MX);
+4. every policy's `check_conn` judges the connection (`TLSState`, from
+   `mx_auth.tlsinfo.tls_state`, the chain included), plain text too: that
+   is how MTA-STS and DANE refuse a downgrade. A policy may raise the TLS
+   level (DANE) or refuse (next MX);
 5. a REQUIRETLS message (RFC 8689 §4.2.1) needs TLS `AUTHENTICATED` and an
    MX level of at least `MTASTS`, and an MX that advertises REQUIRETLS
-   unless `relaxed_requiretls` lets the flag drop.
+   unless `relaxed_requiretls` lets the flag drop. A policy refusal of an
+   MX that falls short of that too is a REQUIRETLS refusal.
 
 Every MX that answered, or that a policy refused before the dial, is
-given to the TLS report recorder as one `TLSAttempt` (RFC 8460 §4.3
+given to the TLS report recorder as a `TLSAttempt` (RFC 8460 §4.3
 result types; an MX that could not be reached at all had no TLS to
-report): how the negotiation ended, or the failure a
-policy named when it refused (in `SMTPError.misc["tlsrpt_result"]`, else
-"validation-failure"), before the dial or after. A REQUIRETLS refusal is
-the message's own demand, not a failure of the domain's policy: the
-attempt is recorded as the negotiation went. No usable MX: `No usable MXs,
-last err: ...`, `451 4.4.0` when the last failure was temporary, else
-`550 5.4.0`; except that when a REQUIRETLS demand was what refused the
-MX hosts, the message gets that refusal (`550 5.7.30`) itself.
+report), with the policies' reports as they stand after judging that MX
+(DANE's names the MX's TLSA records). The result is how the negotiation
+ended, or the failure a policy named when it refused (`misc[RESULT_TYPE]`;
+`local_policy` names none: the negotiation's failure, else
+"validation-failure"). A policy announced but unusable (an MTA-STS fetch
+error: `PolicyReport.failure`) counts the attempt as that failure. A
+REQUIRETLS refusal is the message's own demand, not a failure of the
+domain's policy: the attempt is recorded as the negotiation went.
+
+No usable MX: `No usable MXs, last err: ...`; its code is the last
+refusal's when a policy refused (`451 4.7.5` for a DANE mismatch, ...),
+else `451 4.4.0` when the last failure was temporary, `550 5.4.0` if not;
+except that when a REQUIRETLS demand refused an MX, the message gets that
+refusal (`550 5.7.30`) itself.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from kittiwake.errors import SMTPError
 from kittiwake.limits import Limits, Ticket
 from kittiwake.log import Logger
 from kittiwake.mx_auth.base import (
+    RESULT_TYPE,
     DomainPolicy,
     MXCandidate,
     MXLevel,
@@ -53,6 +63,7 @@ from kittiwake.mx_auth.base import (
     TLSLevel,
     TLSState,
 )
+from kittiwake.mx_auth.tlsinfo import tls_state
 from kittiwake.remote.mx import host_addresses, lookup_mx
 from kittiwake.smtpclient.client import ClientSettings, SMTPClient
 from kittiwake.smtpclient.endpoint import Endpoint
@@ -69,6 +80,8 @@ __all__ = [
 ]
 
 REQUIRETLS_FAILED = (5, 7, 30)
+#: The RFC 8460 §4.3 policy type of an attempt no policy applied to.
+NO_POLICY = "no-policy-found"
 #: RFC 5321 §4.5.3.2.1: "Initial 220 Message: 5 Minutes".
 GREETING_TIMEOUT = 300.0
 
@@ -139,6 +152,14 @@ class MXConn:
     ticket: Ticket | None = field(default=None, repr=False)
 
 
+class _Refused(Exception):
+    """A policy refused this MX; `error` is its reply."""
+
+    def __init__(self, error: SMTPError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _GiveUp(Exception):
     """This MX cannot be used; do not try its other addresses."""
 
@@ -182,13 +203,15 @@ class Connector:
     ) -> MXConn:
         """A connection to the first usable MX of `domain`; `SMTPError` if none is."""
         candidates = await lookup_mx(self.resolver, domain)
-        reports = tuple(r for r in (p.report for p in policies) if r is not None)
         last: SMTPError | None = None
+        by_policy = False
         requiretls_refusal: SMTPError | None = None
         for mx in candidates:
             try:
-                return await self._try_mx(mx, policies, reports, requiretls, msg_id)
-            except SMTPError as exc:
+                return await self._try_mx(mx, policies, requiretls, msg_id)
+            except (SMTPError, _Refused) as failure:
+                by_policy = isinstance(failure, _Refused)
+                exc = failure.error if isinstance(failure, _Refused) else failure
                 self.log.info(
                     "MX unusable",
                     msg_id=msg_id,
@@ -204,9 +227,13 @@ class Connector:
             raise requiretls_refusal
         assert last is not None  # lookup_mx never returns an empty list
         temporary = last.temporary
+        code, enhanced = (451, (4, 4, 0)) if temporary else (550, (5, 4, 0))
+        if by_policy:
+            # A policy said why (docs/mx-auth.md): its code is the clearer one.
+            code, enhanced = last.code, last.enhanced
         raise SMTPError(
-            451 if temporary else 550,
-            (4, 4, 0) if temporary else (5, 4, 0),
+            code,
+            enhanced,
             f"No usable MXs, last err: {last.message}",
             reason=last.reason,
             misc=dict(last.misc),
@@ -216,52 +243,59 @@ class Connector:
         self,
         mx: MXCandidate,
         policies: Sequence[DomainPolicy],
-        reports: tuple[PolicyReport, ...],
         requiretls: bool,
         msg_id: str,
     ) -> MXConn:
+        """One MX: its policy checks, a dial, TLS, the connection checks.
+
+        A policy's refusal comes out as `_Refused` (so the domain's error
+        can keep its code); a REQUIRETLS message whose levels fall short
+        anyway gets the REQUIRETLS refusal instead, which is permanent.
+        """
         mx_level = MXLevel.NONE
         try:
             for policy in policies:
                 mx_level = max(mx_level, await policy.check_mx(mx, mx_level))
         except SMTPError as exc:
             # Refused before any dial: a policy failure all the same (RFC 8460 §4.3).
-            self.record(
-                TLSAttempt(
-                    domain=mx.domain,
-                    result=_policy_result(exc),
-                    policies=reports,
-                    receiving_mx=mx.host,
-                    detail=exc.reason or exc.message,
-                )
+            self._record(
+                mx, None, _reports(policies), _policy_result(exc), exc.reason or exc.message
             )
-            raise
+            if requiretls and mx_level < MXLevel.MTASTS:
+                raise _requiretls_error(f"MX {mx.host} refused: {exc.message}") from None
+            raise _Refused(exc) from None
         addresses = await host_addresses(
             self.resolver, mx.host, force_ipv4=self.settings.force_ipv4
         )
         ticket = await self.limits.take_scoped("mx", mx.host) if self.limits else None
         try:
-            opened, address = await self._dial_any(mx, addresses, reports)
+            opened, address = await self._dial_any(mx, addresses)
             level = opened.level
             try:
                 for policy in policies:
                     level = max(level, await policy.check_conn(mx, mx_level, opened.state, level))
             except SMTPError as exc:
-                self._record(mx, opened, reports, _policy_result(exc), exc.reason or exc.message)
+                result = _policy_result(exc, opened.result)
+                self._record(mx, opened, _reports(policies), result, exc.reason or exc.message)
                 await opened.client.quit()
-                raise
-            authenticated = level >= TLSLevel.AUTHENTICATED
-            tls_ok = authenticated or (opened.state.tls and not reports)
+                why = self._requiretls_problem(mx, opened.client, mx_level, level)
+                if requiretls and why:
+                    raise _requiretls_error(f"{why}; {exc.message}") from None
+                raise _Refused(exc) from None
+            reports = _reports(policies)
+            # Usable published policies ask for an authenticated peer (RFC 8460
+            # §4.3); without one, any TLS is what opportunistic TLS hopes for.
+            demanding = any(not r.failure for r in reports)
+            tls_ok = level >= TLSLevel.AUTHENTICATED or (opened.state.tls and not demanding)
             result = "success" if tls_ok else opened.result
             # REQUIRETLS is the message's demand, not the domain's policy: the
             # report says how the negotiation went, whatever the message needs.
             self._record(mx, opened, reports, result, opened.state.error)
             if requiretls:
-                try:
-                    self._check_requiretls(mx, opened.client, mx_level, level)
-                except SMTPError:
+                why = self._requiretls_problem(mx, opened.client, mx_level, level)
+                if why:
                     await opened.client.quit()
-                    raise
+                    raise _requiretls_error(why)
         except BaseException:
             if ticket is not None:
                 await ticket.release()
@@ -278,51 +312,58 @@ class Connector:
         conn = MXConn(opened.client, mx.domain, mx, address, level, mx_level, ticket=ticket)
         return conn
 
-    def _check_requiretls(
+    def _requiretls_problem(
         self, mx: MXCandidate, client: SMTPClient, mx_level: MXLevel, level: TLSLevel
-    ) -> None:
-        """RFC 8689 §4.2.1: the levels REQUIRETLS demands, and the MX's support."""
-        why = ""
+    ) -> str:
+        """RFC 8689 §4.2.1: why the levels or the MX fall short of REQUIRETLS ("" if not)."""
         if level < TLSLevel.AUTHENTICATED:
-            why = f"TLS to {mx.host} is {level.name.lower()}, not authenticated"
-        elif mx_level < MXLevel.MTASTS:
-            why = f"MX {mx.host} is not authenticated (MTA-STS or DNSSEC)"
-        elif not client.capabilities.requiretls and not self.settings.relaxed_requiretls:
-            why = f"{mx.host} does not offer REQUIRETLS"
-        if why:
-            raise SMTPError(
-                550, REQUIRETLS_FAILED, "REQUIRETLS: TLS requirements not met", reason=why
-            )
+            return f"TLS to {mx.host} is {level.name.lower()}, not authenticated"
+        if mx_level < MXLevel.MTASTS:
+            return f"MX {mx.host} is not authenticated (MTA-STS or DNSSEC)"
+        if not client.capabilities.requiretls and not self.settings.relaxed_requiretls:
+            return f"{mx.host} does not offer REQUIRETLS"
+        return ""
 
     def _record(
         self,
         mx: MXCandidate,
-        opened: _Opened,
+        opened: _Opened | None,
         reports: tuple[PolicyReport, ...],
         result: str,
         detail: str,
     ) -> None:
-        self.record(
-            TLSAttempt(
-                domain=mx.domain,
-                result=result,
-                policies=reports,
-                sending_ip=opened.client.local_address,
-                receiving_mx=mx.host,
-                receiving_ip=opened.state.address,
-                helo=opened.client.helo_name,
-                detail=detail,
-            )
-        )
+        """Give the attempt to the TLS report recorder (docs/tls-report.md).
 
-    async def _dial_any(
-        self, mx: MXCandidate, addresses: list[str], reports: tuple[PolicyReport, ...]
-    ) -> tuple[_Opened, str]:
+        A policy that was announced but could not be used (its report's
+        `failure`, e.g. an MTA-STS fetch error) counts the attempt as that
+        failure; the other policies count it as it went.
+        """
+        failed = tuple(r for r in reports if r.failure)
+        usable = tuple(r for r in reports if not r.failure)
+        client = opened.client if opened is not None else None
+        groups: list[tuple[tuple[PolicyReport, ...], str]] = [((r,), r.failure) for r in failed]
+        groups.append((usable, result))
+        for policies, outcome in groups:
+            if policies or not failed:
+                self.record(
+                    TLSAttempt(
+                        domain=mx.domain,
+                        result=outcome,
+                        policies=policies,
+                        sending_ip=client.local_address if client is not None else "",
+                        receiving_mx=mx.host,
+                        receiving_ip=opened.state.address if opened is not None else "",
+                        helo=client.helo_name if client is not None else "",
+                        detail=detail,
+                    )
+                )
+
+    async def _dial_any(self, mx: MXCandidate, addresses: list[str]) -> tuple[_Opened, str]:
         """The first address of `mx` that gives an SMTP session."""
         last: SMTPError | None = None
         for address in addresses:
             try:
-                return await self._open(mx, address, reports), address
+                return await self._open(mx, address), address
             except _GiveUp as stop:
                 raise stop.error from None
             except SMTPError as exc:
@@ -339,13 +380,11 @@ class Connector:
         await client.connect()
         return client
 
-    async def _open(
-        self, mx: MXCandidate, address: str, reports: tuple[PolicyReport, ...]
-    ) -> _Opened:
+    async def _open(self, mx: MXCandidate, address: str) -> _Opened:
         """Dial one address and get the best TLS it allows (the fallbacks above)."""
         client = await self._session(mx, address, verify=True)
         if not client.capabilities.starttls:
-            state = TLSState(address, tls=False, error="STARTTLS not offered")
+            state = tls_state(address, None, error="STARTTLS not offered")
             return _Opened(client, state, TLSLevel.NONE, "starttls-not-supported")
         try:
             await client.starttls()
@@ -372,53 +411,42 @@ class Connector:
                 raise _GiveUp(exc) from None
         self.log.info("TLS failed, plain text", mx=mx.host, reason=error)
         client = await self._session(mx, address, verify=True)
-        return _Opened(client, TLSState(address, tls=False, error=error), TLSLevel.NONE, result)
+        return _Opened(client, tls_state(address, None, error=error), TLSLevel.NONE, result)
 
     @staticmethod
     def _tls_opened(
         client: SMTPClient, address: str, *, verified: bool, error: str, result: str
     ) -> _Opened:
-        tls = client.ssl_object
-        cert = tls.getpeercert(binary_form=True) if tls is not None else None
-        cipher = tls.cipher() if tls is not None else None
-        state = TLSState(
-            address,
-            tls=True,
-            verified=verified,
-            error=error,
-            peer_cert=cert,
-            # Python's ssl gives the chain only from 3.13 (get_unverified_chain).
-            peer_chain=_chain(tls) or ((cert,) if cert else ()),
-            version=(tls.version() or "") if tls is not None else "",
-            cipher=cipher[0] if cipher else "",
-        )
+        # tls_state takes the whole chain the MX sent, which DANE-TA needs
+        # (docs/mx-auth.md, "What Python's ssl cannot do for DANE-TA").
+        state = tls_state(address, client.ssl_object, verified=verified, error=error)
         level = TLSLevel.AUTHENTICATED if verified else TLSLevel.ENCRYPTED
         return _Opened(client, state, level, result)
 
 
-def _policy_result(error: SMTPError) -> str:
-    """The RFC 8460 result type a policy's refusal names (`misc["tlsrpt_result"]`).
+def _reports(policies: Sequence[DomainPolicy]) -> tuple[PolicyReport, ...]:
+    """What the policies found, read after they judged the MX (DANE's is per MX).
 
-    A policy that does not name one gets "validation-failure", the general
-    type (RFC 8460 §4.3.2.1).
+    "no-policy-found" is left out: an attempt without policies is counted
+    under it anyway (docs/tls-report.md), and it demands nothing.
     """
-    named = error.misc.get("tlsrpt_result")
-    return named if isinstance(named, str) and named in RESULT_TYPES else "validation-failure"
+    found = (p.report for p in policies)
+    return tuple(r for r in found if r is not None and r.policy_type != NO_POLICY)
 
 
-def _chain(tls: object) -> tuple[bytes, ...]:
-    """The chain the peer sent, leaf first, where the ssl module can say (3.13+)."""
-    getter = getattr(tls, "get_unverified_chain", None)
-    if getter is None:
-        return ()
-    try:
-        chain = getter()
-    except (ValueError, OSError):
-        return ()
-    out: list[bytes] = []
-    for cert in chain or ():
-        # 2 is _ssl.ENCODING_DER (X509_FILETYPE_ASN1).
-        der = cert.public_bytes(2) if hasattr(cert, "public_bytes") else cert
-        if isinstance(der, bytes):
-            out.append(der)
-    return tuple(out)
+def _requiretls_error(why: str) -> SMTPError:
+    """RFC 8689 §4.2.1 makes it the message's failure, not the MX's: permanent."""
+    return SMTPError(550, REQUIRETLS_FAILED, "REQUIRETLS: TLS requirements not met", reason=why)
+
+
+def _policy_result(error: SMTPError, negotiated: str = "success") -> str:
+    """The RFC 8460 result type a policy's refusal names (`misc[RESULT_TYPE]`).
+
+    A policy that names none (`local_policy`) refused what the negotiation
+    gave: its failure type if it had one, else "validation-failure", the
+    general type (RFC 8460 §4.3.2.1).
+    """
+    named = error.misc.get(RESULT_TYPE)
+    if isinstance(named, str) and named in RESULT_TYPES:
+        return named
+    return negotiated if negotiated != "success" else "validation-failure"

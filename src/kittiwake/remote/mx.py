@@ -12,6 +12,11 @@ pure ordering (`order_mx`), so the order can be tested without DNS:
 * the domain does not exist (NXDOMAIN): permanent, `550 5.1.2`;
 * no answer (SERVFAIL, timeout): temporary, `451 4.4.4`, so the queue tries
   again later; a name that cannot be looked up at all: `554 5.4.4`.
+
+`MXCandidate.dnssec` is the MX answer's AD bit, believed only from a
+trusted resolver (`Resolver.ad_trusted`); for an implicit MX the domain's
+address records must carry it too, since they are what the MX then is
+(docs/mx-auth.md, `dnssec` and `dane`).
 """
 
 from __future__ import annotations
@@ -77,12 +82,37 @@ async def lookup_mx(resolver: Resolver, domain: str) -> list[MXCandidate]:
     records = [r for r in answer.records if isinstance(r, tuple)]
     if is_null_mx(records):
         raise SMTPError(NULL_MX.code, NULL_MX.enhanced, NULL_MX.message, reason=domain)
+    # The AD bit counts only from a resolver that can be trusted to set it
+    # (docs/mx-auth.md, "Trusting the AD bit").
+    validated = answer.secure and resolver.ad_trusted
     if not records:
-        return [MXCandidate(domain, domain, 0, dnssec=answer.secure, implicit=True)]
+        if validated:
+            validated = await _addresses_validated(resolver, domain)
+        return [MXCandidate(domain, domain, 0, dnssec=validated, implicit=True)]
     ordered = order_mx(records)
     if not ordered:  # only root hosts, but more than one record: nothing usable
         raise SMTPError(NULL_MX.code, NULL_MX.enhanced, NULL_MX.message, reason=domain)
-    return [MXCandidate(domain, host, pref, dnssec=answer.secure) for pref, host in ordered]
+    return [MXCandidate(domain, host, pref, dnssec=validated) for pref, host in ordered]
+
+
+async def _addresses_validated(resolver: Resolver, domain: str) -> bool:
+    """An implicit MX is the domain's address records: they must be validated too.
+
+    Both lookups are the ones `host_addresses` makes next (the resolver
+    caches them); one that fails, or any unvalidated answer with records,
+    makes the MX unvalidated.
+    """
+    found = False
+    for kind in ("AAAA", "A"):
+        try:
+            answer = await resolver.query(domain, kind)
+        except DNSError:
+            return False
+        if answer.records:
+            if not answer.secure:
+                return False
+            found = True
+    return found
 
 
 async def host_addresses(resolver: Resolver, host: str, *, force_ipv4: bool) -> list[str]:

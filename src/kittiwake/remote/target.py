@@ -46,6 +46,7 @@ from kittiwake.smtpclient.errors import reply_error
 from kittiwake.targets.base import StatusCollector
 from kittiwake.tls.directive import ClientTLS, parse_client_tls
 from kittiwake.tlsrpt import Recorder, TLSAttempt
+from kittiwake.tlsrpt.store import shared
 
 __all__ = ["RemoteDelivery", "RemoteTarget"]
 
@@ -116,7 +117,7 @@ def _ehlo_name(node: Node, name: str) -> str:
 class RemoteTarget(Module):
     """`target.remote { hostname; local_ip; force_ipv4; tls_client; mx_auth; limits; ... }`."""
 
-    #: The TLS report store (docs/tls-report.md), set when one is configured.
+    #: Where each TLS attempt goes (docs/tls-report.md); None records nothing.
     recorder: Recorder | None = None
 
     def configure(self, cfg: Directives) -> None:
@@ -155,6 +156,9 @@ class RemoteTarget(Module):
             command_timeout=timeouts[1],
             submission_timeout=timeouts[2],
         )
+        # The process's one store: making it starts no thread and writes no
+        # file (`config check` builds this module too); the first attempt does.
+        self.recorder = shared(self.container)
         self.pool: Pool[MXConn] = Pool(pool)
         self._sweeper: asyncio.Task[None] | None = None
         self._connector: Connector | None = None

@@ -1,11 +1,10 @@
 """Every `mx_auth` directive in docs/mx-auth.md's configuration examples builds.
 
-The page's examples name `target.remote`, which is built on another
-branch; until it is merged, `tests/e2e/test_config_examples.py` only
-checks that they fail for that reason (`future`). This test checks the
-part this page is about now: each `mx_auth` directive in each `conf`
-fence, nested or top-level, is built by the real parser with the
-fence's own named `mx_auth` blocks available for `&NAME`.
+`tests/e2e/test_config_examples.py` runs `kittiwake config check` on the
+page's examples as wholes; this test, in-process and quick, checks the
+part this page is about: each `mx_auth` directive in each `conf` fence,
+nested or top-level, is built by the real parser with the fence's own
+named `mx_auth` blocks available for `&NAME`.
 """
 
 from __future__ import annotations

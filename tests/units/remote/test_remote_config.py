@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from kittiwake.container import Container, DebugFlags
 from kittiwake.errors import ConfigError
 from kittiwake.remote.target import RemoteTarget
 from kittiwake.targets.base import DeliveryTarget
+from kittiwake.tlsrpt.store import TLSReportStore, shared
 
 
 def build(
@@ -39,7 +41,17 @@ def test_defaults(tmp_path: Path) -> None:
     assert (s.connect_timeout, s.command_timeout, s.submission_timeout) == (300.0, 300.0, 300.0)
     p = remote.pool.settings
     assert (p.reuse_limit, p.max_idle, p.idle_time) == (10, 5, 150.0)
-    assert remote.policies == [] and remote.limits is None and remote.recorder is None
+    assert remote.policies == [] and remote.limits is None
+
+
+def test_the_shared_tls_report_store_is_the_recorder_and_starts_nothing(tmp_path: Path) -> None:
+    """Configuring (as `config check` does) makes the store: no thread, no file yet."""
+    remote = build(tmp_path)
+    assert isinstance(remote.recorder, TLSReportStore)
+    assert remote.recorder is shared(remote.container)
+    assert remote.recorder.directory == str(tmp_path / "state" / "tls_reports")
+    assert not any(t.name == "kittiwake-tlsrpt" for t in threading.enumerate())
+    assert not (tmp_path / "state" / "tls_reports").exists()
 
 
 def test_every_directive(tmp_path: Path) -> None:
