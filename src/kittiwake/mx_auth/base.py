@@ -28,7 +28,7 @@ use (RFC 8460 §4.3), so every attempt can be recorded per policy domain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol, runtime_checkable
 
@@ -140,12 +140,3 @@ class Policy(Protocol):
     async def for_domain(self, domain: str) -> DomainPolicy:
         """Prepare for a destination domain; raise `SMTPError` when nothing can go there now."""
         ...
-
-
-@dataclass(slots=True)
-class Levels:
-    """The highest levels the policies gave, as a connection is judged."""
-
-    mx: MXLevel = MXLevel.NONE
-    tls: TLSLevel = TLSLevel.NONE
-    reports: list[PolicyReport] = field(default_factory=list)
