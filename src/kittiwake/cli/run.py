@@ -4,14 +4,15 @@ Strategy: everything that can be wrong with the configuration is found
 before the event loop starts (parse, build, log targets, directories), so a
 broken file never leaves a half-started server. Only then are modules
 started; the readiness lines are printed after *every* endpoint is bound,
-because scripts wait for them, and so is the control socket
+because scripts wait for them (systemd gets READY=1 at the same moment,
+kittiwake/systemd.py), and so is the control socket
 (`RUNTIME_DIR/control.sock`, kittiwake/control.py) that `kittiwake queue`
 talks to. Signals are handled inside the event loop:
 SIGTERM/SIGINT start a graceful stop (the endpoints bound it by their grace
-period), a second one exits at once. SIGHUP, SIGUSR1 and SIGUSR2 reopen log
-files (logrotate sends one of them; maddy's packaging sends SIGUSR1 for
-logs and SIGUSR2 for a reload, which kittiwake does not have yet): no
-signal a service manager or a log rotator sends kills the server silently.
+period; systemd is told STOPPING=1), a second one exits at once. SIGHUP,
+SIGUSR1 and SIGUSR2 reopen log files (logrotate sends one of them;
+maddy's packaging sends SIGUSR1 for logs and SIGUSR2 for a reload, which
+kittiwake does not have yet): no signal a service manager or a log rotator sends kills the server silently.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from kittiwake import __version__, log
+from kittiwake import __version__, log, systemd
 from kittiwake.cli.common import EXIT_FAILURE, EXIT_OK, build, config_error, log_target_error
 from kittiwake.config.node import Node
 from kittiwake.container import Container
@@ -53,6 +54,9 @@ def _raise_open_file_limit() -> None:
 
 
 #: Signals that reopen log files; their default action would end the process.
+#: A configuration reload on SIGUSR2 must tell systemd around it:
+#: `systemd.notify_reloading()` before reading the file, `systemd.notify_ready()`
+#: when done, taken or refused (kittiwake/systemd.py).
 REOPEN_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -111,6 +115,7 @@ async def _serve_on(
             sys.stdout.flush()
             os._exit(EXIT_FAILURE)
         logger.info("shutting down", signal=sig.name)
+        systemd.notify_stopping()
         stopping.set()
 
     def on_reopen(sig: signal.Signals) -> None:
@@ -156,7 +161,8 @@ async def _serve_on(
         control = ControlServer(container.control, container.runtime_path(SOCKET_NAME))
         await control.start()
         if not stopping.is_set():
-            _announce(container)
+            addresses = _announce(container)
+            systemd.notify_ready(f"listening on {', '.join(addresses)}")
             logger.info("started", version=__version__, config=container.config_file)
             await stopping.wait()
         await control.stop()
@@ -184,18 +190,18 @@ def _log_debug_flags(container: Container, logger: log.Logger) -> None:
         )
 
 
-def _announce(container: Container) -> None:
-    """The readiness lines scripts wait for, all at once, after every bind."""
-    lines = [
-        f"kittiwake: listening on {address}\n"
-        for endpoint in container.endpoints
-        for address in endpoint.addresses()
-    ]
+def _announce(container: Container) -> list[str]:
+    """The readiness lines scripts wait for, all at once, after every bind.
+
+    Returns the addresses, for systemd's status line.
+    """
+    addresses = [address for endpoint in container.endpoints for address in endpoint.addresses()]
     try:
-        sys.stdout.write("".join(lines))
+        sys.stdout.write("".join(f"kittiwake: listening on {a}\n" for a in addresses))
         sys.stdout.flush()
     except OSError:
         pass  # nobody reads stdout; the server itself is fine
+    return addresses
 
 
 def _report_start_failure(container: Container, exc: OSError) -> None:
