@@ -1,0 +1,192 @@
+"""The systemd side of a deployment (docs/production.md): the unit file passes
+`systemd-analyze verify`, and `kittiwake run` speaks the sd_notify protocol.
+
+The notify test is what systemd would see: the test binds the datagram
+socket itself, names it in `NOTIFY_SOCKET` and runs the real server.
+READY=1 must come only once the listeners accept connections, and
+STOPPING=1 when SIGTERM starts the stop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kw import Dialog, ServerProcess, env, free_port, need_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEMD = ROOT / "contrib" / "systemd"
+UNIT = SYSTEMD / "kittiwake.service"
+MAN = ROOT / "contrib" / "man"
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """verify resolves every directive, the command paths and the man pages.
+
+    The shipped ExecStart names /usr/local/bin/kittiwake, which need not
+    exist here: the copy runs this interpreter's `-m kittiwake` instead,
+    and nothing else in the unit is changed. The man pages of
+    `Documentation=` are found through MANPATH in contrib/man.
+    """
+    analyze = need_tool("systemd-analyze", "systemd")
+    need_tool("man", "man-db")
+    text = UNIT.read_text()
+    command = f"{sys.executable} -m kittiwake"
+    rewritten, count = re.subn(r"/usr/local/bin/kittiwake", command, text)
+    assert count == 2  # ExecStartPre (config check) and ExecStart
+    unit = tmp_path / "kittiwake.service"
+    unit.write_text(rewritten)
+    result = subprocess.run(
+        [analyze, "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MANPATH": str(MAN)},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == "", result.stderr
+
+
+def test_unit_hardening_as_documented() -> None:
+    """The properties docs/production.md promises, each set exactly once."""
+    lines = [
+        line.strip()
+        for line in UNIT.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    settings: dict[str, list[str]] = {}
+    for line in lines:
+        if "=" in line and not line.startswith("["):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    expected = {
+        "Type": "notify",
+        "ExecReload": "/bin/kill -USR2 $MAINPID",
+        "User": "kittiwake",
+        "DynamicUser": "no",
+        "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "StateDirectory": "kittiwake",
+        "RuntimeDirectory": "kittiwake",
+        "PrivateTmp": "yes",
+        "ProtectHome": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter": "@system-service",
+        "Restart": "on-failure",
+        "RestartPreventExitStatus": "2",
+    }
+    for key, value in expected.items():
+        assert settings.get(key) == [value], key
+    assert int(settings["LimitNOFILE"][0]) >= 65536
+    sysusers = (SYSTEMD / "kittiwake.sysusers").read_text()
+    assert re.search(r"^u kittiwake ", sysusers, re.M)
+    tmpfiles = (SYSTEMD / "kittiwake.tmpfiles").read_text()
+    for folder in ("/var/lib/kittiwake", "/run/kittiwake"):
+        assert re.search(rf"^d {folder} +\d{{4}} kittiwake kittiwake", tmpfiles, re.M), folder
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """A bound datagram socket and its NOTIFY_SOCKET name (an abstract one, `@...`)."""
+    name = f"kittiwake-test-{os.getpid()}-{os.urandom(4).hex()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(20)
+    try:
+        yield sock, "@" + name
+    finally:
+        sock.close()
+
+
+def test_ready_after_listeners_accept_and_stopping_on_sigterm(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, name = notify_socket
+    ports = [free_port(), free_port()]
+    conf = tmp_path / "kittiwake.conf"
+    conf.write_text(
+        f"""
+state_dir {tmp_path}/state
+runtime_dir {tmp_path}/run
+hostname mx.example.org
+tls off
+smtp tcp://127.0.0.1:{ports[0]} tcp://127.0.0.1:{ports[1]} {{
+    deliver_to dummy
+}}
+"""
+    )
+    server = ServerProcess(tmp_path, ["-c", str(conf)], env(NOTIFY_SOCKET=name))
+    try:
+        first = sock.recv(4096).decode()
+        # Nothing came before READY=1, and when it comes every listener
+        # already answers.
+        assert first.splitlines()[0] == "READY=1", first
+        status = dict(line.split("=", 1) for line in first.splitlines())
+        for port in ports:
+            assert f"tcp://127.0.0.1:{port}" in status["STATUS"]
+            with Dialog(port) as d:
+                assert d.reply()[-1].startswith("220 ")
+        server.wait_ready(2)
+        server.send(signal.SIGTERM)
+        stopping = sock.recv(4096).decode()
+        assert stopping.splitlines()[0] == "STOPPING=1", stopping
+        assert server.wait() == 0
+    finally:
+        server.kill()
+
+
+def test_no_notify_socket_changes_nothing(tmp_path: Path) -> None:
+    """Without NOTIFY_SOCKET (a plain start) the server runs as always."""
+    port = free_port()
+    conf = tmp_path / "kittiwake.conf"
+    conf.write_text(
+        f"state_dir {tmp_path}/state\nhostname mx.example.org\ntls off\n"
+        f"smtp tcp://127.0.0.1:{port} {{\n    deliver_to dummy\n}}\n"
+    )
+    server = ServerProcess(tmp_path, ["-c", str(conf)])
+    try:
+        assert server.wait_ready() == [f"tcp://127.0.0.1:{port}"]
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
+def test_sysusers_and_tmpfiles_make_the_user_and_folders(tmp_path: Path) -> None:
+    """systemd's own tools apply the two files to a scratch root (`--root`)."""
+    sysusers = need_tool("systemd-sysusers", "systemd")
+    tmpfiles = need_tool("systemd-tmpfiles", "systemd")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for tool, name, extra in (
+        (sysusers, "kittiwake.sysusers", []),
+        (tmpfiles, "kittiwake.tmpfiles", ["--create"]),
+    ):
+        result = subprocess.run(
+            [tool, f"--root={root}", *extra, str(SYSTEMD / name)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+    passwd = (root / "etc" / "passwd").read_text()
+    user = re.search(r"^kittiwake:x:(\d+):(\d+):[^:]*:/var/lib/kittiwake:/usr/sbin/nologin$", passwd, re.M)
+    assert user, passwd
+    uid = int(user.group(1))
+    for folder, mode in (("var/lib/kittiwake", 0o700), ("run/kittiwake", 0o750)):
+        info = (root / folder).stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (uid, mode), folder
