@@ -12,7 +12,8 @@ SIGTERM/SIGINT start a graceful stop (the endpoints bound it by their grace
 period; systemd is told STOPPING=1), a second one exits at once. SIGHUP,
 SIGUSR1 and SIGUSR2 reopen log files (logrotate sends one of them;
 maddy's packaging sends SIGUSR1 for logs and SIGUSR2 for a reload, which
-kittiwake does not have yet): no signal a service manager or a log rotator sends kills the server silently.
+kittiwake does not have yet): no signal a service manager or a log
+rotator sends kills the server silently.
 """
 
 from __future__ import annotations
