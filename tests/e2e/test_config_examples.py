@@ -53,7 +53,9 @@ and ends with `default_destination { reject }` (or `deliver_to` those
 targets). A whole configuration (no CONTEXT) gets none of this.
 
 In every example, absolute `.pem`/`.crt`/`.key` paths are replaced by a
-test certificate (a name with `key` in it by its key); each `{env:NAME}`
+test certificate (a name with `key` in it by its key); an absolute `log`
+file whose folder does not exist here (`/var/log/kittiwake/kittiwake.log`)
+is put under the temporary directory, its folder made; each `{env:NAME}`
 is set to `2525`; a file that an `import` names (not a snippet) is made,
 empty, in the temporary directory, and the `import` points there.
 
@@ -573,9 +575,16 @@ def _walk(nodes: list[Node]) -> Iterator[Node]:
 
 
 def _rewrite_files(text: str, tmp: Path, certificate: tuple[str, str]) -> str:
-    """Certificates become the test's; a missing imported file is made, empty."""
+    """Certificates become the test's; a missing imported file is made, empty;
+    a log file in a folder this machine lacks is moved into `tmp`."""
     cert, key = certificate
     text = _CERTIFICATE.sub(lambda m: key if "key" in m[0].rsplit("/", 1)[1] else cert, text)
+    for targets in re.findall(r"^\s*log\s+([^#\n]+)", text, re.M):
+        for word in targets.split():
+            if word.startswith("/") and not Path(word).parent.is_dir():
+                moved = tmp / word.lstrip("/")
+                moved.parent.mkdir(parents=True, exist_ok=True)
+                text = text.replace(word, str(moved))
     snippets = set(re.findall(r"^\s*\((\S+)\)", text, re.M))
     for name in re.findall(r"^\s*import\s+(\S+)", text, re.M):
         if name in snippets:
