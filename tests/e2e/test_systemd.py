@@ -56,6 +56,28 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert result.stderr == "", result.stderr
 
 
+def test_unit_exposure_is_low(tmp_path: Path) -> None:
+    """`systemd-analyze security --offline` rates the unit's sandbox "OK" (at most 2.0 of 10)."""
+    analyze = need_tool("systemd-analyze", "systemd")
+    unit = tmp_path / "kittiwake.service"
+    unit.write_text(
+        UNIT.read_text().replace("/usr/local/bin/kittiwake", f"{sys.executable} -m kittiwake")
+    )
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    found = re.search(
+        r"Overall exposure level for kittiwake\.service: (\d+\.\d+) (\w+)", result.stdout
+    )
+    assert found, result.stdout + result.stderr
+    assert float(found[1]) <= 2.0 and found[2] == "OK", found[0]
+
+
 def test_unit_hardening_as_documented() -> None:
     """The properties docs/production.md promises, each set exactly once."""
     lines = [
