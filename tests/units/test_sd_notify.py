@@ -1,7 +1,7 @@
 """kittiwake.systemd: the sd_notify datagrams, on sockets the test binds.
 
 The end-to-end side (a real server's READY=1 and STOPPING=1) is in
-tests/e2e/test_systemd.py.
+tests/e2e/test_systemd.py (the unit file and a real server).
 """
 
 from __future__ import annotations
