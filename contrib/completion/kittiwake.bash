@@ -3,7 +3,7 @@
 
 _kittiwake() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
-    local path="" word i subs="" opts="" values="" raw=""
+    local path="" word i subs="" opts="" raw=""
     # The command path: the words that name subcommands, options skipped.
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
