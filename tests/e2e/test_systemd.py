@@ -1,7 +1,10 @@
 """The systemd side of a deployment (docs/production.md): the unit file passes
-`systemd-analyze verify`, and `kittiwake run` speaks the sd_notify protocol.
+`systemd-analyze verify` and `security`, its capability set is enough, and
+`kittiwake run` speaks the sd_notify protocol.
 
-The notify test is what systemd would see: the test binds the datagram
+The capability test runs the server with the unit's capability set
+(setpriv: CAP_NET_BIND_SERVICE alone, no new privileges) on a port below
+1024. The notify test is what systemd would see: the test binds the datagram
 socket itself, names it in `NOTIFY_SOCKET` and runs the real server.
 READY=1 must come only once the listeners accept connections, and
 STOPPING=1 when SIGTERM starts the stop.
@@ -215,3 +218,65 @@ def test_sysusers_and_tmpfiles_make_the_user_and_folders(tmp_path: Path) -> None
     for folder, mode in (("var/lib/kittiwake", 0o700), ("run/kittiwake", 0o750)):
         info = (root / folder).stat()
         assert (info.st_uid, info.st_mode & 0o777) == (uid, mode), folder
+
+
+def _privileged_port() -> int:
+    """A free port below 1024 on 127.0.0.1 (found as root, which may bind it)."""
+    for port in range(700, 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port between 700 and 999")
+
+
+def _run_with_capabilities(tmp_path: Path, bounding: str) -> tuple[int | None, str, str]:
+    """`kittiwake run` with the unit's capability set: the first stdout line, or the exit."""
+    setpriv = need_tool("setpriv", "util-linux")
+    if os.geteuid() != 0:
+        pytest.fail("this test drops root's capabilities: run it as root, as CI does")
+    port = _privileged_port()
+    conf = tmp_path / "kittiwake.conf"
+    conf.write_text(
+        f"state_dir {tmp_path}/state\nhostname mx.example.org\ntls off\n"
+        f"smtp tcp://127.0.0.1:{port} {{\n    deliver_to dummy\n}}\n"
+    )
+    command = [setpriv, f"--bounding-set={bounding}", "--inh-caps=-all", "--nnp", "--"]
+    with subprocess.Popen(
+        [*command, sys.executable, "-m", "kittiwake", "run", "-c", str(conf)],
+        cwd=tmp_path,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            first = proc.stdout.readline().strip()
+            if first:
+                with Dialog(port) as d:
+                    assert d.reply()[-1].startswith("220 ")
+                proc.send_signal(signal.SIGTERM)
+            status = proc.wait(20)
+            return status, first, proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(20)
+
+
+def test_cap_net_bind_service_alone_binds_a_privileged_port(tmp_path: Path) -> None:
+    """The unit's capability set (CAP_NET_BIND_SERVICE only, no new privileges) suffices.
+
+    The same start without that one capability is refused the port, so the
+    capability is what makes the difference.
+    """
+    status, first, log = _run_with_capabilities(tmp_path, "-all,+net_bind_service")
+    assert first.startswith("kittiwake: listening on tcp://127.0.0.1:"), log
+    assert status == 0, log
+    status, first, log = _run_with_capabilities(tmp_path, "-all")
+    assert (status, first) == (1, ""), log
+    assert "kittiwake: cannot start:" in log and "ermission denied" in log, log
