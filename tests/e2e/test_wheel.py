@@ -27,6 +27,10 @@ from kittiwake.cli.common import default_config_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: Building fetches setuptools, which a slow index can stretch past the
+#: suite's 120 s default.
+pytestmark = pytest.mark.timeout(600)
+
 #: Run in the venv: print each requirement of the installed kittiwake (not
 #: its extras) that no installed distribution satisfies.
 CHECK_REQUIREMENTS = """
