@@ -73,8 +73,13 @@ class Container:
         config_file: str = "",
         cwd: str | None = None,
         debug_flags: DebugFlags | None = None,
+        serving: bool = True,
     ) -> None:
         self.nodes = nodes
+        #: False for operator commands (`kittiwake queue`) that build the
+        #: configuration only to find things in it: warnings about how the
+        #: server would serve mail are for `run` and `config check`.
+        self.serving = serving
         self.config_file = config_file
         self.cwd = cwd or os.getcwd()
         self.debug_flags = debug_flags or DebugFlags()

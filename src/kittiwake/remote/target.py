@@ -81,7 +81,8 @@ def mx_said(reply: Reply, conn: MXConn, command: str) -> SMTPError:
         error.enhanced,
         f"{conn.mx.host} said: {error.message}",
         reason=error.reason,
-        misc={**error.misc, "mx": conn.mx.host},
+        # The MX by name: a DSN's Remote-MTA (RFC 3464 §2.3.5) is "dns; HOST".
+        misc={**error.misc, "mx": conn.mx.host, "remote_server": conn.mx.host},
     )
 
 
