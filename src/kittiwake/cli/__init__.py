@@ -31,6 +31,7 @@ from kittiwake.cli.common import (
 )
 from kittiwake.cli.creds import add_creds_commands
 from kittiwake.cli.dkim import add_dkim_commands
+from kittiwake.cli.explain import add_explain_command
 from kittiwake.cli.queue import add_queue_commands
 from kittiwake.cli.run import cmd_run, traceback_fields
 from kittiwake.cli.sendmail import main as sendmail_main
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     default = config_commands.add_parser("default", help="print the embedded default configuration")
     default.set_defaults(handler=cmd_config_default)
 
+    add_explain_command(commands, config_option)
     add_creds_commands(commands, config_option)
     add_dkim_commands(commands, config_option)
     add_queue_commands(commands, config_option)

@@ -92,6 +92,8 @@ class Pipeline:
         the default asks the process's resolver).
         """
         self.container = container
+        #: The block holding the directives (`kittiwake explain` names it).
+        self.block = block
         self.hostname = hostname
         self.first_pipeline = first_pipeline
         self.log = logger if logger is not None else _log.get("pipeline")
