@@ -138,12 +138,25 @@ async def _explain(
         notes.append(f"{endpoint.module_name} has no auth provider: --auth cannot happen here")
     try:
         sender = clean(args.sender, "sender")
-        rcpts = [clean(r, "recipient") for r in args.rcpts]
     except SMTPError as exc:
         report["refused"] = asdict(ReplyInfo.of(exc))
-        notes.append("the endpoint refuses this address before the pipeline sees it")
+        notes.append("the endpoint refuses this sender before the pipeline sees it")
         return report, None
+    refused: dict[int, ReplyInfo] = {}
+    rcpts: list[str] = []
+    for i, rcpt in enumerate(args.rcpts):
+        try:
+            rcpts.append(clean(rcpt, "recipient"))
+        except SMTPError as exc:
+            refused[i] = ReplyInfo.of(exc)
     explanation = await explain_pipeline(endpoint.pipeline, new_meta(conn), sender, rcpts)
+    if refused and explanation.reply is None:
+        # The endpoint answers these itself; the pipeline never sees them.
+        explained = iter(explanation.recipients)
+        explanation.recipients = [
+            RecipientExplanation(rcpt, reply=refused[i]) if i in refused else next(explained)
+            for i, rcpt in enumerate(args.rcpts)
+        ]
     return report, explanation
 
 

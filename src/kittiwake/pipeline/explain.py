@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kittiwake import address
+from kittiwake.address.errors import Role
 from kittiwake.errors import SMTPError
 from kittiwake.message import ConnInfo, MsgMeta, new_msg_id
 from kittiwake.modify.base import Modifier
@@ -345,12 +346,19 @@ class _Walk:
         return None
 
 
-def clean(addr: str, role: str) -> str:
-    """The clean form the endpoint gives the pipeline, or the endpoint's refusal."""
+def clean(addr: str, role: Role) -> str:
+    """What the endpoint gives the pipeline for a path (`<...>` optional):
+    parsed as the protocol core parses it, then in clean form; or the
+    endpoint's refusal (docs/address.md, "Errors and replies")."""
+    content = addr[1:-1] if addr.startswith("<") and addr.endswith(">") else addr
     try:
-        return address.clean_path(addr, smtputf8=True)
+        if role == "sender":
+            parsed = address.parse_reverse_path(content, smtputf8=True)
+        else:
+            parsed = address.parse_forward_path(content, smtputf8=True)
+        return address.clean_path(str(parsed), smtputf8=True)
     except address.AddressError as exc:
-        raise exc.smtp_error("sender" if role == "sender" else "recipient") from None
+        raise exc.smtp_error(role) from None
 
 
 def new_meta(conn: ConnInfo) -> MsgMeta:
