@@ -94,6 +94,12 @@ class Container:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         #: Operator commands modules offer while they run (kittiwake/control.py).
         self.control = Commands()
+        #: Inline definitions get a block node of their own; each maps back to
+        #: the directive it came from (kept alive here, so ids stay unique).
+        self._origins: dict[int, tuple[Node, Node]] = {}
+        #: Defaults modules used, by the directive whose block lacked them
+        #: (`kittiwake config show --defaults`).
+        self._defaults: dict[int, tuple[Node, dict[str, list[str]]]] = {}
         self.log = log.get("")
 
     # -- building -----------------------------------------------------------
@@ -234,7 +240,9 @@ class Container:
             raise node.error(f"{name} is an endpoint and cannot be used here")
         module = cls(self, "", inline)
         self._check_capability(module, cap, node, name)
-        module.configure(Directives(Node(name, inline, block, node.file, node.line), self))
+        own = Node(name, inline, block, node.file, node.line)
+        self._origins[id(own)] = (own, self.origin(node))
+        module.configure(Directives(own, self))
         self.modules.append(module)
         return module  # type: ignore[return-value]  # checked by _check_capability
 
@@ -262,6 +270,25 @@ class Container:
                 f"{node.name}: module {module.module_name} ({name}) cannot be used here: "
                 f"it is not {_article(capability_label(cap))}"
             )
+
+    # -- defaults, for `config show --defaults` ----------------------------------
+
+    def origin(self, node: Node) -> Node:
+        """The configuration directive behind `node` (itself, unless made for an
+        inline definition)."""
+        found = self._origins.get(id(node))
+        return found[1] if found is not None else node
+
+    def note_default(self, node: Node, name: str, args: list[str]) -> None:
+        """A module used its default for `name` in the block of `node`."""
+        at = self.origin(node)
+        _, used = self._defaults.setdefault(id(at), (at, {}))
+        used.setdefault(name, args)
+
+    def defaults_of(self, node: Node) -> dict[str, list[str]]:
+        """The defaults used in `node`'s block, by directive name (file order)."""
+        found = self._defaults.get(id(node))
+        return dict(found[1]) if found is not None else {}
 
     # -- paths ----------------------------------------------------------------
 
