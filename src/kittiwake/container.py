@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 from kittiwake import log
 from kittiwake.config.directives import Directives
 from kittiwake.config.globals import PARSERS, Globals
+from kittiwake.config.maddy import maddy_only
 from kittiwake.config.node import Node
 from kittiwake.control import Commands
 from kittiwake.dns import Resolver
-from kittiwake.errors import ConfigError
+from kittiwake.errors import ConfigError, ConfigErrors
 from kittiwake.module import Endpoint, Module, capability_label
 from kittiwake.module import find as find_module
 
@@ -153,6 +154,10 @@ class Container:
             self._binds.append((bind, node))
 
     def _split_top_level(self) -> None:
+        # maddy's modules kittiwake lacks, all at once, with what to do instead.
+        lacking = maddy_only(self.nodes, lambda name: find_module(name) is not None)
+        if lacking:
+            raise ConfigErrors(lacking)
         for node in self.nodes:
             if node.name in PARSERS:
                 if node.name in self._global_nodes:
