@@ -297,7 +297,7 @@ def test_endpoint_by_name_and_address(tmp_path: Path) -> None:
         "--to",
         "z@far.net",
     )
-    assert by_address["endpoint"]["chosen"] == "--endpoint"
+    assert by_address["endpoint"]["chosen"] == "as --endpoint asked"
     assert by_address["notes"] == []
     assert by_address["client"] == {"ip": None, "helo": "", "auth": "a@example.org"}
     unknown = explain(conf, "--endpoint", "lmtp", "--from", "a@b.org", "--to", "c@d.org")

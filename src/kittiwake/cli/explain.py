@@ -80,10 +80,10 @@ def choose_endpoint(endpoints: list[SMTPEndpoint], wanted: str | None) -> tuple[
         return endpoints[0], "the first endpoint (there is no smtp one)"
     for endpoint in endpoints:
         if wanted in endpoint.inline_args:
-            return endpoint, "--endpoint"
+            return endpoint, "as --endpoint asked"
     for endpoint in endpoints:
         if endpoint.module_name == wanted:
-            return endpoint, f"the first {wanted} endpoint (--endpoint)"
+            return endpoint, f"the first {wanted} endpoint, as --endpoint asked"
     known = ", ".join(" ".join([e.module_name, *e.inline_args]) for e in endpoints)
     raise ConfigError(f"--endpoint {wanted}: no such endpoint; there are: {known}")
 
