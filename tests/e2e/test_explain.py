@@ -317,3 +317,35 @@ def test_unusable_addresses_are_refused_by_the_endpoint(tmp_path: Path) -> None:
     sender = explain_json(conf, "--from", "postmaster", "--to", "z@nowhere.net")
     assert sender["pipeline"] is None
     assert sender["refused"]["code"] == 501
+
+
+# -- the example of docs/cli.md ---------------------------------------------------------
+
+CLI_PAGE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+
+
+def test_the_documented_example_is_what_the_command_prints(tmp_path: Path) -> None:
+    """docs/cli.md shows a configuration and explain's answer: they must agree."""
+    page = CLI_PAGE.read_text(encoding="utf-8")
+    section = page[page.index("## `kittiwake explain`") :]
+    conf = section.split("```conf\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```text\n$ ", 1)[1].split("```", 1)[0]
+    command, _, expected = shown.partition("\n    ")
+    rest, _, expected = expected.partition("\n")
+    words = (command.removesuffix("\\") + rest).split()
+    assert words[:2] == ["kittiwake", "explain"]
+    (tmp_path / "kittiwake.conf").write_text(conf, encoding="utf-8")
+    (tmp_path / "kittiwake-data").mkdir()
+    (tmp_path / "kittiwake-data" / "aliases").write_text("info: alice, bob\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "kittiwake", *words[1:]],
+        check=False,
+        cwd=tmp_path,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected
