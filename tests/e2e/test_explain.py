@@ -300,6 +300,9 @@ def test_endpoint_by_name_and_address(tmp_path: Path) -> None:
     assert by_address["endpoint"]["chosen"] == "as --endpoint asked"
     assert by_address["notes"] == []
     assert by_address["client"] == {"ip": None, "helo": "", "auth": "a@example.org"}
+    bad_ip = explain(conf, "--ip", "999.1.1.1", "--from", "a@b.org", "--to", "c@d.org")
+    assert bad_ip.returncode == 2
+    assert "invalid IP address '999.1.1.1'" in bad_ip.stderr
     unknown = explain(conf, "--endpoint", "lmtp", "--from", "a@b.org", "--to", "c@d.org")
     assert unknown.returncode == 2
     assert "--endpoint lmtp: no such endpoint" in unknown.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import asdict
@@ -56,7 +57,7 @@ def add_explain_command(
     p.add_argument(
         "--to", dest="rcpts", metavar="ADDR", action="append", required=True, help="RCPT TO"
     )
-    p.add_argument("--ip", metavar="IP", help="the client's address")
+    p.add_argument("--ip", metavar="IP", type=_ip, help="the client's address")
     p.add_argument("--helo", metavar="NAME", default="", help="the client's EHLO name")
     p.add_argument("--auth", metavar="USER", help="the authenticated user")
     p.add_argument(
@@ -67,6 +68,13 @@ def add_explain_command(
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_explain)
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid IP address {text!r}") from None
 
 
 def choose_endpoint(endpoints: list[SMTPEndpoint], wanted: str | None) -> tuple[SMTPEndpoint, str]:
