@@ -10,6 +10,7 @@ _kittiwake() {
         case "$path/$word" in
             "/run") path="run" ;;
             "/config") path="config" ;;
+            "/explain") path="explain" ;;
             "/creds") path="creds" ;;
             "/hash") path="hash" ;;
             "/dkim") path="dkim" ;;
@@ -18,6 +19,7 @@ _kittiwake() {
             "/sendmail") path="sendmail" ;;
             "/version") path="version" ;;
             "config/check") path="config check" ;;
+            "config/show") path="config show" ;;
             "config/default") path="config default" ;;
             "creds/create") path="creds create" ;;
             "creds/remove") path="creds remove" ;;
@@ -32,11 +34,13 @@ _kittiwake() {
         esac
     done
     case "$path" in
-        "") subs="run config creds hash dkim queue tls-report sendmail version" opts="-h --help" ;;
+        "") subs="run config explain creds hash dkim queue tls-report sendmail version" opts="-h --help" ;;
         "run") subs="" opts="-h --help -c --config --debug.dnsoverride --debug.smtpport --debug.mtastsport --debug.mtastsca" ;;
-        "config") subs="check default" opts="-h --help" ;;
+        "config") subs="check show default" opts="-h --help" ;;
         "config check") subs="" opts="-h --help -c --config --debug.dnsoverride --debug.smtpport --debug.mtastsport --debug.mtastsca" ;;
+        "config show") subs="" opts="-h --help -c --config -d --defaults" ;;
         "config default") subs="" opts="-h --help" ;;
+        "explain") subs="" opts="-h --help -c --config --from --to --ip --helo --auth --endpoint --json" ;;
         "creds") subs="create remove password list" opts="-h --help" ;;
         "creds create") subs="" opts="-h --help -c --config --cfg-block -p --password --hash" ;;
         "creds remove") subs="" opts="-h --help -c --config --cfg-block -p --password -y --yes" ;;
@@ -63,6 +67,8 @@ _kittiwake() {
         "config check/--debug.mtastsport") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "config check/--debug.smtpport") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "config check/-c") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "config show/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "config show/-c") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "creds create/--cfg-block") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "creds create/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "creds create/--hash") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
@@ -90,6 +96,14 @@ _kittiwake() {
         "dkim keygen/--output") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "dkim keygen/-c") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "dkim keygen/-o") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "explain/--auth") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
+        "explain/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "explain/--endpoint") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
+        "explain/--from") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
+        "explain/--helo") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
+        "explain/--ip") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
+        "explain/--to") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
+        "explain/-c") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "hash/--argon2-memory") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "hash/--argon2-threads") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "hash/--argon2-time") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
