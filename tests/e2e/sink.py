@@ -64,9 +64,33 @@ class Sink:
                     raise
                 time.sleep(0.02)
 
+    def _open_dumps(self) -> set[str]:
+        """The dump files smtp-sink still has open (being written)."""
+        fds = Path(f"/proc/{self.proc.pid}/fd")
+        names = set()
+        try:
+            for fd in fds.iterdir():
+                try:
+                    names.add(os.readlink(fd))
+                except OSError:
+                    continue
+        except OSError:
+            pass
+        return names
+
     def transactions(self) -> list[Transaction]:
+        """The finished dumps, oldest first.
+
+        A dump smtp-sink still has open is half written (its buffered header
+        lines may not be on disk yet), so it is left for the next look: the
+        directory is listed before the open files, so a dump not open then
+        was closed before being read.
+        """
+        paths = list(self.dump.iterdir())
+        writing = self._open_dumps()
+        done = [p for p in paths if str(p) not in writing]
         out = []
-        for path in sorted(self.dump.iterdir(), key=lambda p: p.stat().st_mtime_ns):
+        for path in sorted(done, key=lambda p: p.stat().st_mtime_ns):
             head, _, message = path.read_bytes().partition(b"\nReceived: ")
             lines = head.decode("utf-8", "replace").splitlines()
             mail = next(line[13:] for line in lines if line.startswith("X-Mail-Args: "))
