@@ -253,6 +253,7 @@ class SMTPEndpoint(Endpoint):
         self.listener = Listener(
             self.listen,
             runtime_dir=self.container.globals.runtime_dir,
+            sockets=self.container.shared.sockets,
             tls_context=self._tls_context,
             make_session=make_session,
             handshake_timeout=self.read_timeout or None,
@@ -267,6 +268,16 @@ class SMTPEndpoint(Endpoint):
 
     def addresses(self) -> list[str]:
         return self.listener.bound() if self.listener is not None else []
+
+    def serving(self) -> list[tuple[str, str, int]]:
+        return self.listener.binds() if self.listener is not None else []
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+
+    async def drain(self, within: float) -> bool:
+        return self.listener is None or await self.listener.drain(within)
 
 
 @register("smtp")
