@@ -26,6 +26,7 @@ from queuetools import config as queue_config
 from queuetools import entries, mailbox, send, wait_for
 
 Start = Callable[..., Kittiwake]
+FROM = "me@sender.example"
 #: A routing change: ok.example refused, the rest still delivered.
 CLOSED = """destination ok.example { reject 550 5.7.1 "Closed today" }
     default_destination { deliver_to &mb }"""
@@ -269,9 +270,11 @@ def test_a_session_open_across_a_reload_finishes_on_its_configuration(
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as before:
         before.ehlo()
         signal_reload(server, conf(tmp_path, [tcp(port)], route=CLOSED))
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as after:
-            with pytest.raises(smtplib.SMTPRecipientsRefused):
-                after.sendmail("me@sender.example", ["x@ok.example"], message("new session"))
+        with (
+            smtplib.SMTP("127.0.0.1", port, timeout=10) as after,
+            pytest.raises(smtplib.SMTPRecipientsRefused),
+        ):
+            after.sendmail("me@sender.example", ["x@ok.example"], message("new session"))
         before.sendmail("me@sender.example", ["x@ok.example"], message("old session"))
         before.sendmail("me@sender.example", ["x@ok.example"], message("old session again"))
         assert "previous configuration stopped" not in server.log
@@ -281,7 +284,7 @@ def test_a_session_open_across_a_reload_finishes_on_its_configuration(
 
 def test_unix_listener_kept_then_removed(kittiwake: Start, tmp_path: Path) -> None:
     port = free_port()
-    lmtp = f"lmtp unix://lmtp.sock {{\n    deliver_to &mb\n}}\n"
+    lmtp = "lmtp unix://lmtp.sock {\n    deliver_to &mb\n}\n"
     server = kittiwake(conf(tmp_path, [tcp(port)], extra=lmtp), ready=2)
     path = tmp_path / "state" / "run" / "lmtp.sock"
     inode = os.stat(path).st_ino
@@ -320,15 +323,14 @@ def test_a_queue_survives_a_reload_with_nothing_lost_or_sent_twice(
     send(port, "me@sender.example", ["r9@temp.example"], subject="after")
 
     def delivered() -> list[str]:
-        return sorted(
-            s for n in (*range(5), 9) for s in subjects(tmp_path, f"r{n}@temp.example")
-        ) + subjects(tmp_path, "late@temp.example")
+        rcpts = [*(f"r{n}@temp.example" for n in (*range(5), 9)), "late@temp.example"]
+        return sorted(s for rcpt in rcpts for s in subjects(tmp_path, rcpt))
 
-    expected = sorted(f"waiting-{n}" for n in range(5)) + ["after"]
-    wait_for(lambda: delivered() == [*sorted(expected), "late"], message="all delivered")
+    expected = sorted([*(f"waiting-{n}" for n in range(5)), "after", "late"])
+    wait_for(lambda: delivered() == expected, message="all delivered")
     wait_for(lambda: entries(tmp_path / "queue") == [], message="queue empty")
     time.sleep(1.5)  # three retry periods: nothing comes twice
-    assert delivered() == [*sorted(expected), "late"]
+    assert delivered() == expected
     # Reloading back to the refusing downstream keeps the queue working too.
     signal_reload(server, old)
     send(port, "me@sender.example", ["z@temp.example"], subject="again")
