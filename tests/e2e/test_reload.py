@@ -302,38 +302,55 @@ def test_a_queue_survives_a_reload_with_nothing_lost_or_sent_twice(
 ) -> None:
     """Entries waiting in `target.queue` pass to the reloaded queue at the
     same location, and so do those that sessions of the old configuration
-    commit afterwards; each is delivered once."""
-    slow = "    initial_retry_time 500ms\n    max_tries 100"
-    server = kittiwake(queue_config(tmp_path, queue=slow))
-    port = server.port()
-    for n in range(5):
-        send(port, "me@sender.example", [f"r{n}@temp.example"], subject=f"waiting-{n}")
-    wait_for(lambda: len(entries(tmp_path / "queue")) == 5, message="five entries waiting")
+    commit afterwards; each is delivered once.
 
-    # The reload makes temp.example deliverable, and keeps the port.
-    new = queue_config(tmp_path, queue=slow, temp="deliver_to &mb")
-    new = new.replace("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}")
-    old = queue_config(tmp_path, queue=slow).replace("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}")
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as held:
-        held.ehlo()
-        signal_reload(server, new)
-        # A session of the old configuration commits into the handed-over queue.
-        held.sendmail("me@sender.example", ["late@temp.example"], message("late"))
-    server.wait_log("queue taken over from the previous configuration")
-    send(port, "me@sender.example", ["r9@temp.example"], subject="after")
+    The entries are made by a first server whose downstream refuses them;
+    the second delivers them, but only `post_init_delay` after its start,
+    and is reloaded before that: had the first runner gone on beside the
+    one that took over, both would deliver them.
+    """
+    port = free_port()
+
+    def queue_conf(queue: str, **kw: str) -> str:
+        text = queue_config(tmp_path, queue=queue, **kw)
+        return text.replace("tcp://127.0.0.1:0", tcp(port))
+
+    refusing = queue_conf("    initial_retry_time 1h")
+    first = kittiwake(refusing)
+    for n in range(5):
+        send(port, FROM, [f"r{n}@temp.example"], subject=f"waiting-{n}")
+    wait_for(lambda: len(entries(tmp_path / "queue")) == 5, message="five entries waiting")
+    first.send(signal.SIGTERM)
+    assert first.wait() == 0
+
+    delivering = queue_conf("    post_init_delay 2s", temp="deliver_to &mb")
+    server = kittiwake(delivering)
 
     def delivered() -> list[str]:
         rcpts = [*(f"r{n}@temp.example" for n in (*range(5), 9)), "late@temp.example"]
         return sorted(s for rcpt in rcpts for s in subjects(tmp_path, rcpt))
 
     expected = sorted([*(f"waiting-{n}" for n in range(5)), "after", "late"])
-    wait_for(lambda: delivered() == expected, message="all delivered")
-    wait_for(lambda: entries(tmp_path / "queue") == [], message="queue empty")
-    time.sleep(1.5)  # three retry periods: nothing comes twice
+    # The held session keeps the old configuration (and its queue) alive
+    # until everything is delivered.
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as held:
+        held.ehlo()
+        signal_reload(server, delivering)
+        server.wait_log("queue taken over from the previous configuration")
+        assert subjects(tmp_path, "r0@temp.example") == []  # not before post_init_delay
+        # A session of the old configuration commits into the handed-over queue.
+        held.sendmail(FROM, ["late@temp.example"], message("late"))
+        send(port, FROM, ["r9@temp.example"], subject="after")
+        wait_for(lambda: delivered() == expected, message="all delivered")
+        wait_for(lambda: entries(tmp_path / "queue") == [], message="queue empty")
+        time.sleep(1.0)  # a second runner's attempts would have come by now
+        assert "previous configuration stopped" not in server.log
     assert delivered() == expected
-    # Reloading back to the refusing downstream keeps the queue working too.
-    signal_reload(server, old)
-    send(port, "me@sender.example", ["z@temp.example"], subject="again")
+    assert "error" not in server.log
+
+    # Reloading back to the refusing downstream: the queue goes on working.
+    signal_reload(server, refusing)
+    send(port, FROM, ["z@temp.example"], subject="again")
     wait_for(lambda: len(entries(tmp_path / "queue")) == 1, message="an entry waits again")
     assert "used by another running kittiwake" not in server.log
     server.send(signal.SIGTERM)

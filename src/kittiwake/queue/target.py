@@ -245,6 +245,7 @@ class QueueTarget(Module):
         self._successor: QueueTarget | None = None
         self._inherited: list[Record] = []
         self._pending: list[Record] = []
+        self._planned: dict[str, float] = {}
 
     def _bounce(self, cfg: Directives, node: Node) -> Notifier:
         """The `bounce { PIPELINE }` block and what notices need besides it."""
@@ -278,7 +279,8 @@ class QueueTarget(Module):
         if self._predecessor is not None:  # a reload: lock and entries taken over
             records = self._merge(self._inherited, self._pending)
             self._inherited, self._pending = [], []
-            self._run_entries(records)
+            self._run_entries(records, self._planned)
+            self._planned = {}
             self.log.info(
                 "queue taken over from the previous configuration",
                 location=self.location,
@@ -305,7 +307,9 @@ class QueueTarget(Module):
         self._run_entries(scan.records)
         self.log.info("queue started", location=self.location, entries=len(scan.records))
 
-    def _run_entries(self, records: list[Record]) -> None:
+    def _run_entries(
+        self, records: list[Record], planned: dict[str, float] | None = None
+    ) -> None:
         """Start delivering `records` and answer the queue's control commands."""
         self.runner = Runner(
             target=self.target,
@@ -317,7 +321,7 @@ class QueueTarget(Module):
             parallelism=self.parallelism,
             log=self.log,
         )
-        self.runner.start(records, time.time())
+        self.runner.start(records, time.time(), planned)
         commands.register(self.container.control, self.name, self)
 
     async def stop(self) -> None:
@@ -362,10 +366,11 @@ class QueueTarget(Module):
         if runner is not None:
             commands.unregister(self.container.control, self.name)
             await runner.stop()
+        planned = {i: e.next_at for i, e in runner.entries.items()} if runner else self._planned
         records = await self._reread(runner, self._inherited)
         before._successor = None
         before._lock_fd, self._lock_fd = self._lock_fd, -1
-        before._run_entries(self._merge(records, self._pending))
+        before._run_entries(self._merge(records, self._pending), planned)
         self._inherited, self._pending = [], []
         before.log.info("queue given back: the reload did not complete", location=self.location)
 
@@ -376,6 +381,7 @@ class QueueTarget(Module):
         await runner.stop()
         self._successor = successor
         successor._predecessor = self
+        successor._planned = {i: e.next_at for i, e in runner.entries.items() if not e.running}
         successor._lock_fd, self._lock_fd = self._lock_fd, -1
         return await self._reread(runner, [])
 
