@@ -355,12 +355,13 @@ class Container:
                 self._started.append(module)
                 await module.start()
         except BaseException:
-            await self.stop(final=previous is None)
+            # Given back first, while the modules that took it still run.
             for taker in takers:
                 try:
                     await taker.give_back()
                 except Exception as exc:
                     self.log.error("module failed to give back", err=exc, module=repr(taker))
+            await self.stop(final=previous is None)
             raise
 
     def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:

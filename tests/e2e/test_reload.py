@@ -382,3 +382,41 @@ def signal_reload_file(server: Kittiwake, logfile: Path, text: str) -> None:
     rewrite(server, text)
     server.send(signal.SIGUSR2)
     wait_for(lambda: "reloaded " in logfile.read_text(), message="reloaded in the log file")
+
+
+def test_a_reload_that_fails_to_start_gives_the_queue_back(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    """The queue is taken over before the new endpoint starts; when that
+    start fails (a buffer folder that cannot be made), the running queue
+    gets its lock and entries back and goes on retrying."""
+    port = free_port()
+    refusing = queue_config(tmp_path, queue="    initial_retry_time 300ms\n    max_tries 1000")
+    refusing = refusing.replace("tcp://127.0.0.1:0", tcp(port))
+    server = kittiwake(refusing)
+    for n in range(2):
+        send(port, FROM, [f"r{n}@temp.example"], subject=f"waiting-{n}")
+    wait_for(lambda: len(entries(tmp_path / "queue")) == 2, message="two entries waiting")
+
+    (tmp_path / "afile").write_text("not a folder\n")
+    broken = refusing.replace(
+        "    deliver_to &outq", f"    buffer fs {tmp_path}/afile/sub\n    deliver_to &outq"
+    )
+    line = next(n for n, t in enumerate(broken.splitlines(), 1) if "buffer fs" in t)
+    rewrite(server, broken)
+    done = reload_cmd(tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"{server.config_path}:{line}: ")
+    server.wait_log("queue given back: the reload did not complete")
+
+    tries = server.log.count("not delivered")
+    wait_for(lambda: server.log.count("not delivered") >= tries + 4, message="retries go on")
+    send(port, FROM, ["new@ok.example"], subject="after the failed reload")
+    wait_for(lambda: subjects(tmp_path, "new@ok.example"), message="new mail delivered")
+    assert len(entries(tmp_path / "queue")) == 2
+
+    rewrite(server, refusing)
+    done = reload_cmd(tmp_path)
+    assert done.returncode == 0, done.stderr
+    server.wait_log("queue taken over from the previous configuration [^\n]*entries=2")
+    assert "used by another running kittiwake" not in server.log

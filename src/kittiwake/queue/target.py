@@ -307,9 +307,7 @@ class QueueTarget(Module):
         self._run_entries(scan.records)
         self.log.info("queue started", location=self.location, entries=len(scan.records))
 
-    def _run_entries(
-        self, records: list[Record], planned: dict[str, float] | None = None
-    ) -> None:
+    def _run_entries(self, records: list[Record], planned: dict[str, float] | None = None) -> None:
         """Start delivering `records` and answer the queue's control commands."""
         self.runner = Runner(
             target=self.target,
@@ -357,30 +355,36 @@ class QueueTarget(Module):
                 return
 
     async def give_back(self) -> None:
-        """The reload failed after `take_over`: the previous queue goes on."""
+        """The reload failed after `take_over`: the previous queue goes on.
+
+        Until the previous queue runs again, what its sessions commit still
+        comes here (`_pending`) and goes back with the rest.
+        """
         before = self._predecessor
         if before is None or before._successor is not self:
             return
-        self._predecessor = None
         runner, self.runner = self.runner, None
         if runner is not None:
             commands.unregister(self.container.control, self.name)
             await runner.stop()
         planned = {i: e.next_at for i, e in runner.entries.items()} if runner else self._planned
         records = await self._reread(runner, self._inherited)
-        before._successor = None
+        # No await from here on: the links change and the runner starts at once.
+        before._successor = self._predecessor = None
         before._lock_fd, self._lock_fd = self._lock_fd, -1
         before._run_entries(self._merge(records, self._pending), planned)
-        self._inherited, self._pending = [], []
+        self._inherited, self._pending, self._planned = [], [], {}
         before.log.info("queue given back: the reload did not complete", location=self.location)
 
     async def _hand_over(self, successor: QueueTarget) -> list[Record]:
         runner, self.runner = self.runner, None
         assert runner is not None
-        commands.unregister(self.container.control, self.name)
-        await runner.stop()
+        # Linked first: what sessions commit while the runner stops is the
+        # successor's (`accepted`).
         self._successor = successor
         successor._predecessor = self
+        commands.unregister(self.container.control, self.name)
+        await runner.stop()
         successor._planned = {i: e.next_at for i, e in runner.entries.items() if not e.running}
         successor._lock_fd, self._lock_fd = self._lock_fd, -1
         return await self._reread(runner, [])
