@@ -102,6 +102,14 @@ class Successor(Protocol):
         """The new configuration failed to start: return what `take_over` took."""
 
 
+@runtime_checkable
+class Heir(Protocol):
+    """A module that shares state with its counterpart in the configuration
+    before it, both going on using it (docs/reload.md, "What a reload keeps")."""
+
+    def inherit(self, previous: list[Module]) -> None: ...
+
+
 class Container:
     """Every module instance of one configuration, and their life cycle."""
 
@@ -348,6 +356,10 @@ class Container:
         first; if the start then fails they give it back when stopped.
         """
         takers = [m for m in self.modules if isinstance(m, Successor)] if previous else []
+        if previous is not None:
+            for module in self.modules:
+                if isinstance(module, Heir):
+                    module.inherit(previous.modules)
         try:
             for taker in takers:
                 await taker.take_over(previous.modules if previous else [])

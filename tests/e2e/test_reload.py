@@ -8,6 +8,7 @@ the command, as an operator would.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import smtplib
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kw import LAUNCHER, Kittiwake, env, free_port
+from kw import LAUNCHER, Dialog, Kittiwake, env, free_port
 from queuetools import config as queue_config
 from queuetools import entries, mailbox, send, wait_for
 
@@ -420,3 +421,33 @@ def test_a_reload_that_fails_to_start_gives_the_queue_back(
     assert done.returncode == 0, done.stderr
     server.wait_log("queue taken over from the previous configuration [^\n]*entries=2")
     assert "used by another running kittiwake" not in server.log
+
+
+def test_failed_logins_still_count_after_a_reload(kittiwake: Start, tmp_path: Path) -> None:
+    """`auth_ratelimit` counters belong to the endpoint on its addresses; a
+    reload keeps them, so reloading does not forgive a password guesser."""
+    port = free_port()
+    users = """auth.pass_table users {
+    table static {
+        entry me@example.org "bcrypt:$2a$04$invalidinvalidinvalidinvalidinvalidinvalidinvalidinva"
+    }
+}"""
+    throttled = (
+        f"{tcp(port)}; auth &users\n    auth_ratelimit {{\n        ip 3 10m\n"
+        "        username 0 10m\n        exempt none\n    }"
+    )
+    server = kittiwake(conf(tmp_path, [throttled], extra=users))
+
+    def guess(n: int) -> str:
+        """A distinct guess each time: a repeated one is not counted again."""
+        with Dialog(port, source="127.0.0.2") as dialog:
+            dialog.reply()
+            dialog.cmd("EHLO client.example")
+            wrong = base64.b64encode(f"\0me@example.org\0guess {n}".encode()).decode()
+            return dialog.cmd(f"AUTH PLAIN {wrong}")
+
+    assert guess(1).startswith("535 ")
+    assert guess(2).startswith("535 ")
+    signal_reload(server, conf(tmp_path, [throttled.replace("10m\n", "20m\n", 1)], extra=users))
+    assert guess(3).startswith("535 ")  # the third failure: the limit
+    assert guess(4).startswith("454 4.7.0 ")
