@@ -399,8 +399,12 @@ class Container:
                 await module.stop()
             except Exception as exc:
                 self.log.error("module failed to stop", err=exc, module=repr(module))
-        if not final:
-            return
+        if final:
+            await self.close_shared()
+
+    async def close_shared(self) -> None:
+        """Close what the process shares across reloads (`Shared`): the
+        listening sockets, then the `on_stop` closers, last registered first."""
         self.shared.sockets.close_all()
         while self.shared.closers:
             closer = self.shared.closers.pop()

@@ -451,3 +451,23 @@ def test_failed_logins_still_count_after_a_reload(kittiwake: Start, tmp_path: Pa
     signal_reload(server, conf(tmp_path, [throttled.replace("10m\n", "20m\n", 1)], extra=users))
     assert guess(3).startswith("535 ")  # the third failure: the limit
     assert guess(4).startswith("454 4.7.0 ")
+
+
+def test_sigterm_stops_a_draining_configuration_with_the_running_one(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = kittiwake(conf(tmp_path, [tcp(port)]))
+    with Dialog(port) as old, Dialog(port) as new:
+        old.reply()
+        old.cmd("EHLO client.example")
+        signal_reload(server, conf(tmp_path, [tcp(port)], route=CLOSED))
+        new.reply()
+        began = time.monotonic()
+        server.send(signal.SIGTERM)
+        assert old.line().startswith("421 4.3.2 ")  # idle: told at once
+        assert new.line().startswith("421 4.3.2 ")
+        assert server.wait() == 0
+        assert time.monotonic() - began < 5
+    assert "previous configuration stopped" in server.log
+    assert server.log.rstrip().endswith("info stopped")
