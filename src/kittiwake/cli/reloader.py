@@ -72,6 +72,7 @@ class Reloader:
         self._announce = announce
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._commands: set[asyncio.Task[Outcome]] = set()
         self._stopping = asyncio.Event()
         self.log = log.get("reload")
         self._install(container)
@@ -81,7 +82,13 @@ class Reloader:
         self._control.commands = container.control
 
     async def _command(self, args: dict[str, Any]) -> dict[str, Any]:
-        return (await self.reload("control")).as_dict()
+        # Shielded: the control server cancels its clients when the server
+        # stops, and a reload cut in the middle would leave a configuration
+        # started and never switched to. `stop` waits for it instead.
+        task = asyncio.get_running_loop().create_task(self.reload("control"))
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+        return (await asyncio.shield(task)).as_dict()
 
     async def reload(self, trigger: str) -> Outcome:
         """Reread the configuration file; `trigger` (a signal's name) is logged."""
