@@ -15,6 +15,7 @@ _kittiwake() {
             "/hash") path="hash" ;;
             "/dkim") path="dkim" ;;
             "/queue") path="queue" ;;
+            "/reload") path="reload" ;;
             "/tls-report") path="tls-report" ;;
             "/sendmail") path="sendmail" ;;
             "/version") path="version" ;;
@@ -34,7 +35,7 @@ _kittiwake() {
         esac
     done
     case "$path" in
-        "") subs="run config explain creds hash dkim queue tls-report sendmail version" opts="-h --help" ;;
+        "") subs="run config explain creds hash dkim queue reload tls-report sendmail version" opts="-h --help" ;;
         "run") subs="" opts="-h --help -c --config --debug.dnsoverride --debug.smtpport --debug.mtastsport --debug.mtastsca" ;;
         "config") subs="check show default" opts="-h --help" ;;
         "config check") subs="" opts="-h --help -c --config --debug.dnsoverride --debug.smtpport --debug.mtastsport --debug.mtastsca" ;;
@@ -55,6 +56,7 @@ _kittiwake() {
         "queue flush") subs="" opts="-h --help -c --config --queue --json" ;;
         "queue delete") subs="" opts="-h --help -c --config --queue --json" ;;
         "queue bounce") subs="" opts="-h --help -c --config --queue --json" ;;
+        "reload") subs="" opts="-h --help -c --config" ;;
         "tls-report") subs="" opts="-h --help -c --config --day --domain --organization --contact" ;;
         "sendmail") subs="" opts="" raw=1 ;;
         "version") subs="" opts="-h --help" ;;
@@ -126,6 +128,8 @@ _kittiwake() {
         "queue show/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "queue show/--queue") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "queue show/-c") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "reload/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "reload/-c") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "run/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "run/--debug.dnsoverride") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "run/--debug.mtastsca") COMPREPLY=($(compgen -f -- "$cur")); return ;;

@@ -16,7 +16,7 @@ import ipaddress
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from kittiwake import log
 from kittiwake.config.directives import Directives
@@ -28,6 +28,7 @@ from kittiwake.dns import Resolver
 from kittiwake.errors import ConfigError, ConfigErrors
 from kittiwake.module import Endpoint, Module, capability_label
 from kittiwake.module import find as find_module
+from kittiwake.server.sockets import ListenSockets
 
 T = TypeVar("T")
 
@@ -64,6 +65,52 @@ class _Block:
     state: BlockState = BlockState.NEW
 
 
+class Shared:
+    """What the process keeps across configuration reloads (docs/reload.md).
+
+    One per server process: the first configuration makes it and every
+    reloaded one receives it. The listening sockets (so kept addresses are
+    never unbound), the DNS resolver and its cache, and the closers of
+    process-wide things such as the TLS report store, run once the server
+    stops rather than when one configuration retires.
+    """
+
+    def __init__(self, debug_flags: DebugFlags) -> None:
+        self.debug_flags = debug_flags
+        self.sockets = ListenSockets()
+        self._resolver: Resolver | None = None
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def resolver(self) -> Resolver:
+        if self._resolver is None:
+            self._resolver = Resolver(self.debug_flags.dns_override)
+        return self._resolver
+
+
+@runtime_checkable
+class Successor(Protocol):
+    """A module that takes something over from the configuration before it.
+
+    `take_over` runs after the new configuration is built and before any
+    of its modules starts; `previous` is every module of the running
+    configuration (docs/reload.md, "The queue").
+    """
+
+    async def take_over(self, previous: list[Module]) -> None: ...
+
+    async def give_back(self) -> None:
+        """The new configuration failed to start: return what `take_over` took."""
+
+
+@runtime_checkable
+class Heir(Protocol):
+    """A module that shares state with its counterpart in the configuration
+    before it, both going on using it (docs/reload.md, "What a reload keeps")."""
+
+    def inherit(self, previous: list[Module]) -> None: ...
+
+
 class Container:
     """Every module instance of one configuration, and their life cycle."""
 
@@ -75,6 +122,7 @@ class Container:
         cwd: str | None = None,
         debug_flags: DebugFlags | None = None,
         serving: bool = True,
+        shared: Shared | None = None,
     ) -> None:
         self.nodes = nodes
         #: False for operator commands (`kittiwake queue`) that build the
@@ -84,7 +132,8 @@ class Container:
         self.config_file = config_file
         self.cwd = cwd or os.getcwd()
         self.debug_flags = debug_flags or DebugFlags()
-        self._resolver: Resolver | None = None
+        #: Kept across reloads; a reloaded configuration gets its predecessor's.
+        self.shared = shared or Shared(self.debug_flags)
         state_dir = os.path.join(self.cwd, DEFAULT_STATE_DIR)
         self.globals = Globals(state_dir=state_dir, runtime_dir=os.path.join(state_dir, "run"))
         self._global_nodes: dict[str, Node] = {}
@@ -97,7 +146,6 @@ class Container:
         self._binds: list[tuple[tuple[str, str, int], Node]] = []
         self._globals_parsed = False
         self._started: list[Module] = []
-        self._closers: list[Callable[[], Awaitable[None]]] = []
         #: Operator commands modules offer while they run (kittiwake/control.py).
         self.control = Commands()
         #: Inline definitions get a block node of their own; each maps back to
@@ -307,11 +355,9 @@ class Container:
         """The process's one DNS resolver (docs/dns.md), made on first use.
 
         Every module asks through it, so `--debug.dnsoverride` reaches
-        every lookup and all share one cache.
+        every lookup and all share one cache, kept across reloads.
         """
-        if self._resolver is None:
-            self._resolver = Resolver(self.debug_flags.dns_override)
-        return self._resolver
+        return self.shared.resolver
 
     def state_path(self, path: str) -> str:
         """Relative paths in module configuration resolve against state_dir."""
@@ -337,41 +383,68 @@ class Container:
 
     # -- life cycle -----------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, previous: Container | None = None) -> None:
         """Start modules in dependency order; on failure stop what started.
 
         A module whose own `start` failed is stopped too, so one that bound
         the first of two addresses releases it: `stop` must cope with a
-        partial start.
+        partial start. With `previous` (a reload, docs/reload.md), modules
+        that take something over from the running configuration do so
+        first; if the start then fails they give it back when stopped.
         """
-        for module in self.modules:
-            self._started.append(module)
-            try:
+        takers = [m for m in self.modules if isinstance(m, Successor)] if previous else []
+        if previous is not None:
+            for module in self.modules:
+                if isinstance(module, Heir):
+                    module.inherit(previous.modules)
+        try:
+            for taker in takers:
+                await taker.take_over(previous.modules if previous else [])
+            for module in self.modules:
+                self._started.append(module)
                 await module.start()
-            except BaseException:
-                await self.stop()
-                raise
+        except BaseException:
+            # Given back first, while the modules that took it still run.
+            for taker in takers:
+                try:
+                    await taker.give_back()
+                except Exception as exc:
+                    self.log.error("module failed to give back", err=exc, module=repr(taker))
+            await self.stop(final=previous is None)
+            raise
 
     def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run `closer` when the server stops, after every module has stopped.
 
         For what modules share rather than own (the TLS report store,
         docs/tls-report.md): made on first use by whichever module needs
-        it, closed once nothing can use it any more.
+        it, closed once nothing can use it any more. Process-wide: a
+        configuration retired by a reload does not run them.
         """
-        self._closers.append(closer)
+        self.shared.closers.append(closer)
 
-    async def stop(self) -> None:
-        """Stop started modules in reverse order, then run the `on_stop` closers
-        (last registered first); one failure does not stop the rest."""
+    async def stop(self, *, final: bool = True) -> None:
+        """Stop started modules in reverse order; one failure does not stop the rest.
+
+        `final` (the server stops): then run the `on_stop` closers (last
+        registered first) and close the listening sockets. A configuration
+        a reload retired stops with `final=False`: those are its successor's.
+        """
         while self._started:
             module = self._started.pop()
             try:
                 await module.stop()
             except Exception as exc:
                 self.log.error("module failed to stop", err=exc, module=repr(module))
-        while self._closers:
-            closer = self._closers.pop()
+        if final:
+            await self.close_shared()
+
+    async def close_shared(self) -> None:
+        """Close what the process shares across reloads (`Shared`): the
+        listening sockets, then the `on_stop` closers, last registered first."""
+        self.shared.sockets.close_all()
+        while self.shared.closers:
+            closer = self.shared.closers.pop()
             try:
                 await closer()
             except Exception as exc:

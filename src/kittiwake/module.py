@@ -125,6 +125,20 @@ class Endpoint(Module):
         fixed."""
         return []
 
+    def serving(self) -> list[tuple[str, str, int]]:
+        """What it listens on once started, as `binds` but a port 0 as the port
+        it got: the sockets a reload must keep open for it (docs/reload.md)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Stop accepting and leave sessions in progress alone: a reload
+        retired this endpoint's configuration (docs/reload.md, "Draining")."""
+        raise NotImplementedError
+
+    async def drain(self, within: float) -> bool:
+        """Wait up to `within` seconds for its sessions to end; whether they did."""
+        raise NotImplementedError
+
 
 # --- The registry --------------------------------------------------------------
 

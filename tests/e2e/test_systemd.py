@@ -43,7 +43,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     text = UNIT.read_text()
     command = f"{sys.executable} -m kittiwake"
     rewritten, count = re.subn(r"/usr/local/bin/kittiwake", command, text)
-    assert count == 2  # ExecStartPre (config check) and ExecStart
+    assert count == 3  # ExecStartPre (config check), ExecStart and ExecReload
     unit = tmp_path / "kittiwake.service"
     unit.write_text(rewritten)
     result = subprocess.run(
@@ -95,7 +95,7 @@ def test_unit_hardening_as_documented() -> None:
             settings.setdefault(key, []).append(value)
     expected = {
         "Type": "notify",
-        "ExecReload": "/bin/kill -USR2 $MAINPID",
+        "ExecReload": "/usr/local/bin/kittiwake reload -c /etc/kittiwake/kittiwake.conf",
         "User": "kittiwake",
         "DynamicUser": "no",
         "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
@@ -167,6 +167,27 @@ smtp tcp://127.0.0.1:{ports[0]} tcp://127.0.0.1:{ports[1]} {{
             with Dialog(port) as d:
                 assert d.reply()[-1].startswith("220 ")
         server.wait_ready(2)
+        # A reload (systemd's ExecReload) is framed by RELOADING=1 and READY=1,
+        # a refused one too.
+        for broken in (False, True):
+            if broken:
+                conf.write_text(conf.read_text() + "\nno_such_directive 1\n")
+            reload = subprocess.run(
+                [sys.executable, "-m", "kittiwake", "reload", "-c", str(conf)],
+                capture_output=True,
+                text=True,
+                env=env(),
+                timeout=60,
+                check=False,
+            )
+            assert reload.returncode == (2 if broken else 0), reload.stdout + reload.stderr
+            reloading = sock.recv(4096).decode().splitlines()
+            assert reloading[0] == "RELOADING=1", reloading
+            assert reloading[1].startswith("MONOTONIC_USEC="), reloading
+            ready = sock.recv(4096).decode().splitlines()
+            assert ready[0] == "READY=1", ready
+            word = "refused" if broken else "reloaded"
+            assert word in ready[1], ready
         server.send(signal.SIGTERM)
         stopping = sock.recv(4096).decode()
         assert stopping.splitlines()[0] == "STOPPING=1", stopping

@@ -1,6 +1,7 @@
 """The `kittiwake` command: the parser, the entry point and the small commands.
 
-`run` lives in `cli/run.py`, `creds` and `hash` in `cli/creds.py`, `dkim`
+`run` lives in `cli/run.py` (its reloads in `cli/reloader.py`), `reload` in
+`cli/reload.py`, `creds` and `hash` in `cli/creds.py`, `dkim`
 in `cli/dkim.py`, `queue` in `cli/queue.py`, `tls-report` in
 `cli/tlsreport.py`, `sendmail` in `cli/sendmail.py`, what they
 share in `cli/common.py`. This module is the program's composition root: it
@@ -33,6 +34,7 @@ from kittiwake.cli.creds import add_creds_commands
 from kittiwake.cli.dkim import add_dkim_commands
 from kittiwake.cli.explain import add_explain_command
 from kittiwake.cli.queue import add_queue_commands
+from kittiwake.cli.reload import add_reload_command
 from kittiwake.cli.run import cmd_run, traceback_fields
 from kittiwake.cli.sendmail import main as sendmail_main
 from kittiwake.cli.tlsreport import add_tls_report_command
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_creds_commands(commands, config_option)
     add_dkim_commands(commands, config_option)
     add_queue_commands(commands, config_option)
+    add_reload_command(commands, config_option)
     add_tls_report_command(commands, config_option)
     # Listed for --help only: main() hands `sendmail` its arguments as they
     # are, because sendmail's options are not argparse's (-oi, -fSENDER).

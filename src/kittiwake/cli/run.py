@@ -9,11 +9,13 @@ kittiwake/systemd.py), and so is the control socket
 (`RUNTIME_DIR/control.sock`, kittiwake/control.py) that `kittiwake queue`
 talks to. Signals are handled inside the event loop:
 SIGTERM/SIGINT start a graceful stop (the endpoints bound it by their grace
-period; systemd is told STOPPING=1), a second one exits at once. SIGHUP,
-SIGUSR1 and SIGUSR2 reopen log files (logrotate sends one of them;
-maddy's packaging sends SIGUSR1 for logs and SIGUSR2 for a reload, which
-kittiwake does not have yet): no signal a service manager or a log
-rotator sends kills the server silently.
+period; systemd is told STOPPING=1), a second one exits at once. SIGUSR2
+rereads the configuration, as `kittiwake reload` does through the control
+socket (cli/reloader.py, docs/reload.md; systemd is told RELOADING=1 and
+READY=1 around it); SIGHUP and SIGUSR1 reopen log files (logrotate sends one
+of them; maddy's packaging sends SIGUSR1 for logs and SIGUSR2 for a
+reload): no signal a service manager or a log rotator sends kills the
+server silently.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Callable
 
 from kittiwake import __version__, log, systemd
 from kittiwake.cli.common import EXIT_FAILURE, EXIT_OK, build, config_error, log_target_error
+from kittiwake.cli.reloader import Outcome, Reloader
 from kittiwake.config.node import Node
 from kittiwake.container import Container
 from kittiwake.control import SOCKET_NAME, ControlServer
@@ -55,15 +58,14 @@ def _raise_open_file_limit() -> None:
 
 
 #: Signals that reopen log files; their default action would end the process.
-#: A configuration reload on SIGUSR2 must tell systemd around it:
-#: `systemd.notify_reloading()` before reading the file, `systemd.notify_ready()`
-#: when done, taken or refused (kittiwake/systemd.py).
-REOPEN_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+REOPEN_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
+#: The signal that reloads the configuration (maddy's).
+RELOAD_SIGNAL = signal.SIGUSR2
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     # Until the event loop handles them, a log rotation must not kill us.
-    for sig in REOPEN_SIGNALS:
+    for sig in (*REOPEN_SIGNALS, RELOAD_SIGNAL):
         signal.signal(sig, signal.SIG_IGN)
     _raise_open_file_limit()
     try:
@@ -125,10 +127,18 @@ async def _serve_on(
         except OSError as exc:
             logger.error("cannot reopen log files", err=exc, signal=sig.name)
             return
-        logger.info(
-            "log files reopened; configuration reload is not supported, restart to apply changes",
-            signal=sig.name,
-        )
+        logger.info("log files reopened", signal=sig.name)
+
+    reloader: Reloader | None = None
+    reloads: set[asyncio.Task[Outcome]] = set()
+
+    def on_reload(sig: signal.Signals) -> None:
+        if reloader is None or stopping.is_set():
+            logger.warn("reload ignored: the server is starting or stopping", signal=sig.name)
+            return
+        task = loop.create_task(reloader.reload(sig.name))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
         # asyncio would print these through the stdlib `logging` module,
@@ -148,6 +158,7 @@ async def _serve_on(
         loop.add_signal_handler(sig, on_stop, sig)
     for sig in REOPEN_SIGNALS:
         loop.add_signal_handler(sig, on_reopen, sig)
+    loop.add_signal_handler(RELOAD_SIGNAL, on_reload, RELOAD_SIGNAL)
     try:
         _log_debug_flags(container, logger)
         try:
@@ -160,18 +171,20 @@ async def _serve_on(
         # Before the readiness lines: a script that waits for them may
         # run `kittiwake queue` at once.
         control = ControlServer(container.control, container.runtime_path(SOCKET_NAME))
+        reloader = Reloader(container, control, _announce)
         await control.start()
         if not stopping.is_set():
-            addresses = _announce(container)
+            addresses = _addresses(container)
+            _announce(addresses)
             systemd.notify_ready(f"listening on {', '.join(addresses)}")
             logger.info("started", version=__version__, config=container.config_file)
             await stopping.wait()
         await control.stop()
-        await container.stop()
+        await reloader.stop()
         logger.info("stopped")
         return EXIT_OK
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, *REOPEN_SIGNALS):
+        for sig in (signal.SIGTERM, signal.SIGINT, *REOPEN_SIGNALS, RELOAD_SIGNAL):
             loop.remove_signal_handler(sig)
 
 
@@ -191,18 +204,19 @@ def _log_debug_flags(container: Container, logger: log.Logger) -> None:
         )
 
 
-def _announce(container: Container) -> list[str]:
-    """The readiness lines scripts wait for, all at once, after every bind.
+def _addresses(container: Container) -> list[str]:
+    return [address for endpoint in container.endpoints for address in endpoint.addresses()]
 
-    Returns the addresses, for systemd's status line.
-    """
-    addresses = [address for endpoint in container.endpoints for address in endpoint.addresses()]
+
+def _announce(addresses: list[str]) -> None:
+    """The readiness lines scripts wait for, all at once, after every bind
+    (and after a reload, for the addresses it added)."""
+    lines = [f"kittiwake: listening on {address}\n" for address in addresses]
     try:
-        sys.stdout.write("".join(f"kittiwake: listening on {a}\n" for a in addresses))
+        sys.stdout.write("".join(lines))
         sys.stdout.flush()
     except OSError:
         pass  # nobody reads stdout; the server itself is fine
-    return addresses
 
 
 def _report_start_failure(container: Container, exc: OSError) -> None:

@@ -115,11 +115,19 @@ class Runner:
 
     # -- life -------------------------------------------------------------------------
 
-    def start(self, records: list[Record], now: float) -> None:
-        """Take over the entries found on disk, keeping their schedule."""
+    def start(
+        self, records: list[Record], now: float, planned: dict[str, float] | None = None
+    ) -> None:
+        """Take over the entries found on disk, keeping their schedule.
+
+        `planned`: when the runner a reload replaced would have tried each
+        entry (docs/reload.md, "The queue"); those keep that time.
+        """
         for record in records:
-            tries = [r.tries for r in record.rcpts]
-            when = self.policy.at_start(record.last_attempt, tries, now)
+            when = (planned or {}).get(record.id)
+            if when is None:
+                tries = [r.tries for r in record.rcpts]
+                when = self.policy.at_start(record.last_attempt, tries, now)
             self.add(record, when, verified=False)
         loop = asyncio.get_running_loop()
         self._workers = [loop.create_task(self._worker()) for _ in range(self.parallelism)]

@@ -42,7 +42,7 @@ from kittiwake.module import Module, register
 from kittiwake.queue import commands
 from kittiwake.queue.notices import Notifier
 from kittiwake.queue.progress import NoticeRules
-from kittiwake.queue.record import FileSum, Rcpt, Record
+from kittiwake.queue.record import CorruptEntry, FileSum, Rcpt, Record
 from kittiwake.queue.runner import Runner
 from kittiwake.queue.schedule import RetryPolicy
 from kittiwake.queue.store import Cancelled, Store
@@ -239,6 +239,13 @@ class QueueTarget(Module):
         self._threads = FilePool(POOL_SIZE, "kittiwake-queue")
         self._lock_fd = -1
         self.runner: Runner | None = None
+        # A reload (docs/reload.md, "The queue"): the queue this one took
+        # over, or handed over to, and the entries in transit between them.
+        self._predecessor: QueueTarget | None = None
+        self._successor: QueueTarget | None = None
+        self._inherited: list[Record] = []
+        self._pending: list[Record] = []
+        self._planned: dict[str, float] = {}
 
     def _bounce(self, cfg: Directives, node: Node) -> Notifier:
         """The `bounce { PIPELINE }` block and what notices need besides it."""
@@ -269,6 +276,17 @@ class QueueTarget(Module):
     # -- life ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._predecessor is not None:  # a reload: lock and entries taken over
+            records = self._merge(self._inherited, self._pending)
+            self._inherited, self._pending = [], []
+            self._run_entries(records, self._planned)
+            self._planned = {}
+            self.log.info(
+                "queue taken over from the previous configuration",
+                location=self.location,
+                entries=len(records),
+            )
+            return
         try:
             await self.run(self.store.prepare)
             self._lock_fd = await self.run(self.store.lock)
@@ -286,6 +304,11 @@ class QueueTarget(Module):
             self.log.error("entry quarantined at start", queue_id=entry_id, reason=reason)
         if scan.cleaned:
             self.log.info("removed unfinished files", count=scan.cleaned)
+        self._run_entries(scan.records)
+        self.log.info("queue started", location=self.location, entries=len(scan.records))
+
+    def _run_entries(self, records: list[Record], planned: dict[str, float] | None = None) -> None:
+        """Start delivering `records` and answer the queue's control commands."""
         self.runner = Runner(
             target=self.target,
             store=self.store,
@@ -296,9 +319,8 @@ class QueueTarget(Module):
             parallelism=self.parallelism,
             log=self.log,
         )
-        self.runner.start(scan.records, time.time())
+        self.runner.start(records, time.time(), planned)
         commands.register(self.container.control, self.name, self)
-        self.log.info("queue started", location=self.location, entries=len(scan.records))
 
     async def stop(self) -> None:
         commands.unregister(self.container.control, self.name)
@@ -310,15 +332,111 @@ class QueueTarget(Module):
         if fd >= 0:
             os.close(fd)
 
+    # -- reload: one queue directory, one runner (docs/reload.md, "The queue") ----------
+
+    async def take_over(self, previous: list[Module]) -> None:
+        """Take the lock and entries of the running queue at the same location.
+
+        Only one runner may deliver a directory's entries, or an entry
+        would be sent twice: the running queue's runner stops first (its
+        attempts in progress finish), then this queue starts one with the
+        same entries, read again from disk, and without scanning the
+        directory: sessions of the previous configuration may still be
+        writing entries there, and what they commit is passed on
+        (`accepted`).
+        """
+        for module in previous:
+            if (
+                isinstance(module, QueueTarget)
+                and module.location == self.location
+                and module.runner is not None
+            ):
+                self._inherited = await module._hand_over(self)
+                return
+
+    async def give_back(self) -> None:
+        """The reload failed after `take_over`: the previous queue goes on.
+
+        Until the previous queue runs again, what its sessions commit still
+        comes here (`_pending`) and goes back with the rest.
+        """
+        before = self._predecessor
+        if before is None or before._successor is not self:
+            return
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            commands.unregister(self.container.control, self.name)
+            await runner.stop()
+        planned = {i: e.next_at for i, e in runner.entries.items()} if runner else self._planned
+        records = await self._reread(runner, self._inherited)
+        # No await from here on: the links change and the runner starts at once.
+        before._successor = self._predecessor = None
+        before._lock_fd, self._lock_fd = self._lock_fd, -1
+        before._run_entries(self._merge(records, self._pending), planned)
+        self._inherited, self._pending, self._planned = [], [], {}
+        before.log.info("queue given back: the reload did not complete", location=self.location)
+
+    async def _hand_over(self, successor: QueueTarget) -> list[Record]:
+        runner, self.runner = self.runner, None
+        assert runner is not None
+        # Linked first: what sessions commit while the runner stops is the
+        # successor's (`accepted`).
+        self._successor = successor
+        successor._predecessor = self
+        commands.unregister(self.container.control, self.name)
+        await runner.stop()
+        successor._planned = {i: e.next_at for i, e in runner.entries.items() if not e.running}
+        successor._lock_fd, self._lock_fd = self._lock_fd, -1
+        return await self._reread(runner, [])
+
+    async def _reread(self, runner: Runner | None, extra: list[Record]) -> list[Record]:
+        """The entries of a stopped runner and `extra`, as they are on disk now."""
+        ids = [r.id for r in extra]
+        if runner is not None:
+            ids += [
+                entry_id
+                for entry_id, e in runner.entries.items()
+                if not e.deleted and not e.gone and entry_id not in ids
+            ]
+        return await self.run(self._load_existing, ids)
+
+    def _load_existing(self, ids: list[str]) -> list[Record]:
+        records = []
+        for entry_id in ids:
+            try:
+                records.append(self.store.load(entry_id))
+            except FileNotFoundError:
+                continue  # delivered and removed meanwhile
+            except (CorruptEntry, OSError) as exc:
+                self.log.error("entry quarantined at hand-over", queue_id=entry_id, reason=exc)
+                self.store.quarantine(entry_id)
+        return records
+
+    @staticmethod
+    def _merge(first: list[Record], then: list[Record]) -> list[Record]:
+        seen: dict[str, Record] = {}
+        for record in (*first, *then):
+            seen.setdefault(record.id, record)
+        return list(seen.values())
+
     # -- the target ------------------------------------------------------------------
 
     async def start_delivery(self, meta: MsgMeta, mail_from: str) -> QueueDelivery:
         return QueueDelivery(self, meta, mail_from)
 
     def accepted(self, record: Record) -> None:
-        """A committed entry: try it at once (or at the next start if stopping)."""
+        """A committed entry: try it at once (or at the next start if stopping).
+
+        After a reload handed this queue over, entries that sessions of the
+        previous configuration commit go to its successor.
+        """
+        if self._successor is not None:
+            self._successor.accepted(record)
+            return
         if self.runner is not None:
             self.runner.add(record)
+        elif self._predecessor is not None:
+            self._pending.append(record)  # taken over, not started yet
         self.log.info("queued", queue_id=record.id, msg_id=record.msg_id, rcpts=len(record.rcpts))
 
 

@@ -279,6 +279,15 @@ class AuthThrottle:
         # Keys the guess hashes; per process, so a password is never stored.
         self._secret = os.urandom(32)
 
+    def share_counters(self, previous: AuthThrottle) -> None:
+        """Count on with `previous`'s counters (a reload, docs/reload.md).
+
+        The guess hashes need the same key, so it comes along; the limits
+        are this throttle's own, so a reload may change them.
+        """
+        self.store = previous.store
+        self._secret = previous._secret
+
     async def check(self, ip: str | None, username: str) -> Lockout | None:
         """Whether an attempt must be refused before its password is checked.
 

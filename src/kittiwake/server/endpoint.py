@@ -20,7 +20,7 @@ from kittiwake.config.values import ListenAddress, parse_listen_address
 from kittiwake.limits import Limits
 from kittiwake.message.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
 from kittiwake.message.header import MAX_FIELDS
-from kittiwake.module import Endpoint, register
+from kittiwake.module import Endpoint, Module, register
 from kittiwake.networks import Network, parse_network
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
@@ -253,6 +253,7 @@ class SMTPEndpoint(Endpoint):
         self.listener = Listener(
             self.listen,
             runtime_dir=self.container.globals.runtime_dir,
+            sockets=self.container.shared.sockets,
             tls_context=self._tls_context,
             make_session=make_session,
             handshake_timeout=self.read_timeout or None,
@@ -267,6 +268,34 @@ class SMTPEndpoint(Endpoint):
 
     def addresses(self) -> list[str]:
         return self.listener.bound() if self.listener is not None else []
+
+    def inherit(self, previous: list[Module]) -> None:
+        """A reload: failed logins counted so far still count (docs/reload.md).
+
+        The counterpart is the endpoint of the same kind on the same
+        addresses; one whose addresses changed starts afresh.
+        """
+        if self.auth_throttle is None:
+            return
+        for module in previous:
+            if (
+                isinstance(module, SMTPEndpoint)
+                and module.module_name == self.module_name
+                and sorted(module.binds()) == sorted(self.binds())
+                and module.auth_throttle is not None
+            ):
+                self.auth_throttle.share_counters(module.auth_throttle)
+                return
+
+    def serving(self) -> list[tuple[str, str, int]]:
+        return self.listener.binds() if self.listener is not None else []
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+
+    async def drain(self, within: float) -> bool:
+        return self.listener is None or await self.listener.drain(within)
 
 
 @register("smtp")

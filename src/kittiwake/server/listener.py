@@ -1,28 +1,27 @@
-"""Binding an endpoint's addresses, accepting, and stopping gracefully.
+"""Serving an endpoint's addresses, accepting, and stopping gracefully.
 
-Each accepted connection becomes a `Session`. On stop the listening sockets
-close first; sessions without an open transaction are told `421 4.3.2` at
-once, the others may finish within the grace period, and whoever is left
-then is told the same and disconnected (docs/server.md, "Shutdown").
+The sockets themselves are the process's (server/sockets.py), so a reload
+can hand them to the next configuration. Each accepted connection becomes
+a `Session`. On stop the listener stops accepting first; sessions without
+an open transaction are told `421 4.3.2` at once, the others may finish
+within the grace period, and whoever is left then is told the same and
+disconnected (docs/server.md, "Shutdown").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import ssl
-import stat
+import sys
 from collections.abc import Callable
 
 from kittiwake.config.values import ListenAddress
 from kittiwake.log import Logger
 from kittiwake.server.proxy_accept import ProxyAcceptor, ProxyConfig
 from kittiwake.server.session import Session
-
-#: Unix sockets are for local MTAs: owner and group only.
-UNIX_SOCKET_MODE = 0o660
+from kittiwake.server.sockets import Bind, ListenSockets, bind_of, real_bind
 
 
 class Listener:
@@ -33,6 +32,7 @@ class Listener:
         addresses: list[ListenAddress],
         *,
         runtime_dir: str,
+        sockets: ListenSockets,
         tls_context: Callable[[], ssl.SSLContext | None],
         make_session: Callable[[set[Session], bool, tuple[str, int] | None], Session],
         handshake_timeout: float | None,
@@ -41,26 +41,42 @@ class Listener:
     ) -> None:
         self._addresses = addresses
         self._runtime_dir = runtime_dir
+        self._sockets = sockets
         self._tls_context = tls_context
         self._make_session = make_session
         self._handshake_timeout = handshake_timeout
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
         self._proxy = proxy
         self._log = log
         self._acceptors: list[ProxyAcceptor] = []
         self._bound: list[str] = []
+        self._binds: list[Bind] = []
         self.sessions: set[Session] = set()
 
     def bound(self) -> list[str]:
         """The addresses actually listened on (a port 0 shows the real port)."""
         return list(self._bound)
 
+    def binds(self) -> list[Bind]:
+        """What this listener serves, port 0 as the port it got (server/sockets.py)."""
+        return list(self._binds)
+
     async def start(self) -> None:
+        """Serve every address, on the process's socket for it (server/sockets.py)."""
         loop = asyncio.get_running_loop()
         for addr in self._addresses:
             implicit_tls = addr.scheme == "tls"
+            sock = self._sockets.take(addr, self._runtime_dir)
+            bind = real_bind(bind_of(addr, self._runtime_dir), sock)
+            self._binds.append(bind)
+            if bind[0] == "unix":
+                shown = f"unix://{bind[1]}"
+            else:
+                host = f"[{addr.host}]" if sock.family == socket.AF_INET6 else addr.host
+                shown = f"{addr.scheme}://{host}:{bind[2]}"
+            self._bound.append(shown)
             if self._proxy is not None:
-                self._start_proxied(addr, implicit_tls)
+                self._start_proxied(sock, implicit_tls)
                 continue
             context = self._tls_context() if implicit_tls else None
 
@@ -68,45 +84,19 @@ class Listener:
                 return self._make_session(self.sessions, tls, None)
 
             if addr.scheme == "unix":
-                path = self.unix_path(addr)
-                _remove_stale_socket(path)
-                server = await loop.create_unix_server(factory, path, backlog=1024)
-                os.chmod(path, UNIX_SOCKET_MODE)
-                self._servers.append(server)
-                self._bound.append(f"unix://{path}")
-                continue
-            server = await loop.create_server(
-                factory,
-                addr.host,
-                addr.port,
-                ssl=context,
-                ssl_handshake_timeout=self._handshake_timeout if context else None,
-                reuse_address=True,
-                backlog=1024,
-            )
+                server: asyncio.AbstractServer = await _unix_server(loop, factory, sock)
+            else:
+                server = await loop.create_server(
+                    factory,
+                    sock=sock,
+                    ssl=context,
+                    ssl_handshake_timeout=self._handshake_timeout if context else None,
+                )
             self._servers.append(server)
-            sock = server.sockets[0]
-            port = sock.getsockname()[1]
-            host = f"[{addr.host}]" if sock.family == socket.AF_INET6 else addr.host
-            self._bound.append(f"{addr.scheme}://{host}:{port}")
 
-    def _start_proxied(self, addr: ListenAddress, implicit_tls: bool) -> None:
+    def _start_proxied(self, sock: socket.socket, implicit_tls: bool) -> None:
         """Accept through a ProxyAcceptor: the header comes before TLS and banner."""
         assert self._proxy is not None and self._log is not None
-        if addr.scheme == "unix":
-            path = self.unix_path(addr)
-            _remove_stale_socket(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(path)
-            os.chmod(path, UNIX_SOCKET_MODE)
-            sock.listen(1024)
-            bound = f"unix://{path}"
-        else:
-            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-            sock = socket.create_server((addr.host, addr.port), family=family, backlog=1024)
-            port = sock.getsockname()[1]
-            host = f"[{addr.host}]" if family == socket.AF_INET6 else addr.host
-            bound = f"{addr.scheme}://{host}:{port}"
         acceptor = ProxyAcceptor(
             sock,
             self._proxy,
@@ -117,16 +107,32 @@ class Listener:
         )
         acceptor.start()
         self._acceptors.append(acceptor)
-        self._bound.append(bound)
 
-    def unix_path(self, addr: ListenAddress) -> str:
-        return os.path.join(self._runtime_dir, addr.path)
+    async def close(self) -> None:
+        """Stop accepting; sessions in progress go on (a reload, docs/reload.md).
 
-    async def stop(self, grace: float) -> None:
+        Only this endpoint's duplicate of each socket closes: a socket the
+        next configuration serves stays open for it.
+        """
         for server in self._servers:
             server.close()
         for acceptor in self._acceptors:
             await acceptor.stop()
+        self._acceptors.clear()
+
+    async def drain(self, within: float) -> bool:
+        """Wait up to `within` seconds for every session to end; whether they did."""
+        deadline = asyncio.get_running_loop().time() + within
+        while self.sessions:
+            tasks = [s.task for s in self.sessions if s.task is not None]
+            left = deadline - asyncio.get_running_loop().time()
+            if not tasks or left <= 0:
+                return False
+            await asyncio.wait(tasks, timeout=left)
+        return True
+
+    async def stop(self, grace: float) -> None:
+        await self.close()
         for session in list(self.sessions):
             session.begin_shutdown()
         tasks = [s.task for s in self.sessions if s.task is not None]
@@ -139,27 +145,14 @@ class Listener:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
-        for addr in self._addresses:
-            if addr.scheme == "unix":
-                with contextlib.suppress(OSError):
-                    os.unlink(self.unix_path(addr))
         self._servers.clear()
 
 
-def _remove_stale_socket(path: str) -> None:
-    """Replace a socket file left by a crashed process, never a live one."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: stale
-        return
-    finally:
-        probe.close()
-    raise OSError(f"{path} is in use by another process")
+async def _unix_server(
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], Session], sock: socket.socket
+) -> asyncio.AbstractServer:
+    """Python 3.13 removes a Unix socket's file when its server closes; the file
+    belongs to the process's socket (server/sockets.py), which may outlive it."""
+    if sys.version_info >= (3, 13):
+        return await loop.create_unix_server(factory, sock=sock, cleanup_socket=False)
+    return await loop.create_unix_server(factory, sock=sock)

@@ -43,7 +43,7 @@ from kittiwake.tlsrpt import TLSAttempt
 from kittiwake.tlsrpt.aggregate import DayCounts
 
 if TYPE_CHECKING:
-    from kittiwake.container import Container
+    from kittiwake.container import Container, Shared
 
 __all__ = ["DIRECTORY", "FLUSH_INTERVAL", "TLSReportStore", "day_path", "read_day", "shared"]
 
@@ -223,7 +223,7 @@ class TLSReportStore:
         await asyncio.to_thread(self.close)
 
 
-_shared: weakref.WeakKeyDictionary[Container, TLSReportStore] = weakref.WeakKeyDictionary()
+_shared: weakref.WeakKeyDictionary[Shared, TLSReportStore] = weakref.WeakKeyDictionary()
 _shared_lock = threading.Lock()
 
 
@@ -233,12 +233,14 @@ def shared(container: Container) -> TLSReportStore:
     It writes under `STATE_DIR/tls_reports/` and is closed (its last
     counts written) when the container stops, after every module has
     stopped. Making it starts nothing: the writer thread starts with the
-    first `record`, so `kittiwake config check` writes no file.
+    first `record`, so `kittiwake config check` writes no file. A reload
+    keeps it (it belongs to the process's `Shared`, docs/reload.md): two
+    stores would each add their counts to the same day file and lose some.
     """
     with _shared_lock:
-        store = _shared.get(container)
+        store = _shared.get(container.shared)
         if store is None:
             store = TLSReportStore(container.state_path(DIRECTORY))
-            _shared[container] = store
+            _shared[container.shared] = store
             container.on_stop(store.aclose)
         return store
