@@ -220,7 +220,7 @@ def enable() -> LiveMetrics:
         return installed
     # `_created` series mean something in OpenMetrics only; in the text
     # format they would double the series for nothing.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # not annotated upstream
     live = LiveMetrics(with_process=True)
     install(live)
     return live
