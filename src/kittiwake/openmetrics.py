@@ -25,7 +25,7 @@ import contextlib
 import os
 import socket
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from kittiwake import metrics
 from kittiwake.config.values import ListenAddress, parse_listen_address
@@ -35,6 +35,10 @@ from kittiwake.module import Directives, Endpoint, register
 MAX_REQUEST_HEAD = 8 * 1024
 REQUEST_TIMEOUT = 10.0
 PATH = "/metrics"
+#: The text format every Prometheus reads. Our names are all classic ones
+#: (letters, digits, `_`), so the client's newer 1.0.0 format would write
+#: the same bytes; saying 0.0.4 keeps older scrapers on their usual parser.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @register("openmetrics")
@@ -154,4 +158,4 @@ def answer(head: bytes, live: metrics.LiveMetrics) -> tuple[str, bytes, str]:
         return "404 Not Found", b"not found: metrics are at /metrics\n", text
     if method not in ("GET", "HEAD"):
         return "405 Method Not Allowed", b"method not allowed\n", text
-    return "200 OK", generate_latest(live.registry), CONTENT_TYPE_LATEST
+    return "200 OK", generate_latest(live.registry), CONTENT_TYPE
