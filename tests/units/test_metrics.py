@@ -16,6 +16,7 @@ from kittiwake import metrics
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError, SMTPError
+from kittiwake.limits import Limiter, Rule
 from kittiwake.openmetrics import OpenMetrics, answer
 from kittiwake.protocol.events import AutoReply, Data, Greeting, MailFrom
 from kittiwake.server.session_config import ConnectionGate
@@ -199,6 +200,26 @@ def test_limits_and_remote(live: metrics.LiveMetrics) -> None:
     assert sample(live, "kittiwake_limit_refusals_total", scope="ip") == 1
     level = {"module": "target.remote/out", "level": "encrypted"}
     assert sample(live, "maddy_remote_conns_tls_level_total", **level) == 1
+
+
+async def test_limiter_reports_waits_and_refusals(live: metrics.LiveMetrics) -> None:
+    limiter = Limiter([Rule("ip", "concurrency", "i.c", max_slots=1)])
+    held = await limiter.take("192.0.2.1", "example.org")
+    # Waits once (however often it retries), then is refused at the deadline.
+    with pytest.raises(SMTPError):
+        await limiter.take("192.0.2.1", "example.org", deadline_s=0.05)
+    assert sample(live, "kittiwake_limit_waits_total", scope="ip") == 1
+    assert sample(live, "kittiwake_limit_refusals_total", scope="ip") == 1
+
+    async def release_soon() -> None:
+        await asyncio.sleep(0.02)
+        await held.release()
+
+    releaser = asyncio.create_task(release_soon())
+    await (await limiter.take("192.0.2.1", "example.org", deadline_s=2)).release()
+    await releaser
+    assert sample(live, "kittiwake_limit_waits_total", scope="ip") == 2
+    assert sample(live, "kittiwake_limit_refusals_total", scope="ip") == 1
 
 
 def test_registries_are_separate() -> None:
