@@ -201,6 +201,8 @@ def test_values_move_as_mail_is_sent(
     rejected = {**smtp, "result": "rejected", "enhanced_code": "5.7.0"}
     assert moved(before, after, "kittiwake_smtp_messages_total", **rejected) == 1
     assert moved(before, after, "maddy_smtp_aborted_transactions_total", **smtp) == 1
+    # The mailbox's part of it was started at RCPT, and undone.
+    assert moved(before, after, "kittiwake_delivery_results_total", **mb, result="aborted") == 1
 
     # Through the queue: one recipient delivered, one told 451 and kept.
     before = after
