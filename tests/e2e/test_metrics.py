@@ -10,10 +10,13 @@ so it checks what moved and by how much, not absolute numbers.
 The second test runs a real Prometheus (Debian package `prometheus`, which
 `.ci/run` installs; its system service is never started) scraping the
 server every second, and asks its HTTP API for a counter after mail came.
+The third runs `target.remote` in this process against a receiving server
+(mxsink.py) and reads the security levels of its connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import smtplib
 import ssl
@@ -28,8 +31,17 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trustme
+from fakedns import FakeDNS
 from kw import Kittiwake, free_port, need_tool
+from mxsink import MXSink
+from outbound import Outcome, deliver
 from prometheus_client.parser import text_string_to_metric_families
+
+from kittiwake import metrics
+from kittiwake.config.parser import parse_text
+from kittiwake.container import Container, DebugFlags
+from kittiwake.message import MsgMeta
+from kittiwake.targets.base import DeliveryTarget
 
 Start = Callable[..., Kittiwake]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -322,3 +334,51 @@ def test_a_real_prometheus_scrapes_it(
     # maddy's name, with the _total suffix every counter has in this format.
     got = query(prom, 'maddy_smtp_started_transactions_total{module="smtp"}')
     assert got and got[0]["value"][1] == "3"  # type: ignore[index]
+
+
+# --- target.remote --------------------------------------------------------------------
+
+
+def test_remote_connections_by_security_level(tmp_path: Path) -> None:
+    """In this process: `target.remote` to a plain-text MX counts `none` levels."""
+    port = free_port()
+    dns = FakeDNS({("plain.test", "MX"): ["10 mx.test."], ("mx.test", "A"): ["127.0.0.2"]})
+    sink = MXSink("127.0.0.2", port, name="mx.test")
+    live = metrics.LiveMetrics()
+    metrics.install(live)
+
+    async def run() -> Outcome:
+        text = f"state_dir {tmp_path}/state\nhostname sender.example.com\n"
+        flags = DebugFlags(dns_override=dns.address, smtp_port=port)
+        container = Container(
+            parse_text(text, "t.conf"), config_file="t.conf", cwd=str(tmp_path), debug_flags=flags
+        )
+        container.parse_globals()
+        (node,) = parse_text("deliver_to remote { }\n", "t.conf")
+        target = container.module_from_node(node, DeliveryTarget, "target")
+        await container.start()
+        try:
+            meta = MsgMeta(id="metrics01")
+            return await deliver(
+                target,
+                meta,
+                "me@sender.example",
+                ["a@plain.test"],
+                "hi",
+                b"Hi\r\n",
+                non_atomic=True,
+            )
+        finally:
+            await container.stop()
+
+    try:
+        out = asyncio.run(run())
+    finally:
+        metrics.install(None)
+        sink.close()
+        dns.close()
+    assert out.statuses == {"a@plain.test": None}
+    registry = live.registry
+    labels = {"module": "target.remote", "level": "none"}
+    assert registry.get_sample_value("maddy_remote_conns_tls_level_total", labels) == 1
+    assert registry.get_sample_value("maddy_remote_conns_mx_level_total", labels) == 1
