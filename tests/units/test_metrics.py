@@ -19,6 +19,7 @@ from kittiwake.errors import ConfigError, SMTPError
 from kittiwake.limits import Limiter, Rule
 from kittiwake.openmetrics import OpenMetrics, answer
 from kittiwake.protocol.events import AutoReply, Data, Greeting, MailFrom
+from kittiwake.server.endpoint import SMTPEndpoint
 from kittiwake.server.session_config import ConnectionGate
 
 
@@ -100,6 +101,15 @@ def test_without_openmetrics_nothing_is_live() -> None:
     endpoint.command(MailFrom("a@b"))
     endpoint.reply(250)
     metrics.current().check_result("spf", "reject")
+
+
+def test_an_endpoint_without_openmetrics_reports_to_the_null_object(tmp_path: Path) -> None:
+    conf = "hostname mx.example.org\ntls off\nsmtp tcp://127.0.0.1:0 { reject }\n"
+    container = Container(parse_text(conf, "t.conf"), config_file="t.conf", cwd=str(tmp_path))
+    container.build()
+    (endpoint,) = container.endpoints
+    assert isinstance(endpoint, SMTPEndpoint)
+    assert endpoint._session_config().metrics is metrics.NULL_ENDPOINT
 
 
 # --- the live metrics ---------------------------------------------------------------
