@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 from kittiwake import log
 from kittiwake.config.directives import Directives
 from kittiwake.config.globals import PARSERS, Globals
+from kittiwake.config.maddy import maddy_only
 from kittiwake.config.node import Node
 from kittiwake.control import Commands
 from kittiwake.dns import Resolver
-from kittiwake.errors import ConfigError
+from kittiwake.errors import ConfigError, ConfigErrors
 from kittiwake.module import Endpoint, Module, capability_label
 from kittiwake.module import find as find_module
 
@@ -73,8 +74,13 @@ class Container:
         config_file: str = "",
         cwd: str | None = None,
         debug_flags: DebugFlags | None = None,
+        serving: bool = True,
     ) -> None:
         self.nodes = nodes
+        #: False for operator commands (`kittiwake queue`) that build the
+        #: configuration only to find things in it: warnings about how the
+        #: server would serve mail are for `run` and `config check`.
+        self.serving = serving
         self.config_file = config_file
         self.cwd = cwd or os.getcwd()
         self.debug_flags = debug_flags or DebugFlags()
@@ -94,6 +100,12 @@ class Container:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         #: Operator commands modules offer while they run (kittiwake/control.py).
         self.control = Commands()
+        #: Inline definitions get a block node of their own; each maps back to
+        #: the directive it came from (kept alive here, so ids stay unique).
+        self._origins: dict[int, tuple[Node, Node]] = {}
+        #: Defaults modules used, by the directive whose block lacked them
+        #: (`kittiwake config show --defaults`).
+        self._defaults: dict[int, tuple[Node, dict[str, list[str]]]] = {}
         self.log = log.get("")
 
     # -- building -----------------------------------------------------------
@@ -147,6 +159,10 @@ class Container:
             self._binds.append((bind, node))
 
     def _split_top_level(self) -> None:
+        # maddy's modules kittiwake lacks, all at once, with what to do instead.
+        lacking = maddy_only(self.nodes, lambda name: find_module(name) is not None)
+        if lacking:
+            raise ConfigErrors(lacking)
         for node in self.nodes:
             if node.name in PARSERS:
                 if node.name in self._global_nodes:
@@ -234,7 +250,9 @@ class Container:
             raise node.error(f"{name} is an endpoint and cannot be used here")
         module = cls(self, "", inline)
         self._check_capability(module, cap, node, name)
-        module.configure(Directives(Node(name, inline, block, node.file, node.line), self))
+        own = Node(name, inline, block, node.file, node.line)
+        self._origins[id(own)] = (own, self.origin(node))
+        module.configure(Directives(own, self))
         self.modules.append(module)
         return module  # type: ignore[return-value]  # checked by _check_capability
 
@@ -262,6 +280,25 @@ class Container:
                 f"{node.name}: module {module.module_name} ({name}) cannot be used here: "
                 f"it is not {_article(capability_label(cap))}"
             )
+
+    # -- defaults, for `config show --defaults` ----------------------------------
+
+    def origin(self, node: Node) -> Node:
+        """The configuration directive behind `node` (itself, unless made for an
+        inline definition)."""
+        found = self._origins.get(id(node))
+        return found[1] if found is not None else node
+
+    def note_default(self, node: Node, name: str, args: list[str]) -> None:
+        """A module used its default for `name` in the block of `node`."""
+        at = self.origin(node)
+        _, used = self._defaults.setdefault(id(at), (at, {}))
+        used.setdefault(name, args)
+
+    def defaults_of(self, node: Node) -> dict[str, list[str]]:
+        """The defaults used in `node`'s block, by directive name (file order)."""
+        found = self._defaults.get(id(node))
+        return dict(found[1]) if found is not None else {}
 
     # -- paths ----------------------------------------------------------------
 

@@ -69,3 +69,18 @@ class ConfigError(KittiwakeError):
         if self.file:
             return f"{self.file}: {self.message}"
         return self.message
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems found in one pass, reported together.
+
+    Positioned at the first; printed as one `FILE:LINE: message` line each.
+    """
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.message, first.file, first.line)
+        self.errors = list(errors)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(e) for e in self.errors)

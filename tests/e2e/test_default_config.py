@@ -119,6 +119,16 @@ def test_swaks_delivers_with_the_default(tmp_path: Path) -> None:
             d.send(b"EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<x@example.com>\r\n")
             replies = [d.reply()[-1] for _ in range(3)]
             assert replies[2].startswith("550 5.7.1 Relaying denied")
+            # ... but <postmaster> without a domain is taken (RFC 5321 §4.5.1).
+            assert d.cmd("RSET").startswith("250")
+            assert d.cmd("MAIL FROM:<a@example.net>").startswith("250")
+            assert d.cmd("RCPT TO:<Postmaster>").startswith("250")
+            assert d.cmd("DATA").startswith("354")
+            assert d.cmd("Subject: hi\r\n\r\nfor the postmaster\r\n.").startswith("250")
+        maildir = tmp_path / "kittiwake-data" / "maildir"
+        (postmaster,) = maildir.glob("*/postmaster/new/*")
+        assert b"for the postmaster" in postmaster.read_bytes()
+        assert postmaster.parts[-4] != "localhost"  # this machine's name
     finally:
         proc.terminate()
         code = proc.wait(20)
@@ -229,6 +239,7 @@ def test_the_default_sends_to_other_domains(tmp_path: Path, ca: trustme.CA) -> N
         (notice,) = [f.read_bytes() for f in inbox.iterdir()]
         assert b"nobody@remote.test" in notice
         assert b"550 5.1.1" in notice
+        assert b"Remote-MTA: dns; mx.remote.test" in notice  # the MX by name
 
         # No TLS at plain.test: refused by local_policy, kept in the queue.
         def waiting() -> list[dict[str, object]]:
@@ -239,7 +250,10 @@ def test_the_default_sends_to_other_domains(tmp_path: Path, ca: trustme.CA) -> N
 
         (entry,) = wait_for(waiting, message="the queued message's error")
         assert "someone@plain.test" in json.dumps(entry)
-        assert "TLS is not available or unauthenticated but required" in entry["last_error"]
+        assert (
+            "TLS is not available or unauthenticated but required: STARTTLS not offered"
+            in (entry["last_error"])
+        )
         assert str(entry["last_error"]).startswith("451 ")
         assert plain.messages == []
         # A program on the host: kittiwake sendmail through the default's socket.

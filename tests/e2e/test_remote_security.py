@@ -497,7 +497,8 @@ def test_local_policy_min_tls_encrypted_refuses_plain_text(
     assert send(server, ca, "you@plain.test", "too plain", queued=True)[0] == 250
     entry = stays_queued(tmp_path, "you@plain.test")
     assert entry["last_error"] == (
-        "451 4.7.1 No usable MXs, last err: TLS is not available or unauthenticated but required"
+        "451 4.7.1 No usable MXs, last err: TLS is not available or unauthenticated but required:"
+        " STARTTLS not offered"
     )
     assert not mx.sinks["mx-plain"].messages
     # The same server sends to a domain whose MX does offer TLS.

@@ -226,6 +226,11 @@ def test_submission_with_auth(
     assert done.returncode == 0, done.stderr
     [msg] = delivered(tmp_path, "alice")
     assert "with ESMTPSA" in " ".join(msg["Received"].split())  # after STARTTLS, authenticated
+    # Without -f, the login is the sender (not the Unix user running it).
+    bare = sendmail(tmp_path, b"Subject: b\n\ny\n", *args, "alice@test.example")
+    assert bare.returncode == 0, bare.stderr
+    second = [m for m in delivered(tmp_path, "alice") if m["Subject"] == "b"]
+    assert second[0]["Return-Path"] == "<cron@test.example>"
     secret.write_text("wrong\n")
     refused = sendmail(tmp_path, b"Subject: a\n\nx\n", *args, "alice@test.example")
     assert refused.returncode == 69

@@ -31,10 +31,14 @@ from kittiwake.cli.common import (
 )
 from kittiwake.cli.creds import add_creds_commands
 from kittiwake.cli.dkim import add_dkim_commands
+from kittiwake.cli.explain import add_explain_command
 from kittiwake.cli.queue import add_queue_commands
 from kittiwake.cli.run import cmd_run, traceback_fields
 from kittiwake.cli.sendmail import main as sendmail_main
 from kittiwake.cli.tlsreport import add_tls_report_command
+from kittiwake.config import show, values
+from kittiwake.config.node import Node
+from kittiwake.container import Container
 from kittiwake.errors import ConfigError
 
 
@@ -61,6 +65,38 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """The effective configuration, like Postfix's `postconf -n` (`-d`: with defaults)."""
+    try:
+        container, nodes = build(args)
+        text = show.render(
+            nodes,
+            defaults=container.defaults_of if args.defaults else None,
+            global_defaults=_global_defaults(container, nodes) if args.defaults else None,
+        )
+    except ConfigError as exc:
+        return config_error(exc)
+    except ValueError as exc:
+        print(f"kittiwake: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _global_defaults(container: Container, nodes: list[Node]) -> dict[str, list[str]]:
+    """The global directives the file leaves out that have a plain value."""
+    g = container.globals
+    known = {
+        "state_dir": [g.state_dir],
+        "runtime_dir": [g.runtime_dir],
+        "log": list(g.log),
+        "log_format": [g.log_format],
+        "debug": values.format_bool(g.debug),
+    }
+    written = {node.name for node in nodes}
+    return {name: args for name, args in known.items() if name not in written}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kittiwake",
@@ -81,9 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(check)
     add_debug_flags(check)
     check.set_defaults(handler=cmd_config_check)
+    show_cmd = config_commands.add_parser(
+        "show",
+        help="print the effective configuration: imports, snippets, macros and {env:...} expanded",
+    )
+    config_option(show_cmd)
+    show_cmd.add_argument(
+        "-d",
+        "--defaults",
+        action="store_true",
+        help="also print every default a module used, marked '# default'",
+    )
+    show_cmd.set_defaults(handler=cmd_config_show)
     default = config_commands.add_parser("default", help="print the embedded default configuration")
     default.set_defaults(handler=cmd_config_default)
 
+    add_explain_command(commands, config_option)
     add_creds_commands(commands, config_option)
     add_dkim_commands(commands, config_option)
     add_queue_commands(commands, config_option)

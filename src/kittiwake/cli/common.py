@@ -96,11 +96,17 @@ def log_target_error(container: Container, nodes: list[Node], exc: OSError) -> C
     return where.error(message)
 
 
-def build(args: argparse.Namespace) -> tuple[Container, list[Node]]:
-    """Parse and build the configuration named on the command line."""
+def build(args: argparse.Namespace, *, serving: bool = True) -> tuple[Container, list[Node]]:
+    """Parse and build the configuration named on the command line.
+
+    `serving`: False for commands that only look things up in it (see
+    `Container.serving`).
+    """
     path = resolve_config(args.config)
     nodes = load_config(path)
-    container = Container(nodes, config_file=path or EMBEDDED_NAME, debug_flags=_debug_flags(args))
+    container = Container(
+        nodes, config_file=path or EMBEDDED_NAME, debug_flags=_debug_flags(args), serving=serving
+    )
     container.build()
     return container, nodes
 

@@ -63,7 +63,7 @@ def add_queue_commands(
 
 def cmd_queue(args: argparse.Namespace) -> int:
     try:
-        container, _ = build(args)
+        container, _ = build(args, serving=False)
         queue = _choose(container.modules, args.queue, container.config_file)
     except ConfigError as exc:
         return config_error(exc)

@@ -175,7 +175,10 @@ def run(opts: Options, stdin: bytes) -> int:
         auth = (opts.auth_user, password)
 
     user, gecos = _invoking_user()
-    sender = user if opts.sender is None else opts.sender
+    # Logged in, the natural sender is the login (a submission endpoint
+    # lets a user send only as themselves); otherwise the Unix user.
+    default_sender = opts.auth_user if opts.auth_user is not None else user
+    sender = default_sender if opts.sender is None else opts.sender
     sender = "" if sender in ("", "<>") else _qualify(sender, hostname)
     message = read_message(stdin, dot_ends=opts.dot_ends)
     rcpts = [_qualify(a, hostname) for a in _split(opts.recipients)]

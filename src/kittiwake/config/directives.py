@@ -69,12 +69,15 @@ class Directives:
         required: bool = False,
         inherit: bool = False,
         hint: str = "",
+        show: Callable[[T], list[str]] | None = None,
     ) -> T:
         """The value of `name` parsed by `parse(node)`; the base of every getter.
 
         `parse` may raise `ConfigError` or `ValueError`; a ValueError is
         positioned at the directive. `hint` is added to the error for a
-        missing required directive: how to write the usual value.
+        missing required directive: how to write the usual value. `show`
+        writes a default back as arguments, for `kittiwake config show
+        --defaults` (docs/cli.md); the container keeps what was used.
         """
         node = self.get(name)
         if node is not None:
@@ -88,6 +91,10 @@ class Directives:
                 return cast(T, value)
         if required or default is _UNSET:
             raise self.node.error(f"missing required directive: {name}{hint}")
+        if show is not None and self.container is not None and default is not None:
+            shown = show(default)
+            if shown:
+                self.container.note_default(self.node, name, shown)
         return default
 
     def _simple(
@@ -97,17 +104,17 @@ class Directives:
         default: T,
         required: bool,
         inherit: bool,
-        block_ok: bool = False,
+        show: Callable[[T], list[str]],
     ) -> T:
         def parse(node: Node) -> T:
-            if node.children is not None and not block_ok:
+            if node.children is not None:
                 raise node.error(f"{name}: unexpected block")
             return conv(node.args)
 
-        return self.custom(name, parse, default, required=required, inherit=inherit)
+        return self.custom(name, parse, default, required=required, inherit=inherit, show=show)
 
     def boolean(self, name: str, default: bool = _UNSET, *, inherit: bool = False) -> bool:
-        return self._simple(name, values.parse_bool, default, False, inherit)
+        return self._simple(name, values.parse_bool, default, False, inherit, values.format_bool)
 
     def integer(
         self,
@@ -127,7 +134,7 @@ class Directives:
                 raise ValueError(f"must be at most {maximum}, got {v}")
             return v
 
-        return self._simple(name, conv, default, required, inherit)
+        return self._simple(name, conv, default, required, inherit, lambda v: [str(v)])
 
     def string(
         self,
@@ -142,7 +149,7 @@ class Directives:
                 raise ValueError("expected exactly one argument")
             return args[0]
 
-        return self._simple(name, conv, default, required, inherit)
+        return self._simple(name, conv, default, required, inherit, lambda v: [v] if v else [])
 
     def optional_string(self, name: str, *, inherit: bool = False) -> str | None:
         return self.string(name, cast(str, None), inherit=inherit)
@@ -160,7 +167,7 @@ class Directives:
                 raise ValueError("expected at least one argument")
             return list(args)
 
-        return self._simple(name, conv, default, required, inherit)
+        return self._simple(name, conv, default, required, inherit, list)
 
     def enum(
         self, name: str, choices: Iterable[str], default: str = _UNSET, *, inherit: bool = False
@@ -172,7 +179,7 @@ class Directives:
                 raise ValueError(f"expected one of: {', '.join(allowed)}")
             return args[0]
 
-        return self._simple(name, conv, default, False, inherit)
+        return self._simple(name, conv, default, False, inherit, lambda v: [v])
 
     def duration(
         self, name: str, default: float = _UNSET, *, positive: bool = False, inherit: bool = False
@@ -185,11 +192,11 @@ class Directives:
                 raise ValueError("must be greater than zero")
             return v
 
-        return self._simple(name, conv, default, False, inherit)
+        return self._simple(name, conv, default, False, inherit, values.format_duration)
 
     def size(self, name: str, default: int = _UNSET, *, inherit: bool = False) -> int:
         """A data size such as `32M`, in bytes."""
-        return self._simple(name, values.parse_size, default, False, inherit)
+        return self._simple(name, values.parse_size, default, False, inherit, values.format_size)
 
     # -- module references --------------------------------------------------
 

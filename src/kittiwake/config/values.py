@@ -112,6 +112,36 @@ def parse_size(args: list[str]) -> int:
     return total
 
 
+# -- writing values back (`kittiwake config show`) -------------------------------
+
+
+def format_bool(value: bool) -> list[str]:
+    return ["yes" if value else "no"]
+
+
+_DURATION_OUT = (("h", 3600 * 10**9), ("m", 60 * 10**9), ("s", 10**9), ("ms", 10**6), ("us", 10**3))
+
+
+def format_duration(seconds: float) -> list[str]:
+    """The shortest exact Go duration for `seconds`: 600.0 -> `10m`, 90.0 -> `90s`."""
+    ns = round(seconds * 10**9)
+    if ns == 0:
+        return ["0s"]
+    for unit, size in _DURATION_OUT:
+        if ns % size == 0:
+            return [f"{ns // size}{unit}"]
+    return [f"{ns}ns"]
+
+
+def format_size(size: int) -> list[str]:
+    """`33554432` -> `32M`: the largest suffix that divides the size exactly."""
+    for suffix in ("G", "M", "K"):
+        unit = _SIZE_SUFFIX[suffix]
+        if size and size % unit == 0:
+            return [f"{size // unit}{suffix}"]
+    return [f"{size}B"] if size else ["0"]
+
+
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
     """A parsed endpoint address. `scheme` is `tcp`, `tls` or `unix`."""

@@ -181,7 +181,7 @@ def build_dane(node: Node, container: Container) -> DANE:
     if node.args or node.block:
         raise node.error("dane: the policy offers no settings")
     dane = DANE(container.resolver)
-    if not dane.active:
+    if not dane.active and container.serving:
         _log.warn(
             "dane: the DNS resolver is not on this host, so its DNSSEC answers cannot be "
             "trusted; DANE will not apply (docs/mx-auth.md)",

@@ -65,10 +65,13 @@ class LocalPolicy:
         self, mx: MXCandidate, mx_level: MXLevel, tls: TLSState, level: TLSLevel
     ) -> TLSLevel:
         if level < self.min_tls:
+            # The cause (no STARTTLS, a failed handshake, an unchecked
+            # certificate) is in the message too: it is what `kittiwake queue
+            # list` and the sender's notice show.
             raise SMTPError(
                 451,
                 (4, 7, 1),
-                TLS_BELOW,
+                f"{TLS_BELOW}: {tls.error}" if tls.error else TLS_BELOW,
                 reason=tls.error
                 or f"TLS level {level.name.lower()}, {self.min_tls.name.lower()} required",
                 misc={"tls_level": level.name.lower()},

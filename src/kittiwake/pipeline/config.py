@@ -81,6 +81,9 @@ class DestinationBlock:
     modifiers: tuple[Modifier, ...] = ()
     targets: tuple[DeliveryTarget, ...] = ()
     reject: SMTPError | None = None
+    #: Where the block starts (for an implicit block: its first directive).
+    file: str = ""
+    line: int = 0
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -93,6 +96,9 @@ class SourceBlock:
     modifiers: tuple[Modifier, ...] = ()
     tables: tuple[tuple[Table, DestinationBlock], ...] = ()
     rules: Mapping[str, DestinationBlock] = field(default_factory=lambda: MappingProxyType({}))
+    #: Where the block starts (for an implicit block: its first directive).
+    file: str = ""
+    line: int = 0
 
     def destinations(self) -> Iterable[DestinationBlock]:
         yield from (block for _, block in self.tables)
@@ -349,6 +355,8 @@ class _Reader:
             modifiers=tuple(level.modifiers),
             tables=tuple(level.tables),
             rules=level.rules,
+            file=owner.file,
+            line=owner.line,
         )
 
     # -- destination level ----------------------------------------------------
@@ -414,6 +422,8 @@ class _Reader:
             modifiers=tuple(modifiers),
             targets=tuple(targets),
             reject=reject,
+            file=owner.file,
+            line=owner.line,
         )
 
 

@@ -16,7 +16,7 @@ modifiers with it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from kittiwake.checks.base import Check, CheckState
@@ -38,6 +38,7 @@ __all__ = [
     "ModifierChain",
     "ModifierGroup",
     "MsgPipelineModule",
+    "Trace",
 ]
 
 
@@ -69,17 +70,23 @@ class ModifierChain:
             raise
         return cls(states)
 
-    async def rewrite_sender(self, mail_from: str) -> str:
-        for state in self._states:
+    async def rewrite_sender(self, mail_from: str, trace: Trace | None = None) -> str:
+        for index, state in enumerate(self._states):
+            given = mail_from
             mail_from = await state.rewrite_sender(mail_from)
+            if trace is not None:
+                trace(index, given, [mail_from])
         return mail_from
 
-    async def rewrite_rcpt(self, rcpt: str) -> list[str]:
+    async def rewrite_rcpt(self, rcpt: str, trace: Trace | None = None) -> list[str]:
         current = [rcpt]
-        for state in self._states:
+        for index, state in enumerate(self._states):
             produced: list[str] = []
             for addr in current:
-                produced.extend(await state.rewrite_rcpt(addr))
+                out = await state.rewrite_rcpt(addr)
+                if trace is not None:
+                    trace(index, addr, out)
+                produced.extend(out)
             current = produced
         return current
 
@@ -100,6 +107,10 @@ class ModifierChain:
 
 
 NO_MODIFIERS = ModifierChain()
+
+#: Told of each step of a rewrite: (the modifier's index in the chain, the
+#: address it was given, what it returned). `kittiwake explain` shows them.
+Trace = Callable[[int, str, list[str]], None]
 
 
 @register("checks")

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar
 
 from kittiwake import log as _log
 from kittiwake import metrics
-from kittiwake.address import AddressError, normalize_address, split
 from kittiwake.checks.base import EarlyCheck
 from kittiwake.config.node import Node
 from kittiwake.dmarc import DmarcEvaluation, PolicyCache
@@ -46,6 +45,7 @@ from kittiwake.pipeline.config import (
 )
 from kittiwake.pipeline.groups import NO_MODIFIERS, ModifierChain
 from kittiwake.pipeline.received import Clock, local_now, received_value
+from kittiwake.pipeline.routing import LookupFailed, select_destination, select_source
 from kittiwake.tables.base import Table
 from kittiwake.targets.base import (
     Delivery,
@@ -64,9 +64,6 @@ DmarcFactory = Callable[[MsgMeta], DmarcVerifier]
 
 
 # --- The pipeline --------------------------------------------------------------
-
-
-_Block = TypeVar("_Block")
 
 
 class Pipeline:
@@ -97,6 +94,8 @@ class Pipeline:
         the default asks the process's resolver).
         """
         self.container = container
+        #: The block holding the directives (`kittiwake explain` names it).
+        self.block = block
         self.hostname = hostname
         self.first_pipeline = first_pipeline
         self.log = logger if logger is not None else _log.get("pipeline")
@@ -317,41 +316,18 @@ class MessageDelivery:
             raise
 
     async def _select_source(self, mail_from: str) -> SourceBlock:
-        routing = self._p.routing
-        try:
-            key = normalize_address(mail_from)
-        except AddressError as exc:
-            raise SMTPError(
-                501, (5, 1, 7), "Unable to normalize the sender address", reason=exc.reason
-            ) from None
-        block = await self._pick(routing.tables, routing.rules, routing.default, key, "source_in")
-        self._log.debug("source selected", msg_id=self.meta.id, sender=key, block=block.label)
+        match = await select_source(self._p.routing, mail_from, self._lookup_failed("source_in"))
+        block = match.block
+        self._log.debug("source selected", msg_id=self.meta.id, sender=match.key, block=block.label)
         return block
 
-    async def _pick(
-        self,
-        tables: Iterable[tuple[Table, _Block]],
-        rules: Mapping[str, _Block],
-        default: _Block,
-        key: str,
-        what: str,
-    ) -> _Block:
-        """Tables, then the exact address, then the domain.
+    def _lookup_failed(self, what: str) -> LookupFailed:
+        """A failing `*_in` lookup skips the table (docs/pipeline.md); it is logged."""
 
-        The order of docs/pipeline.md, "Selecting a block".
-        """
-        for table, block in tables:
-            if await self._table_has(table, key, what):
-                return block
-        return rules.get(key) or rules.get(_domain_of(key)) or default
-
-    async def _table_has(self, table: Table, key: str, what: str) -> bool:
-        """Table membership; a failing lookup skips the table, logged."""
-        try:
-            return await table.lookup(key) is not None
-        except Exception as exc:
+        def log_it(table: Table, key: str, exc: Exception) -> None:
             self._log.error(f"{what} lookup failed", err=exc, msg_id=self.meta.id, key=key)
-            return False
+
+        return log_it
 
     # -- recipient stage --------------------------------------------------------
 
@@ -413,14 +389,11 @@ class MessageDelivery:
             started.note(final, to)
 
     async def _select_destination(self, source: SourceBlock, rcpt: str) -> DestinationBlock:
-        try:
-            key = normalize_address(rcpt)
-        except AddressError as exc:
-            raise SMTPError(
-                553, (5, 1, 2), "Unable to normalize the recipient address", reason=exc.reason
-            ) from None
-        block = await self._pick(source.tables, source.rules, source.default, key, "destination_in")
-        self._log.debug("destination selected", msg_id=self.meta.id, rcpt=key, block=block.label)
+        match = await select_destination(source, rcpt, self._lookup_failed("destination_in"))
+        block = match.block
+        self._log.debug(
+            "destination selected", msg_id=self.meta.id, rcpt=match.key, block=block.label
+        )
         return block
 
     async def _block_modifiers(self, block: DestinationBlock, rcpt: str) -> ModifierChain:
@@ -676,16 +649,6 @@ def _authserv(value: str) -> str:
     """The authserv-id of an A-R value: the first token, before `;`, lowercase."""
     first = value.split(";", 1)[0].strip()
     return first.split(None, 1)[0].lower() if first else ""
-
-
-def _domain_of(key: str) -> str:
-    """The domain of a lookup-form address; `""` for `<>` and bare postmaster."""
-    if not key:
-        return ""
-    try:
-        return split(key)[1]
-    except AddressError:
-        return ""
 
 
 def _count(started: _Started, error: BaseException | None, result: str = "") -> None:

@@ -209,8 +209,12 @@ class Notifier:
 def _remote_host(remote: str | None) -> str | None:
     """The host of a next hop `tcp://HOST:PORT` / `tls://...`, for Remote-MTA.
 
-    None for a Unix socket (a local program, no MTA name) or no hop at all.
+    A bare name is an MX host already (target.remote names the MX it
+    talked to). None for a Unix socket (a local program, no MTA name) or
+    no hop at all.
     """
+    if remote and "://" not in remote:
+        return remote
     if not remote or not remote.startswith(("tcp://", "tls://")):
         return None
     host = remote.split("://", 1)[1].rpartition(":")[0]

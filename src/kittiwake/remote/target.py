@@ -81,7 +81,8 @@ def mx_said(reply: Reply, conn: MXConn, command: str) -> SMTPError:
         error.enhanced,
         f"{conn.mx.host} said: {error.message}",
         reason=error.reason,
-        misc={**error.misc, "mx": conn.mx.host},
+        # The MX by name: a DSN's Remote-MTA (RFC 3464 §2.3.5) is "dns; HOST".
+        misc={**error.misc, "mx": conn.mx.host, "remote_server": conn.mx.host},
     )
 
 
@@ -460,11 +461,16 @@ class RemoteDelivery:
                 status.set_status(rcpt, entry.result)
 
     async def commit(self) -> None:
-        delivered = [d.name for d in self._with_rcpts() if d.sent and d.result is None]
+        delivered = [d for d in self._with_rcpts() if d.sent and d.result is None]
         await self._finish()
-        self._target.log.debug(
-            "delivered", msg_id=self._meta.id, domains=",".join(delivered) or "none"
-        )
+        for d in delivered:  # one line per destination domain: who got it, from which MX
+            self._target.log.info(
+                "delivered",
+                msg_id=self._meta.id,
+                mx=d.conn.mx.host,
+                tls=d.conn.client.tls,
+                rcpts=",".join(d.rcpts),
+            )
 
     async def abort(self) -> None:
         await self._finish()

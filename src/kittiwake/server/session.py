@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from kittiwake.dns import ReverseName
 from kittiwake.errors import SMTPError
+from kittiwake.message import new_msg_id
 from kittiwake.protocol import (
     NEED_DATA,
     Auth,
@@ -129,6 +130,12 @@ class Session(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self._client = client
         self._counted_ip: str | None = None
+        #: Names the connection in its log lines and its messages' lines.
+        self.id = new_msg_id()
+        self._opened = self._loop.time()
+        #: Messages of this connection taken / not taken (the closing line).
+        self.accepted = 0
+        self.not_accepted = 0
 
     # -- asyncio.Protocol callbacks -----------------------------------------
 
@@ -146,6 +153,16 @@ class Session(asyncio.Protocol):
         self.cfg.metrics.tls(transport)
         self._sessions.add(self)
         self.task = self._loop.create_task(self._run())
+
+    def tls_description(self) -> str:
+        """`TLSv1.3 TLS_AES_256_GCM_SHA384`, or "" without TLS (for log lines)."""
+        if not self.conn.tls or self._transport is None:
+            return ""
+        tls = self._transport.get_extra_info("ssl_object")
+        if not isinstance(tls, (ssl.SSLObject, ssl.SSLSocket)):
+            return "TLS"
+        cipher = tls.cipher()
+        return f"{tls.version()} {cipher[0]}" if cipher else str(tls.version())
 
     def _refuse(self, why: str) -> None:
         """Turn a connection away before any dialogue (a cap was reached)."""
@@ -201,6 +218,12 @@ class Session(asyncio.Protocol):
     # -- the dialogue -------------------------------------------------------
 
     async def _run(self) -> None:
+        self.cfg.log.info(
+            "connection opened",
+            conn_id=self.id,
+            src_ip=self.peer_ip or "unix",
+            src_port=self.peer_port,
+        )
         try:
             if self.peer_ip is not None and self.cfg.gate.counts(self.peer_ip):
                 if not self.cfg.gate.enter_ip(self.peer_ip):
@@ -239,6 +262,16 @@ class Session(asyncio.Protocol):
                 self.cfg.gate.leave_ip(self._counted_ip)
             self.cfg.gate.leave()
             await self.mail.end()
+            self.cfg.log.info(
+                "connection closed",
+                conn_id=self.id,
+                src_ip=self.peer_ip or "unix",
+                duration=f"{self._loop.time() - self._opened:.3f}",
+                accepted=self.accepted,
+                not_accepted=self.not_accepted,
+                tls=self.tls_description(),
+                auth=self.auth_user or "",
+            )
             if self._rdns is not None:
                 self._rdns.cancel()
             if self._timer is not None:

@@ -10,6 +10,7 @@ and an uncommitted delivery is aborted.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,12 @@ class Transaction:
     body_error: SMTPError | None = None
     committed: bool = False
     ticket: Ticket | None = None  # what the endpoint's limits granted
+    #: When MAIL came (`time.monotonic()`): the message line's delay.
+    started: float = field(default_factory=time.monotonic)
+    #: Recipients refused at RCPT, with the reply, for the message line
+    #: (the first `MAX_LISTED`; `refused_count` counts them all).
+    refused: list[str] = field(default_factory=list)
+    refused_count: int = 0
 
 
 class MailTransactions:
@@ -186,6 +193,9 @@ class MailTransactions:
             error = client_error(exc, self.cfg.log, "RCPT error", msg_id=txn.msg_id, rcpt=rcpt)
             self._log_rcpt_error(txn, rcpt, error)
             self.cfg.metrics.failed_command("RCPT", error.code, error.enhanced)
+            txn.refused_count += 1
+            if len(txn.refused) < MAX_LISTED:
+                txn.refused.append(_outcome(rcpt, error))
             self.session.reply(Reply.from_error(error, txn.msg_id))
             return
         txn.rcpts.append((rcpt, clean))
@@ -269,7 +279,8 @@ class MailTransactions:
             statuses = [failure] * max(1, len(txn.rcpts))
             self.cfg.metrics.failed_command("DATA", failure.code, failure.enhanced)
         else:
-            self._log_outcome(txn, statuses, size)
+            self._log_outcome(txn, statuses)
+        self._log_message(txn, statuses, size)
         self.cfg.metrics.message_done(statuses, txn.meta is not None and txn.meta.quarantine)
         if self.cfg.kind is EndpointKind.LMTP:
             for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
@@ -317,19 +328,12 @@ class MailTransactions:
             result = [None]
         return result
 
-    def _log_outcome(self, txn: Transaction, statuses: list[SMTPError | None], size: int) -> None:
-        """One line for what was accepted, one per recipient that was not (LMTP).
-
-        `size` is the whole message as the client sent it: header and body.
-        """
-        # SMTP has one status for the message: all its recipients or none.
-        delivered = len(txn.rcpts) if statuses and statuses[0] is None else 0
-        if self.cfg.kind is EndpointKind.LMTP:
-            delivered = 0
-            for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
-                if status is None:
-                    delivered += 1
-                    continue
+    def _log_outcome(self, txn: Transaction, statuses: list[SMTPError | None]) -> None:
+        """One line per recipient the delivery failed for (LMTP: each has its own reply)."""
+        if self.cfg.kind is not EndpointKind.LMTP:
+            return
+        for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
+            if status is not None:
                 self.cfg.log.info(
                     "delivery failed",
                     msg_id=txn.msg_id,
@@ -337,8 +341,50 @@ class MailTransactions:
                     reason=status,
                     detail=status.reason,
                 )
+
+    def _log_message(self, txn: Transaction, statuses: list[SMTPError | None], size: int) -> None:
+        """The one line that answers "did alice get it?" (docs/logging.md, "The message line").
+
+        `accepted` when at least one recipient was taken, else `not
+        accepted`; with the client (address, reverse name, EHLO name,
+        login, TLS), the sender, every recipient with its reply (those
+        refused at RCPT too), the size of the whole message as the client
+        sent it (header and body) and the time since MAIL.
+        """
+        session = self.session
+        # SMTP has one status for the whole message; LMTP one per recipient.
+        if self.cfg.kind is not EndpointKind.LMTP:
+            statuses = [statuses[0] if statuses else None] * len(txn.rcpts)
+        results = [
+            _outcome(rcpt, status) for (rcpt, _), status in zip(txn.rcpts, statuses, strict=False)
+        ]
+        delivered = sum(1 for s in statuses[: len(txn.rcpts)] if s is None)
+        refused = txn.refused + (
+            [f"and {txn.refused_count - len(txn.refused)} more"]
+            if txn.refused_count > len(txn.refused)
+            else []
+        )
+        conn = txn.meta.conn if txn.meta is not None else None
         if delivered:
-            self.cfg.log.info("accepted", msg_id=txn.msg_id, rcpts=delivered, size=size)
+            session.accepted += 1
+        else:
+            session.not_accepted += 1
+        self.cfg.log.info(
+            "accepted" if delivered else "not accepted",
+            msg_id=txn.msg_id,
+            rcpts=delivered,
+            size=size,
+            delay=f"{time.monotonic() - txn.started:.3f}",
+            src_ip=session.peer_ip or "unix",
+            src_rdns=(conn.rdns if conn is not None else None) or "",
+            src_host=session.helo,
+            auth=session.auth_user or "",
+            tls=session.tls_description(),
+            sender=txn.mail_from,
+            to="; ".join(results),
+            refused="; ".join(refused),
+            conn_id=session.id,
+        )
 
     async def end(self) -> None:
         """Forget the transaction; abort its deliveries unless committed."""
@@ -355,6 +401,18 @@ class MailTransactions:
                 self.cfg.log.error("abort failed", err=exc, msg_id=txn.msg_id)
             self.cfg.log.info("aborted", msg_id=txn.msg_id)
             self.cfg.metrics.transaction_aborted()
+
+
+#: Recipients refused at RCPT that the message line names one by one.
+MAX_LISTED = 20
+
+
+def _outcome(rcpt: str, status: SMTPError | None) -> str:
+    """`rcpt: 250 2.0.0` or `rcpt: CODE X.Y.Z`: one recipient's result in the message line."""
+    if status is None:
+        return f"{rcpt}: 250 2.0.0"
+    enhanced = ".".join(str(n) for n in status.enhanced)
+    return f"{rcpt}: {status.code} {enhanced}"
 
 
 class _Statuses:

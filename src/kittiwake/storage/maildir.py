@@ -308,7 +308,9 @@ class MaildirDelivery:
             first = first or error
         if first is not None and self._status is None:
             raise first
-        storage.log.debug("delivered", msg_id=self._meta.id, mailboxes=len(files) - len(failed))
+        stored = [r for i, f in enumerate(files) if i not in failed for r in f.rcpts]
+        if stored:  # one line per message and target: who got it (docs/logging.md)
+            storage.log.info("delivered", msg_id=self._meta.id, rcpts=",".join(stored))
 
     async def abort(self) -> None:
         """Remove every prepared tmp/ file; safe at any point, and repeatable."""

@@ -347,8 +347,11 @@ class SMTPDelivery:
     async def commit(self) -> None:
         """The downstream has the message already: say goodbye."""
         await self._finish()
-        self._target.log.debug(
-            "delivered", msg_id=self._meta.id, remote=self._client.remote, rcpts=len(self._rcpts)
+        self._target.log.info(
+            "delivered",
+            msg_id=self._meta.id,
+            remote=self._client.remote,
+            rcpts=",".join(self._rcpts),
         )
 
     async def abort(self) -> None:

@@ -156,7 +156,9 @@ async def test_local_policy_minimums() -> None:
     assert await default.check_mx(MX, MXLevel.NONE) is MXLevel.NONE
     with pytest.raises(SMTPError) as refused:
         await default.check_conn(MX, MXLevel.NONE, PLAIN, TLSLevel.NONE)
-    assert str(refused.value) == "451 4.7.1 TLS is not available or unauthenticated but required"
+    assert str(refused.value) == (
+        "451 4.7.1 TLS is not available or unauthenticated but required: no STARTTLS"
+    )
     assert refused.value.reason == "no STARTTLS"
     assert await default.check_conn(MX, MXLevel.NONE, PLAIN, TLSLevel.ENCRYPTED) is (
         TLSLevel.ENCRYPTED
