@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
+from kittiwake import metrics
 from kittiwake.config import values
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
@@ -333,9 +334,14 @@ class Limiter:
         deadline = loop.time() + deadline_s
         try:
             for rule, key in wanted:
+                waited = False
                 while (wait := await self._try(rule, key, ticket)) > 0:
+                    if not waited:  # one wait per transaction and rule
+                        waited = True
+                        metrics.current().limit_wait(rule.scope)
                     remaining = deadline - loop.time()
                     if remaining <= 0:
+                        metrics.current().limit_refusal(rule.scope)
                         self.log.info(
                             "limit reached",
                             scope=rule.scope,

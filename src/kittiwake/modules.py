@@ -6,7 +6,7 @@ This is the full list of what a configuration can name. The registry in
 build configurations (`tests/conftest.py`).
 """
 
-from kittiwake import limits  # noqa: F401  (limits)
+from kittiwake import limits, openmetrics  # noqa: F401  (limits, openmetrics)
 from kittiwake.auth import (  # noqa: F401  (auth.*)
     dovecot_sasl,
     external,

@@ -474,6 +474,9 @@ _REFER = {
 }
 
 _ENDPOINT_NAMES = frozenset({"smtp", "submission", "lmtp"})
+#: Top-level blocks that listen, as endpoints do, and are no named blocks;
+#: `openmetrics` alone still gets the mail endpoint a fragment lacks.
+_LISTENER_NAMES = _ENDPOINT_NAMES | {"openmetrics"}
 _OPEN = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _CERTIFICATE = re.compile(r"(?<![\w.])/[^\s\"{}]+\.(?:pem|crt|key)\b")
 
@@ -635,7 +638,7 @@ def _complete(text: str, path: Path, env: Mapping[str, str]) -> str:
         if name not in top
     )
     # A named block: MODULE [INSTANCE [ALIAS...]] { }.
-    blocks = [n for n in nodes if n.name not in PARSERS and n.name not in _ENDPOINT_NAMES]
+    blocks = [n for n in nodes if n.name not in PARSERS and n.name not in _LISTENER_NAMES]
     names = {name for block in blocks for name in block.args or [block.name]}
     referred = {arg[1:] for node in _walk(nodes) for arg in node.args if arg.startswith("&")}
     suffix = ""

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -471,3 +472,75 @@ def test_sigterm_stops_a_draining_configuration_with_the_running_one(
         assert time.monotonic() - began < 5
     assert "previous configuration stopped" in server.log
     assert server.log.rstrip().endswith("info stopped")
+
+
+def _metric(port: int, name: str, **labels: str) -> float | None:
+    """The sum of the samples of `/metrics` that match (None when none does),
+    read with Prometheus' parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    found = [
+        float(s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    return sum(found) if found else None
+
+
+def test_metrics_keep_counting_across_a_reload(kittiwake: Start, tmp_path: Path) -> None:
+    """`openmetrics` keeps its socket and its counters through a reload, the
+    queue is still reported once its old configuration has stopped, and a
+    reload that drops the block closes the port."""
+    port, scrape_port = free_port(), free_port()
+
+    def queue_conf(*, metrics: bool = True) -> str:
+        top = f"openmetrics tcp://127.0.0.1:{scrape_port} {{ }}" if metrics else ""
+        text = queue_config(tmp_path, queue="    initial_retry_time 1h", top=top)
+        return text.replace("tcp://127.0.0.1:0", tcp(port))
+
+    server = kittiwake(queue_conf())
+    for n in range(3):
+        send(port, FROM, [f"r{n}@temp.example"], subject=f"waiting-{n}")
+    wait_for(lambda: len(entries(tmp_path / "queue")) == 3, message="three entries waiting")
+
+    def queued() -> float | None:
+        return _metric(scrape_port, "maddy_queue_length", module="outq")
+
+    def started() -> float:
+        return _metric(scrape_port, "maddy_smtp_started_transactions_total") or 0.0
+
+    wait_for(lambda: queued() == 3, message="the queue's length reported")
+    count = started()
+    assert count >= 3
+
+    # Scrapes go on while the configuration is reloaded: none is refused.
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def scraping() -> None:
+        while not done.is_set():
+            try:
+                _metric(scrape_port, "maddy_queue_length")
+            except OSError as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=scraping)
+    thread.start()
+    try:
+        signal_reload(server, queue_conf())
+        server.wait_log("previous configuration stopped")
+    finally:
+        done.set()
+        thread.join()
+    assert failures == []
+    assert queued() == 3  # the old queue's stop did not unregister the new one
+    send(port, FROM, ["r9@temp.example"], subject="after")
+    wait_for(lambda: queued() == 4, message="the new entry counted")
+    assert started() == count + 1  # counters went on from where they were
+
+    signal_reload(server, queue_conf(metrics=False))
+    assert refused(scrape_port)
+    assert "error" not in server.log

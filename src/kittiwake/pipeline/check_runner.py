@@ -29,6 +29,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from kittiwake import metrics
 from kittiwake.address import to_alabel_domain
 from kittiwake.checks.base import (
     DEFAULT_REJECT_MESSAGE,
@@ -216,6 +217,7 @@ class CheckRunner:
         "_dmarc",
         "_dmarc_fetched",
         "_log",
+        "_names",
         "_rcpt_done",
         "_rcpts",
         "_sender",
@@ -233,6 +235,8 @@ class CheckRunner:
         self._dmarc_fetched = False
         # id(check) -> (check, state); the check is kept so its id stays unique.
         self._states: dict[int, tuple[Check, CheckState]] = {}
+        # id(state) -> its check's name, for the metrics (docs/metrics.md).
+        self._names: dict[int, str] = {}
         self._sender: str | None = None  # None until the sender stage ran
         self._rcpts: list[str] = []
         self._rcpt_done: dict[int, set[str]] = {}
@@ -263,6 +267,7 @@ class CheckRunner:
                 await self._close_new(new)
                 raise
             new.append((key, check, state))
+            self._names[id(state)] = metrics.target_label(check)
             states.append(state)
         if not new:
             return states
@@ -307,6 +312,10 @@ class CheckRunner:
         rejects, so a verdict is never lost.
         """
         failure: Exception | None = None
+        counted = metrics.current()
+        if counted.enabled:
+            for state, outcome in zip(states, outcomes, strict=True):
+                counted.check_result(self._names.get(id(state), "unknown"), _verdict(outcome))
         for state, outcome in zip(states, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 if failure is None:
@@ -425,6 +434,17 @@ class CheckRunner:
                 await dmarc.close()
             except Exception as exc:
                 self._log.error("failed to close DMARC state", err=exc, msg_id=self.meta.id)
+
+
+def _verdict(outcome: _Outcome) -> str:
+    """The `result` label of one check outcome (docs/metrics.md)."""
+    if isinstance(outcome, Exception):
+        return "reject" if isinstance(outcome, SMTPError) else "error"
+    if outcome.quarantine:
+        return "quarantine"
+    if outcome.reject:
+        return "reject"
+    return "pass" if outcome.reason is None else "ignore"
 
 
 def _describe(reason: SMTPError | None, state: object) -> str:

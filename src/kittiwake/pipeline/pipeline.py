@@ -22,11 +22,13 @@ pipeline logs the latter here, with the message ID, and re-raises it.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from kittiwake import log as _log
+from kittiwake import metrics
 from kittiwake.checks.base import EarlyCheck
 from kittiwake.config.node import Node
 from kittiwake.dmarc import DmarcEvaluation, PolicyCache
@@ -169,6 +171,8 @@ class _Started:
     #: addresses given to add_rcpt routed here, first-use order.
     recipients: dict[str, None] = field(default_factory=dict)
     finished: bool = False  # committed or aborted
+    #: When the delivery started (loop clock), for its latency in the metrics.
+    started_at: float = 0.0
 
     def note(self, final: str, original: str) -> None:
         sources = self.finals.setdefault(final, [])
@@ -428,7 +432,7 @@ class MessageDelivery:
         started = self._by_target.get(id(target))
         if started is None:
             delivery = await target.start_delivery(self.meta, self.source_addr)
-            started = _Started(target, delivery)
+            started = _Started(target, delivery, started_at=time.monotonic())
             self._by_target[id(target)] = started
             self._started.append(started)
         return started
@@ -552,8 +556,10 @@ class MessageDelivery:
                 await started.delivery.commit()
             except BaseException as exc:
                 self._note_failure("commit failed", exc, target=repr(started.target))
+                _count(started, exc)
                 await self._fail()
                 raise
+            _count(started, None)
             started.finished = True
         self._state = DeliveryState.DONE
 
@@ -568,11 +574,14 @@ class MessageDelivery:
                 await started.delivery.commit()
             except Exception as exc:
                 self._note_failure("commit failed", exc, target=repr(started.target))
+                _count(started, exc)
                 for rcpt in started.recipients:
                     outcomes.set(rcpt, exc)
             except BaseException:
                 await self._fail()
                 raise
+            else:
+                _count(started, None)
         self._state = DeliveryState.DONE
         outcomes.report(status, rcpts)
 
@@ -587,6 +596,7 @@ class MessageDelivery:
         for started in self._started:
             if not started.finished:
                 started.finished = True
+                _count(started, None, "aborted")
                 await self._abort_one(started)
         await self._close_states()
 
@@ -639,3 +649,15 @@ def _authserv(value: str) -> str:
     """The authserv-id of an A-R value: the first token, before `;`, lowercase."""
     first = value.split(";", 1)[0].strip()
     return first.split(None, 1)[0].lower() if first else ""
+
+
+def _count(started: _Started, error: BaseException | None, result: str = "") -> None:
+    """A target's delivery of this message ended: count it per recipient."""
+    counted = metrics.current()
+    if counted.enabled:
+        counted.delivery(
+            metrics.target_label(started.target),
+            result or metrics.delivery_result(error),
+            time.monotonic() - started.started_at,
+            max(1, len(started.recipients)),
+        )

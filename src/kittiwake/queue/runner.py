@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kittiwake import log as _log
+from kittiwake import metrics
 from kittiwake.errors import SMTPError
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
@@ -235,6 +236,7 @@ class Runner:
             )
         finally:
             body.remove()
+        _count(self.target, result, time.time() - started)
         async with entry.lock:
             if entry.deleted:
                 return
@@ -386,3 +388,17 @@ class Runner:
             entry.running = False
         self._next(entry)
         return count
+
+
+def _count(target: DeliveryTarget, result: AttemptResult, seconds: float) -> None:
+    """One attempt's outcome per recipient, for the metrics (docs/metrics.md)."""
+    counted = metrics.current()
+    if not counted.enabled:
+        return
+    label = metrics.target_label(target)
+    tally: dict[str, int] = {}
+    for error in result.outcomes.values():
+        kind = metrics.delivery_result(error)
+        tally[kind] = tally.get(kind, 0) + 1
+    for kind, count in tally.items():
+        counted.delivery(label, kind, seconds, count)

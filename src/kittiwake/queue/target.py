@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kittiwake import metrics
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.config.values import parse_duration
@@ -320,9 +321,19 @@ class QueueTarget(Module):
             log=self.log,
         )
         self.runner.start(records, time.time(), planned)
+        metrics.current().add_queue(self.name, self.location, self._stats)
         commands.register(self.container.control, self.name, self)
 
+    def _stats(self) -> metrics.QueueStats:
+        """Length and oldest arrival, computed when the metrics are scraped."""
+        runner = self.runner
+        if runner is None or not runner.entries:
+            return metrics.QueueStats(0, None)
+        entries = runner.entries.values()
+        return metrics.QueueStats(len(entries), min(e.record.arrival for e in entries))
+
     async def stop(self) -> None:
+        metrics.current().remove_queue(self.name, self._stats)
         commands.unregister(self.container.control, self.name)
         runner, self.runner = self.runner, None
         if runner is not None:

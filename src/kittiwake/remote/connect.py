@@ -50,6 +50,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from kittiwake import metrics
 from kittiwake.dns import Resolver
 from kittiwake.errors import SMTPError
 from kittiwake.limits import Limits, Ticket
@@ -310,6 +311,8 @@ class Connector:
             mx_level=mx_level.name.lower(),
         )
         conn = MXConn(opened.client, mx.domain, mx, address, level, mx_level, ticket=ticket)
+        tls_level, mx_name = level.name.lower(), mx_level.name.lower()
+        metrics.current().remote_connection(self.log.name, tls_level, mx_name)
         return conn
 
     def _requiretls_problem(

@@ -12,7 +12,7 @@ import os
 import ssl
 from typing import ClassVar
 
-from kittiwake import address, log
+from kittiwake import address, log, metrics
 from kittiwake.auth.base import PasswordAuth
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
@@ -229,6 +229,7 @@ class SMTPEndpoint(Endpoint):
             ),
             limits=self.limits,
             rdns_at_greeting=rdns_at_greeting,
+            metrics=metrics.current().endpoint(self.log.name),
         )
 
     async def start(self) -> None:
@@ -244,6 +245,7 @@ class SMTPEndpoint(Endpoint):
                 directory=self.buffer.directory,
             )
         config = self._session_config()
+        config.metrics.watch_gate(config.gate)
 
         def make_session(
             sessions: set[Session], tls: bool, client: tuple[str, int] | None

@@ -73,6 +73,7 @@ class SASLHandling:
                     src_ip=ip or "unix",
                     username=step.username,
                 )
+                self.cfg.metrics.auth("throttled")
                 await self._auth_failed(AUTH_THROTTLED)
                 return
         try:
@@ -83,6 +84,7 @@ class SASLHandling:
             self.cfg.log.info(
                 "authentication failed temporarily", username=step.username, reason=exc
             )
+            self.cfg.metrics.auth("temporary")
             self.session.reply(AUTH_TEMPORARY)
             return
         except InvalidCredentials:
@@ -94,6 +96,7 @@ class SASLHandling:
             )
             if throttle is not None:
                 await throttle.record_failure(ip, step.username, step.password)
+            self.cfg.metrics.auth("failure")
             await self._auth_failed(INVALID)
             return
         if throttle is not None:
@@ -104,6 +107,7 @@ class SASLHandling:
         self.cfg.log.info(
             "authenticated", username=step.username, account=account, src_ip=self.session.peer_ip
         )
+        self.cfg.metrics.auth("success")
         self.session.reply(AUTH_OK)
 
     async def _auth_failed(self, reply: Reply) -> None:

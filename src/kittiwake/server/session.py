@@ -150,6 +150,7 @@ class Session(asyncio.Protocol):
         if not self.cfg.gate.enter():
             self._refuse("connection limit reached")
             return
+        self.cfg.metrics.tls(transport)
         self._sessions.add(self)
         self.task = self._loop.create_task(self._run())
 
@@ -364,6 +365,7 @@ class Session(asyncio.Protocol):
                 self._drain = None
 
     def reply(self, reply: Reply) -> None:
+        self.cfg.metrics.reply(reply.code)
         self._out += self.conn.send(reply)
 
     async def _dispatch(self, event: Event) -> None:
@@ -387,6 +389,7 @@ class Session(asyncio.Protocol):
             self._reset_deadline()
 
     async def _handle(self, event: Event) -> None:
+        self.cfg.metrics.command(event)
         kind = type(event)
         if kind is Bdat:
             assert isinstance(event, Bdat)
@@ -516,6 +519,7 @@ class Session(asyncio.Protocol):
             self.closing = True
             return
         self._transport = new
+        self.cfg.metrics.tls(new)
         self._plain = False
         self.conn.tls_started()
         self.auth_user = None  # RFC 3207 §4.2: nothing from before TLS is kept

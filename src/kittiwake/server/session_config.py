@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from kittiwake.log import Logger
 from kittiwake.message.buffer import BufferSpec
+from kittiwake.metrics import NULL_ENDPOINT, EndpointMetrics
 from kittiwake.networks import Network, in_networks
 from kittiwake.protocol import Reply, Settings
 
@@ -61,11 +62,18 @@ class ConnectionGate:
     exempt: tuple[Network, ...] = ()
     total: int = 0
     per_ip: dict[str, int] = field(default_factory=dict)
+    #: Counts for the metrics (docs/metrics.md), read when they are scraped:
+    #: connections let in, and turned away by each cap.
+    opened: int = 0
+    refused: int = 0
+    refused_per_ip: int = 0
 
     def enter(self) -> bool:
         if self.max_total and self.total >= self.max_total:
+            self.refused += 1
             return False
         self.total += 1
+        self.opened += 1
         return True
 
     def leave(self) -> None:
@@ -78,6 +86,7 @@ class ConnectionGate:
     def enter_ip(self, ip: str) -> bool:
         count = self.per_ip.get(ip, 0)
         if self.max_per_ip and count >= self.max_per_ip:
+            self.refused_per_ip += 1
             return False
         self.per_ip[ip] = count + 1
         return True
@@ -122,6 +131,9 @@ class SessionConfig:
     rdns_at_greeting: bool = True
     #: Seconds of delay for the n-th failed AUTH (tests may shorten it).
     auth_delay: Callable[[int], float] = lambda n: min(2.0 ** (n - 1), AUTH_MAX_DELAY)
+    #: Where sessions report what they count (docs/metrics.md); does nothing
+    #: without an `openmetrics` block.
+    metrics: EndpointMetrics = NULL_ENDPOINT
 
     @property
     def banner(self) -> Reply:

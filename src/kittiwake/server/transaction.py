@@ -72,6 +72,7 @@ class MailTransactions:
 
     async def on_mail(self, event: MailFrom) -> None:
         if self.cfg.kind is EndpointKind.SUBMISSION and not self.session.conn.authenticated:
+            self.cfg.metrics.failed_command("MAIL", AUTH_REQUIRED.code, AUTH_REQUIRED.enhanced)
             self.session.reply(AUTH_REQUIRED)  # RFC 4954 §6
             return
         txn = Transaction(event.address, event.params)
@@ -79,6 +80,7 @@ class MailTransactions:
             error = await self._start_sender(txn)
             if error is not None:
                 # The old transaction (if any) stays as it was (docs/protocol.md).
+                self.cfg.metrics.failed_command("MAIL", error.code, error.enhanced)
                 self.session.reply(error)
                 return
         await self.end()
@@ -103,6 +105,7 @@ class MailTransactions:
             except Exception as exc:
                 error = client_error(exc, self.cfg.log, "limits failed", msg_id=txn.msg_id)
                 self.cfg.log.info("limit reached", src_ip=self.session.peer_ip, sender=sender)
+                self.cfg.metrics.ratelimit_deferred()
                 return Reply.from_error(error)
         txn.meta = MsgMeta(
             id=txn.msg_id,
@@ -135,6 +138,7 @@ class MailTransactions:
             src_ip=self.session.peer_ip or "unix",
             sender=sender,
         )
+        self.cfg.metrics.transaction_started()
         return None
 
     def conn_info(self) -> ConnInfo:
@@ -164,7 +168,9 @@ class MailTransactions:
             txn.sender_error = await self._start_sender(txn)
         if txn.sender_error is not None:
             # Every RCPT of the transaction gets the same reply (docs/server.md, "Transactions").
-            self.session.reply(txn.sender_error)
+            refused = txn.sender_error
+            self.cfg.metrics.failed_command("RCPT", refused.code, refused.enhanced)
+            self.session.reply(refused)
             return
         rcpt = event.address
         clean = ""
@@ -186,6 +192,7 @@ class MailTransactions:
                 _restore(txn.meta.rcpt_dsn, clean, earlier)
             error = client_error(exc, self.cfg.log, "RCPT error", msg_id=txn.msg_id, rcpt=rcpt)
             self._log_rcpt_error(txn, rcpt, error)
+            self.cfg.metrics.failed_command("RCPT", error.code, error.enhanced)
             txn.refused_count += 1
             if len(txn.refused) < MAX_LISTED:
                 txn.refused.append(_outcome(rcpt, error))
@@ -247,6 +254,8 @@ class MailTransactions:
             if error is None:
                 self.session.reply(R.BDAT_CONTINUE)
                 return
+            self.cfg.metrics.failed_command("BDAT", error.code, error.enhanced)
+            self.cfg.metrics.message_done([error], False)
             self.session.answer_owed(error)
             await self.end()
             return
@@ -268,9 +277,11 @@ class MailTransactions:
                 "DATA error", msg_id=txn.msg_id, reason=failure, detail=failure.reason
             )
             statuses = [failure] * max(1, len(txn.rcpts))
+            self.cfg.metrics.failed_command("DATA", failure.code, failure.enhanced)
         else:
             self._log_outcome(txn, statuses)
         self._log_message(txn, statuses, size)
+        self.cfg.metrics.message_done(statuses, txn.meta is not None and txn.meta.quarantine)
         if self.cfg.kind is EndpointKind.LMTP:
             for (rcpt, _), status in zip(txn.rcpts, statuses, strict=True):
                 self.session.reply(_lmtp_reply(rcpt, status, txn.msg_id))
@@ -389,6 +400,7 @@ class MailTransactions:
             except Exception as exc:
                 self.cfg.log.error("abort failed", err=exc, msg_id=txn.msg_id)
             self.cfg.log.info("aborted", msg_id=txn.msg_id)
+            self.cfg.metrics.transaction_aborted()
 
 
 #: Recipients refused at RCPT that the message line names one by one.
