@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+import types
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any, Protocol, TypeVar, cast
 
 from kittiwake.address import to_alabel_domain
 from kittiwake.checks.base import (
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 _Outcome = CheckResult | Exception
+_T = TypeVar("_T")
 
 
 # --- DMARC hook --------------------------------------------------------------
@@ -91,9 +93,50 @@ def _checks(state: CheckState, stage: str) -> bool:
     return getattr(type(state), stage, None) is not getattr(CheckStateBase, stage)
 
 
+def _start(coro: Coroutine[Any, Any, _T]) -> tuple[bool, Any]:
+    """Run `coro` until it finishes or first waits: (True, its value) or (False, what it yielded).
+
+    A check stage that needs nothing it must wait for (a cached key, a
+    result already there) thus costs no task and no trip through the event
+    loop. An exception from `coro` propagates.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, yielded
+
+
+@types.coroutine
+def _finish(coro: Coroutine[Any, Any, _T], yielded: Any) -> Generator[Any, Any, _T]:
+    """Await the rest of `coro`, started by `_start`, which yielded `yielded`.
+
+    What `await` does for a coroutine, from its first suspension on: what it
+    waits for goes up to the task, what the task sends or throws (a
+    cancellation) goes down to it. The task that ran the start runs the
+    rest, so code that holds on to its task (`asyncio.timeout`) is right.
+    """
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return cast(_T, stop.value)
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return cast(_T, stop.value)
+
+
 async def _gather(
     states: Sequence[CheckState],
-    run: Callable[[CheckState], Awaitable[CheckResult]],
+    run: Callable[[CheckState], Coroutine[Any, Any, CheckResult]],
     stage: str = "",
 ) -> list[_Outcome]:
     """Run one stage on every state concurrently; outcomes in `states` order.
@@ -104,19 +147,48 @@ async def _gather(
     (`check_rcpt`, ...), states that only inherit `CheckStateBase`'s pass
     for it are not called at all: most checks act at one stage.
 
-    The first state called runs in the caller's task; each other one gets
-    a task of its own, started first so that all of them overlap (a check
-    waiting on DNS lets the others run). The usual body stage, SPF and
-    DKIM, thus costs one task instead of two and a gathering future.
+    The states are called in turn in the caller's task, each until it
+    finishes or must wait. Most finish at once (results kept from earlier
+    messages, keys in the DNS cache): then the stage costs no task at all.
+    The first one that must wait finishes in the caller's task; each state
+    after it gets a task of its own, started first so that all of them
+    overlap (a check waiting on DNS lets the others run). Every call thus
+    runs in one task from start to end.
     """
     active = [s for s in states if not stage or _checks(s, stage)]
     if not active:
         return [_PASSED] * len(states)
-    others = [asyncio.ensure_future(run(s)) for s in active[1:]]
     outcomes: list[_Outcome] = []
+    for i, state in enumerate(active):
+        coro = run(state)
+        try:
+            done, got = _start(coro)
+        except Exception as exc:
+            outcomes.append(exc)
+            continue
+        if done:
+            outcomes.append(got)
+            continue
+        await _wait_rest(coro, got, active[i + 1 :], run, outcomes)
+        break
+    if len(active) == len(states):
+        return outcomes
+    by_state = {id(s): o for s, o in zip(active, outcomes, strict=True)}
+    return [by_state.get(id(s), _PASSED) for s in states]
+
+
+async def _wait_rest(
+    coro: Coroutine[Any, Any, CheckResult],
+    yielded: Any,
+    rest: Sequence[CheckState],
+    run: Callable[[CheckState], Coroutine[Any, Any, CheckResult]],
+    outcomes: list[_Outcome],
+) -> None:
+    """`_gather` once a call must wait: it finishes here, `rest` each in a task."""
+    others = [asyncio.ensure_future(run(s)) for s in rest]
     try:
         try:
-            outcomes.append(await run(active[0]))
+            outcomes.append(await _finish(coro, yielded))
         except Exception as exc:
             outcomes.append(exc)
         for task in others:
@@ -127,10 +199,6 @@ async def _gather(
     except BaseException:
         await _stop(others)
         raise
-    if len(active) == len(states):
-        return outcomes
-    by_state = {id(s): o for s, o in zip(active, outcomes, strict=True)}
-    return [by_state.get(id(s), _PASSED) for s in states]
 
 
 async def _stop(tasks: Sequence[asyncio.Future[CheckResult]]) -> None:
@@ -173,7 +241,9 @@ class GroupCheckState:
     def __init__(self, states: Sequence[CheckState]) -> None:
         self._states = list(states)
 
-    async def _run(self, run: Callable[[CheckState], Awaitable[CheckResult]]) -> CheckResult:
+    async def _run(
+        self, run: Callable[[CheckState], Coroutine[Any, Any, CheckResult]]
+    ) -> CheckResult:
         if not self._states:
             return CheckResult()
         outcomes = await _gather(self._states, run)
