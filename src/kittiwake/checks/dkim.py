@@ -80,6 +80,17 @@ def _hash(body: Buffer, specs: Iterable[BodySpec]) -> BodyHasher:
         return hash_body(reader, specs)
 
 
+def _hash_small(body: Buffer, specs: Iterable[BodySpec]) -> BodyHasher:
+    """Step 2's body pass for a small body in memory: one piece, no reader."""
+    data = body.memory()
+    if data is None:
+        return _hash(body, specs)
+    hasher = BodyHasher(specs)
+    hasher.update(data)
+    hasher.close()
+    return hasher
+
+
 @register(NAME)
 class DKIMCheck(Module):
     """The module: configuration and the verification of one message."""
@@ -156,7 +167,7 @@ class DKIMCheck(Module):
                 answers = [await self._key(names[0])]
             else:
                 answers = list(await asyncio.gather(*(self._key(name) for name in names)))
-            hashes = _hash(body, specs)
+            hashes = _hash_small(body, specs)
         else:
             hashes, answers = await asyncio.gather(
                 run_in_worker(_hash, body, specs),

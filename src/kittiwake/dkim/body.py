@@ -44,9 +44,11 @@ READ_SIZE = 64 * 1024
 
 #: Runs of white space that are not already one space (one space is left alone: faster).
 _WSP_RUN = re.compile(rb"\t[ \t]*| [ \t]+")
-#: Finds two spaces faster than `in` does (`bytes.find` is slow for a
-#: needle made of a byte as common as the space).
+#: Find two spaces, and a space before a line end, faster than `in` does
+#: (`bytes.find` is slow for a needle that starts with a byte as common as
+#: the space).
 _DOUBLE_SPACE = re.compile(rb"  ").search
+_SPACE_CRLF = re.compile(rb" \r\n").search
 #: Held-back CR LF pairs are written out in blocks of this many pairs.
 _CRLF_BLOCK = b"\r\n" * 32768
 
@@ -178,7 +180,7 @@ class _Relaxed:
             # every byte.
             if b"\t" in settled or _DOUBLE_SPACE(settled):
                 settled = _WSP_RUN.sub(b" ", settled)
-            if b" \r\n" in settled:
+            if _SPACE_CRLF(settled):
                 settled = settled.replace(b" \r\n", b"\r\n")
             self._out.write(settled)
 
