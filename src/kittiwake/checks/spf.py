@@ -105,7 +105,11 @@ def spf_sender(mail_from: str) -> str:
     """
     if not mail_from:
         return ""
-    local, domain = split(mail_from)
+    return _spf_sender(mail_from, *split(mail_from))
+
+
+def _spf_sender(mail_from: str, local: str, domain: str) -> str:
+    """`spf_sender` for an address already split."""
     if not domain:
         raise ValueError(f"no domain in {mail_from!r}")
     if not domain.startswith("["):
@@ -138,8 +142,12 @@ class SPF(Module):
     async def check_state(self, meta: MsgMeta) -> CheckState:
         return _State(self, meta)
 
-    def outcome(self, ip: str, sender: str, helo: str) -> asyncio.Future[SPFOutcome]:
+    def outcome(
+        self, ip: str, sender: str, helo: str
+    ) -> SPFOutcome | asyncio.Future[SPFOutcome]:
         """The result for (ip, sender, HELO): remembered while its DNS answers hold.
+
+        A result remembered is returned as it is, else the evaluation's task.
 
         A result depends only on those three and on DNS, so while every
         answer it rested on is fresh, evaluating again would give it again:
@@ -147,15 +155,12 @@ class SPF(Module):
         It is kept no longer than its first stale answer and `RESULT_TTL`,
         never for a temperror, and at most `RESULT_CACHE_SIZE` of them.
         """
-        loop = asyncio.get_running_loop()
         key = (ip, sender, helo)
         known = self._results.get(key)
         if known is not None and known.fresh_until > time.monotonic():
             self._results.move_to_end(key)
-            done: asyncio.Future[SPFOutcome] = loop.create_future()
-            done.set_result(known)
-            return done
-        task = loop.create_task(
+            return known
+        task = asyncio.get_running_loop().create_task(
             evaluate(self.container.resolver, ip, sender, helo, receiver=self.receiver)
         )
         task.add_done_callback(lambda finished: self._remember(key, finished))
@@ -192,6 +197,8 @@ class _State(CheckStateBase):
     def __init__(self, check: SPF, meta: MsgMeta) -> None:
         self.check = check
         self.meta = meta
+        #: The result, when it was known at once; else the evaluation's task.
+        self._known: SPFOutcome | None = None
         self._task: asyncio.Future[SPFOutcome] | None = None
         self._malformed: SMTPError | None = None
         self._params: dict[str, str] = {}
@@ -202,23 +209,39 @@ class _State(CheckStateBase):
         if conn.remote_ip is None:
             check.log.debug("skipping a client without an IP address", msg_id=meta.id)
             return
+        mail_from = meta.original_from
+        self._params = {"smtp.helo": conn.helo}
         try:
-            sender = spf_sender(meta.original_from)
+            if mail_from:
+                local, domain = split(mail_from)
+                sender = _spf_sender(mail_from, local, domain)
+                self._params["smtp.mailfrom"] = domain
+            else:
+                sender = ""
         except ValueError as exc:
+            self._params = {}
             self._malformed = SMTPError(
                 550, (5, 1, 7), "Malformed address", check_name=NAME, reason=str(exc)
             )
             return
-        self._params = {"smtp.helo": conn.helo}
-        if meta.original_from:
-            self._params["smtp.mailfrom"] = split(meta.original_from)[1]
         ip = conn.remote_ip.partition("%")[0]  # no IPv6 zone
-        self._task = check.outcome(ip, sender, conn.helo)
+        outcome = check.outcome(ip, sender, conn.helo)
+        if isinstance(outcome, SPFOutcome):
+            self._known = outcome
+        else:
+            self._task = outcome
+
+    @property
+    def _evaluated(self) -> bool:
+        """Whether there is a result to judge (known, or on its way)."""
+        return self._known is not None or self._task is not None
 
     async def _judged(self) -> tuple[CheckResult, CheckAction]:
-        assert self._task is not None
         try:
-            outcome = await self._task
+            outcome = self._known
+            if outcome is None:
+                assert self._task is not None
+                outcome = await self._task
         except Exception as exc:
             self.check.log.error("SPF evaluation failed", err=exc, msg_id=self.meta.id)
             reason = SMTPError(
@@ -244,13 +267,13 @@ class _State(CheckStateBase):
         return OK
 
     async def check_sender(self, mail_from: str) -> CheckResult:
-        if not self.check.enforce_early or self._task is None:
+        if not self.check.enforce_early or not self._evaluated:
             return OK
         result, action = await self._judged()
         return action.apply(result)
 
     async def check_body(self, header: Header, body: Buffer) -> CheckResult:
-        if self.check.enforce_early or self._task is None:
+        if self.check.enforce_early or not self._evaluated:
             return OK
         result, action = await self._judged()
         if result.reason is None or action.kind == "ignore":

@@ -285,6 +285,7 @@ class CheckRunner:
         "_body_done",
         "_dmarc",
         "_dmarc_fetched",
+        "_levels",
         "_log",
         "_rcpt_done",
         "_rcpts",
@@ -303,6 +304,8 @@ class CheckRunner:
         self._dmarc_fetched = False
         # id(check) -> (check, state); the check is kept so its id stays unique.
         self._states: dict[int, tuple[Check, CheckState]] = {}
+        # id(level's check list) -> (the list, its states), see `_states_for`.
+        self._levels: dict[int, tuple[Sequence[Check], list[CheckState]]] = {}
         self._sender: str | None = None  # None until the sender stage ran
         self._rcpts: list[str] = []
         self._rcpt_done: dict[int, set[str]] = {}
@@ -314,7 +317,19 @@ class CheckRunner:
     # -- states and replay ------------------------------------------------
 
     async def _states_for(self, checks: Sequence[Check]) -> list[CheckState]:
-        """The states of `checks` (unique, in order), creating and replaying new ones."""
+        """The states of `checks` (unique, in order), creating and replaying new ones.
+
+        A level's list, once made, is kept for the message: states are only
+        ever added, and all of this level's exist.
+        """
+        known = self._levels.get(id(checks))
+        if known is not None:
+            return known[1]
+        states = await self._make_states(checks)
+        self._levels[id(checks)] = (checks, states)
+        return states
+
+    async def _make_states(self, checks: Sequence[Check]) -> list[CheckState]:
         states: list[CheckState] = []
         new: list[tuple[int, Check, CheckState]] = []
         seen: set[int] = set()
@@ -409,6 +424,8 @@ class CheckRunner:
     async def _run_rcpt(self, states: Sequence[CheckState], rcpt: str) -> None:
         todo: list[CheckState] = []
         for state in states:
+            if not _checks(state, "check_rcpt"):
+                continue  # nothing to run, nothing to replay
             done = self._rcpt_done.setdefault(id(state), set())
             if rcpt not in done:
                 done.add(rcpt)
@@ -487,6 +504,7 @@ class CheckRunner:
     async def close(self) -> None:
         """Close every state (and the DMARC verifier); safe to call twice."""
         states, self._states = self._states, {}
+        self._levels = {}
         for _, state in states.values():
             await self._close_one(state)
         dmarc, self._dmarc = self._dmarc, None
