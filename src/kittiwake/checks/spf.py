@@ -142,9 +142,7 @@ class SPF(Module):
     async def check_state(self, meta: MsgMeta) -> CheckState:
         return _State(self, meta)
 
-    def outcome(
-        self, ip: str, sender: str, helo: str
-    ) -> SPFOutcome | asyncio.Future[SPFOutcome]:
+    def outcome(self, ip: str, sender: str, helo: str) -> SPFOutcome | asyncio.Future[SPFOutcome]:
         """The result for (ip, sender, HELO): remembered while its DNS answers hold.
 
         A result remembered is returned as it is, else the evaluation's task.
