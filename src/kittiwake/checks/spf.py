@@ -250,13 +250,15 @@ class _State(CheckStateBase):
                 reason=repr(exc),
             )
             return CheckResult(reject=True, reason=reason), IGNORE
-        self.check.log.debug(
-            "result",
-            msg_id=self.meta.id,
-            result=outcome.result,
-            mechanism=outcome.mechanism,
-            problem=outcome.problem,
-        )
+        log = self.check.log
+        if log.debug_enabled:
+            log.debug(
+                "result",
+                msg_id=self.meta.id,
+                result=outcome.result,
+                mechanism=outcome.mechanism,
+                problem=outcome.problem,
+            )
         return self.check.judge(outcome, self._params)
 
     async def check_connection(self) -> CheckResult:

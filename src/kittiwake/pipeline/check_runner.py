@@ -25,6 +25,7 @@ and lives in `kittiwake.checks.base`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import types
 from collections.abc import Callable, Coroutine, Generator, Sequence
@@ -88,9 +89,19 @@ def _generic_reject(check: object) -> SMTPError:
 _PASSED = CheckResult()
 
 
+#: (state class, stage) -> whether the class does anything at the stage.
+_IMPLEMENTS: dict[tuple[type, str], bool] = {}
+
+
 def _checks(state: CheckState, stage: str) -> bool:
     """Whether `state` does anything at `stage` (not `CheckStateBase`'s pass)."""
-    return getattr(type(state), stage, None) is not getattr(CheckStateBase, stage)
+    key = (type(state), stage)
+    known = _IMPLEMENTS.get(key)
+    if known is None:
+        known = getattr(key[0], stage, None) is not getattr(CheckStateBase, stage)
+        if len(_IMPLEMENTS) < 1000:  # a few classes; never a leak whatever comes
+            _IMPLEMENTS[key] = known
+    return known
 
 
 def _start(coro: Coroutine[Any, Any, _T]) -> tuple[bool, Any]:
@@ -155,11 +166,11 @@ async def _gather(
     overlap (a check waiting on DNS lets the others run). Every call thus
     runs in one task from start to end.
     """
-    active = [s for s in states if not stage or _checks(s, stage)]
-    if not active:
-        return [_PASSED] * len(states)
     outcomes: list[_Outcome] = []
-    for i, state in enumerate(active):
+    for i, state in enumerate(states):
+        if stage and not _checks(state, stage):
+            outcomes.append(_PASSED)
+            continue
         coro = run(state)
         try:
             done, got = _start(coro)
@@ -169,12 +180,15 @@ async def _gather(
         if done:
             outcomes.append(got)
             continue
-        await _wait_rest(coro, got, active[i + 1 :], run, outcomes)
+        rest = [s for s in states[i + 1 :] if not stage or _checks(s, stage)]
+        waited: list[_Outcome] = []
+        await _wait_rest(coro, got, rest, run, waited)
+        outcomes.append(waited[0])
+        more = iter(waited[1:])
+        for later in states[i + 1 :]:
+            outcomes.append(next(more) if not stage or _checks(later, stage) else _PASSED)
         break
-    if len(active) == len(states):
-        return outcomes
-    by_state = {id(s): o for s, o in zip(active, outcomes, strict=True)}
-    return [by_state.get(id(s), _PASSED) for s in states]
+    return outcomes
 
 
 async def _wait_rest(
@@ -556,6 +570,7 @@ def _pvalue(text: str) -> str:
     return _quote_value(text)
 
 
+@functools.lru_cache(maxsize=64)
 def authserv_id(hostname: str) -> str:
     """Our authserv-id in A-R fields (RFC 8601 §2.5): the host name in A-labels, lowercase."""
     try:
