@@ -108,25 +108,21 @@ class DKIMCheck(Module):
             "max_signatures", DEFAULT_MAX_SIGNATURES, minimum=1, maximum=MAX_MAX_SIGNATURES
         )
         cfg.finish()
+        #: `required_fields` as `h=` names are compared: lowercase bytes.
+        self._required = frozenset(name.lower().encode() for name in self.required_fields)
 
     async def check_state(self, meta: MsgMeta) -> CheckState:
         return _State(self, meta)
 
     async def verify(self, meta: MsgMeta, header: Header, body: Buffer) -> CheckResult:
         """Steps 1-4 of the module docstring."""
-        if not any(f.name.lower() == "dkim-signature" for f in header):
-            self.log.debug("no signatures present", msg_id=meta.id)
-            return self.no_sig_action.apply(
-                CheckResult(
-                    reason=SMTPError(550, (5, 7, 20), "No DKIM signatures", check_name=NAME),
-                    auth_results=[AuthResult("dkim", "none")],
-                )
-            )
         headers = dkimpy_headers(header)  # a snapshot for the worker threads
         small = body.in_memory and len(body) <= INLINE_BODY
         try:
             # Parsing at most max_signatures fields is short work: no thread.
             items, skipped = prepare(headers, self.max_signatures, self.allow_body_subset)
+            if not items:
+                return self._no_signature(meta)
             pending = [item for item in items if isinstance(item, Pending)]
             hashes, temporary = await self._keys_and_body(pending, body, small)
             if temporary and not self.fail_open:
@@ -142,9 +138,9 @@ class DKIMCheck(Module):
                 )
             if hashes is not None:
                 if small and len(pending) <= INLINE_SIGNATURES:
-                    finish(headers, pending, hashes, self.required_fields)
+                    finish(headers, pending, hashes, self._required)
                 else:
-                    await run_in_worker(finish, headers, pending, hashes, self.required_fields)
+                    await run_in_worker(finish, headers, pending, hashes, self._required)
         except OSError as exc:
             self.log.error("cannot read the message body", err=exc, msg_id=meta.id)
             return _internal("Internal I/O error", repr(exc))
@@ -153,6 +149,15 @@ class DKIMCheck(Module):
             return _internal("Internal error during policy check", repr(exc))
         outcomes = [_outcome(item) for item in items]
         return self._verdict(meta, outcomes, skipped)
+
+    def _no_signature(self, meta: MsgMeta) -> CheckResult:
+        self.log.debug("no signatures present", msg_id=meta.id)
+        return self.no_sig_action.apply(
+            CheckResult(
+                reason=SMTPError(550, (5, 7, 20), "No DKIM signatures", check_name=NAME),
+                auth_results=[AuthResult("dkim", "none")],
+            )
+        )
 
     async def _keys_and_body(
         self, pending: Sequence[Pending], body: Buffer, small: bool
@@ -219,15 +224,16 @@ class DKIMCheck(Module):
                     f"{self.max_signatures})",
                 )
             )
-        for o in outcomes:
-            self.log.debug(
-                "signature",
-                msg_id=meta.id,
-                result=o.result,
-                domain=o.domain,
-                identity=o.identity,
-                reason=o.reason,
-            )
+        if self.log.debug_enabled:
+            for o in outcomes:
+                self.log.debug(
+                    "signature",
+                    msg_id=meta.id,
+                    result=o.result,
+                    domain=o.domain,
+                    identity=o.identity,
+                    reason=o.reason,
+                )
         if any(o.result == "pass" for o in outcomes):
             return CheckResult(auth_results=results)
         return self.broken_sig_action.apply(

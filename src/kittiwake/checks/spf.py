@@ -140,7 +140,16 @@ class SPF(Module):
         self._results: OrderedDict[tuple[str, str, str], SPFOutcome] = OrderedDict()
 
     async def check_state(self, meta: MsgMeta) -> CheckState:
-        return _State(self, meta)
+        """The state of one message, of the class for the one stage it acts at.
+
+        The pipeline calls a stage only on states whose class implements it
+        (docs/pipeline.md), so a state that acts at the body stage alone
+        costs nothing at the others.
+        """
+        state = (_EarlyState if self.enforce_early else _State)(self, meta)
+        if state.malformed is not None:
+            return _Malformed(state.malformed)
+        return state
 
     def outcome(self, ip: str, sender: str, helo: str) -> SPFOutcome | asyncio.Future[SPFOutcome]:
         """The result for (ip, sender, HELO): remembered while its DNS answers hold.
@@ -190,7 +199,7 @@ class SPF(Module):
 
 
 class _State(CheckStateBase):
-    """One message: the evaluation in the background, its verdict at one stage."""
+    """One message: the evaluation in the background, its verdict at the body stage."""
 
     def __init__(self, check: SPF, meta: MsgMeta) -> None:
         self.check = check
@@ -198,7 +207,8 @@ class _State(CheckStateBase):
         #: The result, when it was known at once; else the evaluation's task.
         self._known: SPFOutcome | None = None
         self._task: asyncio.Future[SPFOutcome] | None = None
-        self._malformed: SMTPError | None = None
+        #: Why the sender cannot be checked (`_Malformed` takes over).
+        self.malformed: SMTPError | None = None
         self._params: dict[str, str] = {}
         conn = meta.conn
         if conn is None:
@@ -218,7 +228,7 @@ class _State(CheckStateBase):
                 sender = ""
         except ValueError as exc:
             self._params = {}
-            self._malformed = SMTPError(
+            self.malformed = SMTPError(
                 550, (5, 1, 7), "Malformed address", check_name=NAME, reason=str(exc)
             )
             return
@@ -261,19 +271,8 @@ class _State(CheckStateBase):
             )
         return self.check.judge(outcome, self._params)
 
-    async def check_connection(self) -> CheckResult:
-        if self._malformed is not None:
-            return CheckResult(reject=True, reason=self._malformed)
-        return OK
-
-    async def check_sender(self, mail_from: str) -> CheckResult:
-        if not self.check.enforce_early or not self._evaluated:
-            return OK
-        result, action = await self._judged()
-        return action.apply(result)
-
     async def check_body(self, header: Header, body: Buffer) -> CheckResult:
-        if self.check.enforce_early or not self._evaluated:
+        if not self._evaluated:
             return OK
         result, action = await self._judged()
         if result.reason is None or action.kind == "ignore":
@@ -300,3 +299,26 @@ class _State(CheckStateBase):
                 await task
         elif not task.cancelled():
             task.exception()  # seen: a crash nobody waited for is not reported twice
+
+
+class _EarlyState(_State):
+    """`enforce_early yes`: the verdict at the sender stage, which waits for it."""
+
+    async def check_sender(self, mail_from: str) -> CheckResult:
+        if not self._evaluated:
+            return OK
+        result, action = await self._judged()
+        return action.apply(result)
+
+    async def check_body(self, header: Header, body: Buffer) -> CheckResult:
+        return OK
+
+
+class _Malformed(CheckStateBase):
+    """A sender SPF cannot check: refused at the stage the state is made in."""
+
+    def __init__(self, reason: SMTPError) -> None:
+        self.reason = reason
+
+    async def check_connection(self) -> CheckResult:
+        return CheckResult(reject=True, reason=self.reason)

@@ -369,12 +369,13 @@ class CheckRunner:
         try:
             if self._sender is not None:
                 sender = self._sender
-                self._merge(
-                    fresh, await _gather(fresh, lambda s: s.check_connection(), "check_connection")
-                )
-                self._merge(
-                    fresh, await _gather(fresh, lambda s: s.check_sender(sender), "check_sender")
-                )
+                # Only states that act at a stage take part in it.
+                active = [s for s in fresh if _checks(s, "check_connection")]
+                if active:
+                    self._merge(active, await _gather(active, lambda s: s.check_connection()))
+                active = [s for s in fresh if _checks(s, "check_sender")]
+                if active:
+                    self._merge(active, await _gather(active, lambda s: s.check_sender(sender)))
             for rcpt in self._rcpts:
                 await self._run_rcpt(fresh, rcpt)
         except BaseException:
@@ -445,7 +446,7 @@ class CheckRunner:
                 done.add(rcpt)
                 todo.append(state)
         if todo:
-            self._merge(todo, await _gather(todo, lambda s: s.check_rcpt(rcpt), "check_rcpt"))
+            self._merge(todo, await _gather(todo, lambda s: s.check_rcpt(rcpt)))
 
     # -- stages -----------------------------------------------------------
 
@@ -472,13 +473,11 @@ class CheckRunner:
             return
         todo: list[CheckState] = []
         for state in await self._states_for(checks):
-            if id(state) not in self._body_done:
+            if id(state) not in self._body_done and _checks(state, "check_body"):
                 self._body_done.add(id(state))
                 todo.append(state)
         if todo:
-            self._merge(
-                todo, await _gather(todo, lambda s: s.check_body(header, body), "check_body")
-            )
+            self._merge(todo, await _gather(todo, lambda s: s.check_body(header, body)))
 
     async def apply_results(self, hostname: str, header: Header) -> None:
         """Quarantine flag, DMARC, `Authentication-Results`, then fields from checks.
