@@ -68,7 +68,8 @@ class _Sink:
     __slots__ = ("hasher", "length", "limit")
 
     def __init__(self, algorithm: str, limit: int | None) -> None:
-        self.hasher = hashlib.new(algorithm)
+        # The named constructor: `hashlib.new` looks the name up each time.
+        self.hasher = hashlib.sha256() if algorithm == "sha256" else hashlib.new(algorithm)
         self.limit = limit
         self.length = 0  # canonical bytes seen, also past the limit
 
@@ -88,9 +89,12 @@ def _trailing_pairs(data: bytes) -> int:
     The end made only of CR and LF bytes is cut off first; within it the
     pairs run back to the last doubled byte (CR CR or LF LF).
     """
-    tail = data[len(data.rstrip(b"\r\n")) :]
-    if not tail.endswith(b"\r\n"):
+    if not data.endswith(b"\r\n"):
         return 0
+    tail = data[-64:]  # most bodies end in a line or two: no copy of the whole
+    if not tail.rstrip(b"\r\n"):
+        tail = data
+    tail = tail[len(tail.rstrip(b"\r\n")) :]
     cut = max(tail.rfind(b"\r\r"), tail.rfind(b"\n\n")) + 1
     if tail[cut : cut + 1] == b"\n":
         cut += 1

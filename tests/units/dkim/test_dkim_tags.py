@@ -15,7 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kittiwake.dkim.verify import signature_problem
+from kittiwake.dkim.verify import (
+    _BASE64_SYNTAX,
+    _H_SPLIT,
+    _base64_syntax,
+    _signed_names,
+    signature_problem,
+)
 
 B64 = b"DqSqleerbqMI5X5KjZZuQPh6g3kOzgTT6xu8Asu6V2VN+/GGM3zFP05aeJMDNMQB28alKJC=="
 GOOD: dict[bytes, bytes] = {
@@ -109,3 +115,27 @@ values = st.lists(
 def test_random_tags_as_dkimpy(change: dict[bytes, bytes]) -> None:
     tags = {**GOOD, **change}
     assert ours(tags) == reference(tags)
+
+
+b64_values = st.lists(
+    st.sampled_from([b" ", b"\t", b"\r\n", b"\n", b"=", b"A", b"z", b"0", b"+", b"/", b"-", b"@"]),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(b64_values)
+def test_base64_syntax_is_the_pattern(value: bytes) -> None:
+    assert _base64_syntax(value) == (_BASE64_SYNTAX.match(value) is not None)
+
+
+h_values = st.lists(
+    st.sampled_from([b" ", b"\t", b"\r\n", b":", b"From", b"to", b"x-y", b"\x0b"]), max_size=12
+).map(b"".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(h_values)
+def test_signed_names_split_as_the_pattern(h: bytes) -> None:
+    expected = [name.lower() for name in _H_SPLIT.split(h.strip()) if name]
+    assert _signed_names(h) == expected
