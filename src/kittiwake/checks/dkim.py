@@ -165,8 +165,11 @@ class DKIMCheck(Module):
         """Every key looked up while the body is hashed; (hashes, first temporary error)."""
         if not pending:
             return None, ""
-        names = sorted({sig.key_name for sig in pending})
-        specs = {sig.body for sig in pending}
+        if len(pending) == 1:  # the usual case
+            names, specs = [pending[0].key_name], {pending[0].body}
+        else:
+            names = sorted({sig.key_name for sig in pending})
+            specs = {sig.body for sig in pending}
         if small:  # a few KiB in memory: hashing costs less than a thread hop
             if len(names) == 1:  # the usual case: no task for one lookup
                 answers = [await self._key(names[0])]
@@ -234,8 +237,9 @@ class DKIMCheck(Module):
                     identity=o.identity,
                     reason=o.reason,
                 )
-        if any(o.result == "pass" for o in outcomes):
-            return CheckResult(auth_results=results)
+        for o in outcomes:
+            if o.result == "pass":
+                return CheckResult(auth_results=results)
         return self.broken_sig_action.apply(
             CheckResult(
                 reason=SMTPError(550, (5, 7, 20), "No passing DKIM signatures", check_name=NAME),
