@@ -519,7 +519,8 @@ class CheckRunner:
         states, self._states = self._states, {}
         self._levels = {}
         for _, state in states.values():
-            await self._close_one(state)
+            if _checks(state, "close"):  # the base class has nothing to close
+                await self._close_one(state)
         dmarc, self._dmarc = self._dmarc, None
         if dmarc is not None:
             try:
@@ -587,14 +588,14 @@ def format_auth_results(hostname: str, results: Sequence[AuthResult]) -> str:
     """
     parts = [authserv_id(hostname)]
     for res in results:
-        params: list[str] = []
-        reason = res.reason or res.params.get("reason", "")
+        entry = [f"{res.method}={res.result}"]
+        params = res.params
+        reason = res.reason or params.get("reason", "")
         if reason:
-            params.append("reason=" + _quote_value(reason))
-        for name in sorted(res.params):
-            value = res.params[name]
+            entry.append("reason=" + _quote_value(reason))
+        for name in sorted(params) if len(params) > 1 else params:
+            value = params[name]
             if name != "reason" and value:
-                params.append(f"{name}={_pvalue(value)}")
-        entry = f"{res.method}={res.result}"
-        parts.append(" ".join([entry, *params]))
+                entry.append(f"{name}={_pvalue(value)}")
+        parts.append(" ".join(entry))
     return "; ".join(parts)
