@@ -73,7 +73,7 @@ class _Sink:
         self.limit = limit
         self.length = 0  # canonical bytes seen, also past the limit
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if self.limit is None:
             self.hasher.update(data)
         else:
@@ -117,7 +117,7 @@ class _Trailer:
         self._held_cr = False  # a CR at the end that may pair with an LF
         self._emitted = False
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data: bytes | memoryview) -> None:
         self._emitted = True
         for sink in self._sinks:
             sink.update(data)
@@ -143,7 +143,8 @@ class _Trailer:
         head = len(data) - 2 * pairs
         if head:
             self._flush_pending()
-            self._emit(data[:head] if pairs else data)
+            # A view, not a copy of all but the last line end.
+            self._emit(memoryview(data)[:head] if pairs else data)
         self._pending += pairs
 
     def close(self) -> None:
