@@ -30,8 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 __all__ = ["CANONS", "BodyHasher", "BodySpec", "Canon", "empty_body_hash", "hash_body"]
 
@@ -53,9 +52,12 @@ _SPACE_CRLF = re.compile(rb" \r\n").search
 _CRLF_BLOCK = b"\r\n" * 32768
 
 
-@dataclass(frozen=True, slots=True)
-class BodySpec:
-    """One body hash a signature needs: its canonicalization, hash and `l=` limit."""
+class BodySpec(NamedTuple):
+    """One body hash a signature needs: its canonicalization, hash and `l=` limit.
+
+    A named tuple: it is a dictionary key on every verification, and a
+    tuple hashes in C where a frozen dataclass runs Python code.
+    """
 
     canon: Canon
     algorithm: str = "sha256"
