@@ -6,14 +6,17 @@ kittiwake does the work in pieces, in three steps that `checks/dkim.py`
 drives, and uses dkimpy only where its rules are the reference:
 
 1. `prepare`: each `DKIM-Signature` field is parsed once
-   (`kittiwake.dkim.header.parse_tags`) and checked with dkimpy's field
-   validation, then with the rules dkimpy leaves out (From must be
-   signed, `rsa-sha1` is refused, `l=` only when allowed). What survives
-   says which TXT record holds its key and which body hash it needs (a
-   `BodySpec`).
+   (`kittiwake.dkim.header.parse_tags`) and checked by dkimpy's field
+   rules (`signature_problem`: the rules and words of dkimpy's
+   `validate_signature_fields`, which compiles its patterns on every
+   call; the tests compare the two), then with the rules dkimpy leaves
+   out (From must be signed, `rsa-sha1` is refused, `l=` only when
+   allowed). What survives says which TXT record holds its key and which
+   body hash it needs (a `BodySpec`).
 2. The event loop looks the keys up through kittiwake's resolver, all at
    once, while the body is streamed once through
-   `kittiwake.dkim.body.BodyHasher` for every spec at the same time.
+   `kittiwake.dkim.body.BodyHasher` for every spec at the same time (a
+   small body held in memory goes in one piece).
 3. `finish`: per signature, the key record is checked (revoked, wrong
    type, size), the streamed body hash is compared with `bh=`, the signed
    header fields are canonicalized and hashed
