@@ -313,7 +313,8 @@ def aligned(domain: str, from_dom: str, mode: str) -> bool:
     domain is itself a public suffix, only equality aligns; when either
     organisational domain is unknown, nothing does.
     """
-    a, b = _ascii(domain), _ascii(from_dom)
+    a = _ascii(domain)
+    b = a if domain == from_dom else _ascii(from_dom)
     if not a or not b:
         return False
     if a == b:

@@ -89,6 +89,8 @@ async def test_round_trip_is_byte_exact(tmp_path: Path, kind: str) -> None:
             assert a.read(1) == BODY[100:101]
         assert await _read_chunks(buf) == BODY
         assert all(len(c) <= 5000 for c in [c async for c in buf.chunks(5000)])
+        # The whole body at once only while it is in memory.
+        assert buf.memory() == (BODY if buf.in_memory else None)
     assert not _files(tmp_path)
 
 
@@ -101,6 +103,7 @@ async def test_empty_body(tmp_path: Path, kind: str) -> None:
             assert f.read() == b""
         assert await _read_chunks(buf) == b""
         assert buf.in_memory == (kind != "fs")
+        assert buf.memory() == (b"" if buf.in_memory else None)
 
 
 async def test_big_single_write_goes_through_a_thread(tmp_path: Path) -> None:

@@ -80,6 +80,17 @@ def _hash(body: Buffer, specs: Iterable[BodySpec]) -> BodyHasher:
         return hash_body(reader, specs)
 
 
+def _hash_small(body: Buffer, specs: Iterable[BodySpec]) -> BodyHasher:
+    """Step 2's body pass for a small body in memory: one piece, no reader."""
+    data = body.memory()
+    if data is None:
+        return _hash(body, specs)
+    hasher = BodyHasher(specs)
+    hasher.update(data)
+    hasher.close()
+    return hasher
+
+
 @register(NAME)
 class DKIMCheck(Module):
     """The module: configuration and the verification of one message."""
@@ -97,25 +108,21 @@ class DKIMCheck(Module):
             "max_signatures", DEFAULT_MAX_SIGNATURES, minimum=1, maximum=MAX_MAX_SIGNATURES
         )
         cfg.finish()
+        #: `required_fields` as `h=` names are compared: lowercase bytes.
+        self._required = frozenset(name.lower().encode() for name in self.required_fields)
 
     async def check_state(self, meta: MsgMeta) -> CheckState:
         return _State(self, meta)
 
     async def verify(self, meta: MsgMeta, header: Header, body: Buffer) -> CheckResult:
         """Steps 1-4 of the module docstring."""
-        if not any(f.name.lower() == "dkim-signature" for f in header):
-            self.log.debug("no signatures present", msg_id=meta.id)
-            return self.no_sig_action.apply(
-                CheckResult(
-                    reason=SMTPError(550, (5, 7, 20), "No DKIM signatures", check_name=NAME),
-                    auth_results=[AuthResult("dkim", "none")],
-                )
-            )
         headers = dkimpy_headers(header)  # a snapshot for the worker threads
         small = body.in_memory and len(body) <= INLINE_BODY
         try:
             # Parsing at most max_signatures fields is short work: no thread.
             items, skipped = prepare(headers, self.max_signatures, self.allow_body_subset)
+            if not items:
+                return self._no_signature(meta)
             pending = [item for item in items if isinstance(item, Pending)]
             hashes, temporary = await self._keys_and_body(pending, body, small)
             if temporary and not self.fail_open:
@@ -131,9 +138,9 @@ class DKIMCheck(Module):
                 )
             if hashes is not None:
                 if small and len(pending) <= INLINE_SIGNATURES:
-                    finish(headers, pending, hashes, self.required_fields)
+                    finish(headers, pending, hashes, self._required)
                 else:
-                    await run_in_worker(finish, headers, pending, hashes, self.required_fields)
+                    await run_in_worker(finish, headers, pending, hashes, self._required)
         except OSError as exc:
             self.log.error("cannot read the message body", err=exc, msg_id=meta.id)
             return _internal("Internal I/O error", repr(exc))
@@ -143,20 +150,32 @@ class DKIMCheck(Module):
         outcomes = [_outcome(item) for item in items]
         return self._verdict(meta, outcomes, skipped)
 
+    def _no_signature(self, meta: MsgMeta) -> CheckResult:
+        self.log.debug("no signatures present", msg_id=meta.id)
+        return self.no_sig_action.apply(
+            CheckResult(
+                reason=SMTPError(550, (5, 7, 20), "No DKIM signatures", check_name=NAME),
+                auth_results=[AuthResult("dkim", "none")],
+            )
+        )
+
     async def _keys_and_body(
         self, pending: Sequence[Pending], body: Buffer, small: bool
     ) -> tuple[BodyHasher | None, str]:
         """Every key looked up while the body is hashed; (hashes, first temporary error)."""
         if not pending:
             return None, ""
-        names = sorted({sig.key_name for sig in pending})
-        specs = {sig.body for sig in pending}
+        if len(pending) == 1:  # the usual case
+            names, specs = [pending[0].key_name], {pending[0].body}
+        else:
+            names = sorted({sig.key_name for sig in pending})
+            specs = {sig.body for sig in pending}
         if small:  # a few KiB in memory: hashing costs less than a thread hop
             if len(names) == 1:  # the usual case: no task for one lookup
                 answers = [await self._key(names[0])]
             else:
                 answers = list(await asyncio.gather(*(self._key(name) for name in names)))
-            hashes = _hash(body, specs)
+            hashes = _hash_small(body, specs)
         else:
             hashes, answers = await asyncio.gather(
                 run_in_worker(_hash, body, specs),
@@ -208,17 +227,19 @@ class DKIMCheck(Module):
                     f"{self.max_signatures})",
                 )
             )
+        if self.log.debug_enabled:
+            for o in outcomes:
+                self.log.debug(
+                    "signature",
+                    msg_id=meta.id,
+                    result=o.result,
+                    domain=o.domain,
+                    identity=o.identity,
+                    reason=o.reason,
+                )
         for o in outcomes:
-            self.log.debug(
-                "signature",
-                msg_id=meta.id,
-                result=o.result,
-                domain=o.domain,
-                identity=o.identity,
-                reason=o.reason,
-            )
-        if any(o.result == "pass" for o in outcomes):
-            return CheckResult(auth_results=results)
+            if o.result == "pass":
+                return CheckResult(auth_results=results)
         return self.broken_sig_action.apply(
             CheckResult(
                 reason=SMTPError(550, (5, 7, 20), "No passing DKIM signatures", check_name=NAME),

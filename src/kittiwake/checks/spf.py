@@ -105,7 +105,11 @@ def spf_sender(mail_from: str) -> str:
     """
     if not mail_from:
         return ""
-    local, domain = split(mail_from)
+    return _spf_sender(mail_from, *split(mail_from))
+
+
+def _spf_sender(mail_from: str, local: str, domain: str) -> str:
+    """`spf_sender` for an address already split."""
     if not domain:
         raise ValueError(f"no domain in {mail_from!r}")
     if not domain.startswith("["):
@@ -136,10 +140,21 @@ class SPF(Module):
         self._results: OrderedDict[tuple[str, str, str], SPFOutcome] = OrderedDict()
 
     async def check_state(self, meta: MsgMeta) -> CheckState:
-        return _State(self, meta)
+        """The state of one message, of the class for the one stage it acts at.
 
-    def outcome(self, ip: str, sender: str, helo: str) -> asyncio.Future[SPFOutcome]:
+        The pipeline calls a stage only on states whose class implements it
+        (docs/pipeline.md), so a state that acts at the body stage alone
+        costs nothing at the others.
+        """
+        state = (_EarlyState if self.enforce_early else _State)(self, meta)
+        if state.malformed is not None:
+            return _Malformed(state.malformed)
+        return state
+
+    def outcome(self, ip: str, sender: str, helo: str) -> SPFOutcome | asyncio.Future[SPFOutcome]:
         """The result for (ip, sender, HELO): remembered while its DNS answers hold.
+
+        A result remembered is returned as it is, else the evaluation's task.
 
         A result depends only on those three and on DNS, so while every
         answer it rested on is fresh, evaluating again would give it again:
@@ -147,15 +162,12 @@ class SPF(Module):
         It is kept no longer than its first stale answer and `RESULT_TTL`,
         never for a temperror, and at most `RESULT_CACHE_SIZE` of them.
         """
-        loop = asyncio.get_running_loop()
         key = (ip, sender, helo)
         known = self._results.get(key)
         if known is not None and known.fresh_until > time.monotonic():
             self._results.move_to_end(key)
-            done: asyncio.Future[SPFOutcome] = loop.create_future()
-            done.set_result(known)
-            return done
-        task = loop.create_task(
+            return known
+        task = asyncio.get_running_loop().create_task(
             evaluate(self.container.resolver, ip, sender, helo, receiver=self.receiver)
         )
         task.add_done_callback(lambda finished: self._remember(key, finished))
@@ -187,13 +199,16 @@ class SPF(Module):
 
 
 class _State(CheckStateBase):
-    """One message: the evaluation in the background, its verdict at one stage."""
+    """One message: the evaluation in the background, its verdict at the body stage."""
 
     def __init__(self, check: SPF, meta: MsgMeta) -> None:
         self.check = check
         self.meta = meta
+        #: The result, when it was known at once; else the evaluation's task.
+        self._known: SPFOutcome | None = None
         self._task: asyncio.Future[SPFOutcome] | None = None
-        self._malformed: SMTPError | None = None
+        #: Why the sender cannot be checked (`_Malformed` takes over).
+        self.malformed: SMTPError | None = None
         self._params: dict[str, str] = {}
         conn = meta.conn
         if conn is None:
@@ -202,23 +217,39 @@ class _State(CheckStateBase):
         if conn.remote_ip is None:
             check.log.debug("skipping a client without an IP address", msg_id=meta.id)
             return
+        mail_from = meta.original_from
+        self._params = {"smtp.helo": conn.helo}
         try:
-            sender = spf_sender(meta.original_from)
+            if mail_from:
+                local, domain = split(mail_from)
+                sender = _spf_sender(mail_from, local, domain)
+                self._params["smtp.mailfrom"] = domain
+            else:
+                sender = ""
         except ValueError as exc:
-            self._malformed = SMTPError(
+            self._params = {}
+            self.malformed = SMTPError(
                 550, (5, 1, 7), "Malformed address", check_name=NAME, reason=str(exc)
             )
             return
-        self._params = {"smtp.helo": conn.helo}
-        if meta.original_from:
-            self._params["smtp.mailfrom"] = split(meta.original_from)[1]
         ip = conn.remote_ip.partition("%")[0]  # no IPv6 zone
-        self._task = check.outcome(ip, sender, conn.helo)
+        outcome = check.outcome(ip, sender, conn.helo)
+        if isinstance(outcome, SPFOutcome):
+            self._known = outcome
+        else:
+            self._task = outcome
+
+    @property
+    def _evaluated(self) -> bool:
+        """Whether there is a result to judge (known, or on its way)."""
+        return self._known is not None or self._task is not None
 
     async def _judged(self) -> tuple[CheckResult, CheckAction]:
-        assert self._task is not None
         try:
-            outcome = await self._task
+            outcome = self._known
+            if outcome is None:
+                assert self._task is not None
+                outcome = await self._task
         except Exception as exc:
             self.check.log.error("SPF evaluation failed", err=exc, msg_id=self.meta.id)
             reason = SMTPError(
@@ -229,28 +260,19 @@ class _State(CheckStateBase):
                 reason=repr(exc),
             )
             return CheckResult(reject=True, reason=reason), IGNORE
-        self.check.log.debug(
-            "result",
-            msg_id=self.meta.id,
-            result=outcome.result,
-            mechanism=outcome.mechanism,
-            problem=outcome.problem,
-        )
+        log = self.check.log
+        if log.debug_enabled:
+            log.debug(
+                "result",
+                msg_id=self.meta.id,
+                result=outcome.result,
+                mechanism=outcome.mechanism,
+                problem=outcome.problem,
+            )
         return self.check.judge(outcome, self._params)
 
-    async def check_connection(self) -> CheckResult:
-        if self._malformed is not None:
-            return CheckResult(reject=True, reason=self._malformed)
-        return OK
-
-    async def check_sender(self, mail_from: str) -> CheckResult:
-        if not self.check.enforce_early or self._task is None:
-            return OK
-        result, action = await self._judged()
-        return action.apply(result)
-
     async def check_body(self, header: Header, body: Buffer) -> CheckResult:
-        if self.check.enforce_early or self._task is None:
+        if not self._evaluated:
             return OK
         result, action = await self._judged()
         if result.reason is None or action.kind == "ignore":
@@ -277,3 +299,26 @@ class _State(CheckStateBase):
                 await task
         elif not task.cancelled():
             task.exception()  # seen: a crash nobody waited for is not reported twice
+
+
+class _EarlyState(_State):
+    """`enforce_early yes`: the verdict at the sender stage, which waits for it."""
+
+    async def check_sender(self, mail_from: str) -> CheckResult:
+        if not self._evaluated:
+            return OK
+        result, action = await self._judged()
+        return action.apply(result)
+
+    async def check_body(self, header: Header, body: Buffer) -> CheckResult:
+        return OK
+
+
+class _Malformed(CheckStateBase):
+    """A sender SPF cannot check: refused at the stage the state is made in."""
+
+    def __init__(self, reason: SMTPError) -> None:
+        self.reason = reason
+
+    async def check_connection(self) -> CheckResult:
+        return CheckResult(reject=True, reason=self.reason)

@@ -30,8 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 __all__ = ["CANONS", "BodyHasher", "BodySpec", "Canon", "empty_body_hash", "hash_body"]
 
@@ -44,16 +43,21 @@ READ_SIZE = 64 * 1024
 
 #: Runs of white space that are not already one space (one space is left alone: faster).
 _WSP_RUN = re.compile(rb"\t[ \t]*| [ \t]+")
-#: Finds two spaces faster than `in` does (`bytes.find` is slow for a
-#: needle made of a byte as common as the space).
+#: Find two spaces, and a space before a line end, faster than `in` does
+#: (`bytes.find` is slow for a needle that starts with a byte as common as
+#: the space).
 _DOUBLE_SPACE = re.compile(rb"  ").search
+_SPACE_CRLF = re.compile(rb" \r\n").search
 #: Held-back CR LF pairs are written out in blocks of this many pairs.
 _CRLF_BLOCK = b"\r\n" * 32768
 
 
-@dataclass(frozen=True, slots=True)
-class BodySpec:
-    """One body hash a signature needs: its canonicalization, hash and `l=` limit."""
+class BodySpec(NamedTuple):
+    """One body hash a signature needs: its canonicalization, hash and `l=` limit.
+
+    A named tuple: it is a dictionary key on every verification, and a
+    tuple hashes in C where a frozen dataclass runs Python code.
+    """
 
     canon: Canon
     algorithm: str = "sha256"
@@ -66,11 +70,12 @@ class _Sink:
     __slots__ = ("hasher", "length", "limit")
 
     def __init__(self, algorithm: str, limit: int | None) -> None:
-        self.hasher = hashlib.new(algorithm)
+        # The named constructor: `hashlib.new` looks the name up each time.
+        self.hasher = hashlib.sha256() if algorithm == "sha256" else hashlib.new(algorithm)
         self.limit = limit
         self.length = 0  # canonical bytes seen, also past the limit
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if self.limit is None:
             self.hasher.update(data)
         else:
@@ -86,9 +91,12 @@ def _trailing_pairs(data: bytes) -> int:
     The end made only of CR and LF bytes is cut off first; within it the
     pairs run back to the last doubled byte (CR CR or LF LF).
     """
-    tail = data[len(data.rstrip(b"\r\n")) :]
-    if not tail.endswith(b"\r\n"):
+    if not data.endswith(b"\r\n"):
         return 0
+    tail = data[-64:]  # most bodies end in a line or two: no copy of the whole
+    if not tail.rstrip(b"\r\n"):
+        tail = data
+    tail = tail[len(tail.rstrip(b"\r\n")) :]
     cut = max(tail.rfind(b"\r\r"), tail.rfind(b"\n\n")) + 1
     if tail[cut : cut + 1] == b"\n":
         cut += 1
@@ -111,7 +119,7 @@ class _Trailer:
         self._held_cr = False  # a CR at the end that may pair with an LF
         self._emitted = False
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data: bytes | memoryview) -> None:
         self._emitted = True
         for sink in self._sinks:
             sink.update(data)
@@ -137,7 +145,8 @@ class _Trailer:
         head = len(data) - 2 * pairs
         if head:
             self._flush_pending()
-            self._emit(data[:head] if pairs else data)
+            # A view, not a copy of all but the last line end.
+            self._emit(memoryview(data)[:head] if pairs else data)
         self._pending += pairs
 
     def close(self) -> None:
@@ -178,7 +187,7 @@ class _Relaxed:
             # every byte.
             if b"\t" in settled or _DOUBLE_SPACE(settled):
                 settled = _WSP_RUN.sub(b" ", settled)
-            if b" \r\n" in settled:
+            if _SPACE_CRLF(settled):
                 settled = settled.replace(b" \r\n", b"\r\n")
             self._out.write(settled)
 

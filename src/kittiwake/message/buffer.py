@@ -369,6 +369,17 @@ class Buffer:
             return open(self._path, "rb")
         return io.BufferedReader(_MemoryReader(memoryview(self._data)))
 
+    def memory(self) -> bytes | None:
+        """The whole body as one `bytes` (a copy) while it is in memory, else None.
+
+        For a small body read on the event loop, where a reader and its
+        pieces cost more than the copy; a large one is better read in pieces.
+        """
+        self._check_readable()
+        if self._path is not None:
+            return None
+        return bytes(self._data)
+
     async def chunks(self, size: int = _READ_CHUNK) -> AsyncIterator[bytes]:
         """The body as `bytes` pieces of at most `size` bytes."""
         self._check_readable()

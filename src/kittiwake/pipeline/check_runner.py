@@ -25,9 +25,11 @@ and lives in `kittiwake.checks.base`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+import types
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any, Protocol, TypeVar, cast
 
 from kittiwake import metrics
 from kittiwake.address import to_alabel_domain
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 _Outcome = CheckResult | Exception
+_T = TypeVar("_T")
 
 
 # --- DMARC hook --------------------------------------------------------------
@@ -87,14 +90,65 @@ def _generic_reject(check: object) -> SMTPError:
 _PASSED = CheckResult()
 
 
+#: (state class, stage) -> whether the class does anything at the stage.
+_IMPLEMENTS: dict[tuple[type, str], bool] = {}
+
+
 def _checks(state: CheckState, stage: str) -> bool:
     """Whether `state` does anything at `stage` (not `CheckStateBase`'s pass)."""
-    return getattr(type(state), stage, None) is not getattr(CheckStateBase, stage)
+    key = (type(state), stage)
+    known = _IMPLEMENTS.get(key)
+    if known is None:
+        known = getattr(key[0], stage, None) is not getattr(CheckStateBase, stage)
+        if len(_IMPLEMENTS) < 1000:  # a few classes; never a leak whatever comes
+            _IMPLEMENTS[key] = known
+    return known
+
+
+def _start(coro: Coroutine[Any, Any, _T]) -> tuple[bool, Any]:
+    """Run `coro` until it finishes or first waits: (True, its value) or (False, what it yielded).
+
+    A check stage that needs nothing it must wait for (a cached key, a
+    result already there) thus costs no task and no trip through the event
+    loop. An exception from `coro` propagates.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, yielded
+
+
+@types.coroutine
+def _finish(coro: Coroutine[Any, Any, _T], yielded: Any) -> Generator[Any, Any, _T]:
+    """Await the rest of `coro`, started by `_start`, which yielded `yielded`.
+
+    What `await` does for a coroutine, from its first suspension on: what it
+    waits for goes up to the task, what the task sends or throws (a
+    cancellation) goes down to it. The task that ran the start runs the
+    rest, so code that holds on to its task (`asyncio.timeout`) is right.
+    """
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return cast(_T, stop.value)
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return cast(_T, stop.value)
 
 
 async def _gather(
     states: Sequence[CheckState],
-    run: Callable[[CheckState], Awaitable[CheckResult]],
+    run: Callable[[CheckState], Coroutine[Any, Any, CheckResult]],
     stage: str = "",
 ) -> list[_Outcome]:
     """Run one stage on every state concurrently; outcomes in `states` order.
@@ -105,19 +159,51 @@ async def _gather(
     (`check_rcpt`, ...), states that only inherit `CheckStateBase`'s pass
     for it are not called at all: most checks act at one stage.
 
-    The first state called runs in the caller's task; each other one gets
-    a task of its own, started first so that all of them overlap (a check
-    waiting on DNS lets the others run). The usual body stage, SPF and
-    DKIM, thus costs one task instead of two and a gathering future.
+    The states are called in turn in the caller's task, each until it
+    finishes or must wait. Most finish at once (results kept from earlier
+    messages, keys in the DNS cache): then the stage costs no task at all.
+    The first one that must wait finishes in the caller's task; each state
+    after it gets a task of its own, started first so that all of them
+    overlap (a check waiting on DNS lets the others run). Every call thus
+    runs in one task from start to end.
     """
-    active = [s for s in states if not stage or _checks(s, stage)]
-    if not active:
-        return [_PASSED] * len(states)
-    others = [asyncio.ensure_future(run(s)) for s in active[1:]]
     outcomes: list[_Outcome] = []
+    for i, state in enumerate(states):
+        if stage and not _checks(state, stage):
+            outcomes.append(_PASSED)
+            continue
+        coro = run(state)
+        try:
+            done, got = _start(coro)
+        except Exception as exc:
+            outcomes.append(exc)
+            continue
+        if done:
+            outcomes.append(got)
+            continue
+        rest = [s for s in states[i + 1 :] if not stage or _checks(s, stage)]
+        waited: list[_Outcome] = []
+        await _wait_rest(coro, got, rest, run, waited)
+        outcomes.append(waited[0])
+        more = iter(waited[1:])
+        for later in states[i + 1 :]:
+            outcomes.append(next(more) if not stage or _checks(later, stage) else _PASSED)
+        break
+    return outcomes
+
+
+async def _wait_rest(
+    coro: Coroutine[Any, Any, CheckResult],
+    yielded: Any,
+    rest: Sequence[CheckState],
+    run: Callable[[CheckState], Coroutine[Any, Any, CheckResult]],
+    outcomes: list[_Outcome],
+) -> None:
+    """`_gather` once a call must wait: it finishes here, `rest` each in a task."""
+    others = [asyncio.ensure_future(run(s)) for s in rest]
     try:
         try:
-            outcomes.append(await run(active[0]))
+            outcomes.append(await _finish(coro, yielded))
         except Exception as exc:
             outcomes.append(exc)
         for task in others:
@@ -128,10 +214,6 @@ async def _gather(
     except BaseException:
         await _stop(others)
         raise
-    if len(active) == len(states):
-        return outcomes
-    by_state = {id(s): o for s, o in zip(active, outcomes, strict=True)}
-    return [by_state.get(id(s), _PASSED) for s in states]
 
 
 async def _stop(tasks: Sequence[asyncio.Future[CheckResult]]) -> None:
@@ -174,7 +256,9 @@ class GroupCheckState:
     def __init__(self, states: Sequence[CheckState]) -> None:
         self._states = list(states)
 
-    async def _run(self, run: Callable[[CheckState], Awaitable[CheckResult]]) -> CheckResult:
+    async def _run(
+        self, run: Callable[[CheckState], Coroutine[Any, Any, CheckResult]]
+    ) -> CheckResult:
         if not self._states:
             return CheckResult()
         outcomes = await _gather(self._states, run)
@@ -216,6 +300,7 @@ class CheckRunner:
         "_body_done",
         "_dmarc",
         "_dmarc_fetched",
+        "_levels",
         "_log",
         "_names",
         "_rcpt_done",
@@ -237,6 +322,8 @@ class CheckRunner:
         self._states: dict[int, tuple[Check, CheckState]] = {}
         # id(state) -> its check's name, for the metrics (docs/metrics.md).
         self._names: dict[int, str] = {}
+        # id(level's check list) -> (the list, its states), see `_states_for`.
+        self._levels: dict[int, tuple[Sequence[Check], list[CheckState]]] = {}
         self._sender: str | None = None  # None until the sender stage ran
         self._rcpts: list[str] = []
         self._rcpt_done: dict[int, set[str]] = {}
@@ -248,7 +335,19 @@ class CheckRunner:
     # -- states and replay ------------------------------------------------
 
     async def _states_for(self, checks: Sequence[Check]) -> list[CheckState]:
-        """The states of `checks` (unique, in order), creating and replaying new ones."""
+        """The states of `checks` (unique, in order), creating and replaying new ones.
+
+        A level's list, once made, is kept for the message: states are only
+        ever added, and all of this level's exist.
+        """
+        known = self._levels.get(id(checks))
+        if known is not None:
+            return known[1]
+        states = await self._make_states(checks)
+        self._levels[id(checks)] = (checks, states)
+        return states
+
+    async def _make_states(self, checks: Sequence[Check]) -> list[CheckState]:
         states: list[CheckState] = []
         new: list[tuple[int, Check, CheckState]] = []
         seen: set[int] = set()
@@ -267,7 +366,8 @@ class CheckRunner:
                 await self._close_new(new)
                 raise
             new.append((key, check, state))
-            self._names[id(state)] = metrics.target_label(check)
+            if metrics.current().enabled:
+                self._names[id(state)] = metrics.target_label(check)
             states.append(state)
         if not new:
             return states
@@ -275,12 +375,13 @@ class CheckRunner:
         try:
             if self._sender is not None:
                 sender = self._sender
-                self._merge(
-                    fresh, await _gather(fresh, lambda s: s.check_connection(), "check_connection")
-                )
-                self._merge(
-                    fresh, await _gather(fresh, lambda s: s.check_sender(sender), "check_sender")
-                )
+                # Only states that act at a stage take part in it.
+                active = [s for s in fresh if _checks(s, "check_connection")]
+                if active:
+                    self._merge(active, await _gather(active, lambda s: s.check_connection()))
+                active = [s for s in fresh if _checks(s, "check_sender")]
+                if active:
+                    self._merge(active, await _gather(active, lambda s: s.check_sender(sender)))
             for rcpt in self._rcpts:
                 await self._run_rcpt(fresh, rcpt)
         except BaseException:
@@ -348,12 +449,14 @@ class CheckRunner:
     async def _run_rcpt(self, states: Sequence[CheckState], rcpt: str) -> None:
         todo: list[CheckState] = []
         for state in states:
+            if not _checks(state, "check_rcpt"):
+                continue  # nothing to run, nothing to replay
             done = self._rcpt_done.setdefault(id(state), set())
             if rcpt not in done:
                 done.add(rcpt)
                 todo.append(state)
         if todo:
-            self._merge(todo, await _gather(todo, lambda s: s.check_rcpt(rcpt), "check_rcpt"))
+            self._merge(todo, await _gather(todo, lambda s: s.check_rcpt(rcpt)))
 
     # -- stages -----------------------------------------------------------
 
@@ -380,13 +483,11 @@ class CheckRunner:
             return
         todo: list[CheckState] = []
         for state in await self._states_for(checks):
-            if id(state) not in self._body_done:
+            if id(state) not in self._body_done and _checks(state, "check_body"):
                 self._body_done.add(id(state))
                 todo.append(state)
         if todo:
-            self._merge(
-                todo, await _gather(todo, lambda s: s.check_body(header, body), "check_body")
-            )
+            self._merge(todo, await _gather(todo, lambda s: s.check_body(header, body)))
 
     async def apply_results(self, hostname: str, header: Header) -> None:
         """Quarantine flag, DMARC, `Authentication-Results`, then fields from checks.
@@ -426,8 +527,10 @@ class CheckRunner:
     async def close(self) -> None:
         """Close every state (and the DMARC verifier); safe to call twice."""
         states, self._states = self._states, {}
+        self._levels = {}
         for _, state in states.values():
-            await self._close_one(state)
+            if _checks(state, "close"):  # the base class has nothing to close
+                await self._close_one(state)
         dmarc, self._dmarc = self._dmarc, None
         if dmarc is not None:
             try:
@@ -488,6 +591,7 @@ def _pvalue(text: str) -> str:
     return _quote_value(text)
 
 
+@functools.lru_cache(maxsize=64)
 def authserv_id(hostname: str) -> str:
     """Our authserv-id in A-R fields (RFC 8601 §2.5): the host name in A-labels, lowercase."""
     try:
@@ -505,14 +609,14 @@ def format_auth_results(hostname: str, results: Sequence[AuthResult]) -> str:
     """
     parts = [authserv_id(hostname)]
     for res in results:
-        params: list[str] = []
-        reason = res.reason or res.params.get("reason", "")
+        entry = [f"{res.method}={res.result}"]
+        params = res.params
+        reason = res.reason or params.get("reason", "")
         if reason:
-            params.append("reason=" + _quote_value(reason))
-        for name in sorted(res.params):
-            value = res.params[name]
+            entry.append("reason=" + _quote_value(reason))
+        for name in sorted(params) if len(params) > 1 else params:
+            value = params[name]
             if name != "reason" and value:
-                params.append(f"{name}={_pvalue(value)}")
-        entry = f"{res.method}={res.result}"
-        parts.append(" ".join([entry, *params]))
+                entry.append(f"{name}={_pvalue(value)}")
+        parts.append(" ".join(entry))
     return "; ".join(parts)

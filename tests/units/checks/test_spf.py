@@ -103,7 +103,7 @@ def build(tmp_path: Path, containers: list[Container]) -> Build:
         container = Container(parse_text(text, "t.conf"), config_file="t.conf", cwd=str(tmp_path))
         container.build()
         stub = StubDNS(dict(ZONE if zone is None else zone))
-        container._resolver = stub  # type: ignore[assignment]
+        container.shared._resolver = stub  # type: ignore[assignment]
         await container.start()
         containers.append(container)
         (probe,) = container.endpoints

@@ -28,8 +28,12 @@ from kittiwake.mx_auth.mtasts import MTASTS, STSDomain
 
 def container(tmp: Path, top: str = "", flags: DebugFlags | None = None) -> Container:
     text = f"state_dir {tmp}/state\n{top}"
-    c = Container(parse_text(text, "top.conf"), config_file="top.conf", cwd=str(tmp))
-    c.debug_flags = flags or DebugFlags(dns_override="127.0.0.1:53")
+    c = Container(
+        parse_text(text, "top.conf"),
+        config_file="top.conf",
+        cwd=str(tmp),
+        debug_flags=flags or DebugFlags(dns_override="127.0.0.1:53"),
+    )
     c.parse_globals()
     return c
 

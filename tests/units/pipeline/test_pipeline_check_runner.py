@@ -15,6 +15,7 @@ from kittiwake.checks.base import (
     Check,
     CheckAction,
     CheckResult,
+    CheckStateBase,
     action_directive,
     parse_action,
 )
@@ -22,8 +23,9 @@ from kittiwake.config.node import Node
 from kittiwake.dmarc import DmarcVerdict
 from kittiwake.errors import ConfigError, SMTPError
 from kittiwake.message import MsgMeta
+from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
-from kittiwake.pipeline.check_runner import format_auth_results, merge_results
+from kittiwake.pipeline.check_runner import _gather, format_auth_results, merge_results
 from kittiwake.pipeline.groups import CheckGroup
 
 LEVELS = """
@@ -349,6 +351,68 @@ async def test_checks_group_as_single_check(tmp_path: Path) -> None:
     assert result.reject and result.reason is not None and result.reason.message == "b"
     await state.close()
     assert FAKES["a"].closed == FAKES["b"].closed == 1
+
+
+class _Stepping(CheckStateBase):
+    """A body stage that waits `wait` seconds (0: not at all), noting its task."""
+
+    def __init__(self, name: str, wait: float = 0.0, *, bound: float | None = None) -> None:
+        self.name = name
+        self.wait = wait
+        self.bound = bound
+        self.tasks: list[asyncio.Task[object] | None] = []
+
+    async def check_body(self, header: Header, body: Buffer) -> CheckResult:
+        self.tasks.append(asyncio.current_task())
+        if self.wait:
+            if self.bound is None:
+                await asyncio.sleep(self.wait)
+            else:
+                async with asyncio.timeout(self.bound):  # bound to the task it entered in
+                    await asyncio.sleep(self.wait)
+        self.tasks.append(asyncio.current_task())
+        return CheckResult(auth_results=[AuthResult(self.name, "pass")])
+
+
+async def _body_stage(states: Sequence[CheckStateBase]) -> list[CheckResult | Exception]:
+    buf = await buffer()
+    return await _gather(states, lambda s: s.check_body(header(), buf), "check_body")
+
+
+async def test_stage_that_need_not_wait_costs_no_task() -> None:
+    """States that finish at once run in the caller's task, one after the other."""
+    a, b = _Stepping("a"), _Stepping("b")
+    before = len(asyncio.all_tasks())
+    outcomes = await _body_stage([a, b])
+    assert [o.auth_results[0].method for o in outcomes if isinstance(o, CheckResult)] == ["a", "b"]
+    me = asyncio.current_task()
+    assert a.tasks == [me, me] and b.tasks == [me, me]
+    assert len(asyncio.all_tasks()) == before
+
+
+async def test_first_state_that_waits_finishes_in_the_callers_task() -> None:
+    """From the first state that waits on, the later ones overlap in tasks of their own;
+    each call runs in one task from start to end, so a timeout it set is its own."""
+    quick = _Stepping("quick")
+    slow = _Stepping("slow", 0.02, bound=0.01)
+    after = _Stepping("after", 0.01)
+    outcomes = await _body_stage([quick, slow, after])
+    me = asyncio.current_task()
+    assert quick.tasks == [me, me]
+    assert slow.tasks == [me]  # timed out: the caller's own task went on
+    assert isinstance(outcomes[1], TimeoutError)
+    assert after.tasks[0] is not me and after.tasks == [after.tasks[0]] * 2
+    assert isinstance(outcomes[2], CheckResult) and outcomes[2].auth_results[0].method == "after"
+
+
+async def test_stage_start_exception_is_an_outcome() -> None:
+    class Broken(CheckStateBase):
+        async def check_body(self, header: Header, body: Buffer) -> CheckResult:
+            raise RuntimeError("broken at once")
+
+    outcomes = await _body_stage([Broken(), _Stepping("b", 0.001)])
+    assert isinstance(outcomes[0], RuntimeError)
+    assert isinstance(outcomes[1], CheckResult)
 
 
 # --- actions (docs/checks.md) ---------------------------------------------------------------
