@@ -105,13 +105,13 @@ return #KEYS
 #: ARGV: now, lease ttl (ms), then the lease of each key. A lease that has
 #: expired meanwhile (the store was unreachable for longer than the ttl) is
 #: not brought back: its slot may have gone to another node. Returns the
-#: number of such lost leases.
+#: (1-based) positions of such lost leases.
 RENEW = (
     _NOW
     + _EXTEND
     + """
 local ttl = tonumber(ARGV[2])
-local lost = 0
+local lost = {}
 for i = 1, #KEYS do
   local lease = ARGV[i + 2]
   local score = tonumber(redis.call('ZSCORE', KEYS[i], lease))
@@ -122,7 +122,7 @@ for i = 1, #KEYS do
     if score then
       redis.call('ZREM', KEYS[i], lease)
     end
-    lost = lost + 1
+    lost[#lost + 1] = i
   end
 end
 return lost

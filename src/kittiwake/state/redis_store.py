@@ -16,9 +16,9 @@ nodes count without them. A lease is dropped from the renewal list before
 it is released, so one whose release fails is not kept alive either.
 
 Key layout (docs/state.md): `PREFIX` then `rate:`, `slot:`, `fail:` or
-`known:`, then the counter name, `:`, and the key. Counter names never
-contain `:`; a key (an address, a domain, a user name) comes last, so no
-two counters can share a Redis key.
+`known:`, then the counter name, `:`, and the key. A `:` or `%` in a
+counter name is written `%3A`, `%25`; the key (an address, a domain, a
+user name) comes last as it is, so no two counters can share a Redis key.
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ class RedisStore:
         self._renew = self._script(lua.RENEW)
         self._locked = self._script(lua.LOCKED)
         self._failure = self._script(lua.FAILURE)
+        # Counter names are few and fixed (configuration lines): their
+        # escaped form is made once.
+        self._bases: dict[tuple[str, str], str] = {}
         #: This process's leases: lease id -> the sorted set it is in.
         self.leases: dict[str, str] = {}
         # Lease ids: unique across nodes and restarts, and telling whose.
@@ -127,12 +130,12 @@ class RedisStore:
         leases: list[str] = []
         for request in wanted:
             if isinstance(request, Rate):
-                keys.append(f"{self.prefix}rate:{request.counter}:{request.key}")
+                keys.append(f"{self._base('rate', request.counter)}{request.key}")
                 args += ["r", request.burst, _ms(request.period)]
                 leases.append("")
             else:
                 lease = f"{self._holder}/{next(self._ids)}"
-                keys.append(f"{self.prefix}slot:{request.counter}:{request.key}")
+                keys.append(f"{self._base('slot', request.counter)}{request.key}")
                 args += ["s", request.limit, lease]
                 leases.append(lease)
         refused, wait_ms = await self._call(self._acquire, keys, args)
@@ -159,13 +162,13 @@ class RedisStore:
             await self._call(self._release, keys, args)
 
     async def locked(self, counters: Sequence[tuple[str, str]], known: tuple[str, str]) -> Locks:
-        keys = [f"{self.prefix}fail:{counter}:{key}" for counter, key in counters]
+        keys = [self._base("fail", counter) + key for counter, key in counters]
         keys.append(self._known_key(known))
         out = await self._call(self._locked, keys, [self._now()])
         return Locks(tuple(int(ms) / 1000 for ms in out[:-1]), bool(int(out[-1])))
 
     async def count_failure(self, failures: Sequence[Failure], guess: bytes) -> list[int]:
-        keys = [f"{self.prefix}fail:{f.counter}:{f.key}" for f in failures]
+        keys = [self._base("fail", f.counter) + f.key for f in failures]
         guess = guess[:GUESS_SIZE].ljust(GUESS_SIZE, b"\0")
         args: list[str | bytes | int] = [self._now(), guess, MAX_GUESSES * GUESS_SIZE]
         for f in failures:
@@ -177,7 +180,15 @@ class RedisStore:
         await self._run(self.client.set(key, b"1", px=_ms(ttl)))
 
     def _known_key(self, known: tuple[str, str]) -> str:
-        return f"{self.prefix}known:{known[0]}:{known[1]}"
+        return self._base("known", known[0]) + known[1]
+
+    def _base(self, kind: str, counter: str) -> str:
+        """`PREFIX KIND : COUNTER :`, the part of a key before its own key."""
+        base = self._bases.get((kind, counter))
+        if base is None:
+            escaped = counter.replace("%", "%25").replace(":", "%3A")
+            base = self._bases[(kind, counter)] = f"{self.prefix}{kind}:{escaped}:"
+        return base
 
     # -- calls -------------------------------------------------------------------
 
@@ -237,7 +248,11 @@ class RedisStore:
             batch = held[start : start + RENEW_BATCH]
             args: list[str | bytes | int] = [self._now(), _ms(self.lease)]
             args += [lease for lease, _ in batch]
-            lost += int(await self._call(self._renew, [key for _, key in batch], args))
+            positions = await self._call(self._renew, [key for _, key in batch], args)
+            for position in positions:
+                # Expired meanwhile: not held any more, not to be renewed.
+                self.leases.pop(batch[int(position) - 1][0], None)
+                lost += 1
         if lost:
             self.log.warn("slot leases expired before renewal", lost=lost)
         return lost
