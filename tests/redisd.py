@@ -62,16 +62,11 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = redis_server_path()
         with open(self.log_path, "ab") as log:
+            # No persistence, in the foreground, on loopback only.
+            args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+            args += ["--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"]
             self.proc = subprocess.Popen(
-                [
-                    binary,
-                    "--bind", "127.0.0.1",
-                    "--port", str(self.port),
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(self.workdir),
-                    "--daemonize", "no",
-                ],  # fmt: skip
+                [binary, *args],
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -97,9 +92,7 @@ class RedisServer:
 
     def command(self, *words: bytes) -> bytes:
         """One command in RESP; the first line of the answer (tests peek with it)."""
-        request = b"*%d\r\n" % len(words) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(w), w) for w in words
-        )
+        request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             s.sendall(request)
             data = b""

@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from redisd import RedisServer
 
 from kittiwake import log
 from kittiwake.state.base import Failure, Held, Rate, Slot, StateStore, StoreUnavailable
 from kittiwake.state.memory import MemoryStore
 from kittiwake.state.redis_store import RedisStore, connect
+from redisd import RedisServer
 
 _prefixes = itertools.count(1)
 
@@ -53,7 +53,9 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-async def redis_store(server: RedisServer, clock: FakeClock | None, **options: object) -> RedisStore:
+async def redis_store(
+    server: RedisServer, clock: FakeClock | None, **options: object
+) -> RedisStore:
     client = connect(server.url, timeout=2.0, connect_timeout=2.0)
     return RedisStore(
         client,
@@ -248,7 +250,7 @@ async def test_keys_expire_on_the_servers_clock(redis_server: RedisServer) -> No
         ttl = int(redis_server.command(b"PTTL", p + b"fail:auth/x/ip:192.0.2.1")[1:])
         assert 59_000 <= ttl <= 60_000
         await store.remember(("auth/x/known", "a b"), 10.0)
-        assert 9_000 <= int(redis_server.command(b"PTTL", p + b"known:auth/x/known:a b")[1:])
+        assert int(redis_server.command(b"PTTL", p + b"known:auth/x/known:a b")[1:]) >= 9_000
     finally:
         await store.stop()
 
