@@ -52,6 +52,9 @@ class RedisState(Module):
     """`state.redis NAME { endpoint URL; fail_open|fail_closed; ... }`."""
 
     shared = True
+    #: Set by `configure`; a class default so that the capability check,
+    #: made before the block is configured, finds it.
+    fail_open = False
 
     def configure(self, cfg: Directives) -> None:
         self.block_only(cfg)
