@@ -297,7 +297,8 @@ def test_max_connections_holds_across_both_nodes(cluster: Callable[..., Cluster]
         for node in NODES:
             with direct(node, "127.0.0.53") as d:
                 assert d.reply() == [TOO_MANY]
-        opened.pop(0).cmd("QUIT")
+        with opened.pop(0) as first:
+            first.cmd("QUIT")
         time.sleep(0.3)
         with direct(NODES[1], "127.0.0.53") as d:
             assert d.reply()[-1].startswith("220 ")
