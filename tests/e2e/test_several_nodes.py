@@ -81,9 +81,13 @@ class Cluster:
     def connect(self, source: str) -> Dialog:
         """A session through HAProxy from `source`, greeted and EHLO'd."""
         d = Dialog(self.front, source=source, timeout=DEADLINE + 15)
-        greeting = d.reply()[-1]
-        assert greeting.startswith("220 "), greeting
-        assert d.cmd("EHLO client.example").startswith("250 ")
+        try:
+            greeting = d.reply()[-1]
+            assert greeting.startswith("220 "), greeting
+            assert d.cmd("EHLO client.example").startswith("250 ")
+        except BaseException:
+            d.close()
+            raise
         return d
 
     def logs(self) -> str:
