@@ -181,6 +181,8 @@ class Limiter:
         #: destination and mx rules, for `take_scoped` (target.remote).
         self.scoped_rules = [r for r in rules if r.scope in SCOPED]
         self.store: StateStore = store if store is not None else MemoryStore()
+        self._counters: dict[str, str] = {}
+        self._keyless: dict[str, Rate | Slot] = {}
         self.prefix = prefix
         self.log = log if log is not None else get_logger("limits")
         self._waiters: set[asyncio.Future[None]] = set()
@@ -209,10 +211,27 @@ class Limiter:
         rules = [r for r in self.scoped_rules if r.scope == scope]
         return await self._take([(rule, key) for rule in rules], deadline_s)
 
+    @property
+    def prefix(self) -> str:
+        """What goes before every rule's name in the store (its owner)."""
+        return self._prefix
+
+    @prefix.setter
+    def prefix(self, prefix: str) -> None:
+        self._prefix = prefix
+        # Made once, not per transaction: the counter names, and the whole
+        # request of each rule for the key "" (`all`, the null sender).
+        self._counters = {r.name: prefix + r.name for r in (*self.rules, *self.scoped_rules)}
+        self._keyless = {r.name: self._request(r, "") for r in (*self.rules, *self.scoped_rules)}
+
     def _request(self, rule: Rule, key: str) -> Rate | Slot:
         if rule.kind == "rate":
-            return Rate(self.prefix + rule.name, key, rule.burst, rule.period)
-        return Slot(self.prefix + rule.name, key, rule.max_slots)
+            return Rate(self._counters[rule.name], key, rule.burst, rule.period)
+        return Slot(self._counters[rule.name], key, rule.max_slots)
+
+    def _requests(self, wanted: list[tuple[Rule, str]]) -> list[Rate | Slot]:
+        keyless = self._keyless
+        return [keyless[rule.name] if not key else self._request(rule, key) for rule, key in wanted]
 
     async def _take(self, wanted: list[tuple[Rule, str]], deadline_s: float) -> Ticket:
         ticket = Ticket(self)
@@ -224,7 +243,7 @@ class Limiter:
         try:
             while True:
                 try:
-                    grant = await self.store.acquire([self._request(r, k) for r, k in wanted])
+                    grant = await self.store.acquire(self._requests(wanted))
                 except StoreUnavailable:
                     if self.store.fail_open:
                         return ticket  # the rules not yet taken are not applied

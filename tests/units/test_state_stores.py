@@ -138,7 +138,7 @@ async def test_slots_at_the_limit_past_it_and_given_back(store: StateStore) -> N
     assert len(third) == 1
     await store.release(second + third)
     assert (await take(store, slot))[0] == -1
-    await store.release([Held("nope", "never", "gone")])  # unknown: ignored
+    await store.release([Held("nope", "never", lease="gone")])  # unknown: ignored
 
 
 async def test_requests_are_taken_in_order_until_one_is_refused(store: StateStore) -> None:

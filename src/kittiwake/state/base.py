@@ -52,7 +52,12 @@ class StoreUnavailable(Exception):
     """
 
 
-@dataclass(frozen=True, slots=True)
+# Requests and holdings are made for every transaction and connection, so
+# they are plain slotted dataclasses: a frozen one costs three times as much
+# to build (each field goes through object.__setattr__). Nobody changes them.
+
+
+@dataclass(slots=True)
 class Rate:
     """Take one token from the bucket `(counter, key)`.
 
@@ -67,16 +72,7 @@ class Rate:
     period: float
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """Take one of the `limit` slots of `(counter, key)` until it is released."""
-
-    counter: str
-    key: str
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Held:
     """A slot taken by `acquire`; give it to `release` exactly once.
 
@@ -86,7 +82,18 @@ class Held:
 
     counter: str
     key: str
-    lease: str = ""
+    lease: str = field(default="", kw_only=True)
+
+
+@dataclass(slots=True)
+class Slot(Held):
+    """Take one of the `limit` slots of `(counter, key)` until it is released.
+
+    A granted request is also its own holding: the in-process store hands
+    it back as it is, one object less per slot.
+    """
+
+    limit: int
 
 
 @dataclass(slots=True)

@@ -92,19 +92,17 @@ class MemoryStore:
     # -- the interface ---------------------------------------------------------
 
     async def acquire(self, wanted: Sequence[Rate | Slot]) -> Grant:
-        grant = Grant()
+        held: list[Held] = []
         for index, request in enumerate(wanted):
-            if isinstance(request, Rate):
+            if type(request) is Rate:
                 wait = self.take_token(request.counter, request.key, request.burst, request.period)
                 if wait > 0:
-                    grant.refused, grant.wait = index, wait
-                    return grant
-            elif self.take_slot(request.counter, request.key, request.limit):
-                grant.held.append(Held(request.counter, request.key))
+                    return Grant(held, index, wait)
+            elif self.take_slot(request.counter, request.key, request.limit):  # type: ignore[union-attr]
+                held.append(request)  # type: ignore[arg-type]  # a Slot is its own Held
             else:
-                grant.refused, grant.wait = index, SLOT_POLL
-                return grant
-        return grant
+                return Grant(held, index, SLOT_POLL)
+        return Grant(held)
 
     async def release(self, held: Sequence[Held]) -> None:
         for slot in held:

@@ -143,7 +143,7 @@ class RedisStore:
         taken = len(wanted) if grant.refused < 0 else grant.refused
         for request, key, lease in zip(wanted[:taken], keys, leases, strict=False):
             if lease:
-                grant.held.append(Held(request.counter, request.key, lease))
+                grant.held.append(Held(request.counter, request.key, lease=lease))
                 self.leases[lease] = key
         if grant.refused >= 0:
             grant.wait = int(wait_ms) / 1000 if int(wait_ms) > 0 else SLOT_POLL
