@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from kittiwake.dns import ReverseName
@@ -137,7 +137,7 @@ class Session(asyncio.Protocol):
         self._client = client
         self._counted_ip: str | None = None
         #: The connection caps' slots in a shared store (docs/state.md).
-        self._shared_slots: list[Held] = []
+        self._shared_slots: Sequence[Held] = ()
         #: Names the connection in its log lines and its messages' lines.
         self.id = new_msg_id()
         self._opened = self._loop.time()
@@ -325,7 +325,7 @@ class Session(asyncio.Protocol):
 
     async def _leave_shared(self) -> None:
         """Give the caps' slots back; if the store cannot, their leases expire."""
-        held, self._shared_slots = self._shared_slots, []
+        held, self._shared_slots = self._shared_slots, ()
         store = self.cfg.gate.store
         assert store is not None
         try:
