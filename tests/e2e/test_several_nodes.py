@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -440,3 +441,40 @@ submission tcp://0.0.0.0:25 {{
     assert login(attacker, PASSWORD) == THROTTLED
     assert served_by(c, attacker) == [1, 2]
     assert login("127.0.0.81", PASSWORD) == OK  # another address
+
+
+# -- reload -----------------------------------------------------------------------------
+
+
+def test_a_reload_keeps_the_shared_counters_and_the_leases(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """docs/state.md, "Reloads": the old configuration's pool keeps renewing
+    the slots of its draining sessions; the new one counts in the same keys."""
+    c = cluster(
+        edits=(("    key_prefix kittiwake:\n", "    key_prefix kittiwake:\n    lease 3s\n"),)
+    )
+    node = c.nodes[0]
+    slot = b"kittiwake:slot:limits/inbound/ip.concurrency.0:127.0.0.90"
+    with Dialog(c.port, host=NODES[0], source="127.0.0.90") as before:
+        assert before.reply()[-1].startswith("220 ")
+        before.cmd("EHLO client.example")
+        assert before.cmd("MAIL FROM:<a@example.net>").startswith("250 ")
+        assert before.cmd("RCPT TO:<user@example.org>").startswith("250 ")
+        assert c.redis.command(b"ZCARD", slot) == b":1"
+        node.config_path.write_text(
+            replace(node.config_path.read_text(), "max_connections 2000", "max_connections 1999")
+        )
+        node.send(signal.SIGUSR2)
+        node.wait_log("reload: reloaded")
+        time.sleep(4.5)  # longer than the lease: only renewal keeps the slot
+        assert c.redis.command(b"ZCARD", slot) == b":1"
+        with Dialog(c.port, host=NODES[0], source="127.0.0.90") as after:
+            assert after.reply()[-1].startswith("220 ")
+            after.cmd("EHLO client.example")
+            assert transaction(after).startswith("250 ")
+        assert before.cmd("RSET").startswith("250 ")
+        assert c.redis.command(b"EXISTS", slot) == b":0"
+        assert before.cmd("QUIT").startswith("221 ")
+    node.wait_log("previous configuration stopped")
+    assert " error " not in node.log.replace("error control:", ""), node.log
