@@ -30,6 +30,8 @@ from __future__ import annotations
 import base64
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +43,7 @@ import bcrypt
 import pytest
 from fakedns import FakeDNS
 from haproxy import HAProxy, Route
-from kw import Dialog, Kittiwake, free_port, need_tool
+from kw import LAUNCHER, Dialog, Kittiwake, env, free_port, need_tool
 
 from redisd import RedisServer
 
@@ -478,3 +480,33 @@ def test_a_reload_keeps_the_shared_counters_and_the_leases(
         assert before.cmd("QUIT").startswith("221 ")
     node.wait_log("previous configuration stopped")
     assert " error " not in node.log.replace("error control:", ""), node.log
+
+
+# -- config check -------------------------------------------------------------------------
+
+
+def test_config_check_refuses_a_mistake_at_its_line(
+    tmp_path: Path, cert_files: tuple[str, str]
+) -> None:
+    """The real `kittiwake config check` on the page's file with both fail
+    modes: exit 2 and FILE:LINE, without connecting anywhere."""
+    _, text = page_examples()
+    text = replace(text, "/etc/kittiwake/certs/fullchain.pem", cert_files[0])
+    text = replace(text, "/etc/kittiwake/certs/privkey.pem", cert_files[1])
+    text = replace(text, "    fail_closed\n", "    fail_closed\n    fail_open\n")
+    (tmp_path / "kittiwake.conf").write_text(text)
+    line = text.split("\n").index("    fail_open") + 1
+    result = subprocess.run(
+        [sys.executable, str(LAUNCHER), "config", "check", "-c", "kittiwake.conf"],
+        check=False,
+        cwd=tmp_path,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"kittiwake.conf:{line}: fail_open and fail_closed cannot both be set: choose one\n",
+    )
