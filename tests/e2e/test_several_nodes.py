@@ -106,9 +106,13 @@ def cluster(
     need_tool("haproxy", "haproxy")
     started: list[Cluster] = []
 
-    def start(*, edits: tuple[tuple[str, str], ...] = (), haproxy: bool = True) -> Cluster:
+    def start(
+        *, edits: tuple[tuple[str, str], ...] = (), haproxy: bool = True, redis_up: bool = True
+    ) -> Cluster:
         proxy_text, node_text = page_examples()
-        redis = RedisServer(tmp_path / "redis").start()
+        redis = RedisServer(tmp_path / "redis")
+        if redis_up:
+            redis.start()
         port, front = free_port(), free_port()
         for old, new in edits:
             node_text = replace(node_text, old, new)
@@ -443,6 +447,24 @@ submission tcp://0.0.0.0:25 {{
     assert login(attacker, PASSWORD) == THROTTLED
     assert served_by(c, attacker) == [1, 2]
     assert login("127.0.0.81", PASSWORD) == OK  # another address
+
+
+def test_a_node_starts_while_redis_is_down(cluster: Callable[..., Cluster]) -> None:
+    """Starting does not wait for Redis: the node listens, says at once that
+    Redis is unreachable, refuses (fail_closed) and serves once it is up."""
+    c = cluster(haproxy=False, redis_up=False)
+    node = c.nodes[0]
+    node.wait_log("shared state store unreachable .*mode=fail_closed")
+    with Dialog(c.port, host=NODES[0], source="127.0.0.95") as d:
+        assert d.reply() == [NO_CAPS]
+    c.redis.start()
+
+    def greeted() -> bool:
+        with Dialog(c.port, host=NODES[0], source="127.0.0.95") as d:
+            return d.reply()[-1].startswith("220 ")
+
+    wait_for(greeted, 10.0)
+    node.wait_log("shared state store reachable again")
 
 
 # -- reload -----------------------------------------------------------------------------

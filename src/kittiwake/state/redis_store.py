@@ -113,6 +113,7 @@ class RedisStore:
         self._holder = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(3).hex()}"
         self._ids = itertools.count(1)
         self._renewer: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None
 
     def _script(self, text: str) -> _Script:
         script: AsyncScript = self.client.register_script(text)
@@ -216,17 +217,26 @@ class RedisStore:
     # -- leases --------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start renewing leases (the module's start)."""
+        """Start renewing leases, and ask Redis once in the background, so an
+        unreachable server is in the log at start rather than at the first
+        message (the module's start; it never waits for Redis)."""
         if self._renewer is None:
-            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+            loop = asyncio.get_running_loop()
+            self._renewer = loop.create_task(self._renew_loop())
+            self._probe = loop.create_task(self._ping())
+
+    async def _ping(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._run(self.client.ping())
 
     async def stop(self) -> None:
         """Stop renewing and close the connections (the module's stop)."""
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
+        for task in (self._renewer, self._probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._renewer = self._probe = None
         await self.client.aclose()
         await cast(BlockingConnectionPool, self.client.connection_pool).disconnect()
 
