@@ -6,43 +6,39 @@ limits {                      # inline: this endpoint's own counters
     ip concurrency 3
 }
 limits &inbound               # top-level `limits inbound { ... }`: shared
+limits {                      # counters in Redis, shared by several nodes
+    state &cluster
+    all rate 20 1s
+}
 ```
 
-Strategy: three layers, so that the counters can later live in Redis and be
-shared by several kittiwake nodes without touching the rest.
+Strategy: three layers, so that where the counters live is not the
+policy's business.
 
-- `LimitStore` keeps the counters and answers at once, never waiting: take
-  a token from a bucket, take or give back a concurrency slot.
-  `MemoryLimitStore` is today's implementation, with a clock that tests
-  replace.
-- `Limiter` is the policy: the rules in order all → ip → source, the keys
+- A `StateStore` (kittiwake/state/base.py) keeps the counters and answers
+  at once, never waiting: take a token from a bucket, take or give back a
+  concurrency slot. The in-process store is the default; `state &NAME`
+  puts the counters in a shared one (docs/state.md).
+- `Limiter` is the policy: the rules in order all -> ip -> source, the keys
   (Unix clients count as 127.0.0.1, the null sender is ""), and the wait:
-  a limit that is hit is retried until the deadline (5 s, docs/limits.md), then
-  answered `451 4.4.5`, temporary, so the sender retries later and no mail
-  is lost. It never answers 5xx.
+  a limit that is hit is retried until the deadline (5 s, docs/limits.md),
+  then answered `451 4.4.5`, temporary, so the sender retries later and no
+  mail is lost. It never answers 5xx. The rules still to take go to the
+  store together, one decision (one round trip to Redis) per try.
 - `LimitsModule` is the configuration block; it owns one `Limiter`, so every
   endpoint referencing the same named block shares one set of counters.
 
-Memory: the keys of the `ip` and `source` scopes come from the network, so
-they must not grow without bound. A token bucket unused for a minute (or one
-period, if longer) is full again, indistinguishable from a new one, and is
-dropped; buckets sit in least-recently-used order so expiry costs O(1) per
-request. Each rule also keeps at most `max_keys` (20 000) buckets: past that
-the least recently used bucket is forgotten, which can only make that one
-client's limit more lenient, never refuse anybody. A concurrency counter
-exists only while a slot is held (it is deleted when it drops to zero), so
-the slot tables are bounded by the transactions in progress; if a rule
-already holds slots for `max_keys` different keys, a new key waits like a
-full slot and then gets the 451.
+Counter names are stable across nodes, reloads and reorderings of the
+block: `limits/OWNER/SCOPE.KIND.N`, where OWNER is the block's name (or the
+endpoint's counter name for an inline block) and N counts the lines of the
+same scope and kind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -55,16 +51,14 @@ from kittiwake.errors import SMTPError
 from kittiwake.log import Logger
 from kittiwake.log import get as get_logger
 from kittiwake.module import Module, capability, register
+from kittiwake.state.base import Held, Rate, Slot, StateStore, StoreUnavailable
+from kittiwake.state.memory import MemoryStore
 
 __all__ = [
     "DEFAULT_DEADLINE",
-    "IDLE_TTL",
-    "MAX_KEYS",
-    "LimitStore",
     "Limiter",
     "Limits",
     "LimitsModule",
-    "MemoryLimitStore",
     "Rule",
     "Ticket",
 ]
@@ -72,16 +66,8 @@ __all__ = [
 #: How long a transaction waits for a limit before the 451 (docs/limits.md,
 #: "Waiting, then 451").
 DEFAULT_DEADLINE = 5.0
-#: A bucket unused this long (or one period, if longer) is dropped.
-IDLE_TTL = 60.0
-#: Buckets (or keys holding slots) kept per rule at most.
-MAX_KEYS = 20_000
 #: The `ip` key of a client on a Unix socket (docs/limits.md, "Scopes").
 UNIX_CLIENT_IP = "127.0.0.1"
-#: How often a waiter re-checks a full concurrency slot. Releases in this
-#: process wake waiters at once; the poll only matters for releases the
-#: process cannot see (another node sharing a future Redis store).
-SLOT_POLL = 0.25
 #: Shortest sleep between two tries, so rounding can never make a spin loop.
 _MIN_WAIT = 0.001
 
@@ -106,125 +92,9 @@ def _high_load() -> SMTPError:
     return SMTPError(451, (4, 4, 5), "High load, try again later")
 
 
-# -- the store ---------------------------------------------------------------
-
-
-class LimitStore(Protocol):
-    """Where the counters live; every call answers at once.
-
-    `limit` names one rule (unique within a `Limiter`), `key` the client,
-    sender domain or "" for the `all` scope. A store may be shared by
-    several processes (Redis): the policy above it assumes nothing else.
-    """
-
-    async def acquire_token(self, limit: str, key: str, burst: int, period: float) -> float:
-        """Take a token from the bucket `(limit, key)`.
-
-        The bucket holds `burst` tokens, is full when first used, and is
-        refilled to full every `period` seconds. Returns 0.0 when a token
-        was taken, otherwise the seconds until the next refill (a hint for
-        when to try again).
-        """
-        ...
-
-    async def acquire_slot(self, limit: str, key: str, max_slots: int) -> bool:
-        """Take one of `max_slots` slots of `(limit, key)`; False if all are held."""
-        ...
-
-    async def release_slot(self, limit: str, key: str) -> None:
-        """Give back a slot taken by `acquire_slot`."""
-        ...
-
-
-@dataclass(slots=True)
-class _Bucket:
-    tokens: int
-    refilled: float  # the last refill-to-full time; refills follow every period
-    used: float  # last access, for idle expiry
-
-
-class MemoryLimitStore:
-    """The in-process `LimitStore`, bounded in memory (see the module docstring)."""
-
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        idle_ttl: float = IDLE_TTL,
-        max_keys: int = MAX_KEYS,
-    ) -> None:
-        self.clock = clock
-        self.idle_ttl = idle_ttl
-        self.max_keys = max_keys
-        # Per rule; least recently used first.
-        self._buckets: dict[str, OrderedDict[str, _Bucket]] = {}
-        self._slots: dict[str, dict[str, int]] = {}
-        #: Buckets forgotten because a rule reached `max_keys` (for the log).
-        self.evicted = 0
-
-    async def acquire_token(self, limit: str, key: str, burst: int, period: float) -> float:
-        now = self.clock()
-        table = self._buckets.get(limit)
-        if table is None:
-            table = self._buckets[limit] = OrderedDict()
-        self._expire(table, now, max(self.idle_ttl, period))
-        bucket = table.get(key)
-        if bucket is None:
-            if len(table) >= self.max_keys:
-                table.popitem(last=False)
-                self.evicted += 1
-            bucket = table[key] = _Bucket(burst, now, now)
-        else:
-            table.move_to_end(key)
-            elapsed = now - bucket.refilled
-            if elapsed >= period:
-                # Refills happen on a fixed beat from the bucket's creation,
-                # like a ticker: skip the beats nobody was there to see.
-                bucket.refilled += (elapsed // period) * period
-                bucket.tokens = burst
-            bucket.used = now
-        if bucket.tokens > 0:
-            bucket.tokens -= 1
-            return 0.0
-        return max(bucket.refilled + period - now, _MIN_WAIT)
-
-    @staticmethod
-    def _expire(table: OrderedDict[str, _Bucket], now: float, ttl: float) -> None:
-        # Idle for at least one period means full again: dropping it changes
-        # nothing a client can observe. Oldest first, so stop at the first
-        # bucket still in use.
-        while table:
-            oldest = next(iter(table.values()))
-            if now - oldest.used < ttl:
-                return
-            table.popitem(last=False)
-
-    async def acquire_slot(self, limit: str, key: str, max_slots: int) -> bool:
-        table = self._slots.get(limit)
-        if table is None:
-            table = self._slots[limit] = {}
-        held = table.get(key, 0)
-        if held >= max_slots or (held == 0 and len(table) >= self.max_keys):
-            return False
-        table[key] = held + 1
-        return True
-
-    async def release_slot(self, limit: str, key: str) -> None:
-        table = self._slots.get(limit)
-        if table is None:
-            return
-        held = table.get(key, 0) - 1
-        if held > 0:
-            table[key] = held
-        else:
-            table.pop(key, None)
-
-    def key_count(self, limit: str | None = None) -> int:
-        """Buckets and slot counters held, for one rule or all (tests, stats)."""
-        tables: list[dict[str, _Bucket] | dict[str, int]] = []
-        for group in (self._buckets, self._slots):
-            tables.extend(t for name, t in group.items() if limit is None or name == limit)
-        return sum(len(t) for t in tables)
+def _unavailable() -> SMTPError:
+    """A shared store that cannot answer, with `fail_closed` (docs/state.md)."""
+    return SMTPError(451, (4, 4, 5), "Sending limits cannot be checked now, try again later")
 
 
 # -- the policy --------------------------------------------------------------
@@ -235,7 +105,8 @@ class Rule:
     """One `SCOPE KIND ARGS` line that limits anything.
 
     `kind` is `rate` (uses `burst`, `period`) or `concurrency` (uses
-    `max_slots`). `name` identifies the rule's counters in the store.
+    `max_slots`). `name` identifies the rule's counters in the store,
+    after the limiter's prefix.
     """
 
     scope: str  # all | ip | source | destination | mx
@@ -258,7 +129,7 @@ class Ticket:
 
     def __init__(self, limiter: Limiter) -> None:
         self._limiter = limiter
-        self._held: list[tuple[str, str]] = []
+        self._held: list[Held] = []
 
     @property
     def slots(self) -> int:
@@ -268,13 +139,17 @@ class Ticket:
     async def release(self) -> None:
         if not self._held:
             return
-        while self._held:
-            limit, key = self._held.pop()
-            try:
-                await self._limiter.store.release_slot(limit, key)
-            except Exception as exc:  # a remote store may fail; free the rest
-                self._limiter.log.error("cannot release a limit slot", err=exc, limit=limit)
-        self._limiter.wake_waiters()
+        # Last taken, first given back; the ticket is empty from here on,
+        # whatever the store answers.
+        held, self._held = self._held[::-1], []
+        limiter = self._limiter
+        try:
+            await limiter.store.release(held)
+        except StoreUnavailable:
+            pass  # the store logged it; shared slots expire with their lease
+        except Exception as exc:
+            limiter.log.error("cannot release limit slots", err=exc, slots=len(held))
+        limiter.wake_waiters()
 
     async def __aenter__(self) -> Ticket:
         return self
@@ -292,14 +167,23 @@ class Limiter:
     """Applies a list of rules to transactions, waiting when one is hit."""
 
     def __init__(
-        self, rules: Sequence[Rule], store: LimitStore | None = None, *, log: Logger | None = None
+        self,
+        rules: Sequence[Rule],
+        store: StateStore | None = None,
+        *,
+        log: Logger | None = None,
+        prefix: str = "",
     ) -> None:
+        """`prefix` goes before every rule's name in the store (its owner)."""
         # Order all -> ip -> source, file order within a scope (docs/limits.md,
         # "When a limit is taken and given back").
         self.rules = sorted((r for r in rules if r.scope in _ORDER), key=lambda r: _ORDER[r.scope])
         #: destination and mx rules, for `take_scoped` (target.remote).
         self.scoped_rules = [r for r in rules if r.scope in SCOPED]
-        self.store: LimitStore = store if store is not None else MemoryLimitStore()
+        self.store: StateStore = store if store is not None else MemoryStore()
+        self._counters: dict[str, str] = {}
+        self._keyless: dict[str, Rate | Slot] = {}
+        self.prefix = prefix
         self.log = log if log is not None else get_logger("limits")
         self._waiters: set[asyncio.Future[None]] = set()
 
@@ -313,7 +197,8 @@ class Limiter:
         to `deadline_s` seconds in all when a limit is hit, then raises
         `SMTPError(451, (4,4,5), "High load, try again later")`. Slots taken
         before the failure are given back; so are they if the caller is
-        cancelled while waiting.
+        cancelled while waiting. A shared store that cannot answer lets the
+        transaction through (`fail_open`) or answers 451 at once.
         """
         keys = {"all": "", "ip": _ip_key(ip), "source": source_domain}
         return await self._take([(rule, keys[rule.scope]) for rule in self.rules], deadline_s)
@@ -326,44 +211,67 @@ class Limiter:
         rules = [r for r in self.scoped_rules if r.scope == scope]
         return await self._take([(rule, key) for rule in rules], deadline_s)
 
+    @property
+    def prefix(self) -> str:
+        """What goes before every rule's name in the store (its owner)."""
+        return self._prefix
+
+    @prefix.setter
+    def prefix(self, prefix: str) -> None:
+        self._prefix = prefix
+        # Made once, not per transaction: the counter names, and the whole
+        # request of each rule for the key "" (`all`, the null sender).
+        self._counters = {r.name: prefix + r.name for r in (*self.rules, *self.scoped_rules)}
+        self._keyless = {r.name: self._request(r, "") for r in (*self.rules, *self.scoped_rules)}
+
+    def _request(self, rule: Rule, key: str) -> Rate | Slot:
+        if rule.kind == "rate":
+            return Rate(self._counters[rule.name], key, rule.burst, rule.period)
+        return Slot(self._counters[rule.name], key, rule.max_slots)
+
+    def _requests(self, wanted: list[tuple[Rule, str]]) -> list[Rate | Slot]:
+        keyless = self._keyless
+        return [keyless[rule.name] if not key else self._request(rule, key) for rule, key in wanted]
+
     async def _take(self, wanted: list[tuple[Rule, str]], deadline_s: float) -> Ticket:
         ticket = Ticket(self)
         if not wanted:
             return ticket
         loop = asyncio.get_running_loop()
         deadline = loop.time() + deadline_s
+        waited: Rule | None = None  # one wait counted per transaction and rule
         try:
-            for rule, key in wanted:
-                waited = False
-                while (wait := await self._try(rule, key, ticket)) > 0:
-                    if not waited:  # one wait per transaction and rule
-                        waited = True
-                        metrics.current().limit_wait(rule.scope)
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        metrics.current().limit_refusal(rule.scope)
-                        self.log.info(
-                            "limit reached",
-                            scope=rule.scope,
-                            kind=rule.kind,
-                            key=key,
-                            waited=round(deadline_s, 3),
-                        )
-                        raise _high_load()
-                    await self._sleep(min(wait, remaining))
+            while True:
+                try:
+                    grant = await self.store.acquire(self._requests(wanted))
+                except StoreUnavailable:
+                    if self.store.fail_open:
+                        return ticket  # the rules not yet taken are not applied
+                    raise _unavailable() from None
+                ticket._held.extend(grant.held)
+                if grant.refused < 0:
+                    return ticket
+                # The rules before the refused one are taken; try from it on.
+                wanted = wanted[grant.refused :]
+                rule, key = wanted[0]
+                if waited is not rule:
+                    waited = rule
+                    metrics.current().limit_wait(rule.scope)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    metrics.current().limit_refusal(rule.scope)
+                    self.log.info(
+                        "limit reached",
+                        scope=rule.scope,
+                        kind=rule.kind,
+                        key=key,
+                        waited=round(deadline_s, 3),
+                    )
+                    raise _high_load()
+                await self._sleep(min(grant.wait, remaining))
         except BaseException:
             await ticket.release()
             raise
-        return ticket
-
-    async def _try(self, rule: Rule, key: str, ticket: Ticket) -> float:
-        """0.0 when the rule let the transaction through, else a wait hint."""
-        if rule.kind == "rate":
-            return await self.store.acquire_token(rule.name, key, rule.burst, rule.period)
-        if await self.store.acquire_slot(rule.name, key, rule.max_slots):
-            ticket._held.append((rule.name, key))
-            return 0.0
-        return SLOT_POLL
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep up to `seconds`, or until this process releases a slot."""
@@ -421,22 +329,43 @@ class LimitsModule(Module):
     def configure(self, cfg: Directives) -> None:
         if self.inline_args:
             raise cfg.node.error("limits takes no arguments: write the limits in its block")
+        # `state &NAME`: counters in a shared store (docs/state.md); the
+        # other lines are all rules.
+        self.state: StateStore | None = cfg.module("state", StateStore, "state")
         rules: list[Rule] = []
-        for index, node in enumerate(cfg.node.block):
-            rule = _parse_rule(node, index)
+        seen: dict[tuple[str, str], int] = {}
+        for node in cfg.node.block:
+            if node.name == "state":
+                continue
+            rule = _parse_rule(node, seen)
             if rule is not None:
                 rules.append(rule)
         for name in {node.name for node in cfg.node.block}:
             cfg.all(name)  # every line was read above
         cfg.finish()
-        self.limiter = Limiter(rules, log=self.log)
+        store = self.state if self.state is not None else MemoryStore()
+        self.limiter = Limiter(rules, store, log=self.log, prefix=self._prefix(self.instance_name))
+
+    @staticmethod
+    def _prefix(owner: str) -> str:
+        return f"limits/{owner}/"
 
     @property
     def rules(self) -> list[Rule]:
         return self.limiter.rules
 
-    def use_store(self, store: LimitStore) -> None:
-        """Keep the counters elsewhere (tests: a fake clock; later: Redis)."""
+    def adopt(self, state: StateStore | None, owner: str) -> None:
+        """An inline block takes its endpoint's `state` (unless it names its
+        own) and counter names under `owner`, the endpoint's, so that the
+        same endpoint on every node shares them (docs/state.md)."""
+        if self.instance_name:
+            return  # a named block: its own store and its own name
+        self.limiter.prefix = self._prefix(owner)
+        if self.state is None and state is not None:
+            self.state = self.limiter.store = state
+
+    def use_store(self, store: StateStore) -> None:
+        """Keep the counters elsewhere (tests: a fake clock)."""
         self.limiter.store = store
 
     async def take(
@@ -450,8 +379,11 @@ class LimitsModule(Module):
         return await self.limiter.take_scoped(scope, key, deadline_s=deadline_s)
 
 
-def _parse_rule(node: Node, index: int) -> Rule | None:
+def _parse_rule(node: Node, seen: dict[tuple[str, str], int]) -> Rule | None:
     """One line; None when it limits nothing (0 = unlimited, `destination`).
+
+    `seen` counts the lines of each scope and kind so far: the rule's name
+    is `SCOPE.KIND.N`, stable when other lines are added, removed or moved.
 
     Checks in maddy's order (arguments, kind, then scope), so a line with
     two mistakes reports the same one.
@@ -473,6 +405,8 @@ def _parse_rule(node: Node, index: int) -> Rule | None:
     scope = _SCOPES.get(node.name)
     if scope is None:
         raise node.error(f"unknown limit scope: {node.name}")
+    index = seen.get((scope, kind), 0)
+    seen[(scope, kind)] = index + 1
     if unlimited:
         return None
     # destination and mx rules are kept for target.remote; an endpoint

@@ -31,6 +31,7 @@ from kittiwake.pipeline import groups  # noqa: F401  (msgpipeline, checks, modif
 from kittiwake.queue import target as queue_target  # noqa: F401  (target.queue)
 from kittiwake.remote import target as remote_target  # noqa: F401  (target.remote)
 from kittiwake.server import endpoint  # noqa: F401  (smtp, submission, lmtp)
+from kittiwake.state import redis as state_redis  # noqa: F401  (state.redis)
 from kittiwake.storage import maildir  # noqa: F401
 from kittiwake.tables import (  # noqa: F401
     chain,

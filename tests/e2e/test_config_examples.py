@@ -459,6 +459,7 @@ STOCK = {
     "local_rewrites": "table.static local_rewrites {\n}\n",
     "proxy_tls": "tls.loader.self_signed proxy_tls {\n}\n",
     "remote_queue": "target.queue remote_queue {\n    target dummy\n}\n",
+    "cluster": "state.redis cluster {\n    endpoint redis://127.0.0.1:6379/0\n}\n",
 }
 
 #: How the added endpoint refers to a named block nothing else refers to, by
@@ -466,6 +467,7 @@ STOCK = {
 _REFER = {
     "auth.": "auth &{}",
     "limits": "limits &{}",
+    "state.": "state &{}",
     "tls.loader.": "tls &{}",
     "checks": "check &{}",
     "modifiers": "modify &{}",

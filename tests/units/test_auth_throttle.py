@@ -5,6 +5,7 @@ distinct addresses and user names (docs/auth.md, "Password guessing")."""
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Sequence
 
 import pytest
 
@@ -15,10 +16,11 @@ from kittiwake.server.auth_throttle import (
     MAX_KEYS,
     AuthThrottle,
     Lockout,
-    MemoryAuthFailureStore,
     ThrottleSettings,
     parse_auth_ratelimit,
 )
+from kittiwake.state.base import Failure, Locks, StoreUnavailable
+from kittiwake.state.memory import MemoryStore
 
 
 class FakeClock:
@@ -41,66 +43,66 @@ LIMIT = {"window": 60.0, "limit": 3, "lockout": 120.0}
 
 async def test_the_failure_that_reaches_the_limit_locks_and_clears_the_count() -> None:
     clock = FakeClock()
-    store = MemoryAuthFailureStore(clock=clock)
-    assert [await store.add_failure("ip", "a", guess(i), **LIMIT) for i in range(3)] == [1, 2, 3]
-    assert await store.lockout_left("ip", "a") == 120.0
-    assert await store.lockout_left("ip", "b") == 0.0
-    assert await store.lockout_left("username", "a") == 0.0  # scopes are apart
+    store = MemoryStore(clock=clock, max_keys=MAX_KEYS)
+    assert [store.add_failure("ip", "a", guess(i), **LIMIT) for i in range(3)] == [1, 2, 3]
+    assert store.lockout_left("ip", "a") == 120.0
+    assert store.lockout_left("ip", "b") == 0.0
+    assert store.lockout_left("username", "a") == 0.0  # scopes are apart
     # While locked nothing counts.
-    assert await store.add_failure("ip", "a", guess(9), **LIMIT) == 0
+    assert store.add_failure("ip", "a", guess(9), **LIMIT) == 0
     clock.now += 119
-    assert await store.lockout_left("ip", "a") == pytest.approx(1.0)
+    assert store.lockout_left("ip", "a") == pytest.approx(1.0)
     clock.now += 1
-    assert await store.lockout_left("ip", "a") == 0.0
+    assert store.lockout_left("ip", "a") == 0.0
     # After the lockout the key starts afresh.
-    assert await store.add_failure("ip", "a", guess(10), **LIMIT) == 1
+    assert store.add_failure("ip", "a", guess(10), **LIMIT) == 1
 
 
 async def test_a_window_starts_at_the_first_failure_and_expires() -> None:
     clock = FakeClock()
-    store = MemoryAuthFailureStore(clock=clock)
-    assert await store.add_failure("ip", "a", guess(1), **LIMIT) == 1
+    store = MemoryStore(clock=clock, max_keys=MAX_KEYS)
+    assert store.add_failure("ip", "a", guess(1), **LIMIT) == 1
     clock.now += 59
-    assert await store.add_failure("ip", "a", guess(2), **LIMIT) == 2
+    assert store.add_failure("ip", "a", guess(2), **LIMIT) == 2
     clock.now += 1  # 60 s after the first failure: a new window
-    assert await store.add_failure("ip", "a", guess(3), **LIMIT) == 1
-    assert await store.lockout_left("ip", "a") == 0.0
+    assert store.add_failure("ip", "a", guess(3), **LIMIT) == 1
+    assert store.lockout_left("ip", "a") == 0.0
 
 
 async def test_a_repeated_guess_counts_once_per_window() -> None:
     clock = FakeClock()
-    store = MemoryAuthFailureStore(clock=clock)
+    store = MemoryStore(clock=clock, max_keys=MAX_KEYS)
     for _ in range(5):
-        assert await store.add_failure("ip", "a", guess(1), **LIMIT) == 1
-    assert await store.add_failure("ip", "a", guess(2), **LIMIT) == 2
+        assert store.add_failure("ip", "a", guess(1), **LIMIT) == 1
+    assert store.add_failure("ip", "a", guess(2), **LIMIT) == 2
     clock.now += 60
-    assert await store.add_failure("ip", "a", guess(1), **LIMIT) == 1  # new window
+    assert store.add_failure("ip", "a", guess(1), **LIMIT) == 1  # new window
 
 
 async def test_known_keys_expire() -> None:
     clock = FakeClock()
-    store = MemoryAuthFailureStore(clock=clock)
-    await store.remember("127.0.0.1 me", 10.0)
-    assert await store.known("127.0.0.1 me")
-    assert not await store.known("127.0.0.2 me")
+    store = MemoryStore(clock=clock, max_keys=MAX_KEYS)
+    store.remember_key("known", "127.0.0.1 me", 10.0)
+    assert store.is_known("known", "127.0.0.1 me")
+    assert not store.is_known("known", "127.0.0.2 me")
     clock.now += 10
-    assert not await store.known("127.0.0.1 me")
-    await store.remember("127.0.0.3 me", 10.0)  # drops the expired one
+    assert not store.is_known("known", "127.0.0.1 me")
+    store.remember_key("known", "127.0.0.3 me", 10.0)  # drops the expired one
     assert store.key_count("known") == 1
 
 
 async def test_idle_entries_expire_and_the_cap_evicts_the_oldest() -> None:
     clock = FakeClock()
-    store = MemoryAuthFailureStore(clock=clock, max_keys=3)
+    store = MemoryStore(clock=clock, max_keys=3)
     for key in "abc":
-        await store.add_failure("ip", key, guess(1), **LIMIT)
-    await store.add_failure("ip", "a", guess(2), **LIMIT)  # a is now the newest
-    await store.add_failure("ip", "d", guess(1), **LIMIT)  # evicts b
+        store.add_failure("ip", key, guess(1), **LIMIT)
+    store.add_failure("ip", "a", guess(2), **LIMIT)  # a is now the newest
+    store.add_failure("ip", "d", guess(1), **LIMIT)  # evicts b
     assert store.evicted == 1
-    assert await store.add_failure("ip", "b", guess(2), **LIMIT) == 1  # forgotten
-    assert await store.add_failure("ip", "a", guess(3), **LIMIT) == 3  # kept
+    assert store.add_failure("ip", "b", guess(2), **LIMIT) == 1  # forgotten
+    assert store.add_failure("ip", "a", guess(3), **LIMIT) == 3  # kept
     clock.now += 121  # every window and lockout is over
-    await store.add_failure("ip", "e", guess(1), **LIMIT)
+    store.add_failure("ip", "e", guess(1), **LIMIT)
     assert store.key_count("ip") == 1
 
 
@@ -114,7 +116,7 @@ def throttle(clock: FakeClock, **settings: object) -> AuthThrottle:
         ThrottleSettings(**values),  # type: ignore[arg-type]
         log.Logger("test"),
         normalize=address.get_normalizer("auto"),
-        store=MemoryAuthFailureStore(clock=clock),
+        store=MemoryStore(clock=clock),
     )
 
 
@@ -175,31 +177,69 @@ async def test_long_user_names_are_kept_as_a_hash() -> None:
     name = "x" * 10_000
     await t.record_failure("192.0.2.1", name, "pw")
     assert await t.check("192.0.2.2", name) is not None
-    assert isinstance(t.store, MemoryAuthFailureStore)
-    (key,) = t.store._counters["username"]
+    assert isinstance(t.store, MemoryStore)
+    (key,) = t.store.entries("username")
     assert key.startswith("#") and len(key) == 65
 
 
-class BrokenStore(MemoryAuthFailureStore):
-    async def lockout_left(self, scope: str, key: str) -> float:
-        raise ConnectionError("store down")
+class BrokenStore(MemoryStore):
+    """Fails every decision: with a bug (`error`), or as an unreachable
+    shared store (`StoreUnavailable`), in the given fail mode."""
 
-    async def add_failure(
-        self, scope: str, key: str, guess: bytes, *, window: float, limit: int, lockout: float
-    ) -> int:
-        raise ConnectionError("store down")
+    def __init__(self, error: Exception, *, fail_open: bool = False) -> None:
+        super().__init__()
+        self.error = error
+        self.fail_open = fail_open
 
-    async def remember(self, key: str, ttl: float) -> None:
-        raise ConnectionError("store down")
+    async def locked(self, counters: Sequence[tuple[str, str]], known: tuple[str, str]) -> Locks:
+        raise self.error
+
+    async def count_failure(self, failures: Sequence[Failure], guess: bytes) -> list[int]:
+        raise self.error
+
+    async def remember(self, known: tuple[str, str], ttl: float) -> None:
+        raise self.error
 
 
 async def test_a_failing_store_locks_nobody_out(capsys: pytest.CaptureFixture[str]) -> None:
     t = throttle(FakeClock())
-    t.store = BrokenStore()
+    t.store = BrokenStore(ConnectionError("store down"))
     await t.record_failure("192.0.2.1", "a", "x")
     await t.record_success("192.0.2.1", "a")
     assert await t.check("192.0.2.1", "a") is None
     assert capsys.readouterr().err.count("auth_ratelimit store failed") == 3
+
+
+async def test_an_unreachable_store_follows_its_fail_mode(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """fail_closed: `check` raises, and the session answers 454; fail_open:
+    let through. Either way failures go uncounted and nothing is logged
+    here (the store logs the outage once per interval)."""
+    t = throttle(FakeClock())
+    t.store = BrokenStore(StoreUnavailable("down"))
+    with pytest.raises(StoreUnavailable):
+        await t.check("192.0.2.1", "a")
+    await t.record_failure("192.0.2.1", "a", "x")
+    await t.record_success("192.0.2.1", "a")
+    t.store = BrokenStore(StoreUnavailable("down"), fail_open=True)
+    assert await t.check("192.0.2.1", "a") is None
+    assert capsys.readouterr().err == ""
+
+
+async def test_counters_are_named_for_their_endpoint_in_a_shared_store() -> None:
+    store = MemoryStore(clock=FakeClock())
+    t = AuthThrottle(
+        ThrottleSettings(ip_limit=1, user_limit=1, exempt=()),
+        log.Logger("test"),
+        store=store,
+        owner="submission/587",
+    )
+    await t.record_failure("192.0.2.1", "me", "x")
+    await t.record_success("192.0.2.2", "me")
+    assert store.entries("auth/submission/587/ip") == ["192.0.2.1"]
+    assert store.entries("auth/submission/587/username") == ["me"]
+    assert store.entries("auth/submission/587/known") == ["192.0.2.2 me"]
 
 
 async def test_known_addresses_are_remembered_for_30_days() -> None:
@@ -237,7 +277,7 @@ FLOOD = 200_000
 KiB = 1024
 
 
-async def _flood(store: MemoryAuthFailureStore, clock: FakeClock, step: float) -> list[int]:
+async def _flood(store: MemoryStore, clock: FakeClock, step: float) -> list[int]:
     """FLOOD failures, each from a new address for a new user name.
 
     Returns the traced memory every 10 000 failures.
@@ -248,8 +288,8 @@ async def _flood(store: MemoryAuthFailureStore, clock: FakeClock, step: float) -
         for i in range(FLOOD):
             clock.now += step
             ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
-            await store.add_failure("ip", ip, guess(i), **LIMIT)
-            await store.add_failure("username", f"user{i}@example.org", guess(i), **LIMIT)
+            store.add_failure("ip", ip, guess(i), **LIMIT)
+            store.add_failure("username", f"user{i}@example.org", guess(i), **LIMIT)
             if i % 10_000 == 0:
                 samples.append(tracemalloc.get_traced_memory()[0])
         samples.append(tracemalloc.get_traced_memory()[0])
@@ -260,7 +300,7 @@ async def _flood(store: MemoryAuthFailureStore, clock: FakeClock, step: float) -
 
 async def test_memory_is_flat_at_the_key_cap() -> None:
     clock = FakeClock()
-    store = MemoryAuthFailureStore(clock=clock)
+    store = MemoryStore(clock=clock, max_keys=MAX_KEYS)
     samples = await _flood(store, clock, 0.0)  # a frozen clock: nothing expires
     assert store.key_count("ip") == store.key_count("username") == MAX_KEYS
     assert store.evicted == 2 * (FLOOD - MAX_KEYS)
@@ -273,12 +313,12 @@ async def test_memory_is_flat_at_the_key_cap() -> None:
 
 async def test_entries_expire_under_a_flood() -> None:
     clock = FakeClock()
-    store = MemoryAuthFailureStore(clock=clock)
+    store = MemoryStore(clock=clock, max_keys=MAX_KEYS)
     # 10 ms apart: a minute's worth (6000 keys per table) is live at a time.
     for i in range(FLOOD):
         clock.now += 0.01
-        await store.add_failure("ip", f"ip{i}", guess(i), **LIMIT)
-        await store.add_failure("username", f"user{i}", guess(i), **LIMIT)
+        store.add_failure("ip", f"ip{i}", guess(i), **LIMIT)
+        store.add_failure("username", f"user{i}", guess(i), **LIMIT)
     assert store.key_count("ip") <= 6001
     assert store.key_count("username") <= 6001
     assert store.evicted == 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,10 +20,11 @@ from kittiwake.limits import (
     Limiter,
     Limits,
     LimitsModule,
-    MemoryLimitStore,
     Rule,
 )
 from kittiwake.module import Endpoint, register, unregister
+from kittiwake.state.base import Grant, Held, Rate, Slot, StoreUnavailable
+from kittiwake.state.memory import MemoryStore
 
 
 class LimitedEndpoint(Endpoint):
@@ -200,118 +201,118 @@ async def test_inline_blocks_are_private(tmp_path: Path) -> None:
 
 async def test_bucket_starts_full_and_refills_to_full_every_period() -> None:
     clock = FakeClock()
-    store = MemoryLimitStore(clock=clock)
-    assert [await store.acquire_token("r", "k", 3, 10.0) for _ in range(3)] == [0.0] * 3
-    assert await store.acquire_token("r", "k", 3, 10.0) == pytest.approx(10.0)
+    store = MemoryStore(clock=clock)
+    assert [store.take_token("r", "k", 3, 10.0) for _ in range(3)] == [0.0] * 3
+    assert store.take_token("r", "k", 3, 10.0) == pytest.approx(10.0)
     clock.now += 9.5
-    assert await store.acquire_token("r", "k", 3, 10.0) == pytest.approx(0.5)
+    assert store.take_token("r", "k", 3, 10.0) == pytest.approx(0.5)
     clock.now += 0.5  # one period after the start: full again, not one token
-    assert [await store.acquire_token("r", "k", 3, 10.0) for _ in range(3)] == [0.0] * 3
-    assert await store.acquire_token("r", "k", 3, 10.0) > 0
+    assert [store.take_token("r", "k", 3, 10.0) for _ in range(3)] == [0.0] * 3
+    assert store.take_token("r", "k", 3, 10.0) > 0
 
 
 async def test_refills_keep_their_beat() -> None:
     clock = FakeClock()
-    store = MemoryLimitStore(clock=clock)
-    assert await store.acquire_token("r", "k", 1, 10.0) == 0.0  # created at 0
+    store = MemoryStore(clock=clock)
+    assert store.take_token("r", "k", 1, 10.0) == 0.0  # created at 0
     clock.now += 25.0  # beats at 10 and 20: the next one is at 30
-    assert await store.acquire_token("r", "k", 1, 10.0) == 0.0
-    assert await store.acquire_token("r", "k", 1, 10.0) == pytest.approx(5.0)
+    assert store.take_token("r", "k", 1, 10.0) == 0.0
+    assert store.take_token("r", "k", 1, 10.0) == pytest.approx(5.0)
 
 
 async def test_buckets_are_per_key_and_per_rule() -> None:
-    store = MemoryLimitStore(clock=FakeClock())
-    assert await store.acquire_token("r", "a", 1, 1.0) == 0.0
-    assert await store.acquire_token("r", "a", 1, 1.0) > 0
-    assert await store.acquire_token("r", "b", 1, 1.0) == 0.0
-    assert await store.acquire_token("q", "a", 1, 1.0) == 0.0
+    store = MemoryStore(clock=FakeClock())
+    assert store.take_token("r", "a", 1, 1.0) == 0.0
+    assert store.take_token("r", "a", 1, 1.0) > 0
+    assert store.take_token("r", "b", 1, 1.0) == 0.0
+    assert store.take_token("q", "a", 1, 1.0) == 0.0
 
 
 async def test_idle_buckets_expire_after_a_minute() -> None:
     clock = FakeClock()
-    store = MemoryLimitStore(clock=clock)
+    store = MemoryStore(clock=clock)
     for key in ("a", "b", "c"):
-        await store.acquire_token("r", key, 1, 1.0)
+        store.take_token("r", key, 1, 1.0)
     clock.now += 30
-    await store.acquire_token("r", "c", 1, 1.0)  # c is in use again
+    store.take_token("r", "c", 1, 1.0)  # c is in use again
     clock.now += 30
-    await store.acquire_token("r", "d", 1, 1.0)
+    store.take_token("r", "d", 1, 1.0)
     assert store.key_count("r") == 2  # a and b dropped; c and d kept
 
 
 async def test_a_bucket_is_kept_while_it_is_still_draining() -> None:
     # Dropping a drained 1-hour bucket after a minute would refill it early.
     clock = FakeClock()
-    store = MemoryLimitStore(clock=clock)
-    assert await store.acquire_token("r", "k", 1, 3600.0) == 0.0
+    store = MemoryStore(clock=clock)
+    assert store.take_token("r", "k", 1, 3600.0) == 0.0
     clock.now += 61
-    assert await store.acquire_token("r", "k", 1, 3600.0) == pytest.approx(3539.0)
+    assert store.take_token("r", "k", 1, 3600.0) == pytest.approx(3539.0)
     clock.now += 3600
-    assert await store.acquire_token("r", "other", 1, 3600.0) == 0.0
+    assert store.take_token("r", "other", 1, 3600.0) == 0.0
     assert store.key_count("r") == 1  # k was full again, so it was dropped
 
 
 async def test_key_cap_forgets_the_least_recently_used_bucket() -> None:
-    store = MemoryLimitStore(clock=FakeClock(), max_keys=3)
+    store = MemoryStore(clock=FakeClock(), max_keys=3)
     for key in ("a", "b", "c"):
-        assert await store.acquire_token("r", key, 1, 60.0) == 0.0
-    assert await store.acquire_token("r", "a", 1, 60.0) > 0  # a is now the newest
-    assert await store.acquire_token("r", "d", 1, 60.0) == 0.0  # b is forgotten
+        assert store.take_token("r", key, 1, 60.0) == 0.0
+    assert store.take_token("r", "a", 1, 60.0) > 0  # a is now the newest
+    assert store.take_token("r", "d", 1, 60.0) == 0.0  # b is forgotten
     assert store.key_count("r") == 3
     assert store.evicted == 1
     # A forgotten client starts afresh: more lenient, never refused for it.
-    assert await store.acquire_token("r", "b", 1, 60.0) == 0.0
-    assert await store.acquire_token("r", "a", 1, 60.0) > 0
+    assert store.take_token("r", "b", 1, 60.0) == 0.0
+    assert store.take_token("r", "a", 1, 60.0) > 0
 
 
 # -- the store: concurrency ---------------------------------------------------
 
 
 async def test_slots_are_counted_and_given_back() -> None:
-    store = MemoryLimitStore()
-    assert await store.acquire_slot("r", "k", 2)
-    assert await store.acquire_slot("r", "k", 2)
-    assert not await store.acquire_slot("r", "k", 2)
-    assert await store.acquire_slot("r", "other", 2)
-    await store.release_slot("r", "k")
-    assert await store.acquire_slot("r", "k", 2)
+    store = MemoryStore()
+    assert store.take_slot("r", "k", 2)
+    assert store.take_slot("r", "k", 2)
+    assert not store.take_slot("r", "k", 2)
+    assert store.take_slot("r", "other", 2)
+    store.give_slot("r", "k")
+    assert store.take_slot("r", "k", 2)
     for key in ("k", "k", "other"):
-        await store.release_slot("r", key)
+        store.give_slot("r", key)
     assert store.key_count() == 0  # a counter at zero is no state at all
-    await store.release_slot("r", "never")  # harmless
-    await store.release_slot("nope", "never")
+    store.give_slot("r", "never")  # harmless
+    store.give_slot("nope", "never")
     assert store.key_count() == 0
 
 
 async def test_slot_tables_are_capped_without_losing_held_slots() -> None:
-    store = MemoryLimitStore(max_keys=2)
-    assert await store.acquire_slot("r", "a", 5)
-    assert await store.acquire_slot("r", "b", 5)
-    assert not await store.acquire_slot("r", "c", 5)  # waits, then 451
-    assert await store.acquire_slot("r", "a", 5)  # known keys still work
-    await store.release_slot("r", "b")
-    assert await store.acquire_slot("r", "c", 5)
+    store = MemoryStore(max_keys=2)
+    assert store.take_slot("r", "a", 5)
+    assert store.take_slot("r", "b", 5)
+    assert not store.take_slot("r", "c", 5)  # waits, then 451
+    assert store.take_slot("r", "a", 5)  # known keys still work
+    store.give_slot("r", "b")
+    assert store.take_slot("r", "c", 5)
 
 
 # -- the policy ---------------------------------------------------------------
 
 
-class RecordingStore(MemoryLimitStore):
+class RecordingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[str, str, str]] = []
 
-    async def acquire_token(self, limit: str, key: str, burst: int, period: float) -> float:
-        self.calls.append(("token", limit, key))
-        return await super().acquire_token(limit, key, burst, period)
+    def take_token(self, counter: str, key: str, burst: int, period: float) -> float:
+        self.calls.append(("token", counter, key))
+        return super().take_token(counter, key, burst, period)
 
-    async def acquire_slot(self, limit: str, key: str, max_slots: int) -> bool:
-        self.calls.append(("slot", limit, key))
-        return await super().acquire_slot(limit, key, max_slots)
+    def take_slot(self, counter: str, key: str, limit: int) -> bool:
+        self.calls.append(("slot", counter, key))
+        return super().take_slot(counter, key, limit)
 
-    async def release_slot(self, limit: str, key: str) -> None:
-        self.calls.append(("release", limit, key))
-        await super().release_slot(limit, key)
+    def give_slot(self, counter: str, key: str) -> None:
+        self.calls.append(("release", counter, key))
+        super().give_slot(counter, key)
 
 
 RULES = [
@@ -404,7 +405,7 @@ async def test_a_rate_limit_waits_for_the_refill() -> None:
 async def test_an_exhausted_rate_gives_451_until_the_clock_moves() -> None:
     clock = FakeClock()
     limiter = Limiter(
-        [Rule("source", "rate", "s.r", burst=2, period=3600.0)], MemoryLimitStore(clock=clock)
+        [Rule("source", "rate", "s.r", burst=2, period=3600.0)], MemoryStore(clock=clock)
     )
     for _ in range(2):
         await limiter.take("192.0.2.1", "example.org", deadline_s=0)
@@ -417,7 +418,7 @@ async def test_an_exhausted_rate_gives_451_until_the_clock_moves() -> None:
 
 
 async def test_a_refusal_gives_back_the_slots_already_taken() -> None:
-    store = MemoryLimitStore()
+    store = MemoryStore()
     limiter = Limiter(
         [
             Rule("all", "concurrency", "a.c", max_slots=10),
@@ -434,7 +435,7 @@ async def test_a_refusal_gives_back_the_slots_already_taken() -> None:
 
 
 async def test_cancelling_a_waiter_gives_back_its_slots() -> None:
-    store = MemoryLimitStore()
+    store = MemoryStore()
     limiter = Limiter(
         [
             Rule("all", "concurrency", "a.c", max_slots=10),
@@ -461,7 +462,7 @@ async def test_no_rules_takes_nothing() -> None:
 async def test_module_take_uses_an_injected_store(tmp_path: Path) -> None:
     mod = limits_of("ip rate 1 1h\n", tmp_path)
     clock = FakeClock()
-    mod.use_store(MemoryLimitStore(clock=clock))
+    mod.use_store(MemoryStore(clock=clock))
     await mod.take(None, "")
     with pytest.raises(SMTPError):
         await mod.take("127.0.0.1", "", deadline_s=0.02)  # Unix = 127.0.0.1
@@ -495,7 +496,7 @@ async def _flood(limiter: Limiter, clock: FakeClock, step: float) -> tuple[int, 
         tracemalloc.stop()
 
 
-def _source_limiter(store: MemoryLimitStore) -> Limiter:
+def _source_limiter(store: MemoryStore) -> Limiter:
     return Limiter(
         [
             Rule("source", "rate", "s.r", burst=5, period=1.0),
@@ -507,7 +508,7 @@ def _source_limiter(store: MemoryLimitStore) -> Limiter:
 
 async def test_memory_is_flat_when_idle_sources_expire() -> None:
     clock = FakeClock()
-    store = MemoryLimitStore(clock=clock)
+    store = MemoryStore(clock=clock)
     # 10 ms apart: 1000 s in all, so a minute's worth (6000 keys) is live.
     early, late = await _flood(_source_limiter(store), clock, 0.01)
     assert store.key_count("s.r") <= 6001
@@ -520,8 +521,78 @@ async def test_memory_is_flat_when_idle_sources_expire() -> None:
 
 async def test_memory_is_flat_at_the_key_cap() -> None:
     clock = FakeClock()
-    store = MemoryLimitStore(clock=clock)
+    store = MemoryStore(clock=clock)
     early, late = await _flood(_source_limiter(store), clock, 0.0)  # a frozen clock
     assert store.key_count("s.r") == 20_000
     assert store.evicted == FLOOD - 20_000
     assert late - early < 256 * KiB, (early, late)
+
+
+# -- counter names and a shared store -------------------------------------------
+
+
+def test_rule_names_count_lines_of_one_scope_and_kind(tmp_path: Path) -> None:
+    """`SCOPE.KIND.N`: stable when lines of other kinds come and go, so
+    nodes with slightly different files still share counters."""
+    mod = limits_of("    ip rate 5 10s\n    all rate 20\n    ip rate 50 1h\n", tmp_path)
+    assert [r.name for r in mod.rules] == ["all.rate.0", "ip.rate.0", "ip.rate.1"]
+    assert mod.limiter.prefix == "limits//"  # inline, before its endpoint adopts it
+    mod.adopt(None, "smtp/25")
+    assert mod.limiter.prefix == "limits/smtp/25/"
+
+
+def test_a_named_block_names_its_counters_after_itself(tmp_path: Path) -> None:
+    (ep,) = build(
+        "limits inbound {\n  ip concurrency 1\n}\ntest.limited tcp://127.0.0.1:1 {\n"
+        "  limits &inbound\n}\n",
+        tmp_path,
+    )
+    assert isinstance(ep.limits, LimitsModule)
+    ep.limits.adopt(MemoryStore(), "smtp/25")  # a named block keeps its own
+    assert ep.limits.limiter.prefix == "limits/inbound/"
+    assert ep.limits.state is None
+
+
+class Unreachable(MemoryStore):
+    """A shared store that cannot answer, in the given fail mode."""
+
+    shared = True
+
+    def __init__(self, *, fail_open: bool) -> None:
+        super().__init__()
+        self.fail_open = fail_open
+
+    async def acquire(self, wanted: Sequence[Rate | Slot]) -> Grant:
+        raise StoreUnavailable("down")
+
+    async def release(self, held: Sequence[Held]) -> None:
+        raise StoreUnavailable("down")
+
+
+async def test_an_unreachable_store_fails_closed_with_451_at_once() -> None:
+    limiter = Limiter([Rule("all", "rate", "a.r", burst=1)], Unreachable(fail_open=False))
+    started = time.monotonic()
+    with pytest.raises(SMTPError) as info:
+        await limiter.take("192.0.2.1", "example.org")
+    assert time.monotonic() - started < 0.5  # no waiting for the deadline
+    assert (info.value.code, info.value.enhanced) == (451, (4, 4, 5))
+    assert info.value.message == "Sending limits cannot be checked now, try again later"
+
+
+async def test_an_unreachable_store_fails_open() -> None:
+    limiter = Limiter([Rule("all", "concurrency", "a.c", max_slots=1)], Unreachable(fail_open=True))
+    for _ in range(3):  # over the limit: nothing is counted
+        ticket = await limiter.take("192.0.2.1", "example.org")
+        assert ticket.slots == 0
+    await ticket.release()
+
+
+async def test_a_failed_release_empties_the_ticket() -> None:
+    """The slots are the store's to expire then (leases); the ticket never
+    gives them back twice."""
+    store = MemoryStore()
+    limiter = Limiter([Rule("all", "concurrency", "a.c", max_slots=2)], store)
+    ticket = await limiter.take(None, "")
+    limiter.store = Unreachable(fail_open=False)
+    await ticket.release()
+    assert ticket.slots == 0

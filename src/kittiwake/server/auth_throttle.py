@@ -16,21 +16,25 @@ the address (or the name) is *locked*: for `lockout` every attempt is
 answered `454 4.7.0` after the usual delay, without asking any provider, so
 a right password is answered exactly like a wrong one.
 
-Two layers, as in `kittiwake.limits`, so the counters can later live in a
-store shared by several processes and nodes:
+Two layers, as in `kittiwake.limits`, so the counters can live in a store
+shared by several processes and nodes (docs/state.md):
 
-- `AuthFailureStore` keeps the counters and answers at once. Its calls are
-  the few a Redis store can make atomic (a set per key with a TTL, a lock
-  key with a TTL). `MemoryAuthFailureStore` is today's implementation.
+- a `StateStore` keeps the counters and answers each decision at once, in
+  one step: is this address or name locked (and is the address known for
+  the name), count this failure against both, remember this address.
+  The in-process store is the default; an endpoint's `state &NAME` puts
+  the counters in a shared one.
 - `AuthThrottle` is the policy: the keys, the exemptions, which limits
-  apply, the log lines.
+  apply, the log lines, and what an unreachable shared store means.
 
 Only distinct guesses count: a failure repeating the (user name, password)
 pair of an earlier counted failure of the same key in the same window is
 not counted again, so a mail client retrying a stale password every few
 minutes does not lock out its office, while a guesser, who never repeats
 a guess, is counted in full. Guesses are kept as 8-byte keyed hashes; the
-key is random per process, so a password is never stored.
+key is random per process, so a password is never stored, not even in a
+shared store (where the same guess sent to two nodes therefore counts once
+per node).
 
 The user name limit would let anybody lock a real user out. It therefore
 spares addresses that logged in as that user before (remembered for
@@ -38,9 +42,10 @@ spares addresses that logged in as that user before (remembered for
 over many addresses is refused.
 
 Memory: every key comes from the network. Entries expire (window or lockout
-over, whichever is later) and each table keeps at most `MAX_KEYS`; past
-that the least recently used entry is forgotten, which can only make the
-limit more lenient for that one key, never refuse anybody or grow memory.
+over, whichever is later); in this process each table keeps at most
+`MAX_KEYS`, and past that the least recently used entry is forgotten, which
+can only make the limit more lenient for that one key, never refuse
+anybody or grow memory (kittiwake/state/memory.py).
 """
 
 from __future__ import annotations
@@ -49,38 +54,31 @@ import hashlib
 import hmac
 import ipaddress
 import os
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from kittiwake.config import values
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.log import Logger
 from kittiwake.networks import Address, Network
+from kittiwake.state.base import Failure, StateStore, StoreUnavailable
+from kittiwake.state.memory import GUESS_SIZE, MemoryStore
 
 __all__ = [
     "KNOWN_TTL",
     "MAX_KEYS",
-    "AuthFailureStore",
     "AuthThrottle",
     "Lockout",
-    "MemoryAuthFailureStore",
     "ThrottleSettings",
     "parse_auth_ratelimit",
 ]
 
 
-#: Entries kept per table (per scope) at most.
+#: Entries kept per table (per scope) at most, in the in-process store.
 MAX_KEYS = 50_000
 #: How long a successful login keeps its address known for that user.
 KNOWN_TTL = 30 * 86400.0
-#: Guesses remembered per entry for the repeat rule; beyond it every failure
-#: counts (only matters for thresholds above it).
-MAX_GUESSES = 64
-GUESS_SIZE = 8
 #: A user name longer than this is kept as its hash (names can be 12 KB).
 MAX_NAME_KEY = 256
 #: The address Unix-socket clients count as (as in docs/limits.md).
@@ -89,147 +87,6 @@ DEFAULT_EXEMPT: tuple[Network, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
 )
-
-
-# -- the store ---------------------------------------------------------------
-
-
-class AuthFailureStore(Protocol):
-    """Where the counters live; every call answers at once.
-
-    `scope` is `ip` or `username` (one table each), `key` the address or
-    the name. A Redis store would keep a counter as a set of guesses with a
-    TTL of `window` (SADD, SCARD) and a lockout as a key with a TTL.
-    """
-
-    async def lockout_left(self, scope: str, key: str) -> float:
-        """Seconds left of `key`'s lockout; 0.0 when it is not locked."""
-        ...
-
-    async def add_failure(
-        self, scope: str, key: str, guess: bytes, *, window: float, limit: int, lockout: float
-    ) -> int:
-        """Count one failed guess of `key`; return the count in its window.
-
-        The window starts with the first counted failure and lasts `window`
-        seconds. A `guess` already counted in the window is not counted
-        again. The failure that brings the count to `limit` locks the key
-        for `lockout` seconds and clears the count (the return value is
-        then `limit`), so after the lockout the key starts afresh. While
-        the key is locked nothing is counted and 0 is returned.
-        """
-        ...
-
-    async def remember(self, key: str, ttl: float) -> None:
-        """Note `key` (an address and a user name) as known for `ttl` seconds."""
-        ...
-
-    async def known(self, key: str) -> bool:
-        """Whether `key` was remembered and has not expired."""
-        ...
-
-
-@dataclass(slots=True)
-class _Counter:
-    count: int
-    window_end: float
-    locked_until: float
-    guesses: bytes  # GUESS_SIZE bytes per counted guess
-
-    @property
-    def expires(self) -> float:
-        return max(self.window_end, self.locked_until)
-
-
-class MemoryAuthFailureStore:
-    """The in-process `AuthFailureStore`, bounded in memory (module docstring)."""
-
-    def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS
-    ) -> None:
-        self.clock = clock
-        self.max_keys = max_keys
-        # Least recently written first.
-        self._counters: dict[str, OrderedDict[str, _Counter]] = {}
-        self._known: OrderedDict[str, float] = OrderedDict()
-        #: Entries forgotten because a table was full (tests, stats).
-        self.evicted = 0
-
-    async def lockout_left(self, scope: str, key: str) -> float:
-        table = self._counters.get(scope)
-        counter = table.get(key) if table is not None else None
-        if counter is None:
-            return 0.0
-        return max(counter.locked_until - self.clock(), 0.0)
-
-    async def add_failure(
-        self, scope: str, key: str, guess: bytes, *, window: float, limit: int, lockout: float
-    ) -> int:
-        now = self.clock()
-        table = self._counters.setdefault(scope, OrderedDict())
-        self._expire(table, now)
-        counter = table.get(key)
-        if counter is None or counter.expires <= now:
-            table.pop(key, None)
-            if len(table) >= self.max_keys:
-                table.popitem(last=False)
-                self.evicted += 1
-            counter = table[key] = _Counter(0, now + window, 0.0, b"")
-        else:
-            table.move_to_end(key)
-        if now < counter.locked_until:
-            return 0
-        if now >= counter.window_end:
-            counter.count, counter.guesses, counter.window_end = 0, b"", now + window
-        if _has_guess(counter.guesses, guess):
-            return counter.count
-        counter.count += 1
-        if len(counter.guesses) < MAX_GUESSES * GUESS_SIZE:
-            counter.guesses += guess[:GUESS_SIZE].ljust(GUESS_SIZE, b"\0")
-        count = counter.count
-        if count >= limit:
-            counter.locked_until = now + lockout
-            counter.count, counter.guesses, counter.window_end = 0, b"", now
-        return count
-
-    @staticmethod
-    def _expire(table: OrderedDict[str, _Counter], now: float) -> None:
-        # Oldest written first; entries written later almost always expire
-        # later, so stopping at the first live one is enough (the cap bounds
-        # the rest).
-        while table:
-            oldest = next(iter(table.values()))
-            if oldest.expires > now:
-                return
-            table.popitem(last=False)
-
-    async def remember(self, key: str, ttl: float) -> None:
-        now = self.clock()
-        known = self._known
-        while known and next(iter(known.values())) <= now:
-            known.popitem(last=False)
-        if key in known:
-            known.move_to_end(key)
-        elif len(known) >= self.max_keys:
-            known.popitem(last=False)
-            self.evicted += 1
-        known[key] = now + ttl
-
-    async def known(self, key: str) -> bool:
-        expires = self._known.get(key)
-        return expires is not None and expires > self.clock()
-
-    def key_count(self, scope: str | None = None) -> int:
-        """Entries held: in one scope's table, `known`, or all (tests, stats)."""
-        if scope == "known":
-            return len(self._known)
-        tables = [t for name, t in self._counters.items() if scope in (None, name)]
-        return sum(len(t) for t in tables) + (len(self._known) if scope is None else 0)
-
-
-def _has_guess(guesses: bytes, guess: bytes) -> bool:
-    guess = guess[:GUESS_SIZE].ljust(GUESS_SIZE, b"\0")
-    return any(guesses[i : i + GUESS_SIZE] == guess for i in range(0, len(guesses), GUESS_SIZE))
 
 
 # -- the policy --------------------------------------------------------------
@@ -268,14 +125,18 @@ class AuthThrottle:
         log: Logger,
         *,
         normalize: Callable[[str], str] = str,
-        store: AuthFailureStore | None = None,
+        store: StateStore | None = None,
+        owner: str = "",
     ) -> None:
         """`normalize`: the endpoint's user name normalisation, so that
-        `Alice@Example.ORG` and `alice@example.org` share one counter."""
+        `Alice@Example.ORG` and `alice@example.org` share one counter.
+        `owner` names the counters in a shared store (the endpoint's)."""
         self.settings = settings
         self.log = log
         self.normalize = normalize
-        self.store: AuthFailureStore = store if store is not None else MemoryAuthFailureStore()
+        self.store: StateStore = store if store is not None else MemoryStore(max_keys=MAX_KEYS)
+        prefix = f"auth/{owner}/" if owner else ""
+        self.counters = (prefix + "ip", prefix + "username", prefix + "known")
         # Keys the guess hashes; per process, so a password is never stored.
         self._secret = os.urandom(32)
 
@@ -283,60 +144,80 @@ class AuthThrottle:
         """Count on with `previous`'s counters (a reload, docs/reload.md).
 
         The guess hashes need the same key, so it comes along; the limits
-        are this throttle's own, so a reload may change them.
+        are this throttle's own, so a reload may change them. A shared
+        store is this configuration's own (the counters are in it anyway).
         """
-        self.store = previous.store
+        if not self.store.shared and not previous.store.shared:
+            self.store = previous.store
         self._secret = previous._secret
 
     async def check(self, ip: str | None, username: str) -> Lockout | None:
         """Whether an attempt must be refused before its password is checked.
 
         `ip` is the client address (PROXY-aware; `None` for a Unix socket).
-        A store that fails lets the attempt through: the per-session delays
-        still apply, and nobody is locked out by an outage.
+        One decision: the lockouts of the address and of the name, and
+        whether the address is known for the name. A shared store that
+        cannot answer raises `StoreUnavailable` with `fail_closed` (the
+        session answers `454`, as for a provider that cannot decide) and
+        lets the attempt through with `fail_open`.
         """
-        s = self.settings
+        ip_key = self._ip_key(ip)
+        user = self._user_key(username) if self.settings.user_limit else None
+        asked: list[tuple[str, str]] = []
+        if ip_key is not None:
+            asked.append((self.counters[0], ip_key))
+        if user is not None:
+            asked.append((self.counters[1], user))
+        if not asked:
+            return None
+        known = (self.counters[2], _pair(ip, user or ""))
         try:
-            ip_key = self._ip_key(ip)
-            if ip_key is not None:
-                left = await self.store.lockout_left("ip", ip_key)
-                if left > 0:
-                    return Lockout("ip", left)
-            if s.user_limit:
-                user = self._user_key(username)
-                left = await self.store.lockout_left("username", user)
-                if left > 0 and not await self.store.known(_pair(ip, user)):
-                    return Lockout("username", left)
+            locks = await self.store.locked(asked, known)
+        except StoreUnavailable:
+            if self.store.fail_open:
+                return None
+            raise
         except Exception as exc:
             self.log.error("auth_ratelimit store failed", err=exc)
+            return None
+        for (counter, _key), left in zip(asked, locks.left, strict=True):
+            if left <= 0:
+                continue
+            if counter == self.counters[0]:
+                return Lockout("ip", left)
+            if not locks.known:
+                return Lockout("username", left)
         return None
 
     async def record_failure(self, ip: str | None, username: str, password: str) -> None:
-        """Count a checked-and-wrong login (a `535`); log a lockout when one starts."""
+        """Count a checked-and-wrong login (a `535`); log a lockout when one starts.
+
+        A store that cannot count it is not a reason to refuse anything
+        more: the failure goes uncounted (the store logs the outage).
+        """
         s = self.settings
         user = self._user_key(username)
         guess = hmac.new(
             self._secret, f"{user}\0{password}".encode(errors="surrogatepass"), hashlib.sha256
         ).digest()[:GUESS_SIZE]
+        failures: list[Failure] = []
+        ip_key = self._ip_key(ip)
+        if ip_key is not None:
+            failures.append(Failure(self.counters[0], ip_key, s.ip_window, s.ip_limit, s.lockout))
+        if s.user_limit:
+            failures.append(Failure(self.counters[1], user, s.user_window, s.user_limit, s.lockout))
+        if not failures:
+            return
         try:
-            ip_key = self._ip_key(ip)
-            if ip_key is not None:
-                n = await self.store.add_failure(
-                    "ip", ip_key, guess, window=s.ip_window, limit=s.ip_limit, lockout=s.lockout
-                )
-                self._log_lockout("ip", n, s.ip_limit, ip, username)
-            if s.user_limit:
-                n = await self.store.add_failure(
-                    "username",
-                    user,
-                    guess,
-                    window=s.user_window,
-                    limit=s.user_limit,
-                    lockout=s.lockout,
-                )
-                self._log_lockout("username", n, s.user_limit, ip, username)
+            counts = await self.store.count_failure(failures, guess)
+        except StoreUnavailable:
+            return
         except Exception as exc:
             self.log.error("auth_ratelimit store failed", err=exc)
+            return
+        for failure, count in zip(failures, counts, strict=True):
+            scope = "ip" if failure.counter == self.counters[0] else "username"
+            self._log_lockout(scope, count, failure.limit, ip, username)
 
     async def record_success(self, ip: str | None, username: str) -> None:
         """Remember the address as known for the user (spared its user name's lockout).
@@ -348,7 +229,11 @@ class AuthThrottle:
         if not self.settings.user_limit:
             return
         try:
-            await self.store.remember(_pair(ip, self._user_key(username)), KNOWN_TTL)
+            await self.store.remember(
+                (self.counters[2], _pair(ip, self._user_key(username))), KNOWN_TTL
+            )
+        except StoreUnavailable:
+            return
         except Exception as exc:
             self.log.error("auth_ratelimit store failed", err=exc)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 from typing import ClassVar
 
@@ -17,7 +18,7 @@ from kittiwake.auth.base import PasswordAuth
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.config.values import ListenAddress, parse_listen_address
-from kittiwake.limits import Limits
+from kittiwake.limits import Limits, LimitsModule
 from kittiwake.message.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
 from kittiwake.message.header import MAX_FIELDS
 from kittiwake.module import Endpoint, Module, register
@@ -31,10 +32,13 @@ from kittiwake.server.proxy_accept import ProxyConfig
 from kittiwake.server.proxy_trust import TrustList
 from kittiwake.server.session import Session
 from kittiwake.server.session_config import ConnectionGate, EndpointKind, SessionConfig
+from kittiwake.state.base import StateStore
 from kittiwake.tables.base import Table
 from kittiwake.tls.directive import ServerTLS, parse_server_tls
 
 MiB = 1024 * 1024
+#: The name of an endpoint's counters in a shared store (`state &NAME COUNTERS`).
+_OWNER = re.compile(r"[A-Za-z0-9._/-]{1,64}")
 
 
 class SMTPEndpoint(Endpoint):
@@ -96,8 +100,15 @@ class SMTPEndpoint(Endpoint):
             if self._buffer_node is None
             else self._parse_buffer(self._buffer_node, state_dir)
         )
+        # kittiwake's own: the caps, auth_ratelimit and inline limits counted
+        # in a shared store, across nodes (docs/state.md).
+        self.state: StateStore | None = None
+        self.state_owner = self._default_owner()
+        cfg.custom("state", self._parse_state, None)
         self._configure_auth(cfg)
         self.limits: Limits | None = cfg.module("limits", Limits, "", default_module="limits")
+        if isinstance(self.limits, LimitsModule):
+            self.limits.adopt(self.state, self.state_owner)
         self.proxy: ProxyConfig | None = cfg.custom("proxy_protocol", self._parse_proxy, None)
         rest = cfg.finish(allow_unknown=True)
         self.pipeline = Pipeline(
@@ -146,7 +157,34 @@ class SMTPEndpoint(Endpoint):
             normalizer = address.get_normalizer(normalize)
             self.authenticator = Authenticator(providers, normalizer, auth_map, self.log)
             if throttle.enabled:
-                self.auth_throttle = AuthThrottle(throttle, self.log, normalize=normalizer)
+                self.auth_throttle = AuthThrottle(
+                    throttle,
+                    self.log,
+                    normalize=normalizer,
+                    store=self.state,
+                    owner=self.state_owner if self.state is not None else "",
+                )
+
+    def _parse_state(self, node: Node) -> None:
+        """`state &NAME [COUNTERS]`: the store, and the name of this endpoint's
+        counters in it (default `KIND/PORT`, the same on every node that
+        serves this endpoint on the same port; docs/state.md)."""
+        if node.children is not None:
+            raise ValueError("unexpected block")
+        if not 1 <= len(node.args) <= 2 or not node.args[0].startswith("&"):
+            raise ValueError("expected &NAME of a state block, and optionally a counter name")
+        self.state = self.container.module_from_args(node, node.args[:1], None, StateStore, "state")
+        if len(node.args) == 2:
+            owner = node.args[1]
+            if not _OWNER.fullmatch(owner):
+                raise ValueError(f"invalid counter name {owner!r}: use letters, digits and _ . / -")
+            self.state_owner = owner
+
+    def _default_owner(self) -> str:
+        first = self.listen[0]
+        if first.scheme == "unix":
+            return f"{self.kind}/" + re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(first.path))
+        return f"{self.kind}/{first.port}"
 
     def _parse_proxy(self, node: Node) -> ProxyConfig:
         """`proxy_protocol [CIDR...] [{ trust CIDR...; tls ... }]` (docs/proxy.md)."""
@@ -225,7 +263,11 @@ class SMTPEndpoint(Endpoint):
             authenticator=self.authenticator,
             auth_throttle=self.auth_throttle,
             gate=ConnectionGate(
-                self.max_connections, self.max_connections_per_ip, self.per_ip_exempt
+                self.max_connections,
+                self.max_connections_per_ip,
+                self.per_ip_exempt,
+                store=self.state,
+                counters=(f"conn/{self.state_owner}/total", f"conn/{self.state_owner}/ip"),
             ),
             limits=self.limits,
             rdns_at_greeting=rdns_at_greeting,

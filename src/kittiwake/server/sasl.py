@@ -9,7 +9,10 @@ Across connections the endpoint's `AuthThrottle` counts failures per client
 address and per user name (docs/auth.md, "Password guessing"). An attempt
 from a locked address, or for a locked name, is not checked at all: it is
 answered `454 4.7.0` after the same delay a wrong password gets, so neither
-the reply nor its timing tells whether the password was right.
+the reply nor its timing tells whether the password was right. When the
+counters are in a shared store that cannot answer and the store fails
+closed, the attempt is answered `454 4.7.0` at once, like a provider that
+cannot decide.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from kittiwake.auth.base import InvalidCredentials, TemporaryAuthFailure
 from kittiwake.protocol import Auth, AuthLine, Reply
 from kittiwake.protocol.sasl import INVALID, Challenge, Credentials, Done, Exchange, Step
 from kittiwake.server.session_config import AUTH_MAX_FAILURES
+from kittiwake.state.base import StoreUnavailable
 
 if TYPE_CHECKING:
     from kittiwake.server.session import Session
@@ -63,7 +67,15 @@ class SASLHandling:
         throttle = self.cfg.auth_throttle
         ip = self.session.peer_ip
         if throttle is not None:
-            lockout = await throttle.check(ip, step.username)
+            try:
+                lockout = await throttle.check(ip, step.username)
+            except StoreUnavailable:
+                # A shared store that cannot say whether the client is
+                # locked out, with fail_closed: as for a provider that
+                # cannot decide (RFC 4954 §6; docs/state.md).
+                self.cfg.metrics.auth("temporary")
+                self.session.reply(AUTH_TEMPORARY)
+                return
             if lockout is not None:
                 # Fields in a fixed order, the address before the client's
                 # text, so a log filter can anchor on it (docs/auth.md).

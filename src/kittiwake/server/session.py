@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from kittiwake.dns import ReverseName
@@ -54,6 +54,7 @@ from kittiwake.server.errors import client_error
 from kittiwake.server.sasl import SASLHandling
 from kittiwake.server.session_config import SessionConfig
 from kittiwake.server.transaction import MailTransactions
+from kittiwake.state.base import Held, StoreUnavailable
 
 HIGH_WATER = 256 * 1024  # unprocessed input that pauses reading
 LOW_WATER = 64 * 1024  # ... and resumes it
@@ -63,6 +64,11 @@ IDLE_TIMEOUT = Reply(421, (4, 4, 2), "Idle timeout, bye bye")
 TOO_SLOW = Reply(421, (4, 4, 2), "Message content too slow, bye bye")
 FAULT = Reply(421, (4, 0, 0), "Internal server error")
 TOO_MANY_CONNECTIONS = Reply(421, (4, 7, 0), "Too many connections, try again later")
+#: The connection caps are in a shared store that cannot answer, and it
+#: fails closed (docs/state.md): before the greeting only 421 may be sent.
+STATE_UNAVAILABLE = Reply(
+    421, (4, 4, 5), "Connection limits cannot be checked now, try again later"
+)
 NO_NAME = ReverseName()
 
 
@@ -130,6 +136,8 @@ class Session(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self._client = client
         self._counted_ip: str | None = None
+        #: The connection caps' slots in a shared store (docs/state.md).
+        self._shared_slots: Sequence[Held] = ()
         #: Names the connection in its log lines and its messages' lines.
         self.id = new_msg_id()
         self._opened = self._loop.time()
@@ -232,6 +240,12 @@ class Session(asyncio.Protocol):
                     await self.flush()
                     return
                 self._counted_ip = self.peer_ip
+            if self.cfg.gate.store is not None:
+                refusal = await self._enter_shared()
+                if refusal is not None:
+                    self._out += refusal.render()
+                    await self.flush()
+                    return
             self._out += self.cfg.banner.render()
             self._reset_deadline()
             while not self.closing:
@@ -261,6 +275,8 @@ class Session(asyncio.Protocol):
             if self._counted_ip is not None:
                 self.cfg.gate.leave_ip(self._counted_ip)
             self.cfg.gate.leave()
+            if self._shared_slots:
+                await self._leave_shared()
             await self.mail.end()
             self.cfg.log.info(
                 "connection closed",
@@ -279,6 +295,45 @@ class Session(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
             self._sessions.discard(self)
+
+    async def _enter_shared(self) -> Reply | None:
+        """The connection caps across nodes: None when let in, else the reply.
+
+        One decision in the endpoint's shared store. When it cannot answer,
+        its `fail_open` lets the connection in (this process's own caps
+        still apply) or turns it away with a temporary reply.
+        """
+        gate = self.cfg.gate
+        assert gate.store is not None
+        try:
+            grant = await gate.enter_shared(self._counted_ip)
+        except StoreUnavailable:
+            if gate.store.fail_open:
+                return None
+            self.cfg.log.info(
+                "connection refused, shared state unavailable", src_ip=self.peer_ip or "unix"
+            )
+            return STATE_UNAVAILABLE
+        self._shared_slots = grant.held
+        if grant.refused < 0:
+            return None
+        if grant.refused == 0:
+            self.cfg.log.info("connection limit reached", src_ip=self.peer_ip or "unix")
+        else:
+            self.cfg.log.info("per-IP connection limit reached", src_ip=self.peer_ip)
+        return TOO_MANY_CONNECTIONS
+
+    async def _leave_shared(self) -> None:
+        """Give the caps' slots back; if the store cannot, their leases expire."""
+        held, self._shared_slots = self._shared_slots, ()
+        store = self.cfg.gate.store
+        assert store is not None
+        try:
+            await store.release(held)
+        except StoreUnavailable:
+            pass  # logged by the store
+        except Exception as exc:
+            self.cfg.log.error("cannot release connection slots", err=exc)
 
     async def _wait(self) -> None:
         """Wait for input, within the read deadline."""

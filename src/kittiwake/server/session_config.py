@@ -3,6 +3,16 @@
 The endpoint builds one `SessionConfig` when it starts; sessions only read
 it. `ConnectionGate` is the one piece of shared mutable state: the counts
 behind `max_connections` and `max_connections_per_ip`.
+
+Strategy for the caps: the process always counts its own connections, in
+plain integers checked synchronously as a connection arrives (the cheapest
+way, and what protects this process's file descriptors whatever happens
+elsewhere). With an endpoint `state &NAME` the same caps are also taken as
+slots of the shared store, one decision per connection, so that they hold
+across every node serving the endpoint (docs/state.md). A node's own count
+is never above the shared one, so the local check refuses nothing the
+shared one would let in; it still holds when the store is unreachable and
+fails open.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from kittiwake.message.buffer import BufferSpec
 from kittiwake.metrics import NULL_ENDPOINT, EndpointMetrics
 from kittiwake.networks import Network, in_networks
 from kittiwake.protocol import Reply, Settings
+from kittiwake.state.base import Grant, Slot, StateStore
 
 if TYPE_CHECKING:
     from kittiwake.dns import Resolver
@@ -95,6 +106,38 @@ class ConnectionGate:
         count = self.per_ip.pop(ip, 0) - 1
         if count > 0:
             self.per_ip[ip] = count
+
+    # -- across nodes --------------------------------------------------------------
+
+    #: The shared store both caps are also counted in; None: this process only.
+    store: StateStore | None = None
+    #: Counter names in `store`: (`max_connections`, `max_connections_per_ip`).
+    counters: tuple[str, str] = ("conn/total", "conn/ip")
+
+    async def enter_shared(self, ip: str | None) -> Grant:
+        """Take the caps' slots in `store` for one connection; one decision.
+
+        `ip`: the client's address when the per-IP cap applies to it, else
+        None. Raises `StoreUnavailable`. `Grant.refused` is 0 for the total
+        cap, 1 for the per-IP one (counted here for the metrics).
+        """
+        assert self.store is not None
+        wanted: list[Slot] = []
+        if self.max_total:
+            wanted.append(Slot(self.counters[0], "", self.max_total))
+        if ip is not None and self.max_per_ip:
+            wanted.append(Slot(self.counters[1], ip, self.max_per_ip))
+        if not wanted:
+            return Grant()
+        grant = await self.store.acquire(wanted)
+        if grant.refused >= 0:
+            if wanted[grant.refused].counter == self.counters[0]:
+                self.refused += 1
+                grant.refused = 0
+            else:
+                self.refused_per_ip += 1
+                grant.refused = 1
+        return grant
 
 
 @dataclass

@@ -1,0 +1,186 @@
+"""The `state.redis` module: counters in Redis or Valkey, for several nodes.
+
+```
+state.redis cluster {
+    endpoint redis://10.0.0.5:6379/0
+    fail_closed                 # or fail_open
+    key_prefix kittiwake:
+    connect_timeout 1s
+    timeout 1s
+    lease 30s
+}
+```
+
+Referenced as `state &cluster` from `limits` blocks and from endpoints
+(connection caps, `auth_ratelimit`); docs/state.md.
+
+Strategy: the module is part of a configuration, like any other: its
+connection pool is made when the configuration starts and closed when it
+stops. A reload therefore builds a new pool for the new configuration
+while the old one keeps serving (and renewing the slot leases of) the
+sessions still draining; the counters themselves are in Redis, so both
+configurations see the same ones and a reload forgets nothing. redis-py is
+an optional extra: it is imported only when a `state.redis` block is
+configured, and its absence is a configuration error at that block.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from kittiwake.config.directives import Directives
+from kittiwake.config.node import Node
+from kittiwake.module import Module, register
+from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot
+
+if TYPE_CHECKING:
+    from kittiwake.state.redis_store import RedisStore
+
+__all__ = ["RedisState", "parse_endpoint"]
+
+#: `key_prefix`: what may go before every key (no spaces or quotes to get
+#: wrong in redis-cli, no `{}` hash tags).
+_PREFIX = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+@register("state.redis")
+class RedisState(Module):
+    """`state.redis NAME { endpoint URL; fail_open|fail_closed; ... }`."""
+
+    shared = True
+    #: Set by `configure`; a class default so that the capability check,
+    #: made before the block is configured, finds it.
+    fail_open = False
+
+    def configure(self, cfg: Directives) -> None:
+        self.block_only(cfg)
+        self.url = cfg.custom("endpoint", parse_endpoint, required=True)
+        fail_open = cfg.get("fail_open")
+        fail_closed = cfg.get("fail_closed")
+        for node in (fail_open, fail_closed):
+            if node is not None and (node.args or node.children is not None):
+                raise node.error(f"{node.name} takes no arguments")
+        if fail_open is not None and fail_closed is not None:
+            later = max(fail_open, fail_closed, key=lambda n: (n.file, n.line))
+            raise later.error("fail_open and fail_closed cannot both be set: choose one")
+        #: Whether decisions go through when Redis cannot answer (default: no).
+        self.fail_open = fail_open is not None
+        self.key_prefix = cfg.custom("key_prefix", _parse_prefix, "kittiwake:")
+        self.connect_timeout = cfg.duration("connect_timeout", 1.0, positive=True)
+        self.timeout = cfg.duration("timeout", 1.0, positive=True)
+        self.lease = cfg.duration("lease", 30.0, positive=True)
+        if self.lease < 3:
+            raise (cfg.get("lease") or cfg.node).error(
+                "lease: must be at least 3s (leases are renewed every third of it)"
+            )
+        cfg.finish()
+        try:
+            from kittiwake.state import redis_store
+        except ImportError as exc:
+            if exc.name is None or not exc.name.startswith("redis"):
+                raise
+            # An optional dependency: say how to get it (pyproject.toml).
+            raise cfg.node.error(
+                f"{self.module_name}: the redis package is not installed: "
+                "pip install 'kittiwake[redis]'"
+            ) from None
+        self._store_module = redis_store
+        self.store: RedisStore | None = None
+
+    async def start(self) -> None:
+        """Make the client (no connection yet: the first decision connects)."""
+        client = self._store_module.connect(
+            self.url, timeout=self.timeout, connect_timeout=self.connect_timeout
+        )
+        self.store = self._store_module.RedisStore(
+            client,
+            self.log,
+            prefix=self.key_prefix,
+            fail_open=self.fail_open,
+            timeout=self.timeout,
+            lease=self.lease,
+        )
+        self.store.start()
+        self.log.info(
+            "shared state in redis",
+            endpoint=_redacted(self.url),
+            mode="fail_open" if self.fail_open else "fail_closed",
+        )
+
+    async def stop(self) -> None:
+        if self.store is not None:
+            await self.store.stop()
+
+    def _running(self) -> RedisStore:
+        if self.store is None:
+            raise RuntimeError(f"{self!r} is not started")
+        return self.store
+
+    # -- the StateStore interface, kept by the store made at start -----------------
+
+    async def acquire(self, wanted: Sequence[Rate | Slot]) -> Grant:
+        return await self._running().acquire(wanted)
+
+    async def release(self, held: Sequence[Held]) -> None:
+        await self._running().release(held)
+
+    async def locked(self, counters: Sequence[tuple[str, str]], known: tuple[str, str]) -> Locks:
+        return await self._running().locked(counters, known)
+
+    async def count_failure(self, failures: Sequence[Failure], guess: bytes) -> list[int]:
+        return await self._running().count_failure(failures, guess)
+
+    async def remember(self, known: tuple[str, str], ttl: float) -> None:
+        await self._running().remember(known, ttl)
+
+
+def parse_endpoint(node: Node) -> str:
+    """`endpoint redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, `rediss://...` (TLS)
+    or `unix:///PATH[?db=N]`: checked here so a typo is a FILE:LINE error."""
+    if node.children is not None:
+        raise ValueError("unexpected block")
+    if len(node.args) != 1:
+        raise ValueError("expected one URL, for example redis://127.0.0.1:6379/0")
+    url = node.args[0]
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
+        raise ValueError(f"{_redacted(url)}: the scheme must be redis://, rediss:// or unix://")
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ValueError(f"{url}: a unix:// endpoint needs an absolute path")
+        return url
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{_redacted(url)}: invalid port") from None
+    if not parts.hostname:
+        raise ValueError(f"{_redacted(url)}: a host is required")
+    if port == 0:
+        raise ValueError(f"{_redacted(url)}: invalid port 0")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{_redacted(url)}: the database must be a number, as in /0")
+    return url
+
+
+def _parse_prefix(node: Node) -> str:
+    if node.children is not None or len(node.args) != 1:
+        raise ValueError("expected one prefix, for example kittiwake:")
+    prefix = node.args[0]
+    if not _PREFIX.fullmatch(prefix):
+        raise ValueError(f"invalid prefix {prefix!r}: use 1 to 64 letters, digits and _ . : / -")
+    return prefix
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return parts._replace(netloc=f"{user}***@{netloc}").geturl()

@@ -1,0 +1,273 @@
+"""The Redis (or Valkey) `StateStore`: counters shared by several nodes.
+
+Strategy: every decision is one Lua script (kittiwake/state/lua.py), sent
+with EVALSHA over redis-py's asyncio client: one round trip, atomic, so two
+nodes can never both take the last slot. Each call is bounded by `timeout`
+in all (connecting included); a call that fails, times out or finds the
+store in its retry window raises `StoreUnavailable`, and `Outage` keeps
+the log to one line per interval. Nothing here blocks the event loop.
+
+Concurrency slots are *leases*: a slot is a member of a sorted set scored
+with its expiry (`lease` seconds ahead). A background task renews every
+lease this store holds each `lease / 3` seconds, in one script call per
+batch, so a slot lives as long as its holder and no longer: the slots of
+a node that died, or lost its network, expire within `lease` and the other
+nodes count without them. A lease is dropped from the renewal list before
+it is released, so one whose release fails is not kept alive either.
+
+Key layout (docs/state.md): `PREFIX` then `rate:`, `slot:`, `fail:` or
+`known:`, then the counter name, `:`, and the key. A `:` or `%` in a
+counter name is written `%3A`, `%25`; the key (an address, a domain, a
+user name) comes last as it is, so no two counters can share a Redis key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from kittiwake.log import Logger
+from kittiwake.state import lua
+from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot, StoreUnavailable
+from kittiwake.state.memory import GUESS_SIZE, IDLE_TTL, MAX_GUESSES
+from kittiwake.state.outage import Outage
+
+__all__ = ["POOL_SIZE", "RedisStore", "connect"]
+
+#: Connections to Redis at most; a decision waits (within its timeout) for
+#: a free one rather than opening hundreds under a flood.
+POOL_SIZE = 32
+#: Leases renewed per script call.
+RENEW_BATCH = 1000
+#: How often a waiter re-checks a full slot (a hint in `Grant.wait`).
+SLOT_POLL = 0.25
+
+_Script = Callable[[list[str], list[str | bytes | int]], Any]
+
+
+def connect(url: str, *, timeout: float, connect_timeout: float) -> Redis:
+    """A client for `url`; it connects on first use, not now (no I/O here).
+
+    One retry on a connection error, at once: after the server restarts,
+    the pool's old connections are dead and the first command on each
+    fails; the retry reconnects. The caller bounds the whole call anyway.
+    """
+    retry = Retry(NoBackoff(), 1)
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=retry,
+    )
+    return Redis(connection_pool=pool, retry=retry)
+
+
+class RedisStore:
+    """A `StateStore` in Redis; `clock` (ms) is for tests, else Redis's own."""
+
+    shared = True
+
+    def __init__(
+        self,
+        client: Redis,
+        log: Logger,
+        *,
+        prefix: str = "kittiwake:",
+        fail_open: bool = False,
+        timeout: float = 1.0,
+        lease: float = 30.0,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.client = client
+        self.log = log
+        self.prefix = prefix
+        self.fail_open = fail_open
+        self.timeout = timeout
+        self.lease = lease
+        self.clock = clock
+        self.outage = Outage(log, mode="fail_open" if fail_open else "fail_closed")
+        self._acquire = self._script(lua.ACQUIRE)
+        self._release = self._script(lua.RELEASE)
+        self._renew = self._script(lua.RENEW)
+        self._locked = self._script(lua.LOCKED)
+        self._failure = self._script(lua.FAILURE)
+        # Counter names are few and fixed (configuration lines): their
+        # escaped form is made once.
+        self._bases: dict[tuple[str, str], str] = {}
+        #: This process's leases: lease id -> the sorted set it is in.
+        self.leases: dict[str, str] = {}
+        # Lease ids: unique across nodes and restarts, and telling whose.
+        self._holder = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(3).hex()}"
+        self._ids = itertools.count(1)
+        self._renewer: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None
+
+    def _script(self, text: str) -> _Script:
+        script: AsyncScript = self.client.register_script(text)
+
+        def call(keys: list[str], args: list[str | bytes | int]) -> Any:
+            return script(keys=keys, args=args)
+
+        return call
+
+    # -- the interface ---------------------------------------------------------
+
+    async def acquire(self, wanted: Sequence[Rate | Slot]) -> Grant:
+        keys: list[str] = []
+        args: list[str | bytes | int] = [self._now(), _ms(self.lease), _ms(IDLE_TTL)]
+        leases: list[str] = []
+        for request in wanted:
+            if isinstance(request, Rate):
+                keys.append(f"{self._base('rate', request.counter)}{request.key}")
+                args += ["r", request.burst, _ms(request.period)]
+                leases.append("")
+            else:
+                lease = f"{self._holder}/{next(self._ids)}"
+                keys.append(f"{self._base('slot', request.counter)}{request.key}")
+                args += ["s", request.limit, lease]
+                leases.append(lease)
+        refused, wait_ms = await self._call(self._acquire, keys, args)
+        grant = Grant(refused=int(refused))
+        taken = len(wanted) if grant.refused < 0 else grant.refused
+        for request, key, lease in zip(wanted[:taken], keys, leases, strict=False):
+            if lease:
+                grant.held.append(Held(request.counter, request.key, lease=lease))
+                self.leases[lease] = key
+        if grant.refused >= 0:
+            grant.wait = int(wait_ms) / 1000 if int(wait_ms) > 0 else SLOT_POLL
+        return grant
+
+    async def release(self, held: Sequence[Held]) -> None:
+        keys: list[str] = []
+        args: list[str | bytes | int] = [""]  # ARGV[1]: the time, unused
+        for slot in held:
+            # Off the renewal list first: a lease whose release fails expires.
+            key = self.leases.pop(slot.lease, "")
+            if key:
+                keys.append(key)
+                args.append(slot.lease)
+        if keys:
+            await self._call(self._release, keys, args)
+
+    async def locked(self, counters: Sequence[tuple[str, str]], known: tuple[str, str]) -> Locks:
+        keys = [self._base("fail", counter) + key for counter, key in counters]
+        keys.append(self._known_key(known))
+        out = await self._call(self._locked, keys, [self._now()])
+        return Locks(tuple(int(ms) / 1000 for ms in out[:-1]), bool(int(out[-1])))
+
+    async def count_failure(self, failures: Sequence[Failure], guess: bytes) -> list[int]:
+        keys = [self._base("fail", f.counter) + f.key for f in failures]
+        guess = guess[:GUESS_SIZE].ljust(GUESS_SIZE, b"\0")
+        args: list[str | bytes | int] = [self._now(), guess, MAX_GUESSES * GUESS_SIZE]
+        for f in failures:
+            args += [_ms(f.window), f.limit, _ms(f.lockout)]
+        return [int(n) for n in await self._call(self._failure, keys, args)]
+
+    async def remember(self, known: tuple[str, str], ttl: float) -> None:
+        key = self._known_key(known)
+        await self._run(self.client.set(key, b"1", px=_ms(ttl)))
+
+    def _known_key(self, known: tuple[str, str]) -> str:
+        return self._base("known", known[0]) + known[1]
+
+    def _base(self, kind: str, counter: str) -> str:
+        """`PREFIX KIND : COUNTER :`, the part of a key before its own key."""
+        base = self._bases.get((kind, counter))
+        if base is None:
+            escaped = counter.replace("%", "%25").replace(":", "%3A")
+            base = self._bases[(kind, counter)] = f"{self.prefix}{kind}:{escaped}:"
+        return base
+
+    # -- calls -------------------------------------------------------------------
+
+    def _now(self) -> str | int:
+        """ARGV[1] of every script: "" = the Redis server's clock."""
+        return "" if self.clock is None else self.clock()
+
+    async def _call(self, script: _Script, keys: list[str], args: list[str | bytes | int]) -> Any:
+        return await self._run(script(keys, args))
+
+    async def _run(self, call: Any) -> Any:
+        """Await one command within `timeout`; any failure is `StoreUnavailable`."""
+        if self.outage.skip():
+            call.close()  # a coroutine never awaited would warn
+            raise StoreUnavailable("state store unreachable (retrying shortly)")
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await call
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.outage.failed(exc)
+            raise StoreUnavailable(str(exc)) from exc
+        self.outage.succeeded()
+        return result
+
+    # -- leases --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start renewing leases, and ask Redis once in the background, so an
+        unreachable server is in the log at start rather than at the first
+        message (the module's start; it never waits for Redis)."""
+        if self._renewer is None:
+            loop = asyncio.get_running_loop()
+            self._renewer = loop.create_task(self._renew_loop())
+            self._probe = loop.create_task(self._ping())
+
+    async def _ping(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._run(self.client.ping())
+
+    async def stop(self) -> None:
+        """Stop renewing and close the connections (the module's stop)."""
+        for task in (self._renewer, self._probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._renewer = self._probe = None
+        await self.client.aclose()
+        await cast(BlockingConnectionPool, self.client.connection_pool).disconnect()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await self.renew()
+            except StoreUnavailable:
+                pass  # logged by the outage; renewed next time if not expired
+            except Exception as exc:  # never let the renewer die
+                self.log.error("cannot renew slot leases", err=exc)
+
+    async def renew(self) -> int:
+        """Renew every lease held now; the number found expired (lost)."""
+        held = list(self.leases.items())
+        lost = 0
+        for start in range(0, len(held), RENEW_BATCH):
+            batch = held[start : start + RENEW_BATCH]
+            args: list[str | bytes | int] = [self._now(), _ms(self.lease)]
+            args += [lease for lease, _ in batch]
+            positions = await self._call(self._renew, [key for _, key in batch], args)
+            for position in positions:
+                # Expired meanwhile: not held any more, not to be renewed.
+                self.leases.pop(batch[int(position) - 1][0], None)
+                lost += 1
+        if lost:
+            self.log.warn("slot leases expired before renewal", lost=lost)
+        return lost
+
+
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, at least 1 (a zero TTL would delete a key at once)."""
+    return max(round(seconds * 1000), 1)

@@ -1,0 +1,119 @@
+"""A private `redis-server` on a loopback port, for the tests of shared state.
+
+`RedisServer` starts the real server (Debian package `redis-server`; `.ci/run`
+installs it, its system service is never started) in the foreground with
+no persistence (`--save ''`, `--appendonly no`), in a work directory, and
+waits until it answers PING. `kill()` stops it at once (SIGKILL, as a
+crash would), `start()` brings it back on the same port, empty: that is
+how the tests make Redis unreachable and then reachable again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+#: Where tools are looked for: PATH, then the sbin folders.
+TOOL_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+WAIT = 20.0
+
+
+def redis_server_path() -> str:
+    """The server binary; a missing one fails the test and names the package.
+
+    As `kw.need_tool` does: a skip would report a clean run while shared
+    state went untested.
+    """
+    found = shutil.which("redis-server", path=TOOL_PATH)
+    if found is None:
+        pytest.fail(
+            "redis-server is missing: install it: .ci/run installs Debian package redis-server",
+            pytrace=False,
+        )
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1:`port`."""
+
+    def __init__(self, workdir: Path, port: int = 0) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.log_path = workdir / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = redis_server_path()
+        with open(self.log_path, "ab") as log:
+            # No persistence, in the foreground, on loopback only.
+            args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+            args += ["--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"]
+            self.proc = subprocess.Popen(
+                [binary, *args],
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + WAIT
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis-server exited: {self.log_path.read_text()}")
+            try:
+                if self.command(b"PING") == b"+PONG":
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"redis-server not ready: {self.log_path.read_text()}")
+            time.sleep(0.02)
+
+    def command(self, *words: bytes) -> bytes:
+        """One command in RESP; the first line of the answer (tests peek with it)."""
+        request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(request)
+            data = b""
+            while b"\r\n" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return data.split(b"\r\n", 1)[0]
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would; safe to call twice."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
+        self.proc = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -1,0 +1,280 @@
+"""The `StateStore` contract, held by both stores: the in-process one and the
+Redis one, whose Lua scripts run in a real `redis-server` (docs/state.md).
+
+Each behaviour is one test run against both, on a fake clock: the Redis
+store passes the clock's milliseconds to its scripts instead of the
+server's `TIME`, so refill beats, windows, lockouts and lease expiry are
+checked exactly, without sleeping. The clock starts at the real time,
+because Redis expires keys on its own clock. What only Redis has (key
+expiry, leases renewed or lost, an unreachable server) is checked at the
+end, against the real server's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from kittiwake import log
+from kittiwake.state.base import Failure, Held, Rate, Slot, StateStore, StoreUnavailable
+from kittiwake.state.memory import MemoryStore
+from kittiwake.state.redis_store import RedisStore, connect
+from redisd import RedisServer
+
+_prefixes = itertools.count(1)
+
+
+class FakeClock:
+    """Seconds, starting now; `ms` is what the Redis scripts are given."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def ms(self) -> int:
+        return round(self.now * 1000)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+async def redis_store(
+    server: RedisServer, clock: FakeClock | None, **options: object
+) -> RedisStore:
+    client = connect(server.url, timeout=2.0, connect_timeout=2.0)
+    return RedisStore(
+        client,
+        log.Logger("state.redis/test"),
+        prefix=f"test{next(_prefixes)}:",
+        clock=clock.ms if clock is not None else None,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, clock: FakeClock, redis_server: RedisServer
+) -> AsyncIterator[StateStore]:
+    if request.param == "memory":
+        yield MemoryStore(clock=clock)
+        return
+    made = await redis_store(redis_server, clock)
+    try:
+        yield made
+    finally:
+        await made.stop()
+
+
+async def take(store: StateStore, *wanted: Rate | Slot) -> tuple[int, float, list[Held]]:
+    grant = await store.acquire(wanted)
+    return grant.refused, grant.wait, grant.held
+
+
+# -- rate buckets ------------------------------------------------------------------
+
+
+async def test_a_bucket_gives_its_burst_then_refuses_until_the_refill(
+    store: StateStore, clock: FakeClock
+) -> None:
+    rate = Rate("limits/x/all.rate.0", "", 3, 10.0)
+    for _ in range(3):  # at the limit
+        assert (await take(store, rate))[0] == -1
+    refused, wait, _ = await take(store, rate)  # past it
+    assert refused == 0 and wait == pytest.approx(10.0, abs=0.002)
+    clock.now += 9.5
+    refused, wait, _ = await take(store, rate)
+    assert refused == 0 and wait == pytest.approx(0.5, abs=0.002)
+    clock.now += 0.5  # a period after the start: full again, not one token
+    for _ in range(3):
+        assert (await take(store, rate))[0] == -1
+    assert (await take(store, rate))[0] == 0
+
+
+async def test_refills_keep_their_beat(store: StateStore, clock: FakeClock) -> None:
+    rate = Rate("r", "k", 1, 10.0)
+    assert (await take(store, rate))[0] == -1  # created now
+    clock.now += 25.0  # beats at 10 and 20: the next one is at 30
+    assert (await take(store, rate))[0] == -1
+    refused, wait, _ = await take(store, rate)
+    assert refused == 0 and wait == pytest.approx(5.0, abs=0.002)
+
+
+async def test_buckets_are_per_counter_and_key(store: StateStore) -> None:
+    assert (await take(store, Rate("r", "a", 1, 60.0)))[0] == -1
+    assert (await take(store, Rate("r", "a", 1, 60.0)))[0] == 0
+    assert (await take(store, Rate("r", "b", 1, 60.0)))[0] == -1
+    assert (await take(store, Rate("q", "a", 1, 60.0)))[0] == -1
+    # A key with the separator in it is still its own (user names can be anything).
+    assert (await take(store, Rate("r", "a:b", 1, 60.0)))[0] == -1
+    assert (await take(store, Rate("r:a", "b", 1, 60.0)))[0] == -1
+
+
+# -- concurrency slots ---------------------------------------------------------------
+
+
+async def test_slots_at_the_limit_past_it_and_given_back(store: StateStore) -> None:
+    slot = Slot("limits/x/ip.concurrency.0", "192.0.2.1", 2)
+    first, second = (await take(store, slot))[2], (await take(store, slot))[2]
+    refused, wait, held = await take(store, slot)
+    assert (refused, held) == (0, []) and wait > 0
+    assert (await take(store, Slot(slot.counter, "192.0.2.2", 2)))[0] == -1  # another key
+    await store.release(first)
+    third = (await take(store, slot))[2]
+    assert len(third) == 1
+    await store.release(second + third)
+    assert (await take(store, slot))[0] == -1
+    await store.release([Held("nope", "never", lease="gone")])  # unknown: ignored
+
+
+async def test_requests_are_taken_in_order_until_one_is_refused(store: StateStore) -> None:
+    """Tokens before the refused request are spent; slots before it are held
+    and returned; nothing after it is touched."""
+    full = Slot("b", "", 1)
+    (await take(store, full))[2]
+    refused, _, held = await take(
+        store, Slot("a", "", 5), Rate("r", "", 1, 60.0), full, Slot("c", "", 1)
+    )
+    assert refused == 2
+    assert [(h.counter, h.key) for h in held] == [("a", "")]
+    assert (await take(store, Rate("r", "", 1, 60.0)))[0] == 0  # its token is spent
+    assert (await take(store, Slot("c", "", 1)))[0] == -1  # c untouched
+    await store.release(held)
+
+
+# -- failed logins ------------------------------------------------------------------------
+
+
+def failure(key: str = "192.0.2.1", limit: int = 3) -> Failure:
+    return Failure("auth/x/ip", key, window=60.0, limit=limit, lockout=120.0)
+
+
+def guess(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+async def test_failures_lock_at_the_limit_for_the_lockout(
+    store: StateStore, clock: FakeClock
+) -> None:
+    counts = [(await store.count_failure([failure()], guess(i)))[0] for i in range(3)]
+    assert counts == [1, 2, 3]  # the third reaches the limit and locks
+    locks = await store.locked([("auth/x/ip", "192.0.2.1"), ("auth/x/ip", "b")], ("k", "z"))
+    assert locks.left == (pytest.approx(120.0, abs=0.002), 0.0)
+    assert not locks.known
+    assert await store.count_failure([failure()], guess(9)) == [0]  # locked: not counted
+    clock.now += 119.0
+    locks = await store.locked([("auth/x/ip", "192.0.2.1")], ("k", "z"))
+    assert locks.left[0] == pytest.approx(1.0, abs=0.002)
+    clock.now += 1.0
+    assert (await store.locked([("auth/x/ip", "192.0.2.1")], ("k", "z"))).left == (0.0,)
+    assert await store.count_failure([failure()], guess(10)) == [1]  # afresh
+
+
+async def test_a_repeated_guess_counts_once_per_window(store: StateStore, clock: FakeClock) -> None:
+    for _ in range(5):
+        assert await store.count_failure([failure()], guess(1)) == [1]
+    assert await store.count_failure([failure()], guess(2)) == [2]
+    clock.now += 60.0  # the window is over: the same guess counts again
+    assert await store.count_failure([failure()], guess(1)) == [1]
+
+
+async def test_one_failure_counts_against_every_counter(store: StateStore) -> None:
+    both = [failure("192.0.2.1", limit=1), Failure("auth/x/username", "me", 60.0, 5, 120.0)]
+    assert await store.count_failure(both, guess(1)) == [1, 1]
+    assert await store.count_failure(both, guess(2)) == [0, 2]  # ip locked, name counted
+
+
+async def test_remembered_keys_are_known(store: StateStore) -> None:
+    await store.remember(("auth/x/known", "192.0.2.9 me"), 3600.0)
+    locks = await store.locked([("auth/x/username", "me")], ("auth/x/known", "192.0.2.9 me"))
+    other = await store.locked([("auth/x/username", "me")], ("auth/x/known", "192.0.2.8 me"))
+    # The memory store only looks the key up when a counter is locked.
+    assert locks.known or isinstance(store, MemoryStore)
+    assert not other.known
+
+
+# -- Redis only: leases, expiry, outages -------------------------------------------------------
+
+
+async def test_a_dead_holders_slot_expires_with_its_lease(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    alive = await redis_store(redis_server, clock, lease=30.0)
+    dead = RedisStore(alive.client, log.Logger("t"), prefix=alive.prefix, clock=clock.ms)
+    try:
+        slot = Slot("conn/smtp/25/total", "", 2)
+        mine = (await take(alive, slot))[2]
+        (await take(dead, slot))[2]  # never renewed, never released
+        assert (await take(alive, slot))[0] == 0  # full
+        clock.now += 20.0
+        assert await alive.renew() == 0
+        clock.now += 20.0  # 40 s: the dead lease is gone, the renewed one lives
+        again = (await take(alive, slot))[2]
+        assert len(again) == 1
+        assert (await take(alive, slot))[0] == 0
+        clock.now += 31.0  # nobody renewed: all expired; renewal says so
+        assert await alive.renew() == 2
+        assert alive.leases == {}
+        await alive.release(mine + again)
+    finally:
+        await alive.stop()
+
+
+async def test_keys_expire_on_the_servers_clock(redis_server: RedisServer) -> None:
+    store = await redis_store(redis_server, None, lease=30.0)
+    try:
+        p = store.prefix.encode()
+        assert (await take(store, Rate("r", "k", 1, 1.0)))[0] == -1
+        assert 59_000 <= int(redis_server.command(b"PTTL", p + b"rate:r:k")[1:]) <= 60_000
+        assert (await take(store, Rate("r", "h", 1, 3600.0)))[0] == -1
+        assert int(redis_server.command(b"PTTL", p + b"rate:r:h")[1:]) > 3_500_000
+        held = (await take(store, Slot("s", "k", 1)))[2]
+        assert 29_000 <= int(redis_server.command(b"PTTL", p + b"slot:s:k")[1:]) <= 30_000
+        await store.release(held)
+        assert redis_server.command(b"EXISTS", p + b"slot:s:k") == b":0"  # gone at once
+        await store.count_failure([failure()], guess(1))
+        ttl = int(redis_server.command(b"PTTL", p + b"fail:auth/x/ip:192.0.2.1")[1:])
+        assert 59_000 <= ttl <= 60_000
+        await store.remember(("auth/x/known", "a b"), 10.0)
+        assert int(redis_server.command(b"PTTL", p + b"known:auth/x/known:a b")[1:]) >= 9_000
+    finally:
+        await store.stop()
+
+
+async def test_an_unreachable_server_fails_fast_and_logs_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = RedisServer(tmp_path / "down")  # never started: nothing listens
+    store = await redis_store(server, None, fail_open=False, timeout=0.5)
+    try:
+        started = time.monotonic()
+        for _ in range(20):
+            with pytest.raises(StoreUnavailable):
+                await store.acquire([Rate("r", "", 1, 1.0)])
+        assert time.monotonic() - started < 1.0
+        err = capsys.readouterr().err
+        assert err.count("shared state store unreachable") == 1, err
+        assert "mode=fail_closed" in err
+        server.start()  # reachable again: the next try after the window works
+        try:
+            await asyncio.sleep(store.outage.retry)
+            assert (await store.acquire([Rate("r", "", 1, 1.0)])).refused == -1
+            assert "shared state store reachable again" in capsys.readouterr().err
+        finally:
+            server.kill()
+    finally:
+        await store.stop()
