@@ -20,6 +20,7 @@ point (`kittiwake.cli`) imports that list, as the composition root.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -33,6 +34,7 @@ __all__ = [
     "Directives",
     "Endpoint",
     "Module",
+    "Role",
     "capability",
     "capability_label",
     "find",
@@ -60,6 +62,20 @@ def capability(label: str) -> Callable[[C], C]:
 
 def capability_label(cap: type) -> str:
     return _LABELS.get(cap, cap.__name__)
+
+
+class Role(enum.Enum):
+    """Which part of the server this process is (docs/workers.md).
+
+    With `workers 1` one process does everything (`SINGLE`). With more,
+    the main process (`SUPERVISOR`) runs what must exist once (the queue
+    runners, the control socket, the metrics page) and the `WORKER`
+    processes serve the mail endpoints.
+    """
+
+    SINGLE = "single"
+    SUPERVISOR = "supervisor"
+    WORKER = "worker"
 
 
 class Module:
@@ -113,6 +129,8 @@ class Endpoint(Module):
     """
 
     grace: float = 10.0
+    #: The processes that start this endpoint (the others configure it only).
+    roles: ClassVar[frozenset[Role]] = frozenset(Role)
 
     def addresses(self) -> list[str]:
         raise NotImplementedError

@@ -24,13 +24,13 @@ import asyncio
 import contextlib
 import socket
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import generate_latest
 
 from kittiwake import metrics
 from kittiwake.config.values import ListenAddress, parse_listen_address
-from kittiwake.module import Directives, Endpoint, register
+from kittiwake.module import Directives, Endpoint, Role, register
 from kittiwake.server.sockets import Bind, bind_of, real_bind
 
 #: The request head's limit and deadline: a scrape sends a few hundred bytes.
@@ -51,6 +51,8 @@ class OpenMetrics(Endpoint):
     """Serves `/metrics` in the Prometheus text format."""
 
     grace = 1.0
+    #: With workers, the supervisor serves the page for the whole server.
+    roles: ClassVar[frozenset[Role]] = frozenset({Role.SINGLE, Role.SUPERVISOR})
 
     def configure(self, cfg: Directives) -> None:
         node = cfg.node

@@ -20,7 +20,7 @@ from kittiwake.config.values import ListenAddress, parse_listen_address
 from kittiwake.limits import Limits
 from kittiwake.message.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
 from kittiwake.message.header import MAX_FIELDS
-from kittiwake.module import Endpoint, Module, register
+from kittiwake.module import Endpoint, Module, Role, register
 from kittiwake.networks import Network, parse_network
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
@@ -42,6 +42,8 @@ class SMTPEndpoint(Endpoint):
 
     kind: ClassVar[EndpointKind] = EndpointKind.SMTP
     tls_required: ClassVar[bool] = True
+    #: With workers, the workers serve mail; the supervisor only configures it.
+    roles: ClassVar[frozenset[Role]] = frozenset({Role.SINGLE, Role.WORKER})
 
     def configure(self, cfg: Directives) -> None:
         node = self._node = cfg.node
@@ -98,6 +100,7 @@ class SMTPEndpoint(Endpoint):
         )
         self._configure_auth(cfg)
         self.limits: Limits | None = cfg.module("limits", Limits, "", default_module="limits")
+        self._note_per_process_state(cfg)
         self.proxy: ProxyConfig | None = cfg.custom("proxy_protocol", self._parse_proxy, None)
         rest = cfg.finish(allow_unknown=True)
         self.pipeline = Pipeline(
@@ -122,6 +125,25 @@ class SMTPEndpoint(Endpoint):
             self.log.warn("io_debug is on: every byte of every session is logged")
         self._check_exposure()
         self.listener: Listener | None = None
+
+    def _note_per_process_state(self, cfg: Directives) -> None:
+        """The directives whose counts each process keeps for itself.
+
+        With several workers each counts only its own connections, so a
+        bound written here holds per worker, not for the server
+        (docs/workers.md, "What each worker counts alone"); `config check`
+        warns about them (supervise/caveats.py).
+        """
+        #: (what, where): each is named in the warning at its line.
+        self.per_process_state: list[tuple[str, Node]] = []
+        for name in ("max_connections", "max_connections_per_ip", "limits"):
+            written = cfg.get(name)
+            if written is not None:
+                self.per_process_state.append((name, written))
+        if self.auth_throttle is not None:
+            written = cfg.get("auth_ratelimit")
+            what = "auth_ratelimit" if written else "auth_ratelimit (on by default with auth)"
+            self.per_process_state.append((what, written or self._node))
 
     def _configure_auth(self, cfg: Directives) -> None:
         """`auth` providers and how user names reach them (docs/server.md, "Authentication")."""

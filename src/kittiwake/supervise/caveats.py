@@ -1,0 +1,39 @@
+"""The warning for state each worker keeps alone (docs/workers.md).
+
+Until the counters of `limits`, the connection caps and `auth_ratelimit`
+live in a store every process shares, each worker counts only what it
+sees itself: with N workers a client may open up to N times
+`max_connections_per_ip`, and a password guesser spread over the workers
+gets N times the failures before it is locked out. `kittiwake config
+check` and `kittiwake run` say so, once per directive, at its line, so
+the operator decides knowingly.
+"""
+
+from __future__ import annotations
+
+from kittiwake import log
+from kittiwake.container import Container
+
+__all__ = ["warn_per_process_state"]
+
+
+def warn_per_process_state(container: Container, workers: int) -> int:
+    """Log one warning per directive counted per worker; how many."""
+    if workers <= 1:
+        return 0
+    logger = log.get("")
+    seen: set[tuple[str, int, str]] = set()
+    for endpoint in container.endpoints:
+        for what, node in getattr(endpoint, "per_process_state", []):
+            key = (node.file, node.line, what)
+            if key in seen:
+                continue
+            seen.add(key)
+            logger.warn(
+                f"{what} is counted by each of the {workers} workers on its own, "
+                "so its bounds hold per worker, not for the whole server "
+                "(docs/workers.md)",
+                file=node.file,
+                line=node.line,
+            )
+    return len(seen)
