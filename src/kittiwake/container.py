@@ -93,14 +93,19 @@ class Shared:
 
     def __init__(self, debug_flags: DebugFlags, role: Role = Role.SINGLE) -> None:
         self.debug_flags = debug_flags
+        self.set_role(role)
+        self.uplink: Uplink | None = None
+        self._resolver: Resolver | None = None
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+
+    def set_role(self, role: Role) -> None:
+        """Which part of the server this process is; decided before anything is
+        bound (the `workers` directive is read with the other globals)."""
         self.role = role
         self.sockets = ListenSockets(
             reuse_port=role is Role.SUPERVISOR and balanced_reuse_port(),
             inherited_only=role is Role.WORKER,
         )
-        self.uplink: Uplink | None = None
-        self._resolver: Resolver | None = None
-        self.closers: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def resolver(self) -> Resolver:
@@ -435,6 +440,18 @@ class Container:
                     self.log.error("module failed to give back", err=exc, module=repr(taker))
             await self.stop(final=previous is None)
             raise
+
+    async def abandon(self) -> None:
+        """Undo a start that succeeded, for a reload that fails after it (its
+        worker processes could not start, docs/workers.md): what was taken
+        over goes back to the running configuration, then every module stops."""
+        for module in self.modules:
+            if isinstance(module, Successor):
+                try:
+                    await module.give_back()
+                except Exception as exc:
+                    self.log.error("module failed to give back", err=exc, module=repr(module))
+        await self.stop(final=False)
 
     @property
     def role(self) -> Role:

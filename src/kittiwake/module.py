@@ -28,6 +28,7 @@ from kittiwake import log
 from kittiwake.config.directives import Directives
 
 if TYPE_CHECKING:
+    from kittiwake.config.values import ListenAddress
     from kittiwake.container import Container
 
 __all__ = [
@@ -134,6 +135,11 @@ class Endpoint(Module):
 
     def addresses(self) -> list[str]:
         raise NotImplementedError
+
+    def listen_addresses(self) -> list[ListenAddress]:
+        """Its addresses as configured: with workers, the supervisor binds
+        them and the workers inherit the sockets (docs/workers.md)."""
+        return []
 
     def binds(self) -> list[tuple[str, str, int]]:
         """What `start` will bind, known at configuration time, so that two

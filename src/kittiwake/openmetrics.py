@@ -126,6 +126,9 @@ class OpenMetrics(Endpoint):
     def addresses(self) -> list[str]:
         return list(self._bound)
 
+    def listen_addresses(self) -> list[ListenAddress]:
+        return list(self.listen)
+
     def serving(self) -> list[tuple[str, str, int]]:
         return list(self._binds)
 

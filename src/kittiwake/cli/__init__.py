@@ -42,6 +42,7 @@ from kittiwake.config import show, values
 from kittiwake.config.node import Node
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError
+from kittiwake.supervise.count import option as worker_count
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -108,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the server in the foreground")
     config_option(run)
+    run.add_argument(
+        "-j",
+        "--workers",
+        metavar="N",
+        type=worker_count,
+        help="serve with N worker processes, or one per usable core with 'auto'"
+        " (overrides the workers directive)",
+    )
     add_debug_flags(run)
     run.set_defaults(handler=cmd_run)
 

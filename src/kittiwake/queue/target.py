@@ -475,7 +475,6 @@ class QueueTarget(Module):
             self._pending.append(record)  # taken over, not started yet
         self.log.info("queued", queue_id=record.id, msg_id=record.msg_id, rcpts=len(record.rcpts))
 
-
     # -- entries committed by worker processes (docs/workers.md) -------------------
 
     async def pick_up(self, ids: list[str]) -> int:

@@ -252,6 +252,7 @@ class SMTPEndpoint(Endpoint):
             limits=self.limits,
             rdns_at_greeting=rdns_at_greeting,
             metrics=metrics.current().endpoint(self.log.name),
+            conn_fields={"pid": os.getpid()} if self.container.role is Role.WORKER else {},
         )
 
     async def start(self) -> None:
@@ -292,6 +293,9 @@ class SMTPEndpoint(Endpoint):
 
     def addresses(self) -> list[str]:
         return self.listener.bound() if self.listener is not None else []
+
+    def listen_addresses(self) -> list[ListenAddress]:
+        return list(self.listen)
 
     def inherit(self, previous: list[Module]) -> None:
         """A reload: failed logins counted so far still count (docs/reload.md).

@@ -268,9 +268,7 @@ def _bind(bind: Bind, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # SO_REUSEADDR on; an IPv6 socket is v6-only, so `[::]:25` and
     # `0.0.0.0:25` are two sockets (kittiwake/container.py `_check_binds`).
-    return socket.create_server(
-        (host, port), family=family, backlog=BACKLOG, reuse_port=reuse_port
-    )
+    return socket.create_server((host, port), family=family, backlog=BACKLOG, reuse_port=reuse_port)
 
 
 def _close(bind: Bind, sock: socket.socket, *, unlink: bool = True) -> None:

@@ -62,14 +62,14 @@ class Channel:
     def answer(self, question: Message, kind: str, **fields: Any) -> None:
         self.send(kind, re=question.get("id"), **fields)
 
-    async def ask(self, kind: str, timeout: float, **fields: Any) -> Message | None:
-        """Send a question and wait up to `timeout` seconds for its answer (None if none)."""
+    async def ask(self, kind: str, within: float, **fields: Any) -> Message | None:
+        """Send a question and wait up to `within` seconds for its answer (None if none)."""
         number = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._answers[number] = future
         try:
             self.send(kind, id=number, **fields)
-            answer = await asyncio.wait_for(future, timeout)
+            answer = await asyncio.wait_for(future, within)
             return answer or None  # empty: the channel ended first
         except TimeoutError:
             return None

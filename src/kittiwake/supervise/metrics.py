@@ -72,7 +72,9 @@ class Retired:
             kind = str(family.get("type", ""))
             if kind not in _GROWING or name in KEEP_OWN:
                 continue
-            self._meta.setdefault(name, (kind, str(family.get("help", "")), str(family.get("unit", ""))))
+            self._meta.setdefault(
+                name, (kind, str(family.get("help", "")), str(family.get("unit", "")))
+            )
             values = self._values.setdefault(name, {})
             for sample in family.get("samples", []):
                 key = _key(sample)
