@@ -112,6 +112,7 @@ class Supervised:
             return _report_workers_failed(container, exc)
         if not self.stopping.is_set():
             addresses = [address for address, _ in self.reloader.served(container)]
+            log.flush()  # the `worker ready` lines before the readiness lines
             announce(addresses)
             systemd.notify_ready(f"listening on {', '.join(addresses)}")
             self.log.info(
