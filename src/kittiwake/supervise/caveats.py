@@ -22,18 +22,17 @@ def warn_per_process_state(container: Container, workers: int) -> int:
     if workers <= 1:
         return 0
     logger = log.get("")
-    seen: set[tuple[str, int, str]] = set()
-    for endpoint in container.endpoints:
-        for what, node in getattr(endpoint, "per_process_state", []):
-            key = (node.file, node.line, what)
-            if key in seen:
-                continue
-            seen.add(key)
-            logger.warn(
-                f"{what} is counted by each of the {workers} workers on its own, "
-                "so its bounds hold per worker, not for the whole server "
-                "(docs/workers.md)",
-                file=node.file,
-                line=node.line,
-            )
-    return len(seen)
+    found = {
+        (node.file, node.line, what)
+        for endpoint in container.endpoints
+        for what, node in getattr(endpoint, "per_process_state", [])
+    }
+    for file, line, what in sorted(found):  # file order
+        logger.warn(
+            f"{what} is counted by each of the {workers} workers on its own, "
+            "so its bounds hold per worker, not for the whole server "
+            "(docs/workers.md)",
+            file=file,
+            line=line,
+        )
+    return len(found)
