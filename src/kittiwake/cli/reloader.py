@@ -153,7 +153,7 @@ class Reloader:
         for endpoint in old.endpoints:
             await endpoint.close()
         if self._fleet is not None:
-            self._fleet.retire(old)
+            await self._fleet.retire(old)
         after = self._in_use(new)
         sockets.release(after)
         change = diff(before, after)

@@ -52,6 +52,8 @@ READY_TIMEOUT = 60.0
 STABLE_AFTER = 10.0
 #: The longest pause before starting again a worker that keeps dying.
 MAX_BACKOFF = 30.0
+#: How long a reload waits for a retired worker to stop accepting.
+CLOSE_TIMEOUT = 5.0
 #: How long a scrape waits for a worker's samples.
 METRICS_TIMEOUT = 2.0
 #: Seconds between two looks for queue entries nobody reported.
@@ -177,16 +179,20 @@ class Fleet:
         addresses, binds = gen.served[index]
         return list(zip(addresses, binds, strict=False))
 
-    def retire(self, container: Container) -> None:
-        """A reload replaced `container`: its workers stop accepting and drain."""
+    async def retire(self, container: Container) -> None:
+        """A reload replaced `container`: its workers stop accepting and drain.
+
+        Returns once each has said it stopped accepting (or `CLOSE_TIMEOUT`
+        passed): from then on every new connection goes to the new workers.
+        """
         gen = self._generation(container)
         if gen is None:
             return
         gen.retiring = True
-        for handle in gen.handles.values():
-            handle.channel.send("retire")
-        if not gen.handles:
+        handles = list(gen.handles.values())
+        if not handles:
             gen.gone.set()
+        await asyncio.gather(*(h.channel.ask("retire", CLOSE_TIMEOUT) for h in handles))
         if self.current is not None:
             container.shared.sockets.trim_slots(self.current.count)
 

@@ -14,7 +14,8 @@ Then it obeys its channel:
 * `stop`: the graceful stop of `kittiwake run` (sessions get their
   endpoint's grace period, then `421 4.3.2`);
 * `retire`: a reload replaced this worker's configuration; stop
-  accepting, let sessions finish (`cli/reloader.py` DRAIN_TIMEOUT at
+  accepting (and say so: the reload is over only when no old worker
+  takes a new connection), let sessions finish (`cli/reloader.py` DRAIN_TIMEOUT at
   most), then stop;
 * `reopen`: reopen the log files;
 * `metrics`: answer with this process's samples (supervise/metrics.py).
@@ -103,6 +104,7 @@ class Worker:
         self.log = log.get("worker")
         self._stop = asyncio.Event()
         self._retire = asyncio.Event()
+        self._retire_question: Message | None = None
         self._now = False
 
     async def run(self) -> int:
@@ -171,6 +173,8 @@ class Worker:
             for endpoint in container.endpoints:
                 if container.runs_here(endpoint):
                     await endpoint.close()
+            if self._retire_question is not None:
+                self.channel.answer(self._retire_question, "closed")
             drained = asyncio.ensure_future(_drain(container))
             await asyncio.wait(
                 [drained, stop], timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
@@ -197,6 +201,7 @@ class Worker:
         if kind == "stop":
             self._stop.set()
         elif kind == "retire":
+            self._retire_question = message
             self._retire.set()
         elif kind == "reopen":
             self._reopen(str(message.get("signal", "")))
