@@ -9,9 +9,10 @@ Each worker of a generation has a slot, 0..N-1, and serves each address
 on its slot's socket (server/sockets.py `slot`).
 
 A worker of the running generation that exits unasked has crashed: it is
-logged and started again in its slot, at once when it had served for a
-while (`STABLE_AFTER`), else after a pause that doubles each time up to
-`MAX_BACKOFF`, so one that dies at start cannot spin. Its slot's sockets
+logged and started again in its slot at once. If it dies again before it
+has served for `STABLE_AFTER` seconds, the next start waits 1 second,
+then twice as long each time up to `MAX_BACKOFF`, so one that dies at
+start cannot spin. Its slot's sockets
 stay open in the supervisor meanwhile: clients wait in their backlog.
 After any crash the queues look for entries the dead worker committed
 but never reported (queue/target.py `sweep`), and they do every
@@ -274,7 +275,9 @@ class Fleet:
             return
         uptime = time.monotonic() - handle.started
         stable = handle.ready.exception() is None and uptime >= STABLE_AFTER
-        delay = 0.0 if stable else min(max(1.0, 2 * gen.backoff.get(handle.slot, 0.0)), MAX_BACKOFF)
+        before = None if stable else gen.backoff.get(handle.slot)
+        # Once at once; again and again, after a pause that doubles.
+        delay = 0.0 if before is None else min(max(1.0, 2 * before), MAX_BACKOFF)
         gen.backoff[handle.slot] = delay
         self.log.error(
             "worker died",
