@@ -211,12 +211,20 @@ def test_lines_are_packed_whole_into_pieces() -> None:
 
 
 WRITER = """
-import sys
+import asyncio, sys
 from kittiwake import log
 log.configure([sys.argv[1]])
 logger = log.get("")
-for n in range(1500):
-    logger.info("line", n=n, pad="x" * (n * 7 % 3000))
+
+async def main():
+    log.attach_loop(asyncio.get_running_loop())
+    for turn in range(30):  # 50 lines a turn: one batch of ~75 KB each
+        for n in range(turn * 50, turn * 50 + 50):
+            logger.info("line", n=n, pad="x" * (n * 7 % 3000))
+        await asyncio.sleep(0)
+    log.attach_loop(None)
+
+asyncio.run(main())
 """
 
 
