@@ -100,7 +100,10 @@ class Generation:
     backoff: dict[int, float] = field(default_factory=dict)
     #: Per endpoint, the addresses and binds a worker said it serves.
     served: list[tuple[list[str], list[Bind]]] = field(default_factory=list)
-    retiring: bool = False
+    #: Every worker became ready once: a worker that dies is started again.
+    launched: bool = False
+    #: Retired by a reload, or its launch failed: nothing is started again.
+    over: bool = False
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -159,6 +162,7 @@ class Fleet:
             await self._end(gen)
             raise WorkersFailed(1, f"cannot start a worker: {exc}") from None
         gen.served = _served(done[0])
+        gen.launched = True
         self.current = gen
         for handle in handles:
             self.log.info(
@@ -189,7 +193,7 @@ class Fleet:
         gen = self._generation(container)
         if gen is None:
             return
-        gen.retiring = True
+        gen.over = True
         handles = list(gen.handles.values())
         if not handles:
             gen.gone.set()
@@ -268,13 +272,15 @@ class Fleet:
             del gen.handles[handle.slot]
         if handle.samples:
             self.retired.add(handle.samples)
+        was_ready = handle.ready.done() and handle.ready.exception() is None
         _settle(handle.ready, WorkersFailed(1, f"a worker {_how(status)} before it was ready"))
-        if gen.retiring or self._stopping or gen is not self.current:
+        # A worker that fails during its generation's launch fails the launch.
+        if gen.over or self._stopping or not (gen.launched or was_ready):
             if not gen.handles:
                 gen.gone.set()
             return
         uptime = time.monotonic() - handle.started
-        stable = handle.ready.exception() is None and uptime >= STABLE_AFTER
+        stable = was_ready and uptime >= STABLE_AFTER
         before = None if stable else gen.backoff.get(handle.slot)
         # Once at once; again and again, after a pause that doubles.
         delay = 0.0 if before is None else min(max(1.0, 2 * before), MAX_BACKOFF)
@@ -292,7 +298,7 @@ class Fleet:
 
     async def _restart(self, gen: Generation, slot: int, delay: float) -> None:
         await asyncio.sleep(delay)
-        if self._stopping or gen.retiring or gen is not self.current or slot in gen.handles:
+        if self._stopping or gen.over or slot in gen.handles:
             return
         try:
             handle = await self._spawn(gen, slot)
@@ -302,6 +308,9 @@ class Fleet:
             return
         try:
             await asyncio.wait_for(asyncio.shield(handle.ready), READY_TIMEOUT)
+            if gen.over or self._stopping:  # retired or stopped while it started
+                handle.channel.send("stop")
+                return
         except WorkersFailed as exc:
             self.log.error("worker could not start again", slot=slot, reason=exc.text)
             return  # its exit starts the next try (`_watch`)
@@ -413,6 +422,7 @@ class Fleet:
 
     async def _end(self, gen: Generation) -> None:
         """Stop the workers of a generation that failed to start."""
+        gen.over = True
         handles = list(gen.handles.values())
         for handle in handles:
             handle.channel.send("stop")
