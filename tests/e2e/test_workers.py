@@ -8,6 +8,7 @@ the pid of the worker that took it. Clients are smtplib and raw sockets.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kw import LAUNCHER, Dialog, Kittiwake, ServerProcess, env, free_port
@@ -322,6 +324,60 @@ def test_queue_with_workers_delivers_each_message_exactly_once(
     assert orphan in server.log
     server.send(signal.SIGTERM)
     assert server.wait() == 0
+
+
+def test_kittiwake_queue_reaches_the_queue_of_the_supervisor(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    """Entries written by the workers are listed, flushed and deleted through
+    the control socket, which the supervisor serves."""
+    text = queue_config(tmp_path, top="workers 2", queue="    initial_retry_time 1h")
+    server = kittiwake(text)
+    for n in range(4):
+        send(server.port(), FROM, [f"x{n}@temp.example"], subject=f"wait-{n}")
+    wait_for(lambda: server.log.count("not delivered") == 4, message="first tries")
+
+    def listed() -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(LAUNCHER),
+                "queue",
+                "list",
+                "--json",
+                "-c",
+                str(server.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            env=env(),
+            cwd=tmp_path,
+            timeout=60,
+            check=True,
+        )
+        found: list[dict[str, Any]] = json.loads(done.stdout)["entries"]
+        return found
+
+    wait_for(lambda: [e["state"] for e in listed()] == ["waiting"] * 4, message="four waiting")
+    assert sorted(e["rcpts"][0]["addr"] for e in listed()) == [
+        f"x{n}@temp.example" for n in range(4)
+    ]
+    flushed = subprocess.run(
+        [sys.executable, str(LAUNCHER), "queue", "flush", "-c", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert flushed.returncode == 0, flushed.stderr
+    wait_for(lambda: server.log.count("not delivered") == 8, message="flushed tries")
+    time.sleep(0.5)
+    assert server.log.count("not delivered") == 8  # one try each, by one queue
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0
+    assert len(entries(tmp_path / "queue")) == 4  # still waiting on disk
 
 
 def _commit_orphan(location: Path, subject: str) -> str:
