@@ -105,7 +105,6 @@ class Worker:
         self._stop = asyncio.Event()
         self._retire = asyncio.Event()
         self._retire_question: Message | None = None
-        self._now = False
 
     async def run(self) -> int:
         try:
