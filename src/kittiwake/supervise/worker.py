@@ -150,6 +150,9 @@ class Worker:
             debug_flags=init.flags(),
             shared=shared,
         )
+        # What configuring says (a warning about a setting) the supervisor
+        # said once already, configuring the same tree: not once per worker.
+        log.configure(["off"])
         container.build()
         g = container.globals
         log.configure(g.log, fmt=g.log_format, debug=g.debug)
