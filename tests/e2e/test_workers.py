@@ -270,6 +270,36 @@ def test_reload_under_load_with_workers_loses_nothing(kittiwake: Start, tmp_path
     assert server.wait() == 0
 
 
+def test_a_reload_whose_workers_cannot_start_is_refused_once(
+    kittiwake: Start, tmp_path: Path
+) -> None:
+    """The new file is fine for the supervisor but not for the workers (their
+    endpoint's buffer folder cannot be made): refused with the worker's
+    `FILE:LINE: message`, once; the queue the supervisor had already taken
+    over goes back and the running workers serve on."""
+    port = free_port()
+    good = queue_config(tmp_path, top="workers 2").replace("tcp://127.0.0.1:0", tcp(port))
+    server = kittiwake(good)
+    before = set(worker_pids(server).values())
+    (tmp_path / "plain-file").write_text("")
+    bad = good.replace(
+        "    deliver_to &outq", f"    buffer fs {tmp_path}/plain-file/sub\n    deliver_to &outq"
+    )
+    rewrite(server, bad)
+    done = reload_cmd(tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = next(n for n, t in enumerate(bad.splitlines(), 1) if "buffer fs" in t)
+    assert done.stderr.startswith(f"{server.config_path}:{line}: "), done.stderr
+    assert done.stderr.count("\n") == 1
+    assert server.log.count("reload refused") == 1
+    server.wait_log(r"queue given back: the reload did not complete")
+    send(port, FROM, ["a@ok.example"], subject="after the refusal")
+    wait_for(lambda: subjects(tmp_path, "a@ok.example"), message="delivered by the old queue")
+    assert set(worker_pids(server).values()) >= before and all(alive(p) for p in before)
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0
+
+
 def test_queue_with_workers_delivers_each_message_exactly_once(
     kittiwake: Start, tmp_path: Path
 ) -> None:
