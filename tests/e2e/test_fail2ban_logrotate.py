@@ -177,3 +177,9 @@ def test_logrotate_moves_the_file_and_kittiwake_writes_the_new_one(
     assert "after@example.org" in logfile.read_text()
     assert "after@example.org" not in rotated.read_text()
     assert (logfile.stat().st_mode & 0o777) == 0o640
+
+
+def test_logging_page_shows_the_shipped_logrotate_file() -> None:
+    """docs/logging.md quotes contrib/logrotate/kittiwake whole, as shipped."""
+    page = (ROOT / "docs" / "logging.md").read_text()
+    assert f"```text\n{LOGROTATE.read_text().rstrip()}\n```" in page

@@ -105,6 +105,14 @@ def test_the_readme_server_sends_and_receives(
             ),
         )
         mx_port, submission_port = (int(a.rpartition(":")[2]) for a in server.addresses)
+        # No dead rule and nothing else to warn about in the README's file
+        # (the debug flags' own warnings aside).
+        warnings = [
+            line
+            for line in server.log.splitlines()
+            if "warn" in line.split(" ", 2)[:2] and "debug flag" not in line
+        ]
+        assert warnings == [], warnings
         conf = server.config_path
         made = subprocess.run(
             [sys.executable, str(LAUNCHER), "creds", "create", "-c", str(conf), *ALICE],

@@ -247,6 +247,14 @@ def test_a_broken_configuration_is_refused_and_the_old_one_serves(
     assert "in use" in done.stderr
     send(port, "me@sender.example", ["old@ok.example"], subject="served again")
 
+    # A moved runtime_dir, by signal (the command would look for the control
+    # socket in the new place): refused, the control socket still answers.
+    rewrite(server, conf(tmp_path, [tcp(port)], extra=f"runtime_dir {tmp_path}/run2"))
+    server.send(signal.SIGUSR2)
+    server.wait_log(r"reload refused: configuration error [^\n]*runtime_dir changed from ")
+    rewrite(server, good)
+    assert reload_cmd(tmp_path).returncode == 0
+
     rewrite(server, conf(tmp_path, [tcp(port)], route=CLOSED))
     done = reload_cmd(tmp_path)
     assert done.returncode == 0, done.stderr

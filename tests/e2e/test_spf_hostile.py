@@ -50,28 +50,39 @@ async def check(
     time_limit: float = 20.0,
     ip: str = CLIENT,
 ) -> tuple[str, str, str]:
-    """(result, problem, explanation) for `sender`, checking the time and the loop."""
+    """(result, problem, explanation) for `sender`, checking the time and the loop.
+
+    A stall of the event loop is measured by a ticker beside the
+    evaluation. On a loaded machine the whole process may also wait for a
+    core for a moment, which looks the same, so a stall is only a failure
+    when it happens on three fresh evaluations (fresh resolver, empty
+    cache) in a row: evaluation code that blocks the loop stalls it every
+    time.
+    """
     server.records.clear()
     for (name, rtype), value in records.items():
         server.set(name, rtype, value)
-    resolver = Resolver(server.address, timeout=0.5)
-    lag = 0.0
+    for _ in range(3):
+        resolver = Resolver(server.address, timeout=0.5)
+        lag = 0.0
 
-    async def ticker() -> None:
-        nonlocal lag
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(0.005)
-            lag = max(lag, time.monotonic() - before)
+        async def ticker() -> None:
+            nonlocal lag
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(0.005)
+                lag = max(lag, time.monotonic() - before)
 
-    watch = asyncio.create_task(ticker())
-    started = time.monotonic()
-    try:
-        outcome = await evaluate(resolver, ip, sender, "helo.test", time_limit=time_limit)
-    finally:
-        watch.cancel()
-    assert time.monotonic() - started < bound
-    assert lag < 0.25, f"the event loop stalled for {lag:.2f} s"
+        watch = asyncio.create_task(ticker())
+        started = time.monotonic()
+        try:
+            outcome = await evaluate(resolver, ip, sender, "helo.test", time_limit=time_limit)
+        finally:
+            watch.cancel()
+        assert time.monotonic() - started < bound
+        if lag < 0.25:
+            break
+    assert lag < 0.25, f"the event loop stalled for {lag:.2f} s, three times"
     assert outcome.result in RESULTS
     return outcome.result, outcome.problem, outcome.explanation
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -125,6 +126,10 @@ class Reloader:
         except ConfigError as exc:
             self.log.error("reload refused: configuration error", error=str(exc), trigger=trigger)
             return Outcome("config_error", str(exc))
+        moved = _moved_runtime_dir(old, new)
+        if moved:
+            self.log.error("reload refused: configuration error", error=moved, trigger=trigger)
+            return Outcome("config_error", moved)
         if self._fleet is None and new.globals.workers > 1:
             self.log.warn(
                 "workers: a reload does not start worker processes; that takes a restart",
@@ -245,6 +250,22 @@ class Reloader:
             pass
         await asyncio.gather(*self._retiring, self.current.stop(final=False))
         await self.current.close_shared()
+
+
+def _moved_runtime_dir(old: Container, new: Container) -> str:
+    """Why `new` cannot be switched to in place, or "".
+
+    The control socket stays where the server first opened it, so a new
+    `runtime_dir` would leave `kittiwake reload` and `kittiwake queue`
+    (which look for it there) unable to find the running server.
+    """
+    before = os.path.abspath(old.globals.runtime_dir)
+    after = os.path.abspath(new.globals.runtime_dir)
+    if before == after:
+        return ""
+    return (
+        f"runtime_dir changed from {before} to {after}: moving it takes a restart (docs/reload.md)"
+    )
 
 
 def _build(old: Container) -> Container:

@@ -41,7 +41,6 @@ ADVICE: dict[str, str] = {
     "auth.netauth": _AUTH,
     "table.ldap": _AUTH,
     "table.netauth": _AUTH,
-    "openmetrics": f"kittiwake has no metrics endpoint; remove the block; see {PAGE}#metrics",
     "check.rspamd": _CHECKS,
     "check.milter": _CHECKS,
     "check.command": _CHECKS,

@@ -267,7 +267,7 @@ class Session(asyncio.Protocol):
                 "connection closed",
                 conn_id=self.id,
                 src_ip=self.peer_ip or "unix",
-                duration=f"{self._loop.time() - self._opened:.3f}",
+                duration=round(self._loop.time() - self._opened, 3),
                 accepted=self.accepted,
                 not_accepted=self.not_accepted,
                 tls=self.tls_description(),

@@ -374,7 +374,7 @@ class MailTransactions:
             msg_id=txn.msg_id,
             rcpts=delivered,
             size=size,
-            delay=f"{time.monotonic() - txn.started:.3f}",
+            delay=round(time.monotonic() - txn.started, 3),
             src_ip=session.peer_ip or "unix",
             src_rdns=(conn.rdns if conn is not None else None) or "",
             src_host=session.helo,
