@@ -6,6 +6,8 @@ Run as `python bench/smtp.py [--quick] [--only NAMES] [--json PATH]
 these servers, each as its own process on a loopback high port:
 
     discarding      kittiwake-discard   kittiwake, `deliver_to dummy`
+                    (kittiwake-discard-w2: the same with `-j 2`, two worker
+                    processes; only when named in --only)
                     aiosmtpd-discard    aiosmtpd, a handler that returns 250
                     smtp-sink           Postfix's protocol-only sink (C): the ceiling
     durable         kittiwake-maildir   kittiwake, `storage.maildir` (fsync, then 250)
@@ -69,6 +71,8 @@ class Server:
     group: str  # "discard" or "durable": ratios compare servers in the same group
     short: str  # label in the ratio column
     start: Starter
+    #: Part of the matrix without --only.
+    default: bool = True
 
 
 SERVERS = (
@@ -77,6 +81,13 @@ SERVERS = (
         "discard",
         "kittiwake",
         lambda n, w: smtp_servers.kittiwake(n, w, durable=False),
+    ),
+    Server(
+        "kittiwake-discard-w2",
+        "discard",
+        "kittiwake-w2",
+        lambda n, w: smtp_servers.kittiwake(n, w, durable=False, workers=2),
+        default=False,
     ),
     Server(
         "aiosmtpd-discard",
@@ -602,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_session:
         changes["per_session"] = _numbers(args.per_session)
     plan = dataclasses.replace(plan, **changes)
-    names = args.only.split(",") if args.only else list(BY_NAME)
+    names = args.only.split(",") if args.only else [s.name for s in SERVERS if s.default]
     if smtp_servers.tool("smtp-source") is None:
         log("smtp-source is not installed (Debian package postfix)")
         return 2

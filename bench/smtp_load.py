@@ -209,10 +209,26 @@ def machine_busy() -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` (all its threads) from /proc/PID/stat."""
+    """User + system CPU time of `pid` (all its threads) and of its live child
+    processes (a kittiwake supervisor's workers), from /proc/PID/stat."""
+    own, _ = _stat(pid)
+    total = own
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pid:
+            try:
+                used, parent = _stat(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            if parent == pid:
+                total += used
+    return total
+
+
+def _stat(pid: int) -> tuple[float, int]:
+    """(user + system seconds, parent pid) of one process."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[1])
 
 
 def _children_cpu() -> float:

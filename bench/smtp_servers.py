@@ -209,9 +209,16 @@ def kittiwake_check(work: Path, *, durable: bool) -> str | None:
 
 @contextlib.contextmanager
 def kittiwake(
-    name: str, work: Path, *, durable: bool, endpoint_extra: str = "", dns: str | None = None
+    name: str,
+    work: Path,
+    *,
+    durable: bool,
+    endpoint_extra: str = "",
+    dns: str | None = None,
+    workers: int = 1,
 ) -> Iterator[Target]:
-    """`dns`: HOST:PORT of a DNS server to use instead of a fresh `dns_stub`."""
+    """`dns`: HOST:PORT of a DNS server to use instead of a fresh `dns_stub`;
+    `workers`: worker processes (`-j`, docs/workers.md), 1 for a single process."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf, maildir = kittiwake_config(work, port, durable=durable, endpoint_extra=endpoint_extra)
@@ -220,6 +227,8 @@ def kittiwake(
             dns = stack.enter_context(dns_stub(work))
         cmd = [sys.executable, "-m", "kittiwake", "run", "-c", str(conf)]
         cmd += ["--debug.dnsoverride", dns]
+        if workers > 1:
+            cmd += ["-j", str(workers)]
         proc = Process(cmd, work / "kittiwake.log", env=python_env())
         try:
             proc.wait_ready(KITTIWAKE_READY)

@@ -36,7 +36,7 @@ _kittiwake() {
     done
     case "$path" in
         "") subs="run config explain creds hash dkim queue reload tls-report sendmail version" opts="-h --help" ;;
-        "run") subs="" opts="-h --help -c --config --debug.dnsoverride --debug.smtpport --debug.mtastsport --debug.mtastsca" ;;
+        "run") subs="" opts="-h --help -c --config -j --workers --debug.dnsoverride --debug.smtpport --debug.mtastsport --debug.mtastsca" ;;
         "config") subs="check show default" opts="-h --help" ;;
         "config check") subs="" opts="-h --help -c --config --debug.dnsoverride --debug.smtpport --debug.mtastsport --debug.mtastsca" ;;
         "config show") subs="" opts="-h --help -c --config -d --defaults" ;;
@@ -135,7 +135,9 @@ _kittiwake() {
         "run/--debug.mtastsca") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "run/--debug.mtastsport") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "run/--debug.smtpport") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
+        "run/--workers") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "run/-c") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "run/-j") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "tls-report/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
         "tls-report/--contact") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;
         "tls-report/--day") COMPREPLY=($(compgen -W "" -- "$cur")); return ;;

@@ -26,9 +26,9 @@ from kittiwake.config.node import Node
 from kittiwake.control import Commands
 from kittiwake.dns import Resolver
 from kittiwake.errors import ConfigError, ConfigErrors
-from kittiwake.module import Endpoint, Module, capability_label
+from kittiwake.module import Endpoint, Module, Role, capability_label
 from kittiwake.module import find as find_module
-from kittiwake.server.sockets import ListenSockets
+from kittiwake.server.sockets import ListenSockets, balanced_reuse_port
 
 T = TypeVar("T")
 
@@ -65,6 +65,20 @@ class _Block:
     state: BlockState = BlockState.NEW
 
 
+class Uplink(Protocol):
+    """A worker process's line to its supervisor (docs/workers.md).
+
+    What a worker hands to the one process that does it for the whole
+    server: the queue entries it committed (the supervisor's queue
+    delivers them) and its TLS report counts (the supervisor's store
+    writes them). Never raises and never waits.
+    """
+
+    def queued(self, location: str, entry_id: str) -> None: ...
+
+    def tls_counts(self, day: str, counts: dict[str, Any]) -> None: ...
+
+
 class Shared:
     """What the process keeps across configuration reloads (docs/reload.md).
 
@@ -72,14 +86,26 @@ class Shared:
     reloaded one receives it. The listening sockets (so kept addresses are
     never unbound), the DNS resolver and its cache, and the closers of
     process-wide things such as the TLS report store, run once the server
-    stops rather than when one configuration retires.
+    stops rather than when one configuration retires. `role` says which
+    part of the server this process is (docs/workers.md); a worker's
+    `uplink` reaches its supervisor.
     """
 
-    def __init__(self, debug_flags: DebugFlags) -> None:
+    def __init__(self, debug_flags: DebugFlags, role: Role = Role.SINGLE) -> None:
         self.debug_flags = debug_flags
-        self.sockets = ListenSockets()
+        self.set_role(role)
+        self.uplink: Uplink | None = None
         self._resolver: Resolver | None = None
         self.closers: list[Callable[[], Awaitable[None]]] = []
+
+    def set_role(self, role: Role) -> None:
+        """Which part of the server this process is; decided before anything is
+        bound (the `workers` directive is read with the other globals)."""
+        self.role = role
+        self.sockets = ListenSockets(
+            reuse_port=role is Role.SUPERVISOR and balanced_reuse_port(),
+            inherited_only=role is Role.WORKER,
+        )
 
     @property
     def resolver(self) -> Resolver:
@@ -401,6 +427,8 @@ class Container:
             for taker in takers:
                 await taker.take_over(previous.modules if previous else [])
             for module in self.modules:
+                if not self.runs_here(module):
+                    continue
                 self._started.append(module)
                 await module.start()
         except BaseException:
@@ -412,6 +440,28 @@ class Container:
                     self.log.error("module failed to give back", err=exc, module=repr(taker))
             await self.stop(final=previous is None)
             raise
+
+    async def abandon(self) -> None:
+        """Undo a start that succeeded, for a reload that fails after it (its
+        worker processes could not start, docs/workers.md): what was taken
+        over goes back to the running configuration, then every module stops."""
+        for module in self.modules:
+            if isinstance(module, Successor):
+                try:
+                    await module.give_back()
+                except Exception as exc:
+                    self.log.error("module failed to give back", err=exc, module=repr(module))
+        await self.stop(final=False)
+
+    @property
+    def role(self) -> Role:
+        """Which part of the server this process is (docs/workers.md)."""
+        return self.shared.role
+
+    def runs_here(self, module: Module) -> bool:
+        """Whether `module` starts in this process: an endpoint only where its
+        `roles` say (workers serve mail; the supervisor serves the metrics)."""
+        return not isinstance(module, Endpoint) or self.role in module.roles
 
     def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run `closer` when the server stops, after every module has stopped.

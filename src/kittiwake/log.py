@@ -6,6 +6,13 @@ Output targets are global (the `log` directive): stderr (without timestamps,
 since a service manager adds its own), `stderr_ts`, `syslog`, files, or off.
 Writes are synchronous: lines are small, and losing log lines under load is
 worse than a few microseconds.
+
+Several processes may write to one target (worker processes,
+docs/workers.md: the same file, or the stderr pipe a service manager
+reads). Each write is therefore whole lines in one `write(2)` call, at
+most `PIPE_BUF` bytes to a pipe (the kernel keeps such a write in one
+piece) and at most `FILE_CHUNK` to a file opened for appending (each
+write lands at the end in one piece): lines of two processes never mix.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import datetime as _dt
 import errno
 import json
 import os
+import select
+import stat
 import sys
 import threading
 import traceback
@@ -22,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 LEVELS = ("debug", "info", "warn", "error")
+#: Largest single write to a file opened with O_APPEND.
+FILE_CHUNK = 1 << 20
 
 
 @dataclass
@@ -30,6 +41,8 @@ class _Sink:
     path: str = ""
     stream: TextIO | None = None
     pending: list[str] = field(default_factory=list)
+    #: (descriptor, largest write) of the last write: one fstat per target.
+    limit: tuple[int, int] = (-1, 0)
 
     @property
     def timestamps(self) -> bool:
@@ -102,10 +115,46 @@ def _emit(level: str, name: str, msg: str, fields: dict[str, Any]) -> None:
 def _write(sink: _Sink, lines: list[str]) -> None:
     stream = sink.stream if sink.stream is not None else sys.stderr
     try:
-        stream.write("\n".join(lines) + "\n")
-        stream.flush()
+        stream.flush()  # whatever else was written to it goes first
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        fd = -1  # not a real file (a test's capture): its own write will do
+    try:
+        if fd < 0:
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+            return
+        if sink.limit[0] != fd:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            sink.limit = (fd, FILE_CHUNK if regular else select.PIPE_BUF)
+        for chunk in chunks(lines, sink.limit[1]):
+            write_all(fd, chunk)
     except (OSError, ValueError):
         pass  # a broken log target must never take a session down
+
+
+def chunks(lines: list[str], limit: int) -> list[bytes]:
+    """`lines`, each ending in a newline, packed into pieces of at most `limit`
+    bytes that split only between lines (a longer line is a piece of its own)."""
+    pieces: list[bytes] = []
+    current = bytearray()
+    for line in lines:
+        data = (line + "\n").encode("utf-8", "replace")
+        if current and len(current) + len(data) > limit:
+            pieces.append(bytes(current))
+            current.clear()
+        current += data
+    if current:
+        pieces.append(bytes(current))
+    return pieces
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """One `write` for `data` in the usual case; the rest again after a short one."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def flush() -> None:
@@ -248,6 +297,7 @@ def reopen() -> None:
             if sink.kind == "file":
                 old = sink.stream
                 sink.stream = _open(sink.path)
+                sink.limit = (-1, 0)
                 if old is not None:
                     old.close()
 

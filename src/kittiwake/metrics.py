@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -416,6 +416,9 @@ class LiveMetrics(Metrics):
     enabled = True
 
     def __init__(self, *, with_process: bool = False) -> None:
+        #: With workers, the supervisor's way to fetch their samples for a
+        #: scrape (supervise/metrics.py); None in a single process.
+        self.gather: Callable[[], Awaitable[list[list[dict[str, Any]]]]] | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ep = ["module"]

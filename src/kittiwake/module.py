@@ -20,6 +20,7 @@ point (`kittiwake.cli`) imports that list, as the composition root.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -27,12 +28,14 @@ from kittiwake import log
 from kittiwake.config.directives import Directives
 
 if TYPE_CHECKING:
+    from kittiwake.config.values import ListenAddress
     from kittiwake.container import Container
 
 __all__ = [
     "Directives",
     "Endpoint",
     "Module",
+    "Role",
     "capability",
     "capability_label",
     "find",
@@ -60,6 +63,20 @@ def capability(label: str) -> Callable[[C], C]:
 
 def capability_label(cap: type) -> str:
     return _LABELS.get(cap, cap.__name__)
+
+
+class Role(enum.Enum):
+    """Which part of the server this process is (docs/workers.md).
+
+    With `workers 1` one process does everything (`SINGLE`). With more,
+    the main process (`SUPERVISOR`) runs what must exist once (the queue
+    runners, the control socket, the metrics page) and the `WORKER`
+    processes serve the mail endpoints.
+    """
+
+    SINGLE = "single"
+    SUPERVISOR = "supervisor"
+    WORKER = "worker"
 
 
 class Module:
@@ -113,9 +130,16 @@ class Endpoint(Module):
     """
 
     grace: float = 10.0
+    #: The processes that start this endpoint (the others configure it only).
+    roles: ClassVar[frozenset[Role]] = frozenset(Role)
 
     def addresses(self) -> list[str]:
         raise NotImplementedError
+
+    def listen_addresses(self) -> list[ListenAddress]:
+        """Its addresses as configured: with workers, the supervisor binds
+        them and the workers inherit the sockets (docs/workers.md)."""
+        return []
 
     def binds(self) -> list[tuple[str, str, int]]:
         """What `start` will bind, known at configuration time, so that two

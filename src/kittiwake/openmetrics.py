@@ -15,7 +15,10 @@ missed and a server without the block never pays for them. The HTTP side is
 a small asyncio server on the event loop, one request per connection: read
 the request head (at most 8 KiB, within 10 s), answer, close. Rendering the
 registry is CPU work of well under a millisecond for our few hundred
-series, so it runs inline rather than in a thread.
+series, so it runs inline rather than in a thread. With worker processes
+(docs/workers.md) the supervisor serves the page, and each scrape adds the
+workers' counts to its own (supervise/metrics.py): one scrape, the whole
+server.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ import asyncio
 import contextlib
 import socket
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import generate_latest
 
 from kittiwake import metrics
 from kittiwake.config.values import ListenAddress, parse_listen_address
-from kittiwake.module import Directives, Endpoint, register
+from kittiwake.module import Directives, Endpoint, Role, register
 from kittiwake.server.sockets import Bind, bind_of, real_bind
+from kittiwake.supervise.metrics import Family, Merged
 
 #: The request head's limit and deadline: a scrape sends a few hundred bytes.
 MAX_REQUEST_HEAD = 8 * 1024
@@ -51,6 +55,8 @@ class OpenMetrics(Endpoint):
     """Serves `/metrics` in the Prometheus text format."""
 
     grace = 1.0
+    #: With workers, the supervisor serves the page for the whole server.
+    roles: ClassVar[frozenset[Role]] = frozenset({Role.SINGLE, Role.SUPERVISOR})
 
     def configure(self, cfg: Directives) -> None:
         node = cfg.node
@@ -120,6 +126,9 @@ class OpenMetrics(Endpoint):
     def addresses(self) -> list[str]:
         return list(self._bound)
 
+    def listen_addresses(self) -> list[ListenAddress]:
+        return list(self.listen)
+
     def serving(self) -> list[tuple[str, str, int]]:
         return list(self._binds)
 
@@ -137,7 +146,9 @@ class OpenMetrics(Endpoint):
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-        status, body, content_type = answer(head, self.metrics)
+        gather = self.metrics.gather
+        workers = await gather() if gather is not None and _route(head) == "ok" else None
+        status, body, content_type = answer(head, self.metrics, workers)
         method = head.split(b" ", 1)[0]
         lines = [
             f"HTTP/1.1 {status}",
@@ -153,21 +164,37 @@ class OpenMetrics(Endpoint):
         await writer.drain()
 
 
-def answer(head: bytes, live: metrics.LiveMetrics) -> tuple[str, bytes, str]:
+def answer(
+    head: bytes, live: metrics.LiveMetrics, workers: list[list[Family]] | None = None
+) -> tuple[str, bytes, str]:
     """The status line's rest, body and content type for one request head.
 
     Pure, for tests: `GET /metrics` (a query string is ignored) renders the
-    registry; other paths are 404, other methods 405, a request line that
-    is not HTTP/1.x is 400.
+    registry, plus the samples of `workers` when given; other paths are
+    404, other methods 405, a request line that is not HTTP/1.x is 400.
     """
     text = "text/plain; charset=utf-8"
+    route = _route(head)
+    if route == "bad":
+        return "400 Bad Request", b"bad request\n", text
+    if route == "elsewhere":
+        return "404 Not Found", b"not found: metrics are at /metrics\n", text
+    if route == "method":
+        return "405 Method Not Allowed", b"method not allowed\n", text
+    if workers is None:
+        return "200 OK", generate_latest(live.registry), CONTENT_TYPE
+    return "200 OK", generate_latest(Merged(live.registry, workers)), CONTENT_TYPE
+
+
+def _route(head: bytes) -> str:
+    """`ok` for a scrape; `bad`, `elsewhere` (another path) or `method` otherwise."""
     line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        return "400 Bad Request", b"bad request\n", text
+        return "bad"
     method, target = parts[0], parts[1]
     if target.split("?", 1)[0] != PATH:
-        return "404 Not Found", b"not found: metrics are at /metrics\n", text
+        return "elsewhere"
     if method not in ("GET", "HEAD"):
-        return "405 Method Not Allowed", b"method not allowed\n", text
-    return "200 OK", generate_latest(live.registry), CONTENT_TYPE
+        return "method"
+    return "ok"

@@ -42,6 +42,8 @@ from kittiwake.config import show, values
 from kittiwake.config.node import Node
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError
+from kittiwake.supervise.caveats import warn_per_process_state
+from kittiwake.supervise.count import option as worker_count
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -63,6 +65,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             raise log_target_error(container, nodes, exc) from None
     except ConfigError as exc:
         return config_error(exc)
+    warn_per_process_state(container, container.globals.workers)
     print(f"{container.config_file}: configuration OK")
     return EXIT_OK
 
@@ -108,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the server in the foreground")
     config_option(run)
+    run.add_argument(
+        "-j",
+        "--workers",
+        metavar="N",
+        type=worker_count,
+        help="serve with N worker processes, or one per usable core with 'auto'"
+        " (overrides the workers directive)",
+    )
     add_debug_flags(run)
     run.set_defaults(handler=cmd_run)
 

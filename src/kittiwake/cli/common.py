@@ -17,7 +17,7 @@ import re
 import socket
 import ssl
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 
 from kittiwake.config import parser
@@ -25,6 +25,7 @@ from kittiwake.config.globals import PARSERS, Globals
 from kittiwake.config.node import Node
 from kittiwake.container import Container, DebugFlags
 from kittiwake.errors import ConfigError
+from kittiwake.module import Role
 
 #: The file name errors in the embedded default configuration are reported with.
 EMBEDDED_NAME = "<default>"
@@ -96,17 +97,26 @@ def log_target_error(container: Container, nodes: list[Node], exc: OSError) -> C
     return where.error(message)
 
 
-def build(args: argparse.Namespace, *, serving: bool = True) -> tuple[Container, list[Node]]:
+def build(
+    args: argparse.Namespace,
+    *,
+    serving: bool = True,
+    role: Callable[[Globals], Role] | None = None,
+) -> tuple[Container, list[Node]]:
     """Parse and build the configuration named on the command line.
 
     `serving`: False for commands that only look things up in it (see
-    `Container.serving`).
+    `Container.serving`). `role`: the process's part, decided from the
+    global directives before any module is configured (`kittiwake run`
+    with `workers`, docs/workers.md).
     """
     path = resolve_config(args.config)
     nodes = load_config(path)
     container = Container(
         nodes, config_file=path or EMBEDDED_NAME, debug_flags=_debug_flags(args), serving=serving
     )
+    if role is not None:
+        container.shared.set_role(role(container.parse_globals()))
     container.build()
     return container, nodes
 

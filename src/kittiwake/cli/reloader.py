@@ -20,6 +20,14 @@ leaves the running one untouched:
    (then they are stopped as at shutdown), its modules stop.
 
 Reloads run one at a time.
+
+With worker processes (docs/workers.md) the supervisor's configuration
+has no mail endpoints of its own to start: step 3 also launches a new
+generation of workers for the new configuration (supervise/fleet.py)
+and refuses the reload, giving back what was taken over, when one of
+them cannot start; step 4 retires the old generation, whose workers
+drain as the old endpoints would; step 5 stops the old modules once
+those workers have exited.
 """
 
 from __future__ import annotations
@@ -37,12 +45,15 @@ from kittiwake.container import Container
 from kittiwake.control import ControlServer
 from kittiwake.errors import ConfigError
 from kittiwake.server.sockets import Bind, diff, show
+from kittiwake.supervise.fleet import Fleet, WorkersFailed
 
 __all__ = ["DRAIN_TIMEOUT", "Outcome", "Reloader"]
 
 #: How long sessions of a retired configuration may go on before they are
 #: stopped as at shutdown (421 when idle, their endpoint's grace otherwise).
 DRAIN_TIMEOUT = 300.0
+#: With workers: how much longer than that the retired ones may take to exit.
+WORKERS_EXIT_MARGIN = 60.0
 
 
 @dataclass
@@ -67,8 +78,10 @@ class Reloader:
         container: Container,
         control: ControlServer,
         announce: Callable[[list[str]], None],
+        fleet: Fleet | None = None,
     ) -> None:
         self.current = container
+        self._fleet = fleet
         self._control = control
         self._announce = announce
         self._lock = asyncio.Lock()
@@ -117,7 +130,12 @@ class Reloader:
         if moved:
             self.log.error("reload refused: configuration error", error=moved, trigger=trigger)
             return Outcome("config_error", moved)
-        before = _serving(old)
+        if self._fleet is None and new.globals.workers > 1:
+            self.log.warn(
+                "workers: a reload does not start worker processes; that takes a restart",
+                workers=new.globals.workers,
+            )
+        before = self._in_use(old)
         sockets = old.shared.sockets
         try:
             sockets.prepare(b for endpoint in new.endpoints for b in endpoint.binds())
@@ -130,23 +148,22 @@ class Reloader:
             sockets.release(before)
             self.log.error("reload refused: cannot start", err=exc, trigger=trigger)
             return Outcome("failed", f"cannot start: {_describe(exc)}")
+        refused = await self._launch(new, trigger)
+        if refused is not None:
+            sockets.release(before)
+            return refused
         self._install(new)
         self.current = new
         _apply_logging(old, new, self.log)
         for endpoint in old.endpoints:
             await endpoint.close()
-        after = _serving(new)
+        if self._fleet is not None:
+            await self._fleet.retire(old)
+        after = self._in_use(new)
         sockets.release(after)
         change = diff(before, after)
         added = set(change.added)
-        self._announce(
-            [
-                address
-                for endpoint in new.endpoints
-                for address, bind in zip(endpoint.addresses(), endpoint.serving(), strict=True)
-                if bind in added
-            ]
-        )
+        self._announce([address for address, bind in self.served(new) if bind in added])
         outcome = Outcome(
             "reloaded",
             added=[show(b) for b in change.added],
@@ -166,12 +183,50 @@ class Reloader:
         task.add_done_callback(self._retiring.discard)
         return outcome
 
+    async def _launch(self, new: Container, trigger: str) -> Outcome | None:
+        """Start the new configuration's workers; the refusal if they cannot start."""
+        if self._fleet is None:
+            return None
+        try:
+            await self._fleet.launch(new)
+        except WorkersFailed as exc:
+            await new.abandon()
+            if exc.status == 2:
+                self.log.error(
+                    "reload refused: configuration error", error=exc.text, trigger=trigger
+                )
+                return Outcome("config_error", exc.text)
+            self.log.error("reload refused: cannot start", reason=exc.text, trigger=trigger)
+            return Outcome("failed", f"cannot start: {exc.text}")
+        return None
+
+    def _in_use(self, container: Container) -> list[Bind]:
+        """The sockets `container` serves, itself or through its workers."""
+        workers = self._fleet.binds(container) if self._fleet is not None else []
+        return _serving(container) + workers
+
+    def served(self, container: Container) -> list[tuple[str, Bind]]:
+        """(address, bind) of every endpoint in order, wherever it is served."""
+        out: list[tuple[str, Bind]] = []
+        for index, endpoint in enumerate(container.endpoints):
+            if container.runs_here(endpoint):
+                out += zip(endpoint.addresses(), endpoint.serving(), strict=True)
+            elif self._fleet is not None:
+                out += self._fleet.served(container, index)
+        return out
+
+    async def _drained(self, old: Container) -> None:
+        await _drain(old)
+        if self._fleet is not None:
+            await self._fleet.gone(old)
+
     async def _retire(self, old: Container) -> None:
         """Let the old configuration's sessions end, then stop its modules."""
-        drained = asyncio.ensure_future(_drain(old))
+        drained = asyncio.ensure_future(self._drained(old))
         stopping = asyncio.ensure_future(self._stopping.wait())
+        timeout = DRAIN_TIMEOUT + (WORKERS_EXIT_MARGIN if self._fleet is not None else 0.0)
         done, _ = await asyncio.wait(
-            [drained, stopping], timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            [drained, stopping], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         for task in (drained, stopping):
             task.cancel()

@@ -16,6 +16,10 @@ READY=1 around it); SIGHUP and SIGUSR1 reopen log files (logrotate sends one
 of them; maddy's packaging sends SIGUSR1 for logs and SIGUSR2 for a
 reload): no signal a service manager or a log rotator sends kills the
 server silently.
+
+With `workers` above 1 (or `-j`), this process becomes the supervisor of
+worker processes (cli/supervised.py, docs/workers.md); a worker is this
+same command started again by it (supervise/worker.py).
 """
 
 from __future__ import annotations
@@ -33,10 +37,14 @@ from collections.abc import Callable
 from kittiwake import __version__, log, systemd
 from kittiwake.cli.common import EXIT_FAILURE, EXIT_OK, build, config_error, log_target_error
 from kittiwake.cli.reloader import Outcome, Reloader
+from kittiwake.config.globals import Globals
 from kittiwake.config.node import Node
 from kittiwake.container import Container
 from kittiwake.control import SOCKET_NAME, ControlServer
 from kittiwake.errors import ConfigError
+from kittiwake.module import Role
+from kittiwake.supervise import worker
+from kittiwake.supervise.caveats import warn_per_process_state
 
 
 def _raise_open_file_limit() -> None:
@@ -68,13 +76,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (*REOPEN_SIGNALS, RELOAD_SIGNAL):
         signal.signal(sig, signal.SIG_IGN)
     _raise_open_file_limit()
+    if worker.is_worker():
+        return worker.run_worker(_loop_factory())
+    override: int | None = getattr(args, "workers", None)
+
+    def role(found: Globals) -> Role:
+        return Role.SUPERVISOR if (override or found.workers) > 1 else Role.SINGLE
+
     try:
-        container, nodes = build(args)
+        container, nodes = build(args, role=role)
+        count = override or container.globals.workers
         container.prepare_dirs()
         _configure_logging(container, nodes)
     except ConfigError as exc:
         return config_error(exc)
+    warn_per_process_state(container, count)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        if count > 1:
+            from kittiwake.cli.supervised import serve_supervised
+            from kittiwake.supervise.fleet import Fleet
+
+            return runner.run(serve_supervised(container, Fleet(override)))
         return runner.run(_serve(container))
 
 
@@ -140,42 +162,29 @@ async def _serve_on(
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        # asyncio would print these through the stdlib `logging` module,
-        # around our log targets; keep them in our own format instead.
-        exc = context.get("exception")
-        error = exc if isinstance(exc, BaseException) else None
-        fields = traceback_fields(logger, error)
-        logger.error(
-            "unhandled error in a background task",
-            err=error,
-            detail=str(context.get("message", "")),
-            **fields,
-        )
-
-    loop.set_exception_handler(on_loop_error)
+    loop.set_exception_handler(loop_error_handler(logger))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig)
     for sig in REOPEN_SIGNALS:
         loop.add_signal_handler(sig, on_reopen, sig)
     loop.add_signal_handler(RELOAD_SIGNAL, on_reload, RELOAD_SIGNAL)
     try:
-        _log_debug_flags(container, logger)
+        log_debug_flags(container, logger)
         try:
             await container.start()
         except ConfigError as exc:
             return config_error(exc)
         except OSError as exc:
-            _report_start_failure(container, exc)
+            report_start_failure(container, exc)
             return EXIT_FAILURE
         # Before the readiness lines: a script that waits for them may
         # run `kittiwake queue` at once.
         control = ControlServer(container.control, container.runtime_path(SOCKET_NAME))
-        reloader = Reloader(container, control, _announce)
+        reloader = Reloader(container, control, announce)
         await control.start()
         if not stopping.is_set():
             addresses = _addresses(container)
-            _announce(addresses)
+            announce(addresses)
             systemd.notify_ready(f"listening on {', '.join(addresses)}")
             logger.info("started", version=__version__, config=container.config_file)
             await stopping.wait()
@@ -188,7 +197,27 @@ async def _serve_on(
             loop.remove_signal_handler(sig)
 
 
-def _log_debug_flags(container: Container, logger: log.Logger) -> None:
+def loop_error_handler(
+    logger: log.Logger,
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, object]], None]:
+    """asyncio would print errors of background tasks through the stdlib
+    `logging` module, around our log targets; this keeps them in our format."""
+
+    def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        exc = context.get("exception")
+        error = exc if isinstance(exc, BaseException) else None
+        fields = traceback_fields(logger, error)
+        logger.error(
+            "unhandled error in a background task",
+            err=error,
+            detail=str(context.get("message", "")),
+            **fields,
+        )
+
+    return on_loop_error
+
+
+def log_debug_flags(container: Container, logger: log.Logger) -> None:
     flags = container.debug_flags
     if flags.dns_override is not None:
         logger.warn(
@@ -208,7 +237,7 @@ def _addresses(container: Container) -> list[str]:
     return [address for endpoint in container.endpoints for address in endpoint.addresses()]
 
 
-def _announce(addresses: list[str]) -> None:
+def announce(addresses: list[str]) -> None:
     """The readiness lines scripts wait for, all at once, after every bind
     (and after a reload, for the addresses it added)."""
     lines = [f"kittiwake: listening on {address}\n" for address in addresses]
@@ -219,7 +248,7 @@ def _announce(addresses: list[str]) -> None:
         pass  # nobody reads stdout; the server itself is fine
 
 
-def _report_start_failure(container: Container, exc: OSError) -> None:
+def report_start_failure(container: Container, exc: OSError) -> None:
     detail = exc.strerror or str(exc)
     if exc.filename:
         detail = f"{exc.filename}: {detail}"

@@ -91,6 +91,15 @@ def _tls_client(node: Node, c: Container) -> Any:
     return tls.parse_client_tls(node, c)
 
 
+def _workers(node: Node, c: Container) -> int:
+    from kittiwake.supervise.count import parse_count
+
+    try:
+        return parse_count(_one_string(node, c))
+    except ValueError as exc:
+        raise node.error(f"workers: {exc}") from None
+
+
 def _auth_map(node: Node, c: Container) -> Any:
     from kittiwake.tables.base import Table
 
@@ -108,6 +117,7 @@ PARSERS: dict[str, Callable[[Node, Container], Any]] = {
     "log": _log,
     "log_format": _enum("text", "json"),
     "debug": _bool,
+    "workers": _workers,
     "auth_map": _auth_map,
     "auth_map_normalize": _enum(*NORMALIZERS),
     "storage_perdomain": _bool,
@@ -127,3 +137,5 @@ class Globals:
     debug: bool = False
     log: list[str] = field(default_factory=lambda: ["stderr"])
     log_format: str = "text"
+    #: Processes serving the endpoints (docs/workers.md); 1 = no supervisor.
+    workers: int = 1

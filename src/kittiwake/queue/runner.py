@@ -55,6 +55,10 @@ __all__ = ["SHUTDOWN_WAIT", "Busy", "Entry", "Runner", "StorageTrouble"]
 
 #: How long `stop` lets attempts in progress finish (the endpoints' grace).
 SHUTDOWN_WAIT = 10.0
+#: How long a finished entry's ID is remembered, so that news of its
+#: commit arriving late (from a worker process, docs/workers.md) cannot
+#: bring it back.
+FINISHED_MEMORY = 3600.0
 #: What `kittiwake queue bounce` gives as the reason of each failure.
 BOUNCED = StoredError(554, (5, 0, 0), "Delivery cancelled by the postmaster")
 
@@ -109,6 +113,8 @@ class Runner:
         self.parallelism = parallelism
         self.log = log
         self.entries: dict[str, Entry] = {}
+        #: Entries finished (done, deleted, quarantined): ID -> monotonic time.
+        self._finished: dict[str, float] = {}
         self._ready: asyncio.Queue[Entry] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
@@ -134,7 +140,14 @@ class Runner:
         self._workers = [loop.create_task(self._worker()) for _ in range(self.parallelism)]
 
     def add(self, record: Record, when: float | None = None, *, verified: bool = True) -> Entry:
-        """A committed entry; tried at `when` (default: now)."""
+        """A committed entry; tried at `when` (default: now).
+
+        An entry already here is left as it is: with workers, a commit can
+        be reported and found on disk both (docs/workers.md).
+        """
+        known = self.entries.get(record.id)
+        if known is not None:
+            return known
         entry = Entry(record, verified=verified)
         self.entries[record.id] = entry
         self._schedule(entry, time.time() if when is None else when)
@@ -161,6 +174,22 @@ class Runner:
         if self._workers:
             await asyncio.wait(self._workers)
         self._workers = []
+
+    def knows(self, entry_id: str) -> bool:
+        """Whether the entry is here, or was finished here lately."""
+        return entry_id in self.entries or entry_id in self._finished
+
+    def _finish(self, entry_id: str) -> None:
+        """Forget the entry, remembering its ID for `FINISHED_MEMORY` seconds."""
+        self.entries.pop(entry_id, None)
+        now = time.monotonic()
+        self._finished.pop(entry_id, None)
+        self._finished[entry_id] = now  # the newest last
+        while self._finished:
+            oldest, at = next(iter(self._finished.items()))
+            if now - at < FINISHED_MEMORY:
+                break
+            del self._finished[oldest]
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -288,7 +317,7 @@ class Runner:
     def _next(self, entry: Entry) -> None:
         record = entry.record
         if entry.deleted or entry.gone:
-            self.entries.pop(record.id, None)
+            self._finish(record.id)
             if entry.gone:
                 self.log.info("entry done", queue_id=record.id, msg_id=record.msg_id)
             return
@@ -302,7 +331,7 @@ class Runner:
 
     async def _quarantine(self, entry: Entry, exc: Exception) -> None:
         record = entry.record
-        self.entries.pop(record.id, None)
+        self._finish(record.id)
         entry.deleted = True
         reason = str(exc) if isinstance(exc, CorruptEntry) else f"delivery crashed: {exc!r}"
         try:
@@ -360,7 +389,7 @@ class Runner:
         self._cancel_timer(entry)
         running = entry.running
         async with entry.lock:
-            self.entries.pop(entry_id, None)
+            self._finish(entry_id)
             await self.run(self.store.remove, entry_id)
         self.log.info("entry deleted by the operator", queue_id=entry_id, in_flight=running)
         return running

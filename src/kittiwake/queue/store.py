@@ -319,6 +319,20 @@ class Store:
             sync_dir_shared(self.location)
         return scan
 
+    def committed(self) -> list[str]:
+        """The IDs of the entries in the directory now (those with an `ID.meta`).
+
+        Touches nothing: worker processes may be writing entries at this
+        moment (docs/workers.md), and their files are none of ours until
+        their metadata is renamed into place.
+        """
+        found = []
+        for name in os.listdir(self.location):
+            entry_id, dot, kind = name.partition(".")
+            if dot and kind == META and ID_PATTERN.match(entry_id):
+                found.append(entry_id)
+        return sorted(found)
+
     def load(self, entry_id: str) -> Record:
         """One entry's metadata, with its header checked and its body's size."""
         with open(self.path(entry_id, META), "rb") as f:

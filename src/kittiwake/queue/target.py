@@ -13,6 +13,15 @@ with retries, and `notices.py` sends delivery status notifications
 through the `bounce` pipeline. `commands.py` offers the entries to the
 operator (`kittiwake queue`).
 
+With worker processes (docs/workers.md) the queue of each worker only
+accepts: it writes and commits entries as above and tells the supervisor
+(`Uplink.queued`), whose queue holds the directory's lock and alone
+delivers. The supervisor's queue picks each reported entry up from disk
+(`pick_up`), and looks for entries nobody reported (`sweep`: a worker
+killed between its commit and its report) after a worker dies and every
+little while; an entry it knows already, or finished lately, is left
+alone, so each is delivered once whichever way it arrived.
+
 Threads: every file-system call runs on the queue's own small thread pool,
 never on the event loop; the pool is separate from the storage and check
 pools so a slow disk under the queue never delays local delivery or
@@ -39,7 +48,7 @@ from kittiwake.errors import SMTPError
 from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
-from kittiwake.module import Module, register
+from kittiwake.module import Module, Role, register
 from kittiwake.queue import commands
 from kittiwake.queue.notices import Notifier
 from kittiwake.queue.progress import NoticeRules
@@ -277,6 +286,9 @@ class QueueTarget(Module):
     # -- life ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.container.role is Role.WORKER:
+            await self._start_intake()
+            return
         if self._predecessor is not None:  # a reload: lock and entries taken over
             records = self._merge(self._inherited, self._pending)
             self._inherited, self._pending = [], []
@@ -307,6 +319,16 @@ class QueueTarget(Module):
             self.log.info("removed unfinished files", count=scan.cleaned)
         self._run_entries(scan.records)
         self.log.info("queue started", location=self.location, entries=len(scan.records))
+
+    async def _start_intake(self) -> None:
+        """A worker's queue: entries are written here, delivered by the supervisor."""
+        try:
+            await self.run(self.store.prepare)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise self._node.error(
+                f"{self.module_name}: cannot use location {self.location}: {reason}"
+            ) from None
 
     def _run_entries(self, records: list[Record], planned: dict[str, float] | None = None) -> None:
         """Start delivering `records` and answer the queue's control commands."""
@@ -444,11 +466,74 @@ class QueueTarget(Module):
         if self._successor is not None:
             self._successor.accepted(record)
             return
-        if self.runner is not None:
+        uplink = self.container.shared.uplink
+        if self.container.role is Role.WORKER and uplink is not None:
+            uplink.queued(self.location, record.id)  # the supervisor delivers it
+        elif self.runner is not None:
             self.runner.add(record)
         elif self._predecessor is not None:
             self._pending.append(record)  # taken over, not started yet
         self.log.info("queued", queue_id=record.id, msg_id=record.msg_id, rcpts=len(record.rcpts))
+
+    # -- entries committed by worker processes (docs/workers.md) -------------------
+
+    async def pick_up(self, ids: list[str]) -> int:
+        """Deliver entries a worker process committed; how many were new.
+
+        An entry this queue knows (waiting, being tried, or finished lately)
+        is left alone, so an entry both reported and found by `sweep` is
+        delivered once. One that cannot be read is quarantined as at start.
+        """
+        if self._successor is not None:
+            return await self._successor.pick_up(ids)
+        runner = self.runner
+        if runner is None:
+            return 0  # handed over or stopping: found on disk at the next start
+        fresh = [entry_id for entry_id in ids if not runner.knows(entry_id)]
+        if not fresh:
+            return 0
+        records, damaged = await self.run(self._load_fresh, fresh)
+        if self.runner is not runner:  # handed over meanwhile: the successor's now
+            return await self.pick_up(ids)
+        added = 0
+        for record in records:
+            if not runner.knows(record.id):
+                runner.add(record)
+                added += 1
+        for entry_id, reason in damaged:
+            if not runner.knows(entry_id):  # not removed by our own delivery meanwhile
+                self.log.error("entry quarantined when picked up", queue_id=entry_id, reason=reason)
+                await self.run(self.store.quarantine, entry_id)
+        return added
+
+    def _load_fresh(self, ids: list[str]) -> tuple[list[Record], list[tuple[str, str]]]:
+        records, damaged = [], []
+        for entry_id in ids:
+            try:
+                records.append(self.store.load(entry_id))
+            except FileNotFoundError:
+                continue  # its metadata is gone: delivered and removed meanwhile
+            except (CorruptEntry, OSError) as exc:
+                damaged.append((entry_id, str(exc)))
+        return records, damaged
+
+    async def sweep(self) -> int:
+        """Pick up the committed entries on disk that nobody reported; how many.
+
+        For a worker killed between its commit and its report, and as a
+        safety net now and then: reads the directory, writes nothing.
+        """
+        if self.runner is None or self._successor is not None:
+            return 0
+        try:
+            ids = await self.run(self.store.committed)
+        except OSError as exc:
+            self.log.error("cannot read the queue directory", err=exc, location=self.location)
+            return 0
+        found = await self.pick_up(ids)
+        if found:
+            self.log.info("picked up entries nobody reported", entries=found)
+        return found
 
 
 def _scale(node: Node) -> float:

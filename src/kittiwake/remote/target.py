@@ -46,7 +46,7 @@ from kittiwake.smtpclient.errors import reply_error
 from kittiwake.targets.base import StatusCollector
 from kittiwake.tls.directive import ClientTLS, parse_client_tls
 from kittiwake.tlsrpt import Recorder, TLSAttempt
-from kittiwake.tlsrpt.store import shared
+from kittiwake.tlsrpt.store import recorder
 
 __all__ = ["RemoteDelivery", "RemoteTarget"]
 
@@ -159,7 +159,7 @@ class RemoteTarget(Module):
         )
         # The process's one store: making it starts no thread and writes no
         # file (`config check` builds this module too); the first attempt does.
-        self.recorder = shared(self.container)
+        self.recorder = recorder(self.container)
         self.pool: Pool[MXConn] = Pool(pool)
         self._sweeper: asyncio.Task[None] | None = None
         self._connector: Connector | None = None

@@ -21,7 +21,7 @@ from kittiwake.config.values import ListenAddress, parse_listen_address
 from kittiwake.limits import Limits, LimitsModule
 from kittiwake.message.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
 from kittiwake.message.header import MAX_FIELDS
-from kittiwake.module import Endpoint, Module, register
+from kittiwake.module import Endpoint, Module, Role, register
 from kittiwake.networks import Network, parse_network
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
@@ -46,6 +46,8 @@ class SMTPEndpoint(Endpoint):
 
     kind: ClassVar[EndpointKind] = EndpointKind.SMTP
     tls_required: ClassVar[bool] = True
+    #: With workers, the workers serve mail; the supervisor only configures it.
+    roles: ClassVar[frozenset[Role]] = frozenset({Role.SINGLE, Role.WORKER})
 
     def configure(self, cfg: Directives) -> None:
         node = self._node = cfg.node
@@ -109,6 +111,7 @@ class SMTPEndpoint(Endpoint):
         self.limits: Limits | None = cfg.module("limits", Limits, "", default_module="limits")
         if isinstance(self.limits, LimitsModule):
             self.limits.adopt(self.state, self.state_owner)
+        self._note_per_process_state(cfg)
         self.proxy: ProxyConfig | None = cfg.custom("proxy_protocol", self._parse_proxy, None)
         rest = cfg.finish(allow_unknown=True)
         self.pipeline = Pipeline(
@@ -133,6 +136,28 @@ class SMTPEndpoint(Endpoint):
             self.log.warn("io_debug is on: every byte of every session is logged")
         self._check_exposure()
         self.listener: Listener | None = None
+
+    def _note_per_process_state(self, cfg: Directives) -> None:
+        """The directives whose counts each process keeps for itself.
+
+        With several workers each counts only its own connections, so a
+        bound written here holds per worker, not for the server
+        (docs/workers.md, "What each worker counts alone"); `config check`
+        warns about them (supervise/caveats.py).
+        """
+        #: (what, where): each is named in the warning at its line.
+        self.per_process_state: list[tuple[str, Node]] = []
+        # A shared store (`state`, docs/state.md) counts for every worker.
+        shared_limits = isinstance(self.limits, LimitsModule) and self.limits.state is not None
+        for name in ("max_connections", "max_connections_per_ip", "limits"):
+            shared = shared_limits if name == "limits" else self.state is not None
+            written = cfg.get(name)
+            if written is not None and not shared:
+                self.per_process_state.append((name, written))
+        if self.auth_throttle is not None and self.state is None:
+            written = cfg.get("auth_ratelimit")
+            what = "auth_ratelimit" if written else "auth_ratelimit (on by default with auth)"
+            self.per_process_state.append((what, written or self._node))
 
     def _configure_auth(self, cfg: Directives) -> None:
         """`auth` providers and how user names reach them (docs/server.md, "Authentication")."""
@@ -272,6 +297,7 @@ class SMTPEndpoint(Endpoint):
             limits=self.limits,
             rdns_at_greeting=rdns_at_greeting,
             metrics=metrics.current().endpoint(self.log.name),
+            conn_fields={"pid": os.getpid()} if self.container.role is Role.WORKER else {},
         )
 
     async def start(self) -> None:
@@ -312,6 +338,9 @@ class SMTPEndpoint(Endpoint):
 
     def addresses(self) -> list[str]:
         return self.listener.bound() if self.listener is not None else []
+
+    def listen_addresses(self) -> list[ListenAddress]:
+        return list(self.listen)
 
     def inherit(self, previous: list[Module]) -> None:
         """A reload: failed logins counted so far still count (docs/reload.md).

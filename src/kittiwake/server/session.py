@@ -231,6 +231,7 @@ class Session(asyncio.Protocol):
             conn_id=self.id,
             src_ip=self.peer_ip or "unix",
             src_port=self.peer_port,
+            **self.cfg.conn_fields,
         )
         try:
             if self.peer_ip is not None and self.cfg.gate.counts(self.peer_ip):

@@ -177,6 +177,9 @@ class SessionConfig:
     #: Where sessions report what they count (docs/metrics.md); does nothing
     #: without an `openmetrics` block.
     metrics: EndpointMetrics = NULL_ENDPOINT
+    #: Extra fields of the `connection opened` line: a worker process's
+    #: `pid`, so the log shows which worker took a client (docs/workers.md).
+    conn_fields: dict[str, object] = field(default_factory=dict)
 
     @property
     def banner(self) -> Reply:

@@ -12,6 +12,18 @@ and leaves the socket open for whoever else serves it. A socket is closed
 (and a Unix socket file removed) only when no configuration in use names
 it any more (`release`) or when the server stops (`close_all`).
 
+With worker processes (docs/workers.md) the main process binds every
+socket and the workers inherit them. Where the kernel balances
+connections between sockets bound to one port (`SO_REUSEPORT` on Linux),
+each worker gets a socket of its own for each TCP address (a "slot",
+`slot`), so the kernel spreads clients evenly and a worker that dies
+leaves its socket open in the main process: clients arriving meanwhile
+wait in its backlog for the restarted worker instead of being refused.
+Elsewhere, and for Unix sockets, every worker accepts on the one shared
+socket. A worker's own `ListenSockets` holds only what it inherited
+(`adopt`) and never binds, nor removes a Unix socket's file, which is the
+main process's.
+
 `diff` is the pure part: which addresses a reload adds, removes and keeps.
 """
 
@@ -20,6 +32,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,6 +43,7 @@ __all__ = [
     "Bind",
     "ListenDiff",
     "ListenSockets",
+    "balanced_reuse_port",
     "bind_of",
     "diff",
     "real_bind",
@@ -42,6 +56,15 @@ BACKLOG = 1024
 
 #: ("unix", PATH, 0) or ("inet", IP, PORT), as `Endpoint.binds` gives them.
 Bind = tuple[str, str, int]
+
+
+def balanced_reuse_port() -> bool:
+    """Whether sockets bound to one port share its connections out evenly.
+
+    Linux's `SO_REUSEPORT` does; the BSDs' and macOS's lets several
+    sockets bind but gives the connections to one of them.
+    """
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
 def bind_of(addr: ListenAddress, runtime_dir: str) -> Bind:
@@ -96,10 +119,17 @@ def show(bind: Bind) -> str:
 class ListenSockets:
     """Every listening socket of the process, by what it binds."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reuse_port: bool = False, inherited_only: bool = False) -> None:
+        """`reuse_port`: bind TCP sockets with SO_REUSEPORT, so that `slot` can
+        add sockets on the same port (the main process of workers).
+        `inherited_only`: a worker's, which binds nothing itself."""
+        self.reuse_port = reuse_port
+        self.inherited_only = inherited_only
         self._sockets: dict[Bind, socket.socket] = {}
         #: Port-0 sockets under the bind they asked for, until `take` hands them out.
         self._fresh: dict[Bind, list[socket.socket]] = {}
+        #: The sockets of slots 1.. of a bind (slot 0 is `_sockets[bind]`).
+        self._slots: dict[Bind, list[socket.socket]] = {}
 
     def binds(self) -> list[Bind]:
         """The binds open now, port-0 sockets under the port they got."""
@@ -117,7 +147,7 @@ class ListenSockets:
             for bind in binds:
                 if bind in self._sockets:
                     continue
-                sock = _bind(bind)
+                sock = self._bind(bind)
                 opened.append(sock)
                 if bind[0] == "inet" and bind[2] == 0:
                     self._fresh.setdefault(bind, []).append(sock)
@@ -131,28 +161,76 @@ class ListenSockets:
 
     def take(self, addr: ListenAddress, runtime_dir: str) -> socket.socket:
         """A duplicate of the socket for `addr` (bound now if needed), for one server."""
+        copy = self._sockets[self.assign(addr, runtime_dir)].dup()
+        copy.setblocking(False)
+        return copy
+
+    def assign(self, addr: ListenAddress, runtime_dir: str) -> Bind:
+        """The socket for `addr` (bound now if needed), by the bind it got.
+
+        A port-0 address gets the next of the sockets `prepare` bound for
+        it, as `take` does; the main process of workers assigns the
+        addresses its workers will serve.
+        """
         bind = bind_of(addr, runtime_dir)
         waiting = self._fresh.get(bind)
         if waiting:
             sock = waiting.pop(0)
             if not waiting:
                 del self._fresh[bind]
-            self._sockets[real_bind(bind, sock)] = sock
         elif bind in self._sockets:
-            sock = self._sockets[bind]
+            return bind
         else:
-            sock = _bind(bind)
-            self._sockets[real_bind(bind, sock)] = sock
-        copy = sock.dup()
-        copy.setblocking(False)
-        return copy
+            sock = self._bind(bind)
+        got = real_bind(bind, sock)
+        self._sockets[got] = sock
+        return got
+
+    def slot(self, bind: Bind, index: int) -> socket.socket:
+        """The socket worker slot `index` serves `bind` on (an assigned bind).
+
+        Slot 0 is the socket itself; with `reuse_port`, each further slot
+        of a TCP address has its own socket on the same port, bound on
+        first use. Otherwise every slot shares the one socket.
+        """
+        sock = self._sockets[bind]
+        if index == 0 or not self.reuse_port or bind[0] != "inet":
+            return sock
+        extra = self._slots.setdefault(bind, [])
+        while len(extra) < index:
+            extra.append(_bind(bind, reuse_port=True))
+        return extra[index - 1]
+
+    def trim_slots(self, count: int) -> None:
+        """Close the slot sockets of slots `count` and beyond (fewer workers)."""
+        for extra in self._slots.values():
+            while len(extra) > max(0, count - 1):
+                extra.pop().close()
+
+    def adopt(self, bind: Bind, sock: socket.socket) -> None:
+        """A socket inherited from the main process, for `bind` as configured.
+
+        Port-0 binds are handed out in the order adopted, like sockets
+        `prepare` bound.
+        """
+        if bind[0] == "inet" and bind[2] == 0:
+            self._fresh.setdefault(bind, []).append(sock)
+        else:
+            self._sockets[bind] = sock
+
+    def _bind(self, bind: Bind) -> socket.socket:
+        if self.inherited_only:
+            raise OSError(f"{show(bind)}: not among the sockets the main process passed on")
+        return _bind(bind, reuse_port=self.reuse_port)
 
     def release(self, in_use: Iterable[Bind]) -> list[Bind]:
         """Close every socket not in `in_use`; the binds closed."""
         keep = set(in_use)
         closed = [b for b in self._sockets if b not in keep]
         for bind in closed:
-            _close(bind, self._sockets.pop(bind))
+            for extra in self._slots.pop(bind, []):
+                extra.close()
+            _close(bind, self._sockets.pop(bind), unlink=not self.inherited_only)
         for socks in self._fresh.values():
             for sock in socks:
                 sock.close()
@@ -173,7 +251,7 @@ class ListenSockets:
                     del self._fresh[bind]
 
 
-def _bind(bind: Bind) -> socket.socket:
+def _bind(bind: Bind, *, reuse_port: bool = False) -> socket.socket:
     if bind[0] == "unix":
         path = bind[1]
         _remove_stale_socket(path)
@@ -190,12 +268,12 @@ def _bind(bind: Bind) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # SO_REUSEADDR on; an IPv6 socket is v6-only, so `[::]:25` and
     # `0.0.0.0:25` are two sockets (kittiwake/container.py `_check_binds`).
-    return socket.create_server((host, port), family=family, backlog=BACKLOG)
+    return socket.create_server((host, port), family=family, backlog=BACKLOG, reuse_port=reuse_port)
 
 
-def _close(bind: Bind, sock: socket.socket) -> None:
+def _close(bind: Bind, sock: socket.socket, *, unlink: bool = True) -> None:
     sock.close()
-    if bind[0] == "unix":
+    if bind[0] == "unix" and unlink:
         try:
             if stat.S_ISSOCK(os.lstat(bind[1]).st_mode):
                 os.unlink(bind[1])

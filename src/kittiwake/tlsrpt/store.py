@@ -39,13 +39,22 @@ from typing import TYPE_CHECKING
 
 from kittiwake import log
 from kittiwake.durable import replace_file
-from kittiwake.tlsrpt import TLSAttempt
+from kittiwake.tlsrpt import Recorder, TLSAttempt
 from kittiwake.tlsrpt.aggregate import DayCounts
+from kittiwake.tlsrpt.forward import Forwarder
 
 if TYPE_CHECKING:
     from kittiwake.container import Container, Shared
 
-__all__ = ["DIRECTORY", "FLUSH_INTERVAL", "TLSReportStore", "day_path", "read_day", "shared"]
+__all__ = [
+    "DIRECTORY",
+    "FLUSH_INTERVAL",
+    "TLSReportStore",
+    "day_path",
+    "read_day",
+    "recorder",
+    "shared",
+]
 
 #: Under state_dir.
 DIRECTORY = "tls_reports"
@@ -132,14 +141,34 @@ class TLSReportStore:
                 counts = self._pending.get(day) or DayCounts()
                 counts.add(attempt)  # checks everything before it counts
                 self._pending[day] = counts
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="kittiwake-tlsrpt", daemon=True
-                    )
-                    self._thread.start()
+                self._start_writer()
         except Exception as exc:  # a bug here must not fail a delivery
             self.lost += 1
             self.log.error("cannot count a TLS attempt", err=exc, domain=attempt.domain)
+
+    def add_counts(self, day: dt.date, counts: DayCounts) -> None:
+        """Add counts made elsewhere (a worker process's, docs/workers.md); never raises."""
+        try:
+            with self._lock:
+                if self._closed:
+                    self.lost += sum(
+                        c.success + c.failure
+                        for d in counts.domains.values()
+                        for c in d.policies.values()
+                    )
+                    return
+                mine = self._pending.get(day) or DayCounts()
+                mine.merge(counts)
+                self._pending[day] = mine
+                self._start_writer()
+        except Exception as exc:  # a bug here must not stop the supervisor
+            self.log.error("cannot add a worker's TLS report counts", err=exc, day=str(day))
+
+    def _start_writer(self) -> None:
+        """Start the writer thread on first use (called with `_lock` held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kittiwake-tlsrpt", daemon=True)
+            self._thread.start()
 
     def _today(self) -> dt.date:
         """The UTC day now, computed once per day rather than once per call."""
@@ -224,7 +253,23 @@ class TLSReportStore:
 
 
 _shared: weakref.WeakKeyDictionary[Shared, TLSReportStore] = weakref.WeakKeyDictionary()
+_forwarders: weakref.WeakKeyDictionary[Shared, Forwarder] = weakref.WeakKeyDictionary()
 _shared_lock = threading.Lock()
+
+
+def recorder(container: Container) -> Recorder:
+    """Where `target.remote` counts its attempts: the store, or in a worker
+    process the supervisor's store (docs/workers.md), through a `Forwarder`."""
+    from kittiwake.module import Role
+
+    if container.role is not Role.WORKER:
+        return shared(container)
+    with _shared_lock:
+        forwarder = _forwarders.get(container.shared)
+        if forwarder is None:
+            forwarder = _forwarders[container.shared] = Forwarder(container.shared)
+            container.on_stop(forwarder.aclose)
+        return forwarder
 
 
 def shared(container: Container) -> TLSReportStore:
