@@ -240,5 +240,18 @@ class Dialog:
 
 
 def maildir_files(root: Path, domain: str, user: str) -> list[Path]:
+    """The delivered files, oldest first.
+
+    By modification time, not by name: the microseconds in a Maildir name
+    are not zero-padded, so two deliveries in one second can sort wrong.
+    """
     new = root / domain / user / "new"
-    return sorted(new.iterdir()) if new.is_dir() else []
+    if not new.is_dir():
+        return []
+    dated = []
+    for path in new.iterdir():
+        try:
+            dated.append((path.stat().st_mtime_ns, path.name, path))
+        except FileNotFoundError:
+            continue  # moved to cur/ meanwhile (a mail reader)
+    return [path for _, _, path in sorted(dated)]

@@ -107,7 +107,11 @@ def cluster(
     started: list[Cluster] = []
 
     def start(
-        *, edits: tuple[tuple[str, str], ...] = (), haproxy: bool = True, redis_up: bool = True
+        *,
+        edits: tuple[tuple[str, str], ...] = (),
+        haproxy: bool = True,
+        redis_up: bool = True,
+        jobs: int = 1,
     ) -> Cluster:
         proxy_text, node_text = page_examples()
         redis = RedisServer(tmp_path / "redis")
@@ -129,7 +133,10 @@ def cluster(
                 (workdir / "maildir" / "example.org" / "user" / sub).mkdir(parents=True)
             text = replace(node_text, "/var/lib/kittiwake/maildir", str(workdir / "maildir"))
             text = replace(text, "tcp://0.0.0.0:25", f"tcp://{address}:{port}")
-            node = Kittiwake(workdir, text, args=("--debug.dnsoverride", dns.address))
+            args = ("--debug.dnsoverride", dns.address)
+            if jobs > 1:  # worker processes (docs/workers.md), each counting in Redis
+                args += ("-j", str(jobs))
+            node = Kittiwake(workdir, text, args=args)
             nodes.append(node)
             node.wait_ready()
         if haproxy:
@@ -199,13 +206,15 @@ def served_by(cluster: Cluster, source: str) -> list[int]:
 # -- limits across the nodes ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("jobs", [1, 2], ids=["one-process", "two-workers"])
 def test_all_rate_holds_across_both_nodes_within_one_token(
-    cluster: Callable[..., Cluster],
+    cluster: Callable[..., Cluster], jobs: int
 ) -> None:
     """`all rate 300 1m`: four clients run transactions as fast as they can
     until each is refused; over the minute the two nodes let 300 through
-    together, not 300 each."""
-    c = cluster()
+    together, not 300 each. With two workers per node, four processes
+    count together."""
+    c = cluster(jobs=jobs)
     sources = [f"127.0.0.{20 + i}" for i in range(4)]
     started = time.monotonic()
 
@@ -230,6 +239,9 @@ def test_all_rate_holds_across_both_nodes_within_one_token(
     assert all(r[1] == HIGH_LOAD for r in results), results
     assert {n for s in sources for n in served_by(c, s)} == {1, 2}  # both nodes served
     assert all(n > 0 for n in counts), counts
+    if jobs > 1:
+        for node in c.nodes:
+            assert len(set(re.findall(r"worker ready slot=(\d+)", node.log))) == jobs, node.log
 
 
 def test_ip_concurrency_holds_across_both_nodes(cluster: Callable[..., Cluster]) -> None:
