@@ -18,7 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,3 +257,28 @@ def maildir_files(root: Path, domain: str, user: str) -> list[Path]:
         except FileNotFoundError:
             continue  # moved to cur/ meanwhile (a mail reader)
     return [path for _, _, path in sorted(dated)]
+
+
+def in_parallel(*calls: Callable[[], Any], timeout: float = 60.0) -> list[Any]:
+    """Run each call in its own thread at once; their results in order.
+
+    The first error a call raised is raised again once all have ended (or
+    `timeout` seconds passed for each).
+    """
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index: int, call: Callable[[], Any]) -> None:
+        try:
+            results[index] = call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=item) for item in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
+    return results

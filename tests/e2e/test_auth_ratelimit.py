@@ -14,7 +14,6 @@ import base64
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trustme
-from kw import LAUNCHER, Dialog, Kittiwake, env
+from kw import LAUNCHER, Dialog, Kittiwake, env, in_parallel
 
 Start = Callable[..., Kittiwake]
 
@@ -97,25 +96,6 @@ class Client:
             started = time.monotonic()
             reply = d.cmd("AUTH PLAIN " + plain(user, password))
             return reply, time.monotonic() - started
-
-
-def in_parallel(*calls: Callable[[], object]) -> None:
-    """Run the calls at once (each waits its own 1-second delay)."""
-    errors: list[BaseException] = []
-
-    def run(call: Callable[[], object]) -> None:
-        try:
-            call()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    if errors:
-        raise errors[0]
 
 
 def test_an_address_is_locked_out_across_connections(

@@ -21,11 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fakedns import FakeDNS
-from kw import Dialog, Kittiwake, maildir_files
+from kw import Dialog, Kittiwake, in_parallel, maildir_files
 
 Start = Callable[..., Kittiwake]
 
@@ -100,27 +99,6 @@ class Client(Dialog):
 
 def accepted(reply: str, sender: str = "a@example.net") -> bool:
     return reply == f"250 2.0.0 Roger, accepting mail from <{sender}>"
-
-
-def in_parallel(*calls: Callable[[], Any]) -> list[Any]:
-    """Run each call in its own thread; their results in order (errors re-raised)."""
-    results: list[Any] = [None] * len(calls)
-    errors: list[BaseException] = []
-
-    def run(index: int, call: Callable[[], Any]) -> None:
-        try:
-            results[index] = call()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=item) for item in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(DEADLINE + 15)
-    if errors:
-        raise errors[0]
-    return results
 
 
 class Pending:

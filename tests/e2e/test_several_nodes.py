@@ -32,18 +32,16 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import bcrypt
 import pytest
 from fakedns import FakeDNS
 from haproxy import HAProxy, Route
-from kw import LAUNCHER, Dialog, Kittiwake, env, free_port, need_tool
+from kw import LAUNCHER, Dialog, Kittiwake, env, free_port, in_parallel, need_tool
 
 from redisd import RedisServer
 
@@ -177,26 +175,6 @@ def transaction(d: Dialog) -> str:
     return rcpt
 
 
-def in_threads(*calls: Callable[[], Any]) -> list[Any]:
-    results: list[Any] = [None] * len(calls)
-    errors: list[BaseException] = []
-
-    def run(i: int, call: Callable[[], Any]) -> None:
-        try:
-            results[i] = call()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=item) for item in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
-    return results
-
-
 def served_by(cluster: Cluster, source: str) -> list[int]:
     """Which nodes (1, 2) logged a connection from `source`."""
     pattern = f"connection opened .*src_ip={re.escape(source)} "
@@ -231,7 +209,7 @@ def test_all_rate_holds_across_both_nodes_within_one_token(
                         return accepted, reply
                     accepted += 1
 
-    results = in_threads(*(lambda s=s: client(s) for s in sources))
+    results = in_parallel(*(lambda s=s: client(s) for s in sources))
     window = time.monotonic() - started
     counts = [r[0] for r in results]
     assert window < 60.0  # one bucket period: the bound is one burst
