@@ -118,6 +118,9 @@ def test_pkcs1_is_read_and_exposure_reported(tmp_path: Path) -> None:
         (b"hello", "not a PEM private key"),
         (b"-----BEGIN PUBLIC KEY-----\nMAo=\n-----END PUBLIC KEY-----\n", "not a PEM private key"),
     ],
+    # Fixed names: the keys are generated anew in each process that
+    # collects the tests (pytest-xdist's workers must see the same names).
+    ids=["ec-traditional", "ec-pkcs8", "ed25519-encrypted", "bad-base64", "not-pem", "public-key"],
 )
 def test_unusable_files(tmp_path: Path, data: bytes, message: str) -> None:
     path = _write(tmp_path / "bad.key", data)
