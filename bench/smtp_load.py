@@ -417,6 +417,8 @@ class Profiler:
 
     `--gil` keeps only samples where Python code runs, so the profile is where
     CPU goes; time a thread spends blocked in a system call (fsync) is not in it.
+    `--subprocesses` follows worker processes (`-j 2`): their samples add up
+    with the supervisor's, each stack starting with its process.
     """
 
     def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
@@ -427,7 +429,8 @@ class Profiler:
         self.proc = subprocess.Popen(
             [
                 *(binary, "record", "--pid", str(pid), "--rate", str(rate)),
-                *("--format", "raw", "--function", "--gil", "--nonblocking", "--output", str(out)),
+                *("--format", "raw", "--function", "--gil", "--nonblocking", "--subprocesses"),
+                *("--output", str(out)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -15,8 +15,9 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kittiwake.protocol import BodyChunk, BodyEnd, Reply, ServerConnection, Settings
+from kittiwake.protocol import AutoReply, BodyChunk, BodyEnd, Reply, ServerConnection, Settings
 from kittiwake.protocol.content import ContentEncoder
+from kittiwake.protocol.replies import LINE_TOO_LONG
 
 _LONE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 OK = Reply(250, (2, 0, 0), "ok")
@@ -110,3 +111,43 @@ def test_size_counts_the_wire_bytes() -> None:
     out = encoder.feed(b".a\n") + encoder.feed(b"b")
     out += encoder.finish()
     assert encoder.size == len(out) - len(b".\r\n")
+
+
+def refused_for_length(wire: bytes, cuts: list[int], limit: int) -> bool:
+    """Whether the server core closes with "Too long line" reading `wire` after DATA."""
+    conn = ServerConnection(Settings(max_line_length=limit, max_message_size=0))
+    conn.receive_data(b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+    for reply in (OK, OK, OK, Reply(354, None, "go")):
+        conn.next_event()
+        conn.send(reply)
+    for piece in chunked(wire, cuts):
+        if not piece:
+            continue  # b"" would mean the client closed
+        conn.receive_data(piece)
+        while True:
+            event = conn.next_event()
+            if isinstance(event, AutoReply):
+                return event.replies[0] == LINE_TOO_LONG
+            if isinstance(event, BodyEnd):
+                return False
+            if not isinstance(event, BodyChunk):
+                break  # NEED_DATA: the next piece
+            if conn.replies_owed:
+                conn.send(OK)
+    raise AssertionError("the content never ended")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    lines=st.lists(st.integers(min_value=0, max_value=60), max_size=30),
+    limit=st.integers(min_value=20, max_value=40),  # the commands stay shorter
+    cuts=st.lists(st.integers(min_value=0), max_size=8),
+)
+def test_line_length_limit_whatever_the_chunking(
+    lines: list[int], limit: int, cuts: list[int]
+) -> None:
+    """A content line of `limit` bytes or more (its CR counted, as the client
+    sent it) closes the session, however the bytes arrive; shorter ones never do."""
+    wire = b"".join(b"x" * n + b"\r\n" for n in lines) + b".\r\n"
+    expected = any(n + 1 >= limit for n in lines)
+    assert refused_for_length(wire, cuts, limit) == expected

@@ -478,8 +478,16 @@ class ServerConnection:
         self._line_carry = len(region) - last_nl - 1
         if self._line_carry >= limit:
             return True
-        if last_nl - first_nl > limit:
-            return max(map(len, region[first_nl + 1 : last_nl].split(b"\n"))) >= limit
+        # Between the first and the last newline: hop from newline to the
+        # last newline within the next `limit` bytes; a window without one
+        # holds a line of `limit` bytes or more. A few C scans per region,
+        # where splitting it into lines made an object per line.
+        pos = first_nl
+        while last_nl - pos > limit:
+            nl = region.rfind(b"\n", pos + 1, pos + 1 + limit)
+            if nl < 0:
+                return True
+            pos = nl
         return False
 
     def _add_content(self, data: bytes) -> BodyChunk | None:

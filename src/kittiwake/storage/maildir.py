@@ -89,6 +89,10 @@ T = TypeVar("T")
 
 #: Worker threads per `storage.maildir` block; see the module docstring.
 POOL_SIZE = 16
+#: How long a mailbox seen to exist is taken to exist (seconds), and how
+#: many such mailboxes are remembered (`known_mailbox`).
+KNOWN_FOR = 10.0
+KNOWN_MAX = 10_000
 #: How often stale tmp/ files are looked for after the sweep at start.
 SWEEP_INTERVAL = 24 * 3600.0
 _MAX_NAME = 255  # one file-name component, in bytes
@@ -212,7 +216,11 @@ class MaildirDelivery:
             if rcpt not in known.rcpts:
                 known.rcpts.append(rcpt)
             return
-        exists = await self._storage.run(self._storage.find_mailbox, mailbox)
+        exists = self._storage.known_mailbox(mailbox.path)
+        if not exists:
+            exists = await self._storage.run(self._storage.find_mailbox, mailbox)
+            if exists:
+                self._storage.remember_mailbox(mailbox.path)
         if not exists:
             self._storage.take_creation(self._meta, mailbox)
         self._files[mailbox.path] = _File(mailbox, [rcpt], create=not exists)
@@ -366,6 +374,8 @@ class MaildirStorage(Module):
         self.host = encode_host(socket.gethostname())
         self._threads = FilePool(POOL_SIZE, "kittiwake-maildir")
         self._sweeper: asyncio.Task[None] | None = None
+        #: Mailboxes seen to exist, until when (`time.monotonic()`).
+        self._known: dict[str, float] = {}
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         return self._threads.executor()
@@ -435,6 +445,28 @@ class MaildirStorage(Module):
         if not self.auto_create:
             raise _no_such_user(f"no Maildir at {mailbox.path}")
         return False
+
+    def known_mailbox(self, path: str) -> bool:
+        """Whether `path` was seen to be a mailbox within `KNOWN_FOR` seconds.
+
+        Mail for one mailbox tends to come in runs, and each look costs a
+        trip to the file threads at every RCPT. A mailbox removed within
+        the window costs nothing worse than a temporary failure: the
+        message's file cannot be made in its `tmp/` (`451`), and the
+        client's retry finds it gone.
+        """
+        until = self._known.get(path)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._known[path]
+        return False
+
+    def remember_mailbox(self, path: str) -> None:
+        if len(self._known) >= KNOWN_MAX:
+            self._known.clear()  # a flood of distinct mailboxes: start afresh
+        self._known[path] = time.monotonic() + KNOWN_FOR
 
     def take_creation(self, meta: MsgMeta, mailbox: Mailbox) -> None:
         """Count a mailbox this client's session will have created; refuse past the cap.

@@ -35,6 +35,7 @@ from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
 from kittiwake.module import Endpoint, register, unregister
+from kittiwake.storage import maildir as maildir_module
 from kittiwake.storage.maildir import MaildirStorage, encode_host
 from kittiwake.storage.maildir_files import LFConverter
 from kittiwake.tables.base import Table
@@ -332,6 +333,27 @@ async def test_bare_postmaster_is_unknown(env: Env) -> None:
     delivery = await storage.start_delivery(MsgMeta(id="t"), "")
     with pytest.raises(SMTPError) as info:
         await delivery.add_rcpt("Postmaster")
+    assert (info.value.code, info.value.enhanced) == (550, (5, 1, 1))
+
+
+async def test_a_mailbox_seen_is_known_for_a_while(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RCPT does not look again at a mailbox it saw moments ago; one removed
+    meanwhile fails the message temporarily, and once the window is over
+    the recipient is unknown again (docs/storage-maildir.md)."""
+    monkeypatch.setattr(maildir_module, "KNOWN_FOR", 0.5)
+    storage = await env.start()
+    box = env.make("example.org", "user")
+    await deliver(storage, ["user@example.org"])
+    only_file(box)
+    shutil.rmtree(box)
+    with pytest.raises(SMTPError) as info:
+        await deliver(storage, ["user@example.org"])
+    assert (info.value.code, info.value.enhanced) == (451, (4, 3, 0))
+    await asyncio.sleep(0.6)
+    with pytest.raises(SMTPError) as info:
+        await deliver(storage, ["user@example.org"])
     assert (info.value.code, info.value.enhanced) == (550, (5, 1, 1))
 
 
