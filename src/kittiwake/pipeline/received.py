@@ -13,7 +13,9 @@ field. The date is formatted by hand with English names, because
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import ipaddress
+import time
 from collections.abc import Callable
 
 from kittiwake.address import NormalizationError, split, to_alabel_domain, to_ulabel_domain
@@ -29,8 +31,21 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def local_now() -> _dt.datetime:
-    """The default clock: now, in the server's local time zone."""
-    return _dt.datetime.now().astimezone()
+    """The default clock: now, in the server's local time zone.
+
+    Finding the zone's offset asks the C library each time, so the zone is
+    kept for the current second: every message of a busy second shares it,
+    and a change of offset (summer time) is seen within a second.
+    """
+    now = time.time()
+    second = int(now)
+    if _zone[0] != second:
+        _zone[0] = second
+        _zone[1] = _dt.datetime.fromtimestamp(now).astimezone().tzinfo
+    return _dt.datetime.fromtimestamp(now, _zone[1])  # type: ignore[arg-type]
+
+
+_zone: list[object] = [None, None]
 
 
 def format_date(when: _dt.datetime) -> str:
@@ -89,6 +104,7 @@ def _address(addr: str, utf8: bool) -> str | None:
     return None if converted is None else f"{local}@{converted}"
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip_text(ip: str) -> str:
     """Plain text form; an IPv4-mapped IPv6 address is shown dotted, as Go does."""
     try:
