@@ -73,7 +73,7 @@ def _format_value(v: object) -> str:
     kind = type(v)
     if kind is int:
         return str(v)
-    s = v if kind is str else str(v)  # type: ignore[assignment]
+    s = v if isinstance(v, str) else str(v)
     if not s:
         return '""'
     if " " in s or '"' in s or "=" in s or "\\" in s or not s.isprintable():

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -75,6 +76,9 @@ DELIVERY_BUCKETS = (
     *(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
     *(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
+#: A shared state store answers in a round trip on the local network:
+#: from half a millisecond up to its `timeout` (1 s by default).
+STATE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 _CLASSES = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
@@ -182,6 +186,15 @@ class Metrics:
 
     def remote_connection(self, module: str, tls_level: str, mx_level: str) -> None:
         """`target.remote` connected to an MX with these security levels."""
+
+    def state_call(self, store: str, result: str, seconds: float) -> None:
+        """A shared state store was asked for a decision: `ok`, `failed`
+        (an error or a timeout, after `seconds`) or `skipped` (not asked:
+        in the retry window after a failure)."""
+
+    def watch_state_store(self, store: str, unreachable: Callable[[], bool]) -> None:
+        """Report at each scrape whether this process finds `store` unreachable
+        (the last store started under that name is the one reported)."""
 
     def add_queue(self, module: str, location: str, stats: Callable[[], QueueStats]) -> None:
         """Report a queue's length and age at each scrape, until `remove_queue`."""
@@ -525,6 +538,25 @@ class LiveMetrics(Metrics):
             ["module", "level"],
             registry=r,
         )
+        self.state_calls = Counter(
+            "kittiwake_state_calls",
+            "Decisions asked of a shared state store: ok, failed, skipped.",
+            ["store", "result"],
+            registry=r,
+        )
+        self.state_seconds = Histogram(
+            "kittiwake_state_call_duration_seconds",
+            "Time a shared state store took to answer a decision.",
+            ["store"],
+            buckets=STATE_BUCKETS,
+            registry=r,
+        )
+        self.state_unreachable = Gauge(
+            "kittiwake_state_unreachable",
+            "Processes that find a shared state store unreachable now.",
+            ["store"],
+            registry=r,
+        )
         self._queues = _QueueCollector()
         r.register(self._queues)
         self.gates = _GateCollector()
@@ -558,6 +590,14 @@ class LiveMetrics(Metrics):
 
     def limit_refusal(self, scope: str) -> None:
         self.limit_refusals.labels(scope).inc()
+
+    def state_call(self, store: str, result: str, seconds: float) -> None:
+        self.state_calls.labels(store, result).inc()
+        if result != "skipped":
+            self.state_seconds.labels(store).observe(seconds)
+
+    def watch_state_store(self, store: str, unreachable: Callable[[], bool]) -> None:
+        self.state_unreachable.labels(store).set_function(lambda: float(unreachable()))
 
     def delivery(self, target: str, result: str, seconds: float, count: int = 1) -> None:
         self.deliveries.labels(target, result).inc(count)

@@ -33,8 +33,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bcrypt
@@ -42,6 +43,7 @@ import pytest
 from fakedns import FakeDNS
 from haproxy import HAProxy, Route
 from kw import LAUNCHER, Dialog, Kittiwake, env, free_port, in_parallel, need_tool
+from prometheus_client.parser import text_string_to_metric_families
 
 from redisd import RedisServer
 
@@ -78,6 +80,8 @@ class Cluster:
     proxy: HAProxy | None
     front: int  # HAProxy's port
     port: int  # the nodes' port
+    #: Each node's `openmetrics` port, when started with metrics.
+    metrics: list[int] = field(default_factory=list)
 
     def connect(self, source: str) -> Dialog:
         """A session through HAProxy from `source`, greeted and EHLO'd."""
@@ -110,6 +114,7 @@ def cluster(
         haproxy: bool = True,
         redis_up: bool = True,
         jobs: int = 1,
+        metrics: bool = False,
     ) -> Cluster:
         proxy_text, node_text = page_examples()
         redis = RedisServer(tmp_path / "redis")
@@ -131,6 +136,9 @@ def cluster(
                 (workdir / "maildir" / "example.org" / "user" / sub).mkdir(parents=True)
             text = replace(node_text, "/var/lib/kittiwake/maildir", str(workdir / "maildir"))
             text = replace(text, "tcp://0.0.0.0:25", f"tcp://{address}:{port}")
+            if metrics:
+                cluster.metrics.append(free_port())
+                text += f"\nopenmetrics tcp://127.0.0.1:{cluster.metrics[-1]} {{ }}\n"
             args = ("--debug.dnsoverride", dns.address)
             if jobs > 1:  # worker processes (docs/workers.md), each counting in Redis
                 args += ("-j", str(jobs))
@@ -355,6 +363,59 @@ def test_redis_down_fails_closed_then_recovers_without_a_restart(
         assert all(node.proc.poll() is None for node in c.nodes)
     finally:
         before.close()
+
+
+def store_metrics(c: Cluster) -> dict[str, float]:
+    """The shared store's samples, added up over both nodes' `/metrics` pages."""
+    totals: dict[str, float] = {}
+    for port in c.metrics:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (
+                    sample.name.startswith("kittiwake_state_")
+                    and sample.labels["store"] == "cluster"
+                ):
+                    key = sample.name + "".join(
+                        f",{k}={v}" for k, v in sorted(sample.labels.items()) if k != "store"
+                    )
+                    totals[key] = totals.get(key, 0.0) + sample.value
+    return totals
+
+
+def test_the_store_and_its_outage_are_in_the_metrics(cluster: Callable[..., Cluster]) -> None:
+    """Calls to Redis counted by result with their time, and the processes that
+    find it unreachable, on each node's metrics page (docs/metrics.md)."""
+    c = cluster(metrics=True)
+    with c.connect("127.0.0.70") as before:  # greeted while Redis is up
+        assert transaction(before).startswith("250 ")
+        up = store_metrics(c)
+        assert up["kittiwake_state_calls_total,result=ok"] >= 1
+        assert up["kittiwake_state_call_duration_seconds_count"] >= 1
+        assert up["kittiwake_state_unreachable"] == 0
+        c.redis.kill()
+        assert transaction(before) == NO_LIMITS  # asks Redis: failed
+        assert transaction(before) == NO_LIMITS  # within the retry window: skipped
+    down = store_metrics(c)
+    assert down.get("kittiwake_state_calls_total,result=failed", 0) >= 1
+    assert down.get("kittiwake_state_calls_total,result=skipped", 0) >= 1
+    assert down["kittiwake_state_unreachable"] >= 1
+    c.redis.start()
+
+    def recovered() -> bool:
+        with Dialog(c.front, source="127.0.0.72") as d:
+            if not d.reply()[-1].startswith("220 "):
+                return False
+            d.cmd("EHLO client.example")
+            transaction(d)
+        return store_metrics(c)["kittiwake_state_unreachable"] == 0
+
+    wait_for(recovered, 15.0)
+    assert (
+        store_metrics(c)["kittiwake_state_calls_total,result=ok"]
+        > up["kittiwake_state_calls_total,result=ok"]
+    )
 
 
 def test_redis_down_fails_open_then_counts_again(cluster: Callable[..., Cluster]) -> None:

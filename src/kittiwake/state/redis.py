@@ -99,6 +99,7 @@ class RedisState(Module):
         self.store = self._store_module.RedisStore(
             client,
             self.log,
+            name=self.instance_name or self.module_name,
             prefix=self.key_prefix,
             fail_open=self.fail_open,
             timeout=self.timeout,

@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -37,6 +38,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from kittiwake import metrics
 from kittiwake.log import Logger
 from kittiwake.state import lua
 from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot, StoreUnavailable
@@ -85,6 +87,7 @@ class RedisStore:
         client: Redis,
         log: Logger,
         *,
+        name: str = "redis",
         prefix: str = "kittiwake:",
         fail_open: bool = False,
         timeout: float = 1.0,
@@ -93,6 +96,8 @@ class RedisStore:
     ) -> None:
         self.client = client
         self.log = log
+        #: The `state.redis` block's name: the `store` label of its metrics.
+        self.name = name
         self.prefix = prefix
         self.fail_open = fail_open
         self.timeout = timeout
@@ -201,17 +206,29 @@ class RedisStore:
         return await self._run(script(keys, args))
 
     async def _run(self, call: Any) -> Any:
-        """Await one command within `timeout`; any failure is `StoreUnavailable`."""
+        """Await one command within `timeout`; any failure is `StoreUnavailable`.
+
+        Each call is counted in the metrics (docs/metrics.md, "Shared
+        state") with how long Redis took, when metrics are on.
+        """
+        counted = metrics.current()
         if self.outage.skip():
             call.close()  # a coroutine never awaited would warn
+            if counted.enabled:
+                counted.state_call(self.name, "skipped", 0.0)
             raise StoreUnavailable("state store unreachable (retrying shortly)")
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
                 result = await call
         except (RedisError, OSError, TimeoutError) as exc:
             self.outage.failed(exc)
+            if counted.enabled:
+                counted.state_call(self.name, "failed", time.perf_counter() - started)
             raise StoreUnavailable(str(exc)) from exc
         self.outage.succeeded()
+        if counted.enabled:
+            counted.state_call(self.name, "ok", time.perf_counter() - started)
         return result
 
     # -- leases --------------------------------------------------------------------
@@ -220,6 +237,7 @@ class RedisStore:
         """Start renewing leases, and ask Redis once in the background, so an
         unreachable server is in the log at start rather than at the first
         message (the module's start; it never waits for Redis)."""
+        metrics.current().watch_state_store(self.name, lambda: self.outage.down)
         if self._renewer is None:
             loop = asyncio.get_running_loop()
             self._renewer = loop.create_task(self._renew_loop())
