@@ -8,7 +8,6 @@ is not the protocol is a `WireError`, never a wrong decision.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 
@@ -19,6 +18,7 @@ from kittiwake.state.wire import (
     MAX_FRAME,
     Acquire,
     CountFailure,
+    Frames,
     Locked,
     Release,
     Remember,
@@ -35,7 +35,6 @@ from kittiwake.state.wire import (
     encode_locks,
     encode_request,
     frame,
-    read_frame,
 )
 
 #: Keys as they come from clients: separators, a NUL, a lone surrogate
@@ -139,32 +138,17 @@ def test_answers_that_do_not_fit_the_question_are_refused() -> None:
 def test_a_frame_too_large_is_refused_both_ways() -> None:
     with pytest.raises(WireError):
         frame("x" * MAX_FRAME)
-
-    async def read(data: bytes) -> bytes | None:
-        reader = asyncio.StreamReader()
-        reader.feed_data(data)
-        reader.feed_eof()
-        return await read_frame(reader)
-
     with pytest.raises(WireError):
-        asyncio.run(read(struct.pack("!I", MAX_FRAME + 1)))
+        Frames().feed(struct.pack("!I", MAX_FRAME + 1))
 
 
-async def test_frames_are_read_one_by_one_until_the_end() -> None:
-    reader = asyncio.StreamReader()
-    first, second = encode_counts([1]), encode_counts([2, 3])
-    data = first + second
-    for i in range(len(data)):  # a byte at a time
-        reader.feed_data(data[i : i + 1])
-    reader.feed_eof()
-    assert await read_frame(reader) == first[4:]
-    assert await read_frame(reader) == second[4:]
-    assert await read_frame(reader) is None  # the end, between frames
-
-
-async def test_a_stream_that_ends_inside_a_frame_is_an_error() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(encode_counts([1])[:-1])
-    reader.feed_eof()
-    with pytest.raises(asyncio.IncompleteReadError):
-        await read_frame(reader)
+def test_frames_are_cut_whole_however_the_bytes_come() -> None:
+    first, second, third = encode_counts([1]), encode_counts([2, 3]), encode_locks(Locks((), False))
+    data = first + second + third
+    frames = Frames()
+    got = [body for i in range(len(data)) for body in frames.feed(data[i : i + 1])]  # a byte each
+    assert got == [first[4:], second[4:], third[4:]] and not frames.partial
+    assert frames.feed(data) == got  # all at once
+    assert frames.feed(first[:-1]) == [] and frames.partial  # a frame not whole yet
+    assert frames.feed(first[-1:] + second[:3]) == [first[4:]]
+    assert frames.feed(second[3:]) == [second[4:]] and not frames.partial

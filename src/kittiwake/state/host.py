@@ -63,6 +63,8 @@ TIMEOUT = 2.0
 MAX_KEYS = 50_000
 #: Bytes of the key of the failed-login guess hashes (server/auth_throttle.py).
 GUESS_KEY_SIZE = 32
+#: Bytes read at most at once.
+READ_SIZE = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -203,10 +205,12 @@ class HostStore:
             raise StoreUnavailable(str(exc)) from None
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        frames = wire.Frames()
         try:
-            while (body := await wire.read_frame(reader)) is not None:
-                self._answered(body)
-        except (wire.WireError, asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            while data := await reader.read(READ_SIZE):
+                for body in frames.feed(data):
+                    self._answered(body)
+        except (wire.WireError, ConnectionError, OSError) as exc:
             if not self._closing:
                 self.log.error("unreadable answer from the supervisor's store", err=exc)
         finally:

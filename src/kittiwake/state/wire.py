@@ -24,12 +24,12 @@ answer frame each, in the order asked:
 
 No pickle: both ends are our processes, but a plain encoding checked
 field by field keeps a bug on one side from running code on the other.
-This module does no I/O; `read_frame` only awaits a stream's bytes.
+This module does no I/O: `Frames` cuts whatever bytes a read brought into
+whole frames, so a busy peer's many frames cost one read, not two each.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 from collections.abc import Sequence
@@ -42,6 +42,7 @@ __all__ = [
     "MAX_FRAME",
     "Acquire",
     "CountFailure",
+    "Frames",
     "Locked",
     "Release",
     "Remember",
@@ -58,7 +59,6 @@ __all__ = [
     "encode_locks",
     "encode_request",
     "frame",
-    "read_frame",
 ]
 
 #: The largest frame: a decision names a few counters; a megabyte is a bug.
@@ -240,22 +240,36 @@ def frame(message: object) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The body of the next frame; None at the end of the stream.
+class Frames:
+    """Cuts a byte stream into frame bodies."""
 
-    Raises `WireError` for a length past `MAX_FRAME`, and
-    `asyncio.IncompleteReadError` for a stream that ends inside a frame.
-    """
-    try:
-        header = await reader.readexactly(_HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise
-        return None
-    (length,) = _HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise WireError(f"a frame of {length} bytes is too large")
-    return await reader.readexactly(length)
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The bodies of the frames `data` completes, in order; `WireError` for
+        a length past `MAX_FRAME` (the stream cannot be read on after it)."""
+        buffer = self._buffer
+        buffer += data
+        bodies: list[bytes] = []
+        start = 0
+        while len(buffer) - start >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buffer, start)
+            if length > MAX_FRAME:
+                raise WireError(f"a frame of {length} bytes is too large")
+            end = start + _HEADER.size + length
+            if end > len(buffer):
+                break
+            bodies.append(bytes(buffer[start + _HEADER.size : end]))
+            start = end
+        del buffer[:start]
+        return bodies
+
+    @property
+    def partial(self) -> bool:
+        """Bytes of a frame not yet complete are waiting (at the end of the
+        stream: it ended inside a frame)."""
+        return bool(self._buffer)
 
 
 def _parse(body: bytes) -> Any:

@@ -4,9 +4,10 @@ Strategy. The supervisor keeps one `MemoryStore` (state/host.py
 `HostState`): the same counting code a single process uses, once for
 the whole server. Each worker gets a socket pair of its own at start
 (supervise/spawn.py); this module reads the worker's requests from its
-end, in order, one at a time, and answers each with the store's decision
-(state/wire.py). The memory store never suspends, so a request is
-answered as soon as it is read and no two workers' decisions interleave.
+end, in order, and answers each with the store's decision (state/wire.py):
+all the requests one read brings are answered in one write. The memory
+store never suspends, so a request is answered as soon as it is read and
+no two workers' decisions interleave.
 
 A worker that dies cannot give back what it held: for each connection
 the slots granted and not yet given back are counted here, by counter
@@ -31,6 +32,8 @@ __all__ = ["StateHost"]
 
 #: (counter, key) -> slots a worker holds there.
 Holdings = Counter[tuple[str, str]]
+#: Bytes read at most at once.
+READ_SIZE = 256 * 1024
 
 
 class StateHost:
@@ -66,12 +69,14 @@ class StateHost:
         try:
             sock.setblocking(False)
             reader, writer = await asyncio.open_connection(sock=sock)
-            while (body := await wire.read_frame(reader)) is not None:
-                answer = await self._answer(body, held)
-                if answer is not None:
-                    writer.write(answer)
+            frames = wire.Frames()
+            while data := await reader.read(READ_SIZE):
+                answers = [await self._answer(body, held) for body in frames.feed(data)]
+                out = b"".join(a for a in answers if a is not None)
+                if out:
+                    writer.write(out)
                     await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        except (ConnectionError, OSError):
             pass  # the worker is gone
         except wire.WireError as exc:
             self.log.error("unreadable frame from a worker's store connection", pid=pid, err=exc)
