@@ -347,7 +347,9 @@ class LimitsModule(Module):
         # Without a `state`: the server's host store when it has worker
         # processes (docs/state.md, "The host store"), else this block's own.
         host = self.container.shared.host_state
-        store = self.state or (host.store if host is not None else MemoryStore())
+        store: StateStore = MemoryStore() if host is None else host.store
+        if self.state is not None:
+            store = self.state
         self.limiter = Limiter(rules, store, log=self.log, prefix=self._prefix(self.instance_name))
 
     @staticmethod
