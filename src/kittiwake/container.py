@@ -29,6 +29,7 @@ from kittiwake.errors import ConfigError, ConfigErrors
 from kittiwake.module import Endpoint, Module, Role, capability_label
 from kittiwake.module import find as find_module
 from kittiwake.server.sockets import ListenSockets, balanced_reuse_port
+from kittiwake.state.host import HostState
 
 T = TypeVar("T")
 
@@ -89,10 +90,16 @@ class Shared:
     stops rather than when one configuration retires. `role` says which
     part of the server this process is (docs/workers.md); a worker's
     `uplink` reaches its supervisor.
+
+    `host_state` keeps every counter that no `state &NAME` names when the
+    server has worker processes (docs/state.md, "The host store"): the
+    supervisor's own store, which its workers reach through theirs. None
+    in a single process, where each module counts in its own memory.
     """
 
     def __init__(self, debug_flags: DebugFlags, role: Role = Role.SINGLE) -> None:
         self.debug_flags = debug_flags
+        self.host_state: HostState | None = None
         self.set_role(role)
         self.uplink: Uplink | None = None
         self._resolver: Resolver | None = None
@@ -106,6 +113,8 @@ class Shared:
             reuse_port=role is Role.SUPERVISOR and balanced_reuse_port(),
             inherited_only=role is Role.WORKER,
         )
+        if role is Role.SUPERVISOR and self.host_state is None:
+            self.host_state = HostState.for_supervisor()
 
     @property
     def resolver(self) -> Resolver:

@@ -17,8 +17,9 @@ policy's business.
 
 - A `StateStore` (kittiwake/state/base.py) keeps the counters and answers
   at once, never waiting: take a token from a bucket, take or give back a
-  concurrency slot. The in-process store is the default; `state &NAME`
-  puts the counters in a shared one (docs/state.md).
+  concurrency slot. The in-process store is the default; with worker
+  processes it is the supervisor's host store, and `state &NAME` puts the
+  counters in a shared one (docs/state.md).
 - `Limiter` is the policy: the rules in order all -> ip -> source, the keys
   (Unix clients count as 127.0.0.1, the null sender is ""), and the wait:
   a limit that is hit is retried until the deadline (5 s, docs/limits.md),
@@ -343,7 +344,12 @@ class LimitsModule(Module):
         for name in {node.name for node in cfg.node.block}:
             cfg.all(name)  # every line was read above
         cfg.finish()
-        store = self.state if self.state is not None else MemoryStore()
+        # Without a `state`: the server's host store when it has worker
+        # processes (docs/state.md, "The host store"), else this block's own.
+        host = self.container.shared.host_state
+        store: StateStore = MemoryStore() if host is None else host.store
+        if self.state is not None:
+            store = self.state
         self.limiter = Limiter(rules, store, log=self.log, prefix=self._prefix(self.instance_name))
 
     @staticmethod

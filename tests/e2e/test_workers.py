@@ -8,6 +8,7 @@ the pid of the worker that took it. Clients are smtplib and raw sockets.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -23,8 +24,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
-from kw import LAUNCHER, Dialog, Kittiwake, ServerProcess, env, free_port
+from kw import LAUNCHER, Dialog, Kittiwake, ServerProcess, env, free_port, in_parallel
 from queuetools import config as queue_config
 from queuetools import entries, send, wait_for
 from test_reload import Load, message, reload_cmd, rewrite, signal_reload, subjects, tcp
@@ -576,7 +578,10 @@ def _config_check(tmp: Path, text: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_config_check_warns_about_what_each_worker_counts_alone(tmp_path: Path) -> None:
+def test_config_check_has_nothing_to_warn_about_counters_with_workers(tmp_path: Path) -> None:
+    """Every counter counts for the whole server: in the supervisor's host
+    store, or in the shared store a `state &NAME` names (docs/state.md), so
+    there is no bound that holds per worker to warn about."""
     port = free_port()
     auth = """auth.pass_table users {
     table static { }
@@ -585,25 +590,18 @@ submission tcp://127.0.0.1:0 {
     auth &users
     deliver_to &mb
 }"""
-    text = conf(tmp_path, ports=[port], smtp="max_connections_per_ip 5", extra=auth)
-    done = _config_check(tmp_path, text)
-    assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("warn ")]
-    assert len(lines) == 2, done.stderr
-    capped = next(line for line in lines if "max_connections_per_ip" in line)
-    assert "max_connections_per_ip is counted by each of the 2 workers on its own" in capped
-    assert re.search(r"file=\S*check\.conf line=\d+$", capped)
-    assert any("auth_ratelimit (on by default with auth)" in line for line in lines)
-    single = _config_check(tmp_path, text.replace("workers 2", ""))
-    assert single.returncode == 0 and "warn " not in single.stderr
-    # Counted in a shared store (docs/state.md): the bounds hold for the
-    # whole server, nothing to warn about (and Redis need not be up).
+    limits = "max_connections_per_ip 5\n    limits {\n        all rate 20 1s\n    }"
+    text = conf(tmp_path, ports=[port], smtp=limits, extra=auth)
+    for workers in ("workers 2", "workers 1"):
+        done = _config_check(tmp_path, text.replace("workers 2", workers))
+        assert done.returncode == 0, done.stderr
+        assert "warn " not in done.stderr, done.stderr
+    # With a shared store too (and Redis need not be up).
     shared_auth = auth.replace("    auth &users", "    state &cluster\n    auth &users")
     shared = conf(
         tmp_path,
         ports=[port],
-        smtp="state &cluster\n    max_connections_per_ip 5\n"
-        "    limits {\n        all rate 20 1s\n    }",
+        smtp="state &cluster\n    " + limits,
         extra="state.redis cluster {\n    endpoint redis://127.0.0.1:1/0\n}\n" + shared_auth,
     )
     done = _config_check(tmp_path, shared)
@@ -638,3 +636,242 @@ def _child_of(proc: Path, parent: int) -> bool:
         return int((proc / "stat").read_text().split(")")[1].split()[1]) == parent
     except (OSError, IndexError, ValueError):
         return False
+
+
+# -- counting across workers: the supervisor's host store (docs/state.md) -----------------
+
+HIGH_LOAD = "451 4.4.5 High load, try again later"
+TOO_MANY = "421 4.7.0 Too many connections, try again later"
+PASSWORD = "correct horse"
+HASH = "bcrypt:" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4, b"2a")).decode()
+INVALID = "535 5.7.8 Invalid credentials"
+THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
+OK = "235 2.0.0 Authentication succeeded"
+#: How long a transaction waits for a full limit before its 451 (docs/limits.md).
+DEADLINE = 5.0
+
+
+def taken_by(server: ServerProcess, d: Dialog, source: str) -> int:
+    """The pid of the worker that took connection `d`, from its `connection opened` line."""
+    port = d.sock.getsockname()[1]
+    line = server.wait_log(
+        rf"connection opened [^\n]*src_ip={re.escape(source)} src_port={port} pid=\d+"
+    )
+    return int(line.rsplit("pid=", 1)[1])
+
+
+def greeted(port: int, source: str) -> Dialog | None:
+    """A connection from `source` that got its 220 and said EHLO; None if turned away."""
+    d = Dialog(port, source=source, timeout=DEADLINE + 15)
+    if not d.reply()[-1].startswith("220 "):
+        d.close()
+        return None
+    assert d.cmd("EHLO client.example").startswith("250 ")
+    return d
+
+
+def spread(server: ServerProcess, port: int, source: str, each: int) -> dict[int, list[Dialog]]:
+    """`each` open connections from `source` on every worker (pid -> them).
+
+    The kernel picks the worker; a connection that lands on one with enough
+    is closed and another opened (its slot comes back once the worker has
+    seen the close: until then a new one may be turned away, and is tried
+    again)."""
+    kept: dict[int, list[Dialog]] = {pid: [] for pid in worker_pids(server).values()}
+    for _ in range(200):
+        if all(len(held) == each for held in kept.values()):
+            return kept
+        d = greeted(port, source)
+        if d is None:
+            time.sleep(0.05)
+            continue
+        held = kept[taken_by(server, d, source)]
+        if len(held) < each:
+            held.append(d)
+        else:
+            d.cmd("QUIT")
+            d.close()
+    raise AssertionError(f"connections not spread over the workers: {kept}")
+
+
+def begin(d: Dialog, rcpt: str = "held@example.com") -> str:
+    """MAIL and RCPT; the RCPT's reply (where the limits are taken)."""
+    assert d.cmd(f"MAIL FROM:<{FROM}>").startswith("250 ")
+    return d.cmd(f"RCPT TO:<{rcpt}>")
+
+
+def test_two_workers_admit_one_all_rate_between_them(kittiwake: Start, tmp_path: Path) -> None:
+    """`all rate 20 1m` with `workers 2`: 30 clients at once, spread over both
+    workers; 20 messages are taken in the minute, not 20 per worker, and the
+    other 10 get the limit's temporary reply."""
+    port = free_port()
+    limits = "limits {\n        all rate 20 1m\n    }"
+    server = kittiwake(conf(tmp_path, ports=[port], smtp=limits), ready=2)
+
+    def client(n: int) -> str:
+        with Dialog(port, timeout=DEADLINE + 15) as d:
+            assert d.reply()[-1].startswith("220 ")
+            assert d.cmd("EHLO client.example").startswith("250 ")
+            rcpt = begin(d, "rate@example.com")
+            if rcpt.startswith("250 "):
+                assert d.cmd("DATA").startswith("354 ")
+                d.send(message(f"rate-{n}") + b".\r\n")
+                assert d.reply()[-1].startswith("250 ")
+            return rcpt
+
+    replies = in_parallel(*(lambda n=n: client(n) for n in range(30)))
+    assert sum(r.startswith("250 ") for r in replies) == 20, replies
+    assert sorted(r for r in replies if not r.startswith("250 ")) == [HIGH_LOAD] * 10
+    assert len(subjects(tmp_path, "rate@example.com")) == 20
+    assert sorted(set(serving_pids(server))) == sorted(worker_pids(server).values())
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+def test_per_ip_caps_and_concurrency_hold_across_workers(kittiwake: Start, tmp_path: Path) -> None:
+    """`max_connections_per_ip 4` and `ip concurrency 2`: two connections on
+    each worker fill the cap (each worker alone would take four); a
+    transaction on each worker fills the slots, and a third waits and gets
+    451 until one of them ends."""
+    port = free_port()
+    source = "127.0.0.7"
+    smtp = (
+        "max_connections_per_ip 4\n    max_connections_per_ip_exempt none\n"
+        "    limits {\n        ip concurrency 2\n    }"
+    )
+    server = kittiwake(conf(tmp_path, ports=[port], smtp=smtp), ready=2)
+    kept = spread(server, port, source, 2)
+    (a, on_a), (b, on_b) = kept.items()
+    opened = on_a + on_b
+    try:
+        past = Dialog(port, source=source)
+        assert past.reply() == [TOO_MANY]
+        past.close()
+        with Dialog(port, source="127.0.0.17") as other:  # another address: let in
+            assert other.reply()[-1].startswith("220 ")
+        assert re.search(r"per-IP connection limit reached src_ip=127\.0\.0\.7", server.log)
+
+        assert begin(on_a[0]).startswith("250 ")
+        assert begin(on_b[0]).startswith("250 ")  # both slots, one on each worker
+        started = time.monotonic()
+        assert begin(on_a[1]) == HIGH_LOAD  # past them
+        assert DEADLINE - 0.5 <= time.monotonic() - started <= DEADLINE + 3
+        assert on_b[0].cmd("RSET").startswith("250 ")  # a slot given back on worker b
+        assert on_a[1].cmd("RSET").startswith("250 ")
+        started = time.monotonic()
+        assert begin(on_a[1]).startswith("250 ")  # worker a sees it at its next poll
+        assert time.monotonic() - started < 1.0
+    finally:
+        for d in opened:
+            d.close()
+    assert a != b
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+def test_a_password_guesser_is_locked_out_on_every_worker(kittiwake: Start, tmp_path: Path) -> None:
+    """`auth_ratelimit { ip 3 }`: failures on both workers count together, a
+    wrong password repeated on the other worker counts once (the guess key
+    is the server's, not each worker's), and the lockout holds on both."""
+    port = free_port()
+    source = "127.0.0.8"
+    users = f"""auth.pass_table users {{
+    table static {{
+        entry me@example.org "{HASH}"
+    }}
+}}"""
+    smtp = (
+        "auth &users\n    auth_ratelimit {\n        ip 3 1m\n        username 0\n"
+        "        lockout 30s\n        exempt none\n    }"
+    )
+    server = kittiwake(conf(tmp_path, ports=[port], smtp=smtp, extra=users), ready=2)
+    a, b = sorted(worker_pids(server).values())
+
+    def login(pid: int, password: str) -> str:
+        """AUTH on a connection the worker `pid` took (others are closed)."""
+        for _ in range(100):
+            d = greeted(port, source)
+            assert d is not None
+            with d:
+                if taken_by(server, d, source) == pid:
+                    auth = base64.b64encode(f"\0me@example.org\0{password}".encode()).decode()
+                    return d.cmd("AUTH PLAIN " + auth)
+                d.cmd("QUIT")
+        raise AssertionError(f"no connection reached worker {pid}")
+
+    assert login(a, "guess1") == INVALID
+    assert login(b, "guess1") == INVALID  # the same guess again: not counted
+    assert login(b, "guess2") == INVALID
+    assert login(a, PASSWORD) == OK  # two failures: below the limit
+    assert login(a, "guess3") == INVALID  # the third reaches it
+    assert re.search(r"authentication locked out scope=ip src_ip=127\.0\.0\.8 ", server.log)
+    assert login(b, PASSWORD) == THROTTLED  # locked on both workers
+    assert login(a, PASSWORD) == THROTTLED
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+def test_a_killed_worker_leaves_no_slot_taken(kittiwake: Start, tmp_path: Path) -> None:
+    """A worker holding two connections (a slot of each cap for each) and a
+    concurrency slot is killed with -9: the supervisor gives back what it
+    held when its store connection ends, so after the restart the cap has
+    room for exactly those two, and the slot is free at once."""
+    port = free_port()
+    source = "127.0.0.10"
+    smtp = (
+        "max_connections_per_ip 4\n    max_connections_per_ip_exempt none\n"
+        "    limits {\n        ip concurrency 1\n    }"
+    )
+    server = kittiwake(conf(tmp_path, ports=[port], smtp=smtp), ready=2)
+    kept = spread(server, port, source, 2)
+    victim, survivor = kept
+    slot = next(s for s, pid in worker_pids(server).items() if pid == victim)
+    opened = [*kept[victim], *kept[survivor]]
+    try:
+        assert begin(kept[victim][0]).startswith("250 ")  # the one ip slot
+        with Dialog(port, source=source) as past:
+            assert past.reply() == [TOO_MANY]
+            assert past.closed()  # after it gave back the `max_connections` slot it took
+        os.kill(victim, signal.SIGKILL)
+        server.wait_log(rf"worker died slot={slot} pid={victim} ")
+        server.wait_log(rf"slots of a worker that is gone given back pid={victim} slots=5")
+        server.wait_log(rf"worker restarted slot={slot} pid=\d+")
+        for d in kept[victim]:
+            assert d.closed()  # cut with their worker
+        again = [greeted(port, source) for _ in range(2)]  # the dead worker's two
+        opened += [d for d in again if d is not None]
+        assert None not in again
+        with Dialog(port, source=source) as past:  # and not one more
+            assert past.reply() == [TOO_MANY]
+        started = time.monotonic()
+        assert begin(kept[survivor][0]).startswith("250 ")  # the slot is free
+        assert time.monotonic() - started < 1.0
+    finally:
+        for d in opened:
+            d.close()
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+def test_a_reload_keeps_the_counts_of_the_host_store(kittiwake: Start, tmp_path: Path) -> None:
+    """The supervisor's store outlives configurations: the tokens the old
+    workers took are gone for the new ones too (docs/state.md, "Reloads")."""
+    port = free_port()
+    limits = "limits {\n        all rate 3 1m\n    }"
+    server = kittiwake(conf(tmp_path, ports=[port], smtp=limits), ready=2)
+
+    def transaction() -> str:
+        with Dialog(port, timeout=DEADLINE + 15) as d:
+            d.reply()
+            d.cmd("EHLO client.example")
+            return begin(d, "reload@example.com")
+
+    assert transaction().startswith("250 ")
+    assert transaction().startswith("250 ")
+    old = set(worker_pids(server).values())
+    signal_reload(server, conf(tmp_path, ports=[port], smtp=limits + "\n    max_recipients 7"))
+    wait_for(lambda: not any(alive(pid) for pid in old), message="the old workers gone")
+    assert transaction().startswith("250 ")  # the third of the minute
+    assert transaction() == HIGH_LOAD
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0

@@ -1,29 +1,36 @@
-"""The `StateStore` contract, held by both stores: the in-process one and the
-Redis one, whose Lua scripts run in a real `redis-server` (docs/state.md).
+"""The `StateStore` contract, held by every store: the in-process one, the
+host store (a worker's client of its supervisor's in-process store, over a
+real socket pair, served by the supervisor's code) and the Redis one,
+whose Lua scripts run in a real `redis-server` (docs/state.md).
 
-Each behaviour is one test run against both, on a fake clock: the Redis
+Each behaviour is one test run against all three, on a fake clock: the Redis
 store passes the clock's milliseconds to its scripts instead of the
 server's `TIME`, so refill beats, windows, lockouts and lease expiry are
 checked exactly, without sleeping. The clock starts at the real time,
 because Redis expires keys on its own clock. What only Redis has (key
 expiry, leases renewed or lost, an unreachable server) is checked at the
-end, against the real server's clock.
+end, against the real server's clock; what only the host store has (a
+dead worker's slots given back, a supervisor gone, a late answer) after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from kittiwake import log
-from kittiwake.state.base import Failure, Held, Rate, Slot, StateStore, StoreUnavailable
+from kittiwake.state.base import Failure, Grant, Held, Rate, Slot, StateStore, StoreUnavailable
+from kittiwake.state.host import HostStore
 from kittiwake.state.memory import MemoryStore
 from kittiwake.state.redis_store import RedisStore, connect
+from kittiwake.supervise.statehost import StateHost
 from redisd import RedisServer
 
 _prefixes = itertools.count(1)
@@ -66,12 +73,47 @@ async def redis_store(
     )
 
 
-@pytest.fixture(params=["memory", "redis"])
+class Host:
+    """A supervisor's store and its server; `worker()` connects one more worker."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.server = StateHost(store, log.Logger("workers"))
+        self.workers: list[HostStore] = []
+
+    async def worker(self, **options: object) -> HostStore:
+        ours, theirs = socket.socketpair()
+        self.server.serve(ours, 1000 + len(self.workers))
+        client = HostStore(theirs, log.Logger("state.host"), **options)  # type: ignore[arg-type]
+        await client.open()
+        self.workers.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self.workers:
+            await client.close()
+        await self.server.close()
+
+
+@contextlib.asynccontextmanager
+async def hosted(store: StateStore) -> AsyncIterator[Host]:
+    host = Host(store)
+    try:
+        yield host
+    finally:
+        await host.close()
+
+
+@pytest.fixture(params=["memory", "host", "redis"])
 async def store(
     request: pytest.FixtureRequest, clock: FakeClock, redis_server: RedisServer
 ) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         yield MemoryStore(clock=clock)
+        return
+    if request.param == "host":
+        async with hosted(MemoryStore(clock=clock)) as host:
+            yield await host.worker()
         return
     made = await redis_store(redis_server, clock)
     try:
@@ -202,8 +244,9 @@ async def test_remembered_keys_are_known(store: StateStore) -> None:
     await store.remember(("auth/x/known", "192.0.2.9 me"), 3600.0)
     locks = await store.locked([("auth/x/username", "me")], ("auth/x/known", "192.0.2.9 me"))
     other = await store.locked([("auth/x/username", "me")], ("auth/x/known", "192.0.2.8 me"))
-    # The memory store only looks the key up when a counter is locked.
-    assert locks.known or isinstance(store, MemoryStore)
+    # The memory store (the host store's too) only looks the key up when a
+    # counter is locked.
+    assert locks.known or not isinstance(store, RedisStore)
     assert not other.known
 
 
@@ -278,3 +321,114 @@ async def test_an_unreachable_server_fails_fast_and_logs_once(
             server.kill()
     finally:
         await store.stop()
+
+
+# -- host store only: workers that die, a supervisor that is gone, late answers ------------
+
+
+async def test_the_slots_of_a_worker_that_dies_are_given_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    memory = MemoryStore()
+    async with hosted(memory) as host:
+        doomed, other = await host.worker(), await host.worker()
+        slot = Slot("conn/smtp/127.0.0.1:25/ip", "192.0.2.1", 3)
+        for _ in range(2):
+            assert (await take(doomed, slot))[0] == -1
+        assert (await take(doomed, Slot("limits/x/all.concurrency.0", "", 1)))[0] == -1
+        mine = (await take(other, slot))[2]
+        assert (await take(other, slot))[0] == 0  # full: three held
+        doomed._sock.close()  # as the kernel does for a process killed with -9
+        await asyncio.sleep(0.1)
+        assert memory.key_count("limits/x/all.concurrency.0") == 0
+        again = (await take(other, slot))[2] + (await take(other, slot))[2]
+        assert len(again) == 2  # the dead worker's two are free, and no more
+        assert (await take(other, slot))[0] == 0
+        await other.release(mine + again)
+        await other.locked([], ("k", "z"))  # one question after: the releases are in
+        assert memory.key_count(slot.counter) == 0
+    err = capsys.readouterr().err
+    assert "slots of a worker that is gone given back pid=1000 slots=3" in err
+
+
+async def test_a_worker_cannot_give_back_what_another_holds() -> None:
+    memory = MemoryStore()
+    async with hosted(memory) as host:
+        holder, stranger = await host.worker(), await host.worker()
+        slot = Slot("s", "k", 1)
+        held = (await take(holder, slot))[2]
+        await stranger.release(held)  # not its own: ignored
+        await stranger.release([Held("s", "k")])
+        assert (await take(stranger, slot))[0] == 0
+        await holder.release(held)
+        await holder.release(held)  # twice: the second is ignored too
+        assert len((await take(stranger, slot))[2]) == 1
+        assert (await take(holder, slot))[0] == 0
+
+
+async def test_a_release_is_in_before_the_next_question_without_waiting() -> None:
+    async with hosted(MemoryStore()) as host:
+        worker = await host.worker()
+        slot = Slot("s", "", 1)
+        for _ in range(100):
+            held = (await take(worker, slot))[2]
+            assert len(held) == 1
+            await worker.release(held)  # sent, not answered
+
+
+class SlowStore(MemoryStore):
+    """A memory store whose grants take `delay` seconds (a stalled supervisor)."""
+
+    delay = 0.0
+
+    async def acquire(self, wanted: Sequence[Rate | Slot]) -> Grant:
+        await asyncio.sleep(self.delay)
+        return await super().acquire(wanted)
+
+
+async def test_a_grant_that_comes_too_late_is_given_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    memory = SlowStore()
+    async with hosted(memory) as host:
+        worker = await host.worker(timeout=0.2)
+        memory.delay = 0.5
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await worker.acquire([Slot("s", "", 1)])
+        assert time.monotonic() - started < 0.4
+        with pytest.raises(StoreUnavailable):  # the retry window: at once
+            await worker.acquire([Slot("s", "", 1)])
+        await asyncio.sleep(0.5)  # the grant arrived and was sent back
+        memory.delay = 0.0
+        await asyncio.sleep(worker.outage.retry)
+        assert len((await take(worker, Slot("s", "", 1)))[2]) == 1
+    err = capsys.readouterr().err
+    assert err.count("shared state store unreachable") == 1, err
+    assert "shared state store reachable again" in err
+
+
+async def test_a_supervisor_that_is_gone_fails_every_decision_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lost: list[bool] = []
+    async with hosted(MemoryStore()) as host:
+        worker = await host.worker(on_lost=lambda: lost.append(True))
+        held = (await take(worker, Slot("s", "", 1)))[2]
+        await host.server.close()  # the supervisor's end closes
+        await asyncio.sleep(0.1)
+        assert lost == [True]
+        assert worker.fail_open is False
+        started = time.monotonic()
+        for call in (
+            worker.acquire([Rate("r", "", 1, 1.0)]),
+            worker.locked([("c", "k")], ("k", "z")),
+            worker.count_failure([failure()], guess(1)),
+            worker.release(held),
+            worker.remember(("k", "z"), 1.0),
+        ):
+            with pytest.raises(StoreUnavailable):
+                await call
+        assert time.monotonic() - started < 0.5
+    err = capsys.readouterr().err
+    assert err.count("shared state store unreachable") == 1, err

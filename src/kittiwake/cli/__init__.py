@@ -42,7 +42,6 @@ from kittiwake.config import show, values
 from kittiwake.config.node import Node
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError
-from kittiwake.supervise.caveats import warn_per_process_state
 from kittiwake.supervise.count import option as worker_count
 
 
@@ -65,7 +64,6 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             raise log_target_error(container, nodes, exc) from None
     except ConfigError as exc:
         return config_error(exc)
-    warn_per_process_state(container, container.globals.workers)
     print(f"{container.config_file}: configuration OK")
     return EXIT_OK
 

@@ -44,7 +44,6 @@ from kittiwake.control import SOCKET_NAME, ControlServer
 from kittiwake.errors import ConfigError
 from kittiwake.module import Role
 from kittiwake.supervise import worker
-from kittiwake.supervise.caveats import warn_per_process_state
 
 
 def _raise_open_file_limit() -> None:
@@ -90,7 +89,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         _configure_logging(container, nodes)
     except ConfigError as exc:
         return config_error(exc)
-    warn_per_process_state(container, count)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         if count > 1:
             from kittiwake.cli.supervised import serve_supervised

@@ -32,9 +32,10 @@ pair of an earlier counted failure of the same key in the same window is
 not counted again, so a mail client retrying a stale password every few
 minutes does not lock out its office, while a guesser, who never repeats
 a guess, is counted in full. Guesses are kept as 8-byte keyed hashes; the
-key is random per process, so a password is never stored, not even in a
-shared store (where the same guess sent to two nodes therefore counts once
-per node).
+key is random per process (per server, for the worker processes sharing
+the host store), so a password is never stored, not even in a shared
+store (where the same guess sent to two nodes therefore counts once per
+node).
 
 The user name limit would let anybody lock a real user out. It therefore
 spares addresses that logged in as that user before (remembered for
@@ -127,18 +128,22 @@ class AuthThrottle:
         normalize: Callable[[str], str] = str,
         store: StateStore | None = None,
         owner: str = "",
+        guess_key: bytes | None = None,
     ) -> None:
         """`normalize`: the endpoint's user name normalisation, so that
         `Alice@Example.ORG` and `alice@example.org` share one counter.
-        `owner` names the counters in a shared store (the endpoint's)."""
+        `owner` names the counters in a shared store (the endpoint's).
+        `guess_key` keys the guess hashes when every process of the server
+        must hash alike (the host store); by default a random one."""
         self.settings = settings
         self.log = log
         self.normalize = normalize
         self.store: StateStore = store if store is not None else MemoryStore(max_keys=MAX_KEYS)
         prefix = f"auth/{owner}/" if owner else ""
         self.counters = (prefix + "ip", prefix + "username", prefix + "known")
-        # Keys the guess hashes; per process, so a password is never stored.
-        self._secret = os.urandom(32)
+        # Keys the guess hashes, so a password is never stored; per process,
+        # or per server with worker processes (state/host.py `HostState`).
+        self._secret = guess_key if guess_key is not None else os.urandom(32)
 
     def share_counters(self, previous: AuthThrottle) -> None:
         """Count on with `previous`'s counters (a reload, docs/reload.md).

@@ -107,11 +107,11 @@ class SMTPEndpoint(Endpoint):
         self.state: StateStore | None = None
         self.state_owner = self._default_owner()
         cfg.custom("state", self._parse_state, None)
+        self._choose_store()
         self._configure_auth(cfg)
         self.limits: Limits | None = cfg.module("limits", Limits, "", default_module="limits")
         if isinstance(self.limits, LimitsModule):
-            self.limits.adopt(self.state, self.state_owner)
-        self._note_per_process_state(cfg)
+            self.limits.adopt(self.state, self.counters_owner)
         self.proxy: ProxyConfig | None = cfg.custom("proxy_protocol", self._parse_proxy, None)
         rest = cfg.finish(allow_unknown=True)
         self.pipeline = Pipeline(
@@ -137,27 +137,27 @@ class SMTPEndpoint(Endpoint):
         self._check_exposure()
         self.listener: Listener | None = None
 
-    def _note_per_process_state(self, cfg: Directives) -> None:
-        """The directives whose counts each process keeps for itself.
+    def _choose_store(self) -> None:
+        """Where the caps and `auth_ratelimit` count, and under which name.
 
-        With several workers each counts only its own connections, so a
-        bound written here holds per worker, not for the server
-        (docs/workers.md, "What each worker counts alone"); `config check`
-        warns about them (supervise/caveats.py).
+        `state &NAME` names a shared store. Without it, a server with worker
+        processes counts in its host store, the supervisor's (docs/state.md,
+        "The host store"), so the bounds hold for the whole server; the
+        counters are named after the first listen address in full, so two
+        endpoints on one port never share them. A single process counts
+        in its own memory (`store` None: the caps in plain integers).
         """
-        #: (what, where): each is named in the warning at its line.
-        self.per_process_state: list[tuple[str, Node]] = []
-        # A shared store (`state`, docs/state.md) counts for every worker.
-        shared_limits = isinstance(self.limits, LimitsModule) and self.limits.state is not None
-        for name in ("max_connections", "max_connections_per_ip", "limits"):
-            shared = shared_limits if name == "limits" else self.state is not None
-            written = cfg.get(name)
-            if written is not None and not shared:
-                self.per_process_state.append((name, written))
-        if self.auth_throttle is not None and self.state is None:
-            written = cfg.get("auth_ratelimit")
-            what = "auth_ratelimit" if written else "auth_ratelimit (on by default with auth)"
-            self.per_process_state.append((what, written or self._node))
+        host = self.container.shared.host_state
+        #: The store of the caps and `auth_ratelimit`; None: this process alone.
+        self.store: StateStore | None = self.state
+        #: What this endpoint's counters are called in `store`.
+        self.counters_owner = self.state_owner
+        #: The guess hash key every process shares (host store only).
+        self.guess_key: bytes | None = None
+        if self.state is None and host is not None:
+            self.store = host.store
+            self.counters_owner = self._host_owner()
+            self.guess_key = host.guess_key
 
     def _configure_auth(self, cfg: Directives) -> None:
         """`auth` providers and how user names reach them (docs/server.md, "Authentication")."""
@@ -186,8 +186,9 @@ class SMTPEndpoint(Endpoint):
                     throttle,
                     self.log,
                     normalize=normalizer,
-                    store=self.state,
-                    owner=self.state_owner if self.state is not None else "",
+                    store=self.store,
+                    owner=self.counters_owner if self.store is not None else "",
+                    guess_key=self.guess_key,
                 )
 
     def _parse_state(self, node: Node) -> None:
@@ -210,6 +211,15 @@ class SMTPEndpoint(Endpoint):
         if first.scheme == "unix":
             return f"{self.kind}/" + re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(first.path))
         return f"{self.kind}/{first.port}"
+
+    def _host_owner(self) -> str:
+        """`KIND/HOST:PORT` (or `KIND/PATH`) of the first listen address: the
+        endpoints of one server bind different sockets (container.py
+        `_check_binds`; two of a kind on port 0 of one host would share)."""
+        family, host, port = self.binds()[0]
+        if family == "unix":
+            return f"{self.kind}/{host}"
+        return f"{self.kind}/[{host}]:{port}" if ":" in host else f"{self.kind}/{host}:{port}"
 
     def _parse_proxy(self, node: Node) -> ProxyConfig:
         """`proxy_protocol [CIDR...] [{ trust CIDR...; tls ... }]` (docs/proxy.md)."""
@@ -291,8 +301,8 @@ class SMTPEndpoint(Endpoint):
                 self.max_connections,
                 self.max_connections_per_ip,
                 self.per_ip_exempt,
-                store=self.state,
-                counters=(f"conn/{self.state_owner}/total", f"conn/{self.state_owner}/ip"),
+                store=self.store,
+                counters=(f"conn/{self.counters_owner}/total", f"conn/{self.counters_owner}/ip"),
             ),
             limits=self.limits,
             rdns_at_greeting=rdns_at_greeting,

@@ -9,7 +9,9 @@ plain integers checked synchronously as a connection arrives (the cheapest
 way, and what protects this process's file descriptors whatever happens
 elsewhere). With an endpoint `state &NAME` the same caps are also taken as
 slots of the shared store, one decision per connection, so that they hold
-across every node serving the endpoint (docs/state.md). A node's own count
+across every node serving the endpoint (docs/state.md); with worker
+processes and no `state`, as slots of the supervisor's host store, so
+that they hold across the workers. A node's own count
 is never above the shared one, so the local check refuses nothing the
 shared one would let in; it still holds when the store is unreachable and
 fails open.
@@ -109,7 +111,8 @@ class ConnectionGate:
 
     # -- across nodes --------------------------------------------------------------
 
-    #: The shared store both caps are also counted in; None: this process only.
+    #: The store both caps are also counted in (a shared one, or the host
+    #: store of a server with workers); None: this process only.
     store: StateStore | None = None
     #: Counter names in `store`: (`max_connections`, `max_connections_per_ip`).
     counters: tuple[str, str] = ("conn/total", "conn/ip")

@@ -9,8 +9,8 @@ the TLS report store, readiness and reloads), and starts N worker
 processes that serve the mail endpoints on the sockets they inherit.
 
 * `count` - how many: the directive, `-j`, `auto`;
-* `caveats` - the warning about counters each worker keeps alone;
 * `channel` - the JSON line between the supervisor and each worker;
+* `statehost` - the supervisor's store of counters, served to the workers;
 * `spawn` - what a worker is started with, and starting it;
 * `worker` - the worker process's side;
 * `fleet` - the supervisor's side: generations of workers, restarts,

@@ -21,7 +21,10 @@ but never reported (queue/target.py `sweep`), and they do every
 What workers report arrives here: readiness, a start that failed,
 committed queue entries (handed to the supervisor's queue of the same
 configuration, in batches), TLS report counts (to the one store), and
-metrics when a scrape asks for them (supervise/metrics.py).
+metrics when a scrape asks for them (supervise/metrics.py). Each worker
+also has a connection to the supervisor's store of counters
+(supervise/statehost.py); it outlives generations, so a reload keeps
+every count.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from kittiwake.container import Container
 from kittiwake.module import Role
 from kittiwake.queue.target import QueueTarget
 from kittiwake.server.sockets import Bind, bind_of
+from kittiwake.state.host import HostState
 from kittiwake.supervise.channel import Channel, Message
 from kittiwake.supervise.metrics import Family, Retired
 from kittiwake.supervise.spawn import WorkerInit, node_to_json, start
+from kittiwake.supervise.statehost import StateHost
 from kittiwake.tlsrpt.aggregate import DayCounts
 from kittiwake.tlsrpt.store import shared as tls_store
 
@@ -122,6 +127,8 @@ class Fleet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pickups: dict[QueueTarget, list[str]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        #: Serves the supervisor's store to the workers; made with the first one.
+        self._state_host: StateHost | None = None
 
     def count(self, container: Container) -> int:
         return self.override or container.globals.workers
@@ -217,6 +224,7 @@ class Fleet:
     async def _spawn(self, gen: Generation, slot: int) -> Handle:
         sockets = gen.container.shared.sockets
         inherited = [sockets.slot(real, slot) for _, real in gen.sockets]
+        host = gen.container.shared.host_state
         init = WorkerInit(
             slot=slot,
             generation=gen.number,
@@ -229,8 +237,11 @@ class Fleet:
                 for (configured, _), s in zip(gen.sockets, inherited, strict=True)
             ],
             debug_flags=_flags(gen.container),
+            guess_key=host.guess_key.hex() if host is not None else "",
         )
-        started = await start(init, inherited)
+        started = await start(init, inherited, state=host is not None)
+        if started.state is not None and host is not None:
+            self._serve_state(host).serve(started.state, started.process.pid)
         ready: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         handle = Handle(slot, gen, started.process, started.channel, time.monotonic(), ready)
         gen.handles[slot] = handle
@@ -240,6 +251,11 @@ class Fleet:
             loop.create_task(self._watch(handle)),
         ]
         return handle
+
+    def _serve_state(self, host: HostState) -> StateHost:
+        if self._state_host is None:
+            self._state_host = StateHost(host.store, self.log)
+        return self._state_host
 
     async def _listen(self, handle: Handle) -> None:
         """What one worker says."""
@@ -413,6 +429,8 @@ class Fleet:
         await self._wait_exit(handles, grace + STOP_MARGIN)
         for task in list(self._tasks):
             task.cancel()
+        if self._state_host is not None:
+            await self._state_host.close()
 
     def kill(self) -> None:
         """A second SIGTERM: every worker ends at once."""

@@ -8,7 +8,10 @@ channel (`WorkerInit`) carries everything else: the configuration tree
 the supervisor read and checked, as data (so every worker runs exactly
 the configuration the supervisor checked, even if the file changed
 since), its slot, and the descriptors of the listening sockets it
-inherited, by the address each serves.
+inherited, by the address each serves. A second socket pair, its own
+too, reaches the supervisor's store (`state_fd`, supervise/statehost.py):
+a decision never waits behind a metrics answer on the channel, and the
+supervisor sees the connection end when the worker dies.
 
 Workers are not told about systemd (`NOTIFY_SOCKET` is removed): the
 main process alone reports readiness (docs/production.md).
@@ -21,7 +24,7 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from kittiwake.config.node import Node
@@ -60,6 +63,11 @@ class WorkerInit:
     #: endpoints take them (a port-0 address is served by the next one).
     sockets: list[tuple[Bind, int]] = field(default_factory=list)
     debug_flags: dict[str, Any] = field(default_factory=dict)
+    #: The inherited descriptor of the connection to the supervisor's store
+    #: (-1: none, every counter stays in the worker), and the key of the
+    #: failed-login guess hashes, in hexadecimal (state/host.py `HostState`).
+    state_fd: int = -1
+    guess_key: str = ""
 
     def message(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +83,8 @@ class WorkerInit:
             nodes=list(data["nodes"]),
             sockets=[((str(b[0]), str(b[1]), int(b[2])), int(fd)) for b, fd in data["sockets"]],
             debug_flags=dict(data.get("debug_flags") or {}),
+            state_fd=int(data.get("state_fd", -1)),
+            guess_key=str(data.get("guess_key", "")),
         )
 
     def tree(self) -> list[Node]:
@@ -90,6 +100,8 @@ class Started:
 
     process: asyncio.subprocess.Process
     channel: Channel
+    #: The supervisor's end of the store connection (None: not asked for).
+    state: socket.socket | None = None
 
 
 def command() -> list[str]:
@@ -97,27 +109,34 @@ def command() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
-async def start(init: WorkerInit, sockets: list[socket.socket]) -> Started:
+async def start(init: WorkerInit, sockets: list[socket.socket], *, state: bool = False) -> Started:
     """Start one worker with `sockets` inherited and send it `init`.
 
     `init.sockets` must name the descriptors of `sockets`: a child keeps
-    the numbers of the descriptors it inherits.
+    the numbers of the descriptors it inherits. `state`: give it a
+    connection to the supervisor's store too (`Started.state` is ours).
     """
     ours, theirs = socket.socketpair()
+    pair = socket.socketpair() if state else None
+    inherited = [theirs.fileno(), *(s.fileno() for s in sockets)]
+    if pair is not None:
+        init = replace(init, state_fd=pair[1].fileno())
+        inherited.append(pair[1].fileno())
     try:
         environ = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         environ[WORKER_ENV] = str(theirs.fileno())
         process = await asyncio.create_subprocess_exec(
-            *command(),
-            stdin=subprocess.DEVNULL,
-            env=environ,
-            pass_fds=[theirs.fileno(), *(s.fileno() for s in sockets)],
+            *command(), stdin=subprocess.DEVNULL, env=environ, pass_fds=inherited
         )
     except BaseException:
         ours.close()
+        if pair is not None:
+            pair[0].close()
         raise
     finally:
         theirs.close()
+        if pair is not None:
+            pair[1].close()  # the worker's now: its end closes when it dies
     channel = await Channel.open(ours)
     channel.send("init", **init.message())
-    return Started(process, channel)
+    return Started(process, channel, pair[0] if pair is not None else None)

@@ -21,7 +21,9 @@ Then it obeys its channel:
 * `metrics`: answer with this process's samples (supervise/metrics.py).
 
 The end of the channel means the supervisor is gone: the worker stops as
-for `stop`, so no worker outlives its server. SIGTERM and SIGINT sent to
+for `stop`, so no worker outlives its server. So does the end of its
+connection to the supervisor's store of counters (state/host.py): without
+it every decision would fail, and a worker started again gets a new one. SIGTERM and SIGINT sent to
 the worker itself also stop it gracefully (a service manager or a
 terminal may signal every process of the server at once); repeating them
 changes nothing: on a second signal the supervisor itself ends its
@@ -43,6 +45,7 @@ from kittiwake import log, metrics
 from kittiwake.container import Container, Shared
 from kittiwake.errors import ConfigError
 from kittiwake.module import Role
+from kittiwake.state.host import HostState, HostStore
 from kittiwake.supervise.channel import Channel, Message
 from kittiwake.supervise.metrics import families
 from kittiwake.supervise.spawn import WORKER_ENV, WorkerInit
@@ -105,14 +108,25 @@ class Worker:
         self._stop = asyncio.Event()
         self._retire = asyncio.Event()
         self._retire_question: Message | None = None
+        #: This worker's connection to the supervisor's store, if it has one.
+        self.host: HostStore | None = None
 
     async def run(self) -> int:
         try:
             container = self._build()
+            if self.host is not None:
+                await self.host.open()
         except ConfigError as exc:
             return self._failed(EXIT_CONFIG, str(exc))
         except OSError as exc:
             return self._failed(EXIT_FAILURE, _describe(exc))
+        try:
+            return await self._run(container)
+        finally:
+            if self.host is not None:
+                await self.host.close()
+
+    async def _run(self, container: Container) -> int:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_error)
         self._install_signals(loop)
@@ -143,6 +157,13 @@ class Worker:
         init = self.init
         shared = Shared(init.flags(), Role.WORKER)
         shared.uplink = ChannelUplink(self.channel)
+        if init.state_fd >= 0:
+            # Every counter no `state &NAME` names is the supervisor's
+            # (docs/workers.md): the modules configured below count there.
+            self.host = HostStore(
+                socket.socket(fileno=init.state_fd), log.get("state.host"), on_lost=self._lost
+            )
+            shared.host_state = HostState(self.host, bytes.fromhex(init.guess_key))
         container = Container(
             init.tree(),
             config_file=init.config_file,
@@ -162,6 +183,11 @@ class Worker:
                 family = socket.AF_INET6
             shared.sockets.adopt(bind, socket.socket(family, socket.SOCK_STREAM, fileno=fd))
         return container
+
+    def _lost(self) -> None:
+        if not self._stop.is_set():
+            self.log.warn("the connection to the supervisor's store ended, stopping")
+            self._stop.set()
 
     def _failed(self, status: int, error: str) -> int:
         self.channel.send("failed", status=status, error=error)
