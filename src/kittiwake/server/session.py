@@ -118,18 +118,6 @@ class Session(asyncio.Protocol):
         self.module_data: dict[object, object] = {}
         self.mail = MailTransactions(self)
         self.sasl = SASLHandling(self)
-        self._handlers: dict[type[Event], Callable[[Any], Awaitable[None]]] = {
-            Greeting: self._on_greeting,
-            MailFrom: self.mail.on_mail,
-            RcptTo: self.mail.on_rcpt,
-            Data: self.mail.on_data,
-            BodyEnd: self.mail.on_body_end,
-            Reset: self._on_reset,
-            Quit: self._on_quit,
-            StartTLS: self._on_starttls,
-            Auth: self.sasl.on_auth,
-            AuthLine: self.sasl.on_auth_line,
-        }
         self.peer_ip: str | None = None
         self.peer_port = 0
         self.helo = ""
@@ -467,10 +455,10 @@ class Session(asyncio.Protocol):
             for reply in event.replies:
                 self.reply(reply)
             return
-        handler = self._handlers.get(kind)
+        handler = _HANDLERS.get(kind)
         if handler is None:
             raise RuntimeError(f"no handler for {event!r}")
-        await handler(event)
+        await handler(self, event)
 
     def answer_owed(self, exc: SMTPError) -> None:
         """Answer every reply the current event still owes with `exc`."""
@@ -597,3 +585,21 @@ class Session(asyncio.Protocol):
             self._transport.close()
         if self.task is not None:
             self.task.cancel()
+
+
+#: What answers each event the core hands over (AutoReply, Bdat and the
+#: content are dealt with in `_handle` itself). One table for every
+#: session: a table of bound methods per session cost a kilobyte for each
+#: connection, idle ones included.
+_HANDLERS: dict[type[Event], Callable[[Session, Any], Awaitable[None]]] = {
+    Greeting: Session._on_greeting,
+    MailFrom: lambda s, e: s.mail.on_mail(e),
+    RcptTo: lambda s, e: s.mail.on_rcpt(e),
+    Data: lambda s, e: s.mail.on_data(e),
+    BodyEnd: lambda s, e: s.mail.on_body_end(e),
+    Reset: Session._on_reset,
+    Quit: Session._on_quit,
+    StartTLS: Session._on_starttls,
+    Auth: lambda s, e: s.sasl.on_auth(e),
+    AuthLine: lambda s, e: s.sasl.on_auth_line(e),
+}
