@@ -678,7 +678,7 @@ def spread(server: ServerProcess, port: int, source: str, each: int) -> dict[int
     seen the close: until then a new one may be turned away, and is tried
     again)."""
     kept: dict[int, list[Dialog]] = {pid: [] for pid in worker_pids(server).values()}
-    for _ in range(200):
+    for _ in range(100 + 4 * each * len(kept)):
         if all(len(held) == each for held in kept.values()):
             return kept
         d = greeted(port, source)
@@ -765,6 +765,27 @@ def test_per_ip_caps_and_concurrency_hold_across_workers(kittiwake: Start, tmp_p
         for d in opened:
             d.close()
     assert a != b
+    server.send(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+def test_the_default_caps_count_per_worker(kittiwake: Start, tmp_path: Path) -> None:
+    """Without a cap written in the block, `max_connections_per_ip`'s default
+    (100) protects each worker and counts its own connections: 55 on each
+    of two workers (110 from one address) are all let in, without asking
+    the supervisor (docs/limits.md, "Connection caps")."""
+    port = free_port()
+    source = "127.0.0.9"
+    smtp = "max_connections_per_ip_exempt none"
+    server = kittiwake(conf(tmp_path, ports=[port], smtp=smtp), ready=2)
+    kept = spread(server, port, source, 55)
+    try:
+        assert sum(len(held) for held in kept.values()) == 110
+        assert "per-IP connection limit reached" not in server.log
+    finally:
+        for held in kept.values():
+            for d in held:
+                d.close()
     server.send(signal.SIGTERM)
     assert server.wait() == 0
 

@@ -92,6 +92,8 @@ class SMTPEndpoint(Endpoint):
         # kittiwake's own: protect the listener itself (docs/server.md).
         self.max_connections = cfg.integer("max_connections", 10000, minimum=0)
         self.max_connections_per_ip = cfg.integer("max_connections_per_ip", 100, minimum=0)
+        #: Whether the block sets a cap itself (see `_gate_store`).
+        self._caps_written = cfg.has("max_connections") or cfg.has("max_connections_per_ip")
         self.per_ip_exempt: tuple[Network, ...] = cfg.custom(
             "max_connections_per_ip_exempt", _parse_exempt, DEFAULT_EXEMPT
         )
@@ -158,6 +160,20 @@ class SMTPEndpoint(Endpoint):
             self.store = host.store
             self.counters_owner = self._host_owner()
             self.guess_key = host.guess_key
+
+    def _gate_store(self) -> StateStore | None:
+        """Where the connection caps count beyond this process.
+
+        In the store `state &NAME` names, always. In the host store of a
+        server with workers only when the block writes a cap: the
+        defaults are safety valves for each process's descriptors and
+        memory, which a per-process count protects, and counting them
+        in the supervisor would cost a round trip for every connection
+        (docs/limits.md, "Connection caps").
+        """
+        if self.state is not None or self._caps_written:
+            return self.store
+        return None
 
     def _configure_auth(self, cfg: Directives) -> None:
         """`auth` providers and how user names reach them (docs/server.md, "Authentication")."""
@@ -301,7 +317,7 @@ class SMTPEndpoint(Endpoint):
                 self.max_connections,
                 self.max_connections_per_ip,
                 self.per_ip_exempt,
-                store=self.store,
+                store=self._gate_store(),
                 counters=(f"conn/{self.counters_owner}/total", f"conn/{self.counters_owner}/ip"),
             ),
             limits=self.limits,
