@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kittiwake.errors import SMTPError
 from kittiwake.message.header import HeaderReader
@@ -58,3 +60,33 @@ def test_a_header_of_tiny_fields_is_dropped_early() -> None:
         for _ in range(300):
             reader.feed(b"a:\r\n" * 100)
     assert len(reader._buf) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    head=st.lists(
+        st.sampled_from([b"A: 1", b"B: x\r\n y", b"C:", b"Subject: hi", b"D: z\n\tw"]), max_size=6
+    ),
+    newline=st.sampled_from([b"\r\n", b"\n"]),
+    body=st.binary(max_size=40),
+    cuts=st.lists(st.integers(min_value=1, max_value=60), max_size=6),
+)
+def test_any_chunking_finds_the_same_header_and_body(
+    head: list[bytes], newline: bytes, body: bytes, cuts: list[int]
+) -> None:
+    """Whether the header comes whole in the first chunk (cut out of it at
+    once) or in pieces (collected first), the fields and the body are the same."""
+    data = b"".join(line + newline for line in head) + newline + body
+    expected = HeaderReader(1 << 20)
+    whole = expected.feed(data)
+    assert whole is not None and expected.header is not None
+    reader = HeaderReader(1 << 20)
+    pos, rest = 0, None
+    for size in [*cuts, len(data)]:
+        rest = reader.feed(data[pos : pos + size])
+        pos += size
+        if rest is not None:
+            break
+    assert rest is not None and reader.header is not None
+    assert rest + data[pos:] == whole
+    assert [f.raw for f in reader.header] == [f.raw for f in expected.header]

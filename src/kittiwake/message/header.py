@@ -183,39 +183,32 @@ class HeaderReader:
         return self._done
 
     def feed(self, chunk: bytes) -> bytes | None:
+        # The usual message brings its whole header in its first chunk:
+        # then the chunk is cut where the header ends, without collecting
+        # it first (one copy of the body instead of three).
+        data: bytes | bytearray = chunk
         old = len(self._buf)
-        start = max(0, old - 3)
-        self._buf += chunk
-        buf = self._buf
-        # head_end: where the header's last line ends; body_at: where the
-        # body starts. DATA content has CR LF line ends only; BDAT content
-        # may use bare LFs, so an LF LF also ends the header.
-        if buf.startswith(b"\r\n"):
-            head_end, body_at = 0, 2
-        elif buf.startswith(b"\n"):
-            head_end, body_at = 0, 1
-        else:
-            crlf = buf.find(b"\r\n\r\n", start)
-            lf = buf.find(b"\n\n", start)
-            if lf >= 0 and (crlf < 0 or lf < crlf + 1):
-                head_end, body_at = lf + 1, lf + 2
-            elif crlf >= 0:
-                head_end, body_at = crlf + 2, crlf + 4
-            else:
-                if self.max_size and len(buf) > self.max_size:
-                    self._give_up()
-                    raise header_too_big()
-                if self.max_fields:
-                    self._count_fields(old)
-                return None
+        found = _header_end(chunk, 0) if not old else None
+        if found is None:
+            self._buf += chunk
+            data = self._buf
+            found = _header_end(data, max(0, old - 3))
+        if found is None:
+            if self.max_size and len(data) > self.max_size:
+                self._give_up()
+                raise header_too_big()
+            if self.max_fields:
+                self._count_fields(old)
+            return None
+        head_end, body_at = found
         if self.max_size and body_at > self.max_size:
             self._give_up()
             raise header_too_big()
         try:
-            self.header = Header.parse(bytes(buf[:head_end]), self.max_fields)
+            self.header = Header.parse(bytes(data[:head_end]), self.max_fields)
         finally:
             self._done = True
-        rest = bytes(buf[body_at:])
+        rest = bytes(data[body_at:])
         self._buf = bytearray()
         return rest
 
@@ -254,3 +247,24 @@ class HeaderReader:
         if data and not data.endswith(b"\r\n"):
             data += b"\r\n"
         self.header = Header.parse(data, self.max_fields)
+
+
+def _header_end(buf: bytes | bytearray, start: int) -> tuple[int, int] | None:
+    """(where the header's last line ends, where the body starts), or None
+    while the empty line that ends the header has not come.
+
+    DATA content has CR LF line ends only; BDAT content may use bare LFs,
+    so an LF LF also ends the header. `start`: where new bytes may begin
+    a terminator (earlier bytes were searched already).
+    """
+    if buf.startswith(b"\r\n"):
+        return 0, 2
+    if buf.startswith(b"\n"):
+        return 0, 1
+    crlf = buf.find(b"\r\n\r\n", start)
+    lf = buf.find(b"\n\n", start)
+    if lf >= 0 and (crlf < 0 or lf < crlf + 1):
+        return lf + 1, lf + 2
+    if crlf >= 0:
+        return crlf + 2, crlf + 4
+    return None
