@@ -48,10 +48,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1:`port`."""
 
-    def __init__(self, workdir: Path, port: int = 0) -> None:
+    def __init__(self, workdir: Path, port: int = 0, *, tls: tuple[str, str] | None = None) -> None:
+        """`tls`: (certificate, key) files; Redis then also listens with TLS
+        on `tls_port` (the plain port stays, for the tests' own peeking)."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls is not None else 0
         self.log_path = workdir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -65,6 +69,9 @@ class RedisServer:
             # No persistence, in the foreground, on loopback only.
             args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
             args += ["--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"]
+            if self.tls is not None:
+                args += ["--tls-port", str(self.tls_port), "--tls-cert-file", self.tls[0]]
+                args += ["--tls-key-file", self.tls[1], "--tls-auth-clients", "no"]
             self.proc = subprocess.Popen(
                 [binary, *args],
                 cwd=self.workdir,

@@ -172,10 +172,14 @@ class Kittiwake(ServerProcess):
         *,
         args: tuple[str, ...] = (),
         unprivileged: bool = False,
+        environ: dict[str, str] | None = None,
     ) -> None:
+        """`environ`: the server's whole environment (`env(...)`), if not the default."""
         self.config_path = workdir / "kittiwake.conf"
         self.config_path.write_text(config)
-        super().__init__(workdir, ["-c", str(self.config_path), *args], unprivileged=unprivileged)
+        super().__init__(
+            workdir, ["-c", str(self.config_path), *args], environ, unprivileged=unprivileged
+        )
 
 
 class Dialog:

@@ -1,0 +1,98 @@
+"""`state.redis` over TLS (`rediss://`): the server's certificate is verified.
+
+A real `redis-server` listens with TLS on loopback, its certificate issued
+by the test's own CA for `localhost`. docs/state.md says a `rediss://`
+endpoint is verified with the system's CAs: the test gives the server
+process its CA as the system's (`SSL_CERT_FILE`, which OpenSSL reads for
+its default trust store) and checks that the limit counts in Redis through
+TLS; then, started without it, that the certificate is refused and the
+decision fails closed with the temporary reply, the reason in the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from kw import Dialog, Kittiwake, env, free_port, need_tool
+
+from redisd import RedisServer
+
+NO_LIMITS = "451 4.4.5 Sending limits cannot be checked now, try again later"
+
+
+def config(port: int, tls_port: int) -> str:
+    return f"""hostname mx.example.org
+state.redis shared {{
+    endpoint rediss://localhost:{tls_port}/0
+    key_prefix tlstest:
+}}
+smtp tcp://127.0.0.1:{port} {{
+    tls off
+    limits {{
+        state &shared
+        all rate 100 1m
+    }}
+    deliver_to dummy
+}}
+"""
+
+
+def transaction(port: int) -> str:
+    """MAIL and RCPT on a fresh session; the RCPT's reply (the limit is taken there)."""
+    with Dialog(port) as d:
+        assert d.reply()[-1].startswith("220 ")
+        assert d.cmd("EHLO client.example").startswith("250 ")
+        mail = d.cmd("MAIL FROM:<a@example.com>")
+        if not mail.startswith("250 "):
+            return mail
+        return d.cmd("RCPT TO:<b@example.com>")
+
+
+@pytest.fixture
+def redis_tls(tmp_path: Path, cert_files: tuple[str, str]) -> Iterator[RedisServer]:
+    need_tool("redis-server", "redis-server")
+    server = RedisServer(tmp_path / "redis", tls=cert_files)
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_rediss_counts_in_redis_through_verified_tls(
+    tmp_path: Path, redis_tls: RedisServer, ca: trustme.CA
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = free_port()
+    (tmp_path / "node").mkdir()
+    node = Kittiwake(
+        tmp_path / "node",
+        config(port, redis_tls.tls_port),
+        environ=env(SSL_CERT_FILE=str(ca_file)),
+    )
+    try:
+        node.wait_ready()
+        for _ in range(3):
+            assert transaction(port).startswith("250 ")
+        # The bucket is in Redis, under the block's prefix (read on the plain port).
+        assert redis_tls.command(b"DBSIZE") == b":1"
+        assert "unreachable" not in node.log
+    finally:
+        node.kill()
+
+
+def test_rediss_refuses_a_certificate_it_cannot_verify(
+    tmp_path: Path, redis_tls: RedisServer
+) -> None:
+    port = free_port()
+    (tmp_path / "node").mkdir()
+    node = Kittiwake(tmp_path / "node", config(port, redis_tls.tls_port))
+    try:
+        node.wait_ready()
+        assert transaction(port) == NO_LIMITS
+        node.wait_log("shared state store unreachable .*(?i:certificate verify failed)")
+        assert redis_tls.command(b"DBSIZE") == b":0"
+    finally:
+        node.kill()
