@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trustme
-from kw import Kittiwake
+from kw import Dialog, Kittiwake
 
 
 def config(tmp: Path, cert: tuple[str, str], fmt: str = "text") -> str:
@@ -110,3 +110,30 @@ def test_the_message_line_in_json(
     assert record["to"] == "alice@example.org: 250 2.0.0"
     assert record["refused"] == ""
     assert record["sender"] == "news@example.net"
+
+
+def test_a_refused_message_line_says_how_much_came(
+    kittiwake: Callable[..., Kittiwake], tmp_path: Path, cert_files: tuple[str, str]
+) -> None:
+    """A message over `max_message_size` (DATA, then BDAT) is `not accepted`,
+    and its line gives the bytes the client sent, those past the limit too."""
+    text = config(tmp_path, cert_files).replace(
+        "smtp tcp://127.0.0.1:0 {", "smtp tcp://127.0.0.1:0 {\n    max_message_size 1000B"
+    )
+    server = kittiwake(text)
+    port = int(server.addresses[0].rpartition(":")[2])
+    body = b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n"
+    content = body * 40  # 3,520 bytes, over 1,000
+    with Dialog(port) as d:
+        assert d.reply()[-1].startswith("220 ")
+        assert d.cmd("EHLO client.example.net").startswith("250 ")
+        assert d.cmd("MAIL FROM:<news@example.net>").startswith("250 ")
+        assert d.cmd("RCPT TO:<alice@example.org>").startswith("250 ")
+        assert d.cmd("DATA").startswith("354 ")
+        d.send(content + b".\r\n")
+        assert d.reply()[-1].startswith("552 5.3.4 ")
+        assert d.cmd("MAIL FROM:<news@example.net>").startswith("250 ")
+        assert d.cmd("RCPT TO:<alice@example.org>").startswith("250 ")
+        d.send(b"BDAT %d LAST\r\n" % len(content) + content)
+        assert d.reply()[-1].startswith("552 5.3.4 ")
+    server.wait_log(r"not accepted .*size=3520 (.*\n)+.*not accepted .*size=3520 ")

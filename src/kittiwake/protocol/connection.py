@@ -154,6 +154,12 @@ class ServerConnection:
         return self._owed
 
     @property
+    def content_size(self) -> int:
+        """Bytes of the current message's content received so far (unstuffed),
+        those past `max_message_size` included; 0 outside a transaction."""
+        return self._body_size
+
+    @property
     def pending_input(self) -> int:
         """Bytes received but not yet turned into events."""
         return len(self._buf)
@@ -491,10 +497,13 @@ class ServerConnection:
         return False
 
     def _add_content(self, data: bytes) -> BodyChunk | None:
-        if not data or self._too_large:
+        if not data:
+            return None
+        # Counted past the limit too: the message line says how much came.
+        self._body_size += len(data)
+        if self._too_large:
             return None
         limit = self.settings.max_message_size
-        self._body_size += len(data)
         if limit and self._body_size > limit:
             self._too_large = True
             return None
@@ -517,9 +526,10 @@ class ServerConnection:
             chunk = bytes(buf[:n])
             del buf[:n]
             self._remaining -= n
-            if self._discard_reply is None and not self._too_large:
+            if self._discard_reply is None:
                 self._body_size += n
-                return BodyChunk(chunk)
+                if not self._too_large:
+                    return BodyChunk(chunk)
             if self._remaining:
                 return self._next_bdat()
         self.state = State.COMMAND

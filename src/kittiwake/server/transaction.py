@@ -259,7 +259,9 @@ class MailTransactions:
             self.session.answer_owed(error)
             await self.end()
             return
-        size = 0
+        # What came, for the message line; a delivered message's size is
+        # recomputed below from what was stored (header as received, body).
+        size = self.session.conn.content_size
         try:
             failure: SMTPError | None = None
             statuses: list[SMTPError | None] = []
