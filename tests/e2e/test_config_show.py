@@ -121,6 +121,7 @@ def test_defaults_are_marked_and_read_back(tmp_path: Path) -> None:
         "    max_message_size 32M  # default",
         "    defer_sender_reject yes  # default",
         "    min_data_rate 500B  # default",
+        "    dmarc yes  # default",  # the pipeline's, on unless written
     ):
         assert line in lines
     written = tmp_path / "full.conf"

@@ -308,11 +308,13 @@ class _Reader:
 
     def root(self, nodes: list[Node], where: Node | None) -> RoutingConfig:
         dmarc = [True]
+        written = [False]
 
         def read_dmarc(node: Node) -> bool:
             if node.name != "dmarc":
                 return False
             dmarc[0] = _dmarc(node, dmarc[0], self.log)
+            written[0] = True
             return True
 
         def empty() -> ConfigError:
@@ -328,6 +330,9 @@ class _Reader:
             read_dmarc,
         )
         assert level.default is not None
+        if not written[0] and where is not None:
+            # On unless the block says otherwise: `config show -d` says so too.
+            self.container.note_default(where, "dmarc", ["yes"])
         return RoutingConfig(
             default=level.default,
             checks=tuple(level.checks),
