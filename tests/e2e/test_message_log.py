@@ -8,6 +8,7 @@ connection must have its opening and closing lines with the counts.
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -115,8 +116,9 @@ def test_the_message_line_in_json(
 def test_a_refused_message_line_says_how_much_came(
     kittiwake: Callable[..., Kittiwake], tmp_path: Path, cert_files: tuple[str, str]
 ) -> None:
-    """A message over `max_message_size` (DATA, then BDAT) is `not accepted`,
-    and its line gives the bytes the client sent, those past the limit too."""
+    """A message over `max_message_size` (DATA, BDAT LAST, a BDAT chunk before
+    the last) is `not accepted`, and its line gives the bytes the client
+    sent, those past the limit too."""
     text = config(tmp_path, cert_files).replace(
         "smtp tcp://127.0.0.1:0 {", "smtp tcp://127.0.0.1:0 {\n    max_message_size 1000B"
     )
@@ -136,4 +138,9 @@ def test_a_refused_message_line_says_how_much_came(
         assert d.cmd("RCPT TO:<alice@example.org>").startswith("250 ")
         d.send(b"BDAT %d LAST\r\n" % len(content) + content)
         assert d.reply()[-1].startswith("552 5.3.4 ")
-    server.wait_log(r"not accepted .*size=3520 (.*\n)+.*not accepted .*size=3520 ")
+        assert d.cmd("MAIL FROM:<news@example.net>").startswith("250 ")
+        assert d.cmd("RCPT TO:<alice@example.org>").startswith("250 ")
+        d.send(b"BDAT %d\r\n" % len(content) + content)  # not the last chunk
+        assert d.reply()[-1].startswith("552 5.3.4 ")
+    server.wait_log(r"connection closed .*not_accepted=3 ")
+    assert len(re.findall(r"not accepted .*size=3520 ", server.log)) == 3

@@ -256,6 +256,9 @@ class MailTransactions:
                 return
             self.cfg.metrics.failed_command("BDAT", error.code, error.enhanced)
             self.cfg.metrics.message_done([error], False)
+            # The message ends here, refused: it has its line like any other.
+            statuses: list[SMTPError | None] = [error] * max(1, len(txn.rcpts))
+            self._log_message(txn, statuses, self.session.conn.content_size)
             self.session.answer_owed(error)
             await self.end()
             return
@@ -264,7 +267,7 @@ class MailTransactions:
         size = self.session.conn.content_size
         try:
             failure: SMTPError | None = None
-            statuses: list[SMTPError | None] = []
+            statuses = []
             try:
                 statuses = await self._deliver(txn, event)
                 size = _message_size(txn)
