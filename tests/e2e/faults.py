@@ -82,7 +82,8 @@ class Strace:
         )
         self._attached = threading.Event()
         self._messages: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._attached.wait(WAIT):
             self.close()
             raise AssertionError(f"strace did not attach: {self._messages}")
@@ -128,6 +129,10 @@ class Strace:
         if self.proc.poll() is None:
             self.proc.terminate()
         self.proc.wait(WAIT)
+        # strace has exited, so its stderr ends: the reader finishes what is
+        # left before the pipe is closed under it (closing a file another
+        # thread is reading fails that read).
+        self._reader.join(WAIT)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 
