@@ -347,9 +347,13 @@ class LimitsModule(Module):
         # Without a `state`: the server's host store when it has worker
         # processes (docs/state.md, "The host store"), else this block's own.
         host = self.container.shared.host_state
-        store: StateStore = MemoryStore() if host is None else host.store
+        store: StateStore
         if self.state is not None:
             store = self.state
+        elif host is not None:
+            store = host.store
+        else:
+            store = MemoryStore()
         self.limiter = Limiter(rules, store, log=self.log, prefix=self._prefix(self.instance_name))
 
     @staticmethod

@@ -694,6 +694,15 @@ def spread(server: ServerProcess, port: int, source: str, each: int) -> dict[int
     raise AssertionError(f"connections not spread over the workers: {kept}")
 
 
+def capped(concurrency: int, per_ip: int = 4) -> str:
+    """An endpoint's lines: a per-address cap that counts loopback clients
+    too, and an `ip concurrency` limit."""
+    return (
+        f"max_connections_per_ip {per_ip}\n    max_connections_per_ip_exempt none\n"
+        f"    limits {{\n        ip concurrency {concurrency}\n    }}"
+    )
+
+
 def begin(d: Dialog, rcpt: str = "held@example.com") -> str:
     """MAIL and RCPT; the RCPT's reply (where the limits are taken)."""
     assert d.cmd(f"MAIL FROM:<{FROM}>").startswith("250 ")
@@ -735,10 +744,7 @@ def test_per_ip_caps_and_concurrency_hold_across_workers(kittiwake: Start, tmp_p
     451 until one of them ends."""
     port = free_port()
     source = "127.0.0.7"
-    smtp = (
-        "max_connections_per_ip 4\n    max_connections_per_ip_exempt none\n"
-        "    limits {\n        ip concurrency 2\n    }"
-    )
+    smtp = capped(concurrency=2)
     server = kittiwake(conf(tmp_path, ports=[port], smtp=smtp), ready=2)
     kept = spread(server, port, source, 2)
     (a, on_a), (b, on_b) = kept.items()
@@ -839,10 +845,7 @@ def test_a_killed_worker_leaves_no_slot_taken(kittiwake: Start, tmp_path: Path) 
     room for exactly those two, and the slot is free at once."""
     port = free_port()
     source = "127.0.0.10"
-    smtp = (
-        "max_connections_per_ip 4\n    max_connections_per_ip_exempt none\n"
-        "    limits {\n        ip concurrency 1\n    }"
-    )
+    smtp = capped(concurrency=1)
     server = kittiwake(conf(tmp_path, ports=[port], smtp=smtp), ready=2)
     kept = spread(server, port, source, 2)
     victim, survivor = kept
