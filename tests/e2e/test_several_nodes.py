@@ -230,11 +230,13 @@ def test_all_rate_holds_across_both_nodes_within_one_token(
             assert len(set(re.findall(r"worker ready slot=(\d+)", node.log))) == jobs, node.log
 
 
-def test_ip_concurrency_holds_across_both_nodes(cluster: Callable[..., Cluster]) -> None:
+@pytest.mark.parametrize("jobs", [1, 2], ids=["one-process", "two-workers"])
+def test_ip_concurrency_holds_across_both_nodes(cluster: Callable[..., Cluster], jobs: int) -> None:
     """`ip concurrency 5`: five open transactions of one address, spread
     over both nodes, fill its slots; the sixth waits and gets 451; once
-    one is given back (on the other node, or this one) the next goes in."""
-    c = cluster()
+    one is given back (on the other node, or this one) the next goes in.
+    With two workers per node, four processes hold the slots together."""
+    c = cluster(jobs=jobs)
     source = "127.0.0.30"
     held = [c.connect(source) for _ in range(5)]
     extra = c.connect(source)
