@@ -6,6 +6,11 @@ no persistence (`--save ''`, `--appendonly no`), in a work directory, and
 waits until it answers PING. `kill()` stops it at once (SIGKILL, as a
 crash would), `start()` brings it back on the same port, empty: that is
 how the tests make Redis unreachable and then reachable again.
+
+`RedisServer(..., args=["--replicaof", ...])` makes a replica, and
+`RedisSentinel` runs the same binary as a Sentinel (`--sentinel`) watching
+one master with short timeouts, so a test can kill the master and see a
+replica promoted within seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,9 +54,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1:`port`."""
 
-    def __init__(self, workdir: Path, port: int = 0, *, tls: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int = 0,
+        *,
+        tls: tuple[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         """`tls`: (certificate, key) files; Redis then also listens with TLS
-        on `tls_port` (the plain port stays, for the tests' own peeking)."""
+        on `tls_port` (the plain port stays, for the tests' own peeking).
+        `args`: more options, as `--replicaof 127.0.0.1 PORT`."""
+        self.args = list(args or [])
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -73,7 +88,7 @@ class RedisServer:
                 args += ["--tls-port", str(self.tls_port), "--tls-cert-file", self.tls[0]]
                 args += ["--tls-key-file", self.tls[1], "--tls-auth-clients", "no"]
             self.proc = subprocess.Popen(
-                [binary, *args],
+                [binary, *self._first_args(), *args, *self.args],
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -81,6 +96,9 @@ class RedisServer:
             )
         self._wait_ready()
         return self
+
+    def _first_args(self) -> list[str]:
+        return []
 
     def _wait_ready(self) -> None:
         assert self.proc is not None
@@ -99,16 +117,24 @@ class RedisServer:
 
     def command(self, *words: bytes) -> bytes:
         """One command in RESP; the first line of the answer (tests peek with it)."""
+        return self._ask(words, lambda data: b"\r\n" in data).split(b"\r\n", 1)[0]
+
+    def strings(self, *words: bytes) -> list[bytes]:
+        """One command whose answer is an array of bulk strings: the strings."""
+        answer = self._ask(words, _complete)
+        return answer.split(b"\r\n")[2::2]
+
+    def _ask(self, words: tuple[bytes, ...], complete: Callable[[bytes], bool]) -> bytes:
         request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             s.sendall(request)
             data = b""
-            while b"\r\n" not in data:
+            while not complete(data):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-        return data.split(b"\r\n", 1)[0]
+        return data
 
     def kill(self) -> None:
         """Stop at once, as a crash would; safe to call twice."""
@@ -124,3 +150,48 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def _complete(data: bytes) -> bool:
+    """Whether `data` holds a whole array of bulk strings (or one error line)."""
+    if b"\r\n" not in data:
+        return False
+    if not data.startswith(b"*"):
+        return True
+    head, _, rest = data.partition(b"\r\n")
+    count = int(head[1:])
+    lines = rest.split(b"\r\n")
+    return count <= 0 or len(lines) > 2 * count
+
+
+class RedisSentinel(RedisServer):
+    """A Sentinel watching the master `MASTER` at 127.0.0.1:`master_port`.
+
+    Quorum 1 (it is the only one), the master taken for down after one
+    second without an answer and a failover allowed every five seconds:
+    a killed master is replaced by its replica within a few seconds.
+    """
+
+    MASTER = "kwmaster"
+
+    def __init__(self, workdir: Path, master_port: int) -> None:
+        super().__init__(workdir)
+        self.master_port = master_port
+
+    def _first_args(self) -> list[str]:
+        conf = self.workdir / "sentinel.conf"  # Sentinel rewrites it: its own file
+        conf.write_text(
+            f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master_port} 1\n"
+            f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+            f"sentinel failover-timeout {self.MASTER} 5000\n"
+        )
+        return [str(conf), "--sentinel"]
+
+    def master_port_now(self) -> int:
+        """The master's port as the Sentinel names it now."""
+        host_port = self.strings(b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", self.MASTER.encode())
+        return int(host_port[1])
+
+    def replicas(self) -> int:
+        """How many replicas of the master the Sentinel knows of."""
+        return int(self.command(b"SENTINEL", b"REPLICAS", self.MASTER.encode())[1:])

@@ -14,7 +14,7 @@ from kittiwake.container import Container
 from kittiwake.errors import ConfigError
 from kittiwake.limits import LimitsModule
 from kittiwake.server.endpoint import SMTPEndpoint
-from kittiwake.state.redis import RedisState
+from kittiwake.state.redis import RedisState, Sentinel
 
 HEAD = "hostname mx.example.org\ntls off\n"
 
@@ -83,6 +83,26 @@ def test_endpoints_and_limits_refer_to_it(tmp_path: Path) -> None:
     assert smtp.limits.state is other.limits.state is smtp.state  # inherited by the inline
 
 
+def test_a_sentinel_block(tmp_path: Path) -> None:
+    text = state_block(
+        "sentinel mymaster 10.0.0.5 10.0.0.6:26380 [::1]:26381",
+        "db 2",
+        "username kittiwake",
+        "password s3cret",
+        "sentinel_password t0p",
+    )
+    c = build(text + ENDPOINT, tmp_path)
+    (state,) = (m for m in c.modules if isinstance(m, RedisState))
+    assert state.url is None
+    assert state.sentinel == Sentinel(
+        "mymaster", (("10.0.0.5", 26379), ("10.0.0.6", 26380), ("::1", 26381))
+    )
+    login = (state.db, state.username, state.password, state.sentinel_password)
+    assert login == (2, "kittiwake", "s3cret", "t0p")
+    # What the log names: no password in it.
+    assert state.where() == "sentinel mymaster@10.0.0.5:26379,10.0.0.6:26380,[::1]:26381"
+
+
 BAD = {
     "no endpoint": (["fail_open"], 1, "missing required directive: endpoint"),
     "scheme": (
@@ -124,7 +144,29 @@ BAD = {
         3,
         "lease: must be at least 3s (leases are renewed every third of it)",
     ),
-    "unknown": (["endpoint redis://h", "password x"], 3, "unexpected directive: password"),
+    "unknown": (["endpoint redis://h", "passwd x"], 3, "unexpected directive: passwd"),
+    "login with endpoint": (
+        ["endpoint redis://h", "password x"],
+        3,
+        "password: only with sentinel; with endpoint, write it in the URL",
+    ),
+    "endpoint and sentinel": (
+        ["endpoint redis://h", "sentinel mymaster h"],
+        3,
+        "endpoint and sentinel cannot both be set: with sentinel, the Sentinels say where",
+    ),
+    "no sentinel address": (
+        ["sentinel mymaster"],
+        2,
+        "sentinel: expected the master's name and at least one HOST:PORT of a Sentinel",
+    ),
+    "sentinel port": (["sentinel mymaster h:0"], 2, "sentinel: h:0: invalid port '0'"),
+    "sentinel ipv6": (
+        ["sentinel mymaster ::1"],
+        2,
+        "sentinel: ::1: write an IPv6 address in brackets, as in [::1]:26379",
+    ),
+    "sentinel db": (["sentinel mymaster h", "db x"], 3, "db"),
 }  # fmt: skip
 
 

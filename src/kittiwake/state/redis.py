@@ -11,6 +11,18 @@ state.redis cluster {
 }
 ```
 
+or, with Redis Sentinel choosing the master (docs/state.md, "Redis with
+Sentinel"):
+
+```
+state.redis cluster {
+    sentinel mymaster 10.0.0.5:26379 10.0.0.6:26379 10.0.0.7:26379
+    password s3cret             # the master's; optional
+    sentinel_password s3cret    # the Sentinels' own; optional
+    db 0
+}
+```
+
 Referenced as `state &cluster` from `limits` blocks and from endpoints
 (connection caps, `auth_ratelimit`); docs/state.md.
 
@@ -22,12 +34,18 @@ sessions still draining; the counters themselves are in Redis, so both
 configurations see the same ones and a reload forgets nothing. redis-py is
 an optional extra: it is imported only when a `state.redis` block is
 configured, and its absence is a configuration error at that block.
+
+With `sentinel`, redis-py asks the Sentinels for the master's address
+whenever it opens a connection; after a failover the connections to the
+old master fail, the one retry reconnects through the Sentinels, and the
+decisions in between follow the fail mode like any other outage.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -39,12 +57,28 @@ from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot
 if TYPE_CHECKING:
     from kittiwake.state.redis_store import RedisStore
 
-__all__ = ["RedisState", "parse_endpoint"]
+__all__ = ["RedisState", "Sentinel", "parse_endpoint", "parse_sentinel"]
 
 #: `key_prefix`: what may go before every key (no spaces or quotes to get
 #: wrong in redis-cli, no `{}` hash tags).
 _PREFIX = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 _SCHEMES = ("redis", "rediss", "unix")
+#: Redis Sentinel's own port, for an address written without one.
+SENTINEL_PORT = 26379
+#: Directives that only the `sentinel` form takes (an endpoint URL has them).
+_MASTER_LOGIN = ("db", "username", "password", "sentinel_password")
+
+
+@dataclass(frozen=True)
+class Sentinel:
+    """`sentinel MASTER HOST[:PORT]...`: who names the master, and its name."""
+
+    master: str
+    addresses: tuple[tuple[str, int], ...]
+
+    def __str__(self) -> str:
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+        return f"{self.master}@{hosts}"
 
 
 @register("state.redis")
@@ -58,7 +92,9 @@ class RedisState(Module):
 
     def configure(self, cfg: Directives) -> None:
         self.block_only(cfg)
-        self.url = cfg.custom("endpoint", parse_endpoint, required=True)
+        self.url: str | None = cfg.custom("endpoint", parse_endpoint, None)
+        self.sentinel: Sentinel | None = cfg.custom("sentinel", parse_sentinel, None)
+        self._where_master(cfg)
         fail_open = cfg.get("fail_open")
         fail_closed = cfg.get("fail_closed")
         for node in (fail_open, fail_closed):
@@ -91,11 +127,59 @@ class RedisState(Module):
         self._store_module = redis_store
         self.store: RedisStore | None = None
 
+    def _where_master(self, cfg: Directives) -> None:
+        """One of `endpoint` and `sentinel`; the master's login only with `sentinel`."""
+        endpoint, sentinel = cfg.get("endpoint"), cfg.get("sentinel")
+        if endpoint is None and sentinel is None:
+            raise cfg.node.error(
+                "missing required directive: endpoint (for example endpoint "
+                "redis://127.0.0.1:6379/0), or sentinel MASTER HOST:PORT..."
+            )
+        if endpoint is not None and sentinel is not None:
+            later = max(endpoint, sentinel, key=lambda n: (n.file, n.line))
+            raise later.error(
+                "endpoint and sentinel cannot both be set: with sentinel, "
+                "the Sentinels say where the master is"
+            )
+        self.db, self.username, self.password, self.sentinel_password = 0, "", "", ""
+        if endpoint is not None:
+            for name in _MASTER_LOGIN:
+                node = cfg.get(name)
+                if node is not None:
+                    raise node.error(
+                        f"{name}: only with sentinel; with endpoint, write it in the URL"
+                    )
+            return
+        self.db = cfg.integer("db", 0, minimum=0)
+        self.username = cfg.string("username", "")
+        self.password = cfg.string("password", "")
+        self.sentinel_password = cfg.string("sentinel_password", "")
+
+    def where(self) -> str:
+        """The endpoint or the Sentinels, without passwords, for logs."""
+        if self.sentinel is not None:
+            return f"sentinel {self.sentinel}"
+        assert self.url is not None
+        return _redacted(self.url)
+
     async def start(self) -> None:
         """Make the client (no connection yet: the first decision connects)."""
-        client = self._store_module.connect(
-            self.url, timeout=self.timeout, connect_timeout=self.connect_timeout
-        )
+        if self.sentinel is not None:
+            client = self._store_module.connect_sentinel(
+                self.sentinel.master,
+                list(self.sentinel.addresses),
+                db=self.db,
+                username=self.username or None,
+                password=self.password or None,
+                sentinel_password=self.sentinel_password or None,
+                timeout=self.timeout,
+                connect_timeout=self.connect_timeout,
+            )
+        else:
+            assert self.url is not None
+            client = self._store_module.connect(
+                self.url, timeout=self.timeout, connect_timeout=self.connect_timeout
+            )
         self.store = self._store_module.RedisStore(
             client,
             self.log,
@@ -108,7 +192,7 @@ class RedisState(Module):
         self.store.start()
         self.log.info(
             "shared state in redis",
-            endpoint=_redacted(self.url),
+            endpoint=self.where(),
             mode="fail_open" if self.fail_open else "fail_closed",
         )
 
@@ -166,6 +250,43 @@ def parse_endpoint(node: Node) -> str:
     if db and not db.isdigit():
         raise ValueError(f"{_redacted(url)}: the database must be a number, as in /0")
     return url
+
+
+def parse_sentinel(node: Node) -> Sentinel:
+    """`sentinel MASTER HOST[:PORT] [HOST[:PORT]...]`: the master's name as the
+    Sentinels know it, then the Sentinels (port 26379 when none is written;
+    an IPv6 address in brackets)."""
+    if node.children is not None:
+        raise ValueError("unexpected block")
+    if len(node.args) < 2:
+        raise ValueError("expected the master's name and at least one HOST:PORT of a Sentinel")
+    master, *written = node.args
+    if not master.isprintable() or " " in master:
+        raise ValueError(f"invalid master name {master!r}")
+    addresses: list[tuple[str, int]] = []
+    for text in written:
+        addresses.append(_host_port(text))
+    return Sentinel(master, tuple(addresses))
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, port = text, ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text}: expected [IPV6]:PORT")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif ":" in text:
+        raise ValueError(f"{text}: write an IPv6 address in brackets, as in [::1]:26379")
+    if not host:
+        raise ValueError(f"{text}: a host is required")
+    if not port:
+        return host, SENTINEL_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text}: invalid port {port!r}")
+    return host, int(port)
 
 
 def _parse_prefix(node: Node) -> str:

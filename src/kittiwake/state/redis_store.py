@@ -34,6 +34,7 @@ from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -45,7 +46,7 @@ from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot, StoreU
 from kittiwake.state.memory import GUESS_SIZE, IDLE_TTL, MAX_GUESSES
 from kittiwake.state.outage import Outage
 
-__all__ = ["POOL_SIZE", "RedisStore", "connect"]
+__all__ = ["POOL_SIZE", "RedisStore", "connect", "connect_sentinel"]
 
 #: Connections to Redis at most; a decision waits (within its timeout) for
 #: a free one rather than opening hundreds under a flood.
@@ -75,6 +76,54 @@ def connect(url: str, *, timeout: float, connect_timeout: float) -> Redis:
         retry=retry,
     )
     return Redis(connection_pool=pool, retry=retry)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's connections, found through the Sentinels, at most
+    `max_connections` of them, waiting (within `timeout`) for a free one as
+    `connect`'s pool does instead of failing under a flood."""
+
+
+def connect_sentinel(
+    master: str,
+    sentinels: list[tuple[str, int]],
+    *,
+    db: int,
+    username: str | None,
+    password: str | None,
+    sentinel_password: str | None,
+    timeout: float,
+    connect_timeout: float,
+) -> Redis:
+    """A client for the master the Sentinels name `master`; no I/O here.
+
+    Each new connection asks the Sentinels (in turn, the first that knows
+    wins) where the master is. When a failover moves it, the connections
+    to the old master fail; the one retry reconnects through the Sentinels
+    and reaches the new master. `password` is the master's, and
+    `sentinel_password` the Sentinels' own, which may differ.
+    """
+    retry = Retry(NoBackoff(), 1)
+    asking = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": connect_timeout,
+        "password": sentinel_password,
+        "retry": retry,
+    }
+    manager = Sentinel(sentinels, sentinel_kwargs=asking)
+    client: Redis = manager.master_for(
+        master,
+        connection_pool_class=_BlockingSentinelPool,
+        db=db,
+        username=username,
+        password=password,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=retry,
+    )
+    return client
 
 
 class RedisStore:

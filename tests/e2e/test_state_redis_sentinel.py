@@ -1,0 +1,133 @@
+"""`state.redis` with `sentinel`: the master found through Redis Sentinel, and a failover.
+
+Real processes on loopback: a Redis master, its replica, and a Sentinel
+watching them (tests/redisd.py; all three are the Debian package's
+`redis-server`), and a kittiwake node whose `limits` count in the master
+the Sentinel names. The test spends half of an `all rate` limit, kills the
+master with SIGKILL, and checks what docs/state.md promises: while the
+Sentinel has no new master the decisions fail closed (`451 4.4.5`), the
+server keeps running, and once the replica is promoted it counts there
+without a restart, from where the old master left off: the other half of
+the limit is admitted and no more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kw import Dialog, Kittiwake, free_port, need_tool
+
+from redisd import RedisSentinel, RedisServer
+
+NO_LIMITS = "451 4.4.5 Sending limits cannot be checked now, try again later"
+HIGH_LOAD = "451 4.4.5 High load, try again later"
+RATE = 6  # the limit: `all rate 6 1h`, so nothing refills during the test
+PREFIX = "sentineltest:"
+
+
+def config(port: int, sentinel_port: int) -> str:
+    return f"""hostname mx.example.org
+state.redis shared {{
+    sentinel {RedisSentinel.MASTER} 127.0.0.1:{sentinel_port}
+    key_prefix {PREFIX}
+    fail_closed
+}}
+smtp tcp://127.0.0.1:{port} {{
+    tls off
+    limits {{
+        state &shared
+        all rate {RATE} 1h
+    }}
+    deliver_to dummy
+}}
+"""
+
+
+def transaction(port: int) -> str:
+    """MAIL and RCPT on a fresh session; the RCPT's reply (the limit is taken there)."""
+    with Dialog(port) as d:
+        assert d.reply()[-1].startswith("220 ")
+        assert d.cmd("EHLO client.example").startswith("250 ")
+        mail = d.cmd("MAIL FROM:<a@example.com>")
+        if not mail.startswith("250 "):
+            return mail
+        return d.cmd("RCPT TO:<b@example.com>")
+
+
+def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"not in time: {what}"
+        time.sleep(0.1)
+
+
+@dataclass
+class Site:
+    master: RedisServer
+    replica: RedisServer
+    sentinel: RedisSentinel
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    need_tool("redis-server", "redis-server")
+    master = RedisServer(tmp_path / "master").start()
+    replica = RedisServer(tmp_path / "replica", args=["--replicaof", "127.0.0.1", str(master.port)])
+    sentinel = RedisSentinel(tmp_path / "sentinel", master.port)
+    try:
+        replica.start()
+        sentinel.start()
+        wait_for(lambda: sentinel.replicas() == 1, 15.0, "the Sentinel sees the replica")
+        yield Site(master, replica, sentinel)
+    finally:
+        sentinel.kill()
+        replica.kill()
+        master.kill()
+
+
+def test_limits_count_in_the_master_the_sentinel_names_and_survive_a_failover(
+    tmp_path: Path, site: Site
+) -> None:
+    port = free_port()
+    (tmp_path / "node").mkdir()
+    node = Kittiwake(tmp_path / "node", config(port, site.sentinel.port))
+    try:
+        node.wait_ready()
+        node.wait_log(f'shared state in redis endpoint="sentinel {RedisSentinel.MASTER}@')
+        half = RATE // 2
+        for _ in range(half):
+            assert transaction(port).startswith("250 ")
+        assert site.master.command(b"DBSIZE") == b":1"  # the bucket, in the master
+        # Replication is asynchronous: the failover is tested once the
+        # replica has what the master had.
+        wait_for(lambda: site.replica.command(b"DBSIZE") == b":1", 10.0, "replication")
+
+        site.master.kill()
+        pid = node.proc.pid
+        refused = 0
+        deadline = time.monotonic() + 30.0
+        while True:  # fail closed until the Sentinel promotes the replica
+            answer = transaction(port)
+            if answer.startswith("250 "):
+                break
+            assert answer == NO_LIMITS
+            refused += 1
+            assert time.monotonic() < deadline, node.log
+            time.sleep(0.2)
+        assert refused >= 1  # the outage was seen, and answered as configured
+        assert site.sentinel.master_port_now() == site.replica.port
+        node.wait_log("shared state store unreachable .*mode=fail_closed")
+        node.wait_log("shared state store reachable again")
+
+        # The count went on in the new master: half before, half after, no more.
+        for _ in range(RATE - half - 1):
+            assert transaction(port).startswith("250 ")
+        assert transaction(port) == HIGH_LOAD
+        assert node.proc.pid == pid and node.proc.poll() is None
+        assert site.replica.command(b"DBSIZE") == b":1"
+    finally:
+        node.kill()
