@@ -10,6 +10,9 @@ these servers, each as its own process on a loopback high port:
                     processes; only when named in --only)
                     aiosmtpd-discard    aiosmtpd, a handler that returns 250
                     smtp-sink           Postfix's protocol-only sink (C): the ceiling
+                    (python-floor: the least protocol work a Python server
+                    can do on uvloop, to show what is kittiwake's own cost;
+                    only when named in --only)
     durable         kittiwake-maildir   kittiwake, `storage.maildir` (fsync, then 250)
                     aiosmtpd-maildir    aiosmtpd, a handler that fsyncs a Maildir file
                     postfix-maildir     a private Postfix, virtual(8) into a Maildir
@@ -98,6 +101,7 @@ SERVERS = (
         lambda n, w: smtp_servers.aiosmtpd(n, w, durable=False),
     ),
     Server("smtp-sink", "discard", "smtp-sink", smtp_servers.smtp_sink),
+    Server("python-floor", "discard", "floor", smtp_servers.python_floor, default=False),
     Server(
         "kittiwake-maildir",
         "durable",

@@ -12,6 +12,9 @@ chosen at start, and nothing listens anywhere else.
   those queries must not leave loopback.
 - `aiosmtpd`: `bench/peers/aiosmtpd_discard.py` or `aiosmtpd_maildir.py`.
 - `smtp-sink`: Postfix's protocol-only sink, the upper bound, written in C.
+- `python-floor`: `peers/python_floor.py`, the least protocol work on
+  uvloop (not a mail server): what the interpreter and the event loop cost
+  per message, run only when named with `--only`.
 - `postfix`: a private Postfix instance (its own `config_directory`,
   `queue_directory` and `data_directory` under the run's temporary
   directory) delivering through `virtual(8)` into one Maildir; it is
@@ -267,6 +270,20 @@ def aiosmtpd(name: str, work: Path, *, durable: bool) -> Iterator[Target]:
     try:
         proc.wait_ready(AIOSMTPD_READY)
         yield Target(name, port, proc.pid, maildir, True, proc.alive, proc.log)
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def python_floor(name: str, work: Path) -> Iterator[Target]:
+    """`peers/python_floor.py`: the least a Python server can do per message."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [sys.executable, str(PEERS / "python_floor.py"), "--port", str(port)]
+    proc = Process(cmd, work / "python-floor.log")
+    try:
+        proc.wait_ready(AIOSMTPD_READY)
+        yield Target(name, port, proc.pid, None, True, proc.alive, proc.log)
     finally:
         proc.stop()
 

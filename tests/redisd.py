@@ -61,11 +61,16 @@ class RedisServer:
         *,
         tls: tuple[str, str] | None = None,
         args: list[str] | None = None,
+        password: str = "",
     ) -> None:
         """`tls`: (certificate, key) files; Redis then also listens with TLS
         on `tls_port` (the plain port stays, for the tests' own peeking).
-        `args`: more options, as `--replicaof 127.0.0.1 PORT`."""
+        `args`: more options, as `--replicaof 127.0.0.1 PORT`. `password`:
+        required of clients, and given to the master when replicating."""
+        self.password = password
         self.args = list(args or [])
+        if password and not isinstance(self, RedisSentinel):
+            self.args += ["--requirepass", password, "--masterauth", password]
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -125,15 +130,21 @@ class RedisServer:
         return answer.split(b"\r\n")[2::2]
 
     def _ask(self, words: tuple[bytes, ...], complete: Callable[[bytes], bool]) -> bytes:
-        request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        request = _resp(words)
+        login = b"+OK\r\n"
+        if self.password:  # AUTH first, on the same connection; its +OK is dropped
+            request = _resp((b"AUTH", self.password.encode())) + request
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             s.sendall(request)
             data = b""
-            while not complete(data):
+            while not complete(data.removeprefix(login) if self.password else data):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 data += chunk
+        if self.password:
+            assert data.startswith(login), data
+            return data.removeprefix(login)
         return data
 
     def kill(self) -> None:
@@ -150,6 +161,10 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def _resp(words: tuple[bytes, ...]) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
 
 
 def _complete(data: bytes) -> bool:
@@ -174,9 +189,13 @@ class RedisSentinel(RedisServer):
 
     MASTER = "kwmaster"
 
-    def __init__(self, workdir: Path, master_port: int) -> None:
-        super().__init__(workdir)
+    def __init__(
+        self, workdir: Path, master_port: int, *, password: str = "", master_password: str = ""
+    ) -> None:
+        """`password`: the Sentinel's own; `master_password`: the master's."""
+        super().__init__(workdir, password=password)
         self.master_port = master_port
+        self.master_password = master_password
 
     def _first_args(self) -> list[str]:
         conf = self.workdir / "sentinel.conf"  # Sentinel rewrites it: its own file
@@ -184,6 +203,12 @@ class RedisSentinel(RedisServer):
             f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master_port} 1\n"
             f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
             f"sentinel failover-timeout {self.MASTER} 5000\n"
+            + (
+                f"sentinel auth-pass {self.MASTER} {self.master_password}\n"
+                if self.master_password
+                else ""
+            )
+            + (f"requirepass {self.password}\n" if self.password else "")
         )
         return [str(conf), "--sentinel"]
 

@@ -29,10 +29,10 @@ RATE = 6  # the limit: `all rate 6 1h`, so nothing refills during the test
 PREFIX = "sentineltest:"
 
 
-def config(port: int, sentinel_port: int) -> str:
+def config(port: int, sentinel_port: int, login: str = "") -> str:
     return f"""hostname mx.example.org
 state.redis shared {{
-    sentinel {RedisSentinel.MASTER} 127.0.0.1:{sentinel_port}
+    sentinel {RedisSentinel.MASTER} 127.0.0.1:{sentinel_port}{login}
     key_prefix {PREFIX}
     fail_closed
 }}
@@ -73,20 +73,38 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+def sites(tmp_path: Path) -> Iterator[Callable[..., Site]]:
+    """Start a master, its replica and a Sentinel: `password` is the
+    master's (and the replica's), `sentinel_password` the Sentinel's own."""
     need_tool("redis-server", "redis-server")
-    master = RedisServer(tmp_path / "master").start()
-    replica = RedisServer(tmp_path / "replica", args=["--replicaof", "127.0.0.1", str(master.port)])
-    sentinel = RedisSentinel(tmp_path / "sentinel", master.port)
-    try:
-        replica.start()
-        sentinel.start()
+    started: list[RedisServer] = []
+
+    def start(password: str = "", sentinel_password: str = "") -> Site:
+        master = RedisServer(tmp_path / "master", password=password)
+        started.append(master.start())
+        follow = ["--replicaof", "127.0.0.1", str(master.port)]
+        replica = RedisServer(tmp_path / "replica", args=follow, password=password)
+        started.append(replica.start())
+        sentinel = RedisSentinel(
+            tmp_path / "sentinel",
+            master.port,
+            password=sentinel_password,
+            master_password=password,
+        )
+        started.append(sentinel.start())
         wait_for(lambda: sentinel.replicas() == 1, 15.0, "the Sentinel sees the replica")
-        yield Site(master, replica, sentinel)
+        return Site(master, replica, sentinel)
+
+    try:
+        yield start
     finally:
-        sentinel.kill()
-        replica.kill()
-        master.kill()
+        for server in reversed(started):
+            server.kill()
+
+
+@pytest.fixture
+def site(sites: Callable[..., Site]) -> Site:
+    return sites()
 
 
 def test_limits_count_in_the_master_the_sentinel_names_and_survive_a_failover(
@@ -129,5 +147,37 @@ def test_limits_count_in_the_master_the_sentinel_names_and_survive_a_failover(
         assert transaction(port) == HIGH_LOAD
         assert node.proc.pid == pid and node.proc.poll() is None
         assert site.replica.command(b"DBSIZE") == b":1"
+    finally:
+        node.kill()
+
+
+def test_the_master_and_the_sentinels_each_get_their_own_password(
+    tmp_path: Path, sites: Callable[..., Site]
+) -> None:
+    site = sites(password="m4ster-pw", sentinel_password="s3ntinel-pw")
+    login = "\n    password m4ster-pw\n    sentinel_password s3ntinel-pw"
+    port = free_port()
+    (tmp_path / "node").mkdir()
+    node = Kittiwake(tmp_path / "node", config(port, site.sentinel.port, login))
+    try:
+        node.wait_ready()
+        for _ in range(3):
+            assert transaction(port).startswith("250 ")
+        assert site.master.command(b"DBSIZE") == b":1"
+        assert "unreachable" not in node.log
+        assert "m4ster-pw" not in node.log and "s3ntinel-pw" not in node.log
+    finally:
+        node.kill()
+
+    # The Sentinel refuses a wrong password of its own: fail closed, said in the log.
+    port = free_port()
+    (tmp_path / "wrong").mkdir()
+    login = "\n    password m4ster-pw\n    sentinel_password m4ster-pw"
+    node = Kittiwake(tmp_path / "wrong", config(port, site.sentinel.port, login))
+    try:
+        node.wait_ready()
+        assert transaction(port) == NO_LIMITS
+        node.wait_log("shared state store unreachable")
+        assert site.master.command(b"DBSIZE") == b":1"  # counted nothing more
     finally:
         node.kill()
