@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from typing import cast
 
 import uvloop
 
@@ -37,9 +38,9 @@ class Floor(asyncio.Protocol):
         self.in_data = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(GREETING)
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(GREETING)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
