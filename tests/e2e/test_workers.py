@@ -899,3 +899,34 @@ def test_a_reload_keeps_the_counts_of_the_host_store(kittiwake: Start, tmp_path:
     assert transaction() == HIGH_LOAD
     server.send(signal.SIGTERM)
     assert server.wait() == 0
+
+
+def test_each_worker_says_whose_redis_outage_it_logs(kittiwake: Start, tmp_path: Path) -> None:
+    """Every process logs its own outage of a shared store (docs/state.md):
+    with workers, each line names the process (`pid=`), as its session
+    lines do; nothing listens on the Redis port."""
+    port = free_port()
+    text = conf(
+        tmp_path,
+        ports=[port],
+        smtp="limits {\n        state &cluster\n        all rate 100 1m\n    }",
+        extra="state.redis cluster {\n    endpoint redis://127.0.0.1:1/0\n}",
+    )
+    server = kittiwake(text, ready=2)
+    pids = set(worker_pids(server).values())
+    for n in range(6):  # decisions in both workers (the kernel shares connections out)
+        with Dialog(port) as d:
+            assert d.reply()[-1].startswith("220 ")
+            d.cmd("EHLO client.example")
+            assert d.cmd("MAIL FROM:<a@example.com>").startswith("250 ")
+            assert d.cmd(f"RCPT TO:<b{n}@example.com>").startswith("451 4.4.5 ")
+    deadline = time.monotonic() + 10
+    while True:
+        found = re.findall(r"shared state store unreachable [^\n]* pid=(\d+)", server.log)
+        if pids <= {int(p) for p in found}:
+            break
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.1)
+    lines = [line for line in server.log.splitlines() if "store unreachable" in line]
+    assert all(" pid=" in line for line in lines), lines
+    assert {int(p) for p in found} <= pids | {server.proc.pid}

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -406,6 +408,9 @@ async def test_a_grant_that_comes_too_late_is_given_back(
     err = capsys.readouterr().err
     assert err.count("shared state store unreachable") == 1, err
     assert "shared state store reachable again" in err
+    # Only workers ask the host store, and several log the same outage: each says whose.
+    assert f"down_for=0.0 pid={os.getpid()}" in err, err
+    assert re.search(rf"reachable again down_for=\S+ failed=\d+ pid={os.getpid()}", err), err
 
 
 async def test_a_supervisor_that_is_gone_fails_every_decision_at_once(

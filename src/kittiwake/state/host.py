@@ -108,7 +108,8 @@ class HostStore:
     ) -> None:
         self.log = log
         self.timeout = timeout
-        self.outage = Outage(log, mode="fail_closed")
+        # Only workers ask the host store: their lines say which one.
+        self.outage = Outage(log, mode="fail_closed", fields={"pid": os.getpid()})
         self._sock = sock
         self._on_lost = on_lost
         self._writer: asyncio.StreamWriter | None = None

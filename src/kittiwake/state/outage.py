@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from kittiwake.log import Logger
 
@@ -40,9 +41,12 @@ class Outage:
         interval: float = LOG_INTERVAL,
         retry: float = RETRY,
         clock: Callable[[], float] = time.monotonic,
+        fields: dict[str, Any] | None = None,
     ) -> None:
-        """`mode` (`fail_open` or `fail_closed`) is named in the log lines."""
+        """`mode` (`fail_open` or `fail_closed`) is named in the log lines;
+        `fields` are added to them (the worker's `pid`, docs/workers.md)."""
         self.log = log
+        self.fields = dict(fields or {})
         self.mode = mode
         self.interval = interval
         self.retry = retry
@@ -82,6 +86,7 @@ class Outage:
             mode=self.mode,
             failed=self._failed,
             down_for=round(now - self.since, 1),
+            **self.fields,
         )
         self._failed = 0
 
@@ -94,6 +99,7 @@ class Outage:
             "shared state store reachable again",
             down_for=round(now - self.since, 1),
             failed=self._failed,
+            **self.fields,
         )
         self.since = None
         self._failed = 0

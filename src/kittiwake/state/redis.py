@@ -43,6 +43,7 @@ decisions in between follow the fail mode like any other outage.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from urllib.parse import urlsplit
 
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
-from kittiwake.module import Module, register
+from kittiwake.module import Module, Role, register
 from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot
 
 if TYPE_CHECKING:
@@ -188,6 +189,8 @@ class RedisState(Module):
             fail_open=self.fail_open,
             timeout=self.timeout,
             lease=self.lease,
+            # With worker processes each one logs its own outage: say whose.
+            log_fields={} if self.container.role is Role.SINGLE else {"pid": os.getpid()},
         )
         self.store.start()
         self.log.info(

@@ -142,7 +142,9 @@ class RedisStore:
         timeout: float = 1.0,
         lease: float = 30.0,
         clock: Callable[[], int] | None = None,
+        log_fields: dict[str, object] | None = None,
     ) -> None:
+        """`log_fields`: added to the outage lines (a worker's `pid`)."""
         self.client = client
         self.log = log
         #: The `state.redis` block's name: the `store` label of its metrics.
@@ -152,7 +154,8 @@ class RedisStore:
         self.timeout = timeout
         self.lease = lease
         self.clock = clock
-        self.outage = Outage(log, mode="fail_open" if fail_open else "fail_closed")
+        mode = "fail_open" if fail_open else "fail_closed"
+        self.outage = Outage(log, mode=mode, fields=log_fields)
         self._acquire = self._script(lua.ACQUIRE)
         self._release = self._script(lua.RELEASE)
         self._renew = self._script(lua.RENEW)
