@@ -9,7 +9,10 @@ parameters and whether it came over TLS (`messages`).
 
 Options make it behave as a test needs: `tls` (an `ssl.SSLContext`) offers
 STARTTLS; `requiretls` advertises REQUIRETLS; `rcpt_replies` answers
-chosen recipients with a fixed reply line instead of 250. Nothing of
+chosen recipients with a fixed reply line instead of 250; `mail_reply`
+answers every MAIL FROM so; `pipelining` advertises PIPELINING (RFC 2920).
+For each MAIL FROM the sink counts whether the next command had already
+come with it (`pipelined`) or not (`unpipelined`). Nothing of
 kittiwake is used here: it is the other side of the wire.
 """
 
@@ -49,11 +52,16 @@ class MXSink:
     broken_tls: bool = False
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     name: str = "mx.test"
+    pipelining: bool = False
+    #: The reply to every MAIL FROM instead of 250.
+    mail_reply: str | None = None
 
     def __post_init__(self) -> None:
         self.connections = 0
         self.peers: list[str] = []  # the client address of each connection
         self.quits = 0  # connections the client ended with QUIT
+        self.pipelined = 0  # MAIL FROMs whose next command came in the same read
+        self.unpipelined = 0
         self.messages: list[Received] = []
         #: The SNI name of each TLS handshake ("" when the client sent none).
         self.server_names: list[str] = []
@@ -80,12 +88,16 @@ class MXSink:
             self.connections = 0
             self.peers = []
             self.quits = 0
+            self.pipelined = 0
+            self.unpipelined = 0
             self.messages = []
             self.server_names = []
         self.rcpt_replies = {}
         self.requiretls = False
         self.smtputf8 = True
         self.data_reply = None
+        self.pipelining = False
+        self.mail_reply = None
 
     def _sni(self, sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: object) -> None:
         with self.lock:
@@ -123,7 +135,7 @@ class MXSink:
             self.peers.append(str(sock.getpeername()[0]))
         conn: socket.socket | ssl.SSLSocket = sock
         conn.settimeout(WAIT)
-        reader = conn.makefile("rb")
+        reader = _Lines(conn)
 
         def send(line: str) -> None:
             conn.sendall(line.encode() + b"\r\n")
@@ -142,6 +154,8 @@ class MXSink:
                 if verb in ("EHLO", "HELO"):
                     mail, rcpts = None, []
                     caps = ["8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 10000000"]
+                    if self.pipelining:
+                        caps.append("PIPELINING")
                     if self.smtputf8:
                         caps.append("SMTPUTF8")
                     if (self.tls is not None or self.broken_tls) and not tls:
@@ -160,19 +174,27 @@ class MXSink:
                     return
                 elif verb == "STARTTLS" and self.tls is not None and not tls:
                     send("220 2.0.0 Ready to start TLS")
-                    reader.close()
                     try:
                         conn = self.tls.wrap_socket(conn, server_side=True)
                     except (ssl.SSLError, OSError):
                         return  # the client refused our certificate
-                    reader = conn.makefile("rb")
+                    reader = _Lines(conn)
                     tls = True
                     mail, rcpts = None, []
                 elif verb == "MAIL":
                     rest = line[10:] if line[:10].upper() == "MAIL FROM:" else ""
                     path, _, params = rest.partition(" ")
                     mail, rcpts = (path.strip("<>"), params.split()), []
-                    send("250 2.1.0 OK")
+                    with self.lock:
+                        if reader.buffered():
+                            self.pipelined += 1
+                        else:
+                            self.unpipelined += 1
+                    if self.mail_reply is not None:
+                        mail = None
+                        send(self.mail_reply)
+                    else:
+                        send("250 2.1.0 OK")
                 elif verb == "RCPT":
                     rest = line[8:] if line[:8].upper() == "RCPT TO:" else ""
                     rcpt = rest.split(" ", 1)[0].strip("<>")
@@ -224,5 +246,26 @@ class MXSink:
         finally:
             with self.lock:
                 self._open.discard(sock)
-            reader.close()
             conn.close()
+
+
+class _Lines:
+    """Lines from a socket, with what came beyond the line kept and visible
+    (`buffered`): how the sink tells a pipelined command from a waiting one."""
+
+    def __init__(self, conn: socket.socket | ssl.SSLSocket) -> None:
+        self.conn = conn
+        self.data = b""
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.data:
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                line, self.data = self.data, b""
+                return line
+            self.data += chunk
+        line, _, self.data = self.data.partition(b"\n")
+        return line + b"\n"
+
+    def buffered(self) -> bool:
+        return bool(self.data)

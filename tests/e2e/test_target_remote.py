@@ -432,13 +432,16 @@ def test_without_pool_every_message_dials(
     assert mx.sinks["mx-b"].connections == 3
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["lockstep", "pipelined"])
 def test_a_pooled_connection_closed_by_the_mx_is_replaced(
-    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str], pipelining: bool
 ) -> None:
-    """The MX goes away while our connection idles: the next message dials again."""
+    """The MX goes away while our connection idles: the next message dials again
+    (with PIPELINING, the loss shows only when MAIL and RCPT have been written)."""
     server = start(kittiwake, tmp_path, mx, cert_files)
-    send_direct(server, ["u1@reuse.test"], "before")
     sink = mx.sinks["mx-b"]
+    sink.pipelining = pipelining
+    send_direct(server, ["u1@reuse.test"], "before")
     assert len(sink.wait_messages(1)) == 1
     sink.drop_connections()  # the idle connection kittiwake holds is cut
     replies, data = send_direct(server, ["u2@reuse.test"], "after")
@@ -446,6 +449,69 @@ def test_a_pooled_connection_closed_by_the_mx_is_replaced(
     first, second = sink.wait_messages(2)
     assert second.rcpts == ["u2@reuse.test"]
     assert second.connection == first.connection + 1
+
+
+# -- pipelining (RFC 2920) --------------------------------------------------------------
+
+
+def test_mail_and_the_first_rcpt_go_in_one_write_to_an_mx_that_pipelines(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    sink = mx.sinks["mx-a"]
+    sink.pipelining = True
+    sink.rcpt_replies = {"gone@a.test": "550 5.1.1 No such user here"}
+    server = start(kittiwake, tmp_path, mx, cert_files)
+    replies, data = send_direct(server, ["ok@a.test", "gone@a.test", "two@a.test"], "first")
+    assert replies["ok@a.test"][0] == 250
+    assert replies["gone@a.test"] == (550, b"5.1.1 mx-a.test said: No such user here")
+    assert replies["two@a.test"][0] == 250
+    assert data is not None and data[0] == 250
+    # The first recipient refused, on a reused connection this time.
+    sink.rcpt_replies = {"gone@a.test": "550 5.1.1 No such user here"}
+    replies, data = send_direct(server, ["gone@a.test", "three@a.test"], "second")
+    assert replies["gone@a.test"] == (550, b"5.1.1 mx-a.test said: No such user here")
+    assert replies["three@a.test"][0] == 250 and data is not None and data[0] == 250
+    first, second = sink.wait_messages(2)
+    assert first.rcpts == ["ok@a.test", "two@a.test"] and second.rcpts == ["three@a.test"]
+    assert second.connection == first.connection  # pooled
+    assert (sink.pipelined, sink.unpipelined) == (2, 0)
+
+
+def test_mail_waits_for_its_reply_when_the_mx_does_not_pipeline(
+    kittiwake: Start, tmp_path: Path, mx: World, cert_files: tuple[str, str]
+) -> None:
+    sink = mx.sinks["mx-a"]
+    server = start(kittiwake, tmp_path, mx, cert_files)
+    replies, data = send_direct(server, ["ok@a.test", "two@a.test"])
+    assert [code for code, _ in replies.values()] == [250, 250]
+    assert data is not None and data[0] == 250
+    assert [m.rcpts for m in sink.wait_messages(1)] == [["ok@a.test", "two@a.test"]]
+    assert (sink.pipelined, sink.unpipelined) == (0, 1)
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["lockstep", "pipelined"])
+def test_a_refused_mail_from_refuses_every_recipient_of_that_domain(
+    kittiwake: Start,
+    tmp_path: Path,
+    mx: World,
+    cert_files: tuple[str, str],
+    pipelining: bool,
+) -> None:
+    """With PIPELINING the first RCPT was already written: its answer (a 503)
+    is read and dropped, and MAIL FROM's refusal is every recipient's."""
+    sink = mx.sinks["mx-a"]
+    sink.pipelining = pipelining
+    sink.mail_reply = "550 5.7.1 Sender refused here"
+    server = start(kittiwake, tmp_path, mx, cert_files)
+    replies, data = send_direct(server, ["one@a.test", "two@a.test"])
+    refused = (550, b"5.7.1 mx-a.test said: Sender refused here")
+    assert replies == {"one@a.test": refused, "two@a.test": refused}
+    assert data is None
+    sink.mail_reply = None  # the connection was not kept in that state: a new one works
+    replies, data = send_direct(server, ["three@a.test"])
+    assert replies["three@a.test"][0] == 250 and data is not None and data[0] == 250
+    assert [m.rcpts for m in sink.wait_messages(1)] == [["three@a.test"]]
+    assert sink.connections == 2
 
 
 # -- replies --------------------------------------------------------------------------
