@@ -116,6 +116,10 @@ def test_limits_count_in_the_master_the_sentinel_names_and_survive_a_failover(
     try:
         node.wait_ready()
         node.wait_log(f'shared state in redis endpoint="sentinel {RedisSentinel.MASTER}@')
+        # The log names the server that holds the counters.
+        node.wait_log(
+            f"redis master found master={RedisSentinel.MASTER} address=127.0.0.1:{site.master.port}"
+        )
         half = RATE // 2
         for _ in range(half):
             assert transaction(port).startswith("250 ")
@@ -140,6 +144,7 @@ def test_limits_count_in_the_master_the_sentinel_names_and_survive_a_failover(
         assert site.sentinel.master_port_now() == site.replica.port
         node.wait_log("shared state store unreachable .*mode=fail_closed")
         node.wait_log("shared state store reachable again")
+        node.wait_log(f"redis master found [^\n]* address=127.0.0.1:{site.replica.port}")
 
         # The count went on in the new master: half before, half after, no more.
         for _ in range(RATE - half - 1):
@@ -177,7 +182,23 @@ def test_the_master_and_the_sentinels_each_get_their_own_password(
     try:
         node.wait_ready()
         assert transaction(port) == NO_LIMITS
-        node.wait_log("shared state store unreachable")
+        # Which Sentinel refused, in a line of its own words (not redis-py's internals).
+        line = node.wait_log("shared state store unreachable [^\n]*")
+        assert f"Sentinel 127.0.0.1:{site.sentinel.port}: AuthenticationError" in line, line
+        assert "redis.asyncio" not in line and len(line) < 400, line
         assert site.master.command(b"DBSIZE") == b":1"  # counted nothing more
+    finally:
+        node.kill()
+
+    # No password for the master: the log says it is the master's login that failed.
+    port = free_port()
+    (tmp_path / "nopass").mkdir()
+    login = "\n    sentinel_password s3ntinel-pw"
+    node = Kittiwake(tmp_path / "nopass", config(port, site.sentinel.port, login))
+    try:
+        node.wait_ready()
+        assert transaction(port) == NO_LIMITS
+        line = node.wait_log("shared state store unreachable [^\n]*")
+        assert "the login to the Redis master failed: check password" in line, line
     finally:
         node.kill()

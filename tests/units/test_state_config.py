@@ -89,6 +89,7 @@ def test_a_sentinel_block(tmp_path: Path) -> None:
         "db 2",
         "username kittiwake",
         "password s3cret",
+        "sentinel_username watcher",
         "sentinel_password t0p",
     )
     c = build(text + ENDPOINT, tmp_path)
@@ -97,8 +98,9 @@ def test_a_sentinel_block(tmp_path: Path) -> None:
     assert state.sentinel == Sentinel(
         "mymaster", (("10.0.0.5", 26379), ("10.0.0.6", 26380), ("::1", 26381))
     )
-    login = (state.db, state.username, state.password, state.sentinel_password)
-    assert login == (2, "kittiwake", "s3cret", "t0p")
+    login = (state.db, state.username, state.password)
+    assert login == (2, "kittiwake", "s3cret")
+    assert (state.sentinel_username, state.sentinel_password) == ("watcher", "t0p")
     # What the log names: no password in it.
     assert state.where() == "sentinel mymaster@10.0.0.5:26379,10.0.0.6:26380,[::1]:26381"
 
@@ -167,6 +169,39 @@ BAD = {
         "sentinel: ::1: write an IPv6 address in brackets, as in [::1]:26379",
     ),
     "sentinel db": (["sentinel mymaster h", "db x"], 3, "db"),
+    "sentinel login with endpoint": (
+        ["endpoint redis://h", "sentinel_password x"],
+        3,
+        "sentinel_password: only with sentinel (it is the Sentinels' own)",
+    ),
+    "sentinel empty port": (["sentinel mymaster h:"], 2, "sentinel: h:: invalid port ''"),
+    "sentinel url": (
+        ["sentinel mymaster redis://h:26379"],
+        2,
+        "sentinel: redis://h:26379: a Sentinel is written HOST:PORT, not as a URL "
+        "(TLS is not available with sentinel)",
+    ),
+    "sentinel commas": (
+        ["sentinel mymaster h1:26379,h2:26379"],
+        2,
+        "sentinel: h1:26379,h2:26379: separate the Sentinels with spaces, not commas",
+    ),
+    "sentinel brackets": (
+        ["sentinel mymaster [h]:26379"],
+        2,
+        "sentinel: [h]:26379: brackets are for IPv6 addresses only",
+    ),
+    "sentinel without master": (
+        ["sentinel 10.0.0.5:26379 10.0.0.6:26379"],
+        2,
+        "sentinel: 10.0.0.5:26379: the first argument is the master's name as the "
+        "Sentinels know it (their `sentinel monitor` line), then the Sentinels",
+    ),
+    "sentinel ip as master": (
+        ["sentinel 10.0.0.5 10.0.0.6"],
+        2,
+        "sentinel: 10.0.0.5: the first argument is the master's name",
+    ),
 }  # fmt: skip
 
 

@@ -262,7 +262,9 @@ def _header_end(buf: bytes | bytearray, start: int) -> tuple[int, int] | None:
     if buf.startswith(b"\n"):
         return 0, 1
     crlf = buf.find(b"\r\n\r\n", start)
-    lf = buf.find(b"\n\n", start)
+    # An LF LF counts only before that CR LF CR LF: not searched past it, so
+    # a usual header does not cost a scan of the whole body that follows.
+    lf = buf.find(b"\n\n", start, len(buf) if crlf < 0 else crlf + 2)
     if lf >= 0 and (crlf < 0 or lf < crlf + 1):
         return lf + 1, lf + 2
     if crlf >= 0:

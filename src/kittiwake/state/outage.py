@@ -42,11 +42,15 @@ class Outage:
         retry: float = RETRY,
         clock: Callable[[], float] = time.monotonic,
         fields: dict[str, Any] | None = None,
+        describe: Callable[[BaseException], str] | None = None,
     ) -> None:
         """`mode` (`fail_open` or `fail_closed`) is named in the log lines;
-        `fields` are added to them (the worker's `pid`, docs/workers.md)."""
+        `fields` are added to them (the worker's `pid`, docs/workers.md);
+        `describe` turns a failure into their `reason`."""
         self.log = log
         self.fields = dict(fields or {})
+        #: The `reason` of a failure in the log (a store may know better words).
+        self.describe = describe or _describe
         self.mode = mode
         self.interval = interval
         self.retry = retry
@@ -82,7 +86,7 @@ class Outage:
         self._logged_at = now
         self.log.error(
             "shared state store unreachable",
-            reason=_describe(exc),
+            reason=self.describe(exc),
             mode=self.mode,
             failed=self._failed,
             down_for=round(now - self.since, 1),

@@ -43,6 +43,7 @@ decisions in between follow the fail mode like any other outage.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Sequence
@@ -66,8 +67,10 @@ _PREFIX = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 _SCHEMES = ("redis", "rediss", "unix")
 #: Redis Sentinel's own port, for an address written without one.
 SENTINEL_PORT = 26379
-#: Directives that only the `sentinel` form takes (an endpoint URL has them).
-_MASTER_LOGIN = ("db", "username", "password", "sentinel_password")
+#: Directives that only the `sentinel` form takes: the master's login (an
+#: endpoint URL holds it) and the Sentinels' own.
+_MASTER_LOGIN = ("db", "username", "password")
+_SENTINEL_LOGIN = ("sentinel_username", "sentinel_password")
 
 
 @dataclass(frozen=True)
@@ -142,18 +145,21 @@ class RedisState(Module):
                 "endpoint and sentinel cannot both be set: with sentinel, "
                 "the Sentinels say where the master is"
             )
-        self.db, self.username, self.password, self.sentinel_password = 0, "", "", ""
+        self.db, self.username, self.password = 0, "", ""
+        self.sentinel_username, self.sentinel_password = "", ""
         if endpoint is not None:
-            for name in _MASTER_LOGIN:
+            for name in (*_MASTER_LOGIN, *_SENTINEL_LOGIN):
                 node = cfg.get(name)
-                if node is not None:
-                    raise node.error(
-                        f"{name}: only with sentinel; with endpoint, write it in the URL"
-                    )
+                if node is None:
+                    continue
+                if name in _SENTINEL_LOGIN:
+                    raise node.error(f"{name}: only with sentinel (it is the Sentinels' own)")
+                raise node.error(f"{name}: only with sentinel; with endpoint, write it in the URL")
             return
         self.db = cfg.integer("db", 0, minimum=0)
         self.username = cfg.string("username", "")
         self.password = cfg.string("password", "")
+        self.sentinel_username = cfg.string("sentinel_username", "")
         self.sentinel_password = cfg.string("sentinel_password", "")
 
     def where(self) -> str:
@@ -172,9 +178,11 @@ class RedisState(Module):
                 db=self.db,
                 username=self.username or None,
                 password=self.password or None,
+                sentinel_username=self.sentinel_username or None,
                 sentinel_password=self.sentinel_password or None,
                 timeout=self.timeout,
                 connect_timeout=self.connect_timeout,
+                on_master=self._master_named,
             )
         else:
             assert self.url is not None
@@ -190,13 +198,26 @@ class RedisState(Module):
             timeout=self.timeout,
             lease=self.lease,
             # With worker processes each one logs its own outage: say whose.
-            log_fields={} if self.container.role is Role.SINGLE else {"pid": os.getpid()},
+            log_fields=self._log_fields(),
+            sentinel=self.sentinel is not None,
         )
         self.store.start()
         self.log.info(
             "shared state in redis",
             endpoint=self.where(),
             mode="fail_open" if self.fail_open else "fail_closed",
+        )
+
+    def _log_fields(self) -> dict[str, object]:
+        """With worker processes each one logs its own lines: say whose."""
+        return {} if self.container.role is Role.SINGLE else {"pid": os.getpid()}
+
+    def _master_named(self, host: str, port: int) -> None:
+        """The Sentinels named a master, for the first time or after a failover."""
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        assert self.sentinel is not None
+        self.log.info(
+            "redis master found", master=self.sentinel.master, address=shown, **self._log_fields()
         )
 
     async def stop(self) -> None:
@@ -266,26 +287,53 @@ def parse_sentinel(node: Node) -> Sentinel:
     master, *written = node.args
     if not master.isprintable() or " " in master:
         raise ValueError(f"invalid master name {master!r}")
+    if _looks_like_address(master):
+        raise ValueError(
+            f"{master}: the first argument is the master's name as the Sentinels know it "
+            "(their `sentinel monitor` line), then the Sentinels"
+        )
     addresses: list[tuple[str, int]] = []
     for text in written:
         addresses.append(_host_port(text))
     return Sentinel(master, tuple(addresses))
 
 
+def _looks_like_address(text: str) -> bool:
+    """An IP address, or HOST:PORT with a numeric port: not a master's name."""
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and host:
+        return True
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _host_port(text: str) -> tuple[str, int]:
-    host, port = text, ""
+    if "://" in text:
+        raise ValueError(
+            f"{text}: a Sentinel is written HOST:PORT, not as a URL "
+            "(TLS is not available with sentinel)"
+        )
+    if "," in text:
+        raise ValueError(f"{text}: separate the Sentinels with spaces, not commas")
+    host, port, bracketed = text, None, False
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
             raise ValueError(f"{text}: expected [IPV6]:PORT")
-        port = rest[1:]
+        port = rest[1:] if rest else None
+        bracketed = True
     elif text.count(":") == 1:
         host, port = text.split(":")
     elif ":" in text:
         raise ValueError(f"{text}: write an IPv6 address in brackets, as in [::1]:26379")
     if not host:
         raise ValueError(f"{text}: a host is required")
-    if not port:
+    if bracketed and ":" not in host:
+        raise ValueError(f"{text}: brackets are for IPv6 addresses only")
+    if port is None:
         return host, SENTINEL_PORT
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text}: invalid port {port!r}")

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -34,10 +35,10 @@ from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from kittiwake import metrics
 from kittiwake.log import Logger
@@ -46,7 +47,7 @@ from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot, StoreU
 from kittiwake.state.memory import GUESS_SIZE, IDLE_TTL, MAX_GUESSES
 from kittiwake.state.outage import Outage
 
-__all__ = ["POOL_SIZE", "RedisStore", "connect", "connect_sentinel"]
+__all__ = ["POOL_SIZE", "RedisStore", "connect", "connect_sentinel", "describe"]
 
 #: Connections to Redis at most; a decision waits (within its timeout) for
 #: a free one rather than opening hundreds under a flood.
@@ -81,7 +82,24 @@ def connect(url: str, *, timeout: float, connect_timeout: float) -> Redis:
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """The master's connections, found through the Sentinels, at most
     `max_connections` of them, waiting (within `timeout`) for a free one as
-    `connect`'s pool does instead of failing under a flood."""
+    `connect`'s pool does instead of failing under a flood.
+
+    `on_master` is called with (host, port) whenever the Sentinels name
+    another master than before (the first time included), so the log says
+    which server holds the counters, and when a failover moved them.
+    """
+
+    on_master: Callable[[str, int], None] | None = None
+    _named: tuple[str, int] | None = None
+
+    async def get_master_address(self) -> tuple[str, int]:
+        host, port = await cast(Any, super()).get_master_address()
+        found = (str(host), int(port))
+        if found != self._named:
+            self._named = found
+            if self.on_master is not None:
+                self.on_master(*found)
+        return found
 
 
 def connect_sentinel(
@@ -91,9 +109,11 @@ def connect_sentinel(
     db: int,
     username: str | None,
     password: str | None,
+    sentinel_username: str | None = None,
     sentinel_password: str | None,
     timeout: float,
     connect_timeout: float,
+    on_master: Callable[[str, int], None] | None = None,
 ) -> Redis:
     """A client for the master the Sentinels name `master`; no I/O here.
 
@@ -101,12 +121,14 @@ def connect_sentinel(
     wins) where the master is. When a failover moves it, the connections
     to the old master fail; the one retry reconnects through the Sentinels
     and reaches the new master. `password` is the master's, and
-    `sentinel_password` the Sentinels' own, which may differ.
+    `sentinel_username`/`sentinel_password` the Sentinels' own (the same
+    for every Sentinel), which may differ. `on_master`: see the pool.
     """
     retry = Retry(NoBackoff(), 1)
     asking = {
         "socket_timeout": timeout,
         "socket_connect_timeout": connect_timeout,
+        "username": sentinel_username,
         "password": sentinel_password,
         "retry": retry,
     }
@@ -123,7 +145,34 @@ def connect_sentinel(
         socket_connect_timeout=connect_timeout,
         retry=retry,
     )
+    pool = client.connection_pool
+    assert isinstance(pool, _BlockingSentinelPool)
+    pool.on_master = on_master
     return client
+
+
+def describe(exc: BaseException, *, sentinel: bool) -> str:
+    """What a failed call says in the log: the cause, without redis-py's internals.
+
+    When no Sentinel named a master, redis-py's text holds the whole repr of
+    each Sentinel's client; each is cut down to `Sentinel HOST:PORT`. A
+    refused login says whose password it is about.
+    """
+    text = str(exc)
+    name = type(exc).__name__
+    if isinstance(exc, MasterNotFoundError):
+        text = _SENTINEL_REPR.sub(r"Sentinel \1:\2: ", text)
+        return f"{name}: {text}"
+    if isinstance(exc, AuthenticationError) or "NOAUTH" in text or "HELLO must be called" in text:
+        whose = "password" if sentinel else "the password in the endpoint URL"
+        return f"{name}: {text} (the login to the Redis master failed: check {whose})"
+    return f"{name}: {text}" if text else name
+
+
+#: One Sentinel's client in redis-py's MasterNotFoundError text, and its error's prefix.
+_SENTINEL_REPR = re.compile(
+    r"<redis\.asyncio\.client\.Redis\(.*?[(,]host=([^,]*),port=(\d+)\b.*?\)>\)>\)> - (?:\w+:)?"
+)
 
 
 class RedisStore:
@@ -143,8 +192,10 @@ class RedisStore:
         lease: float = 30.0,
         clock: Callable[[], int] | None = None,
         log_fields: dict[str, object] | None = None,
+        sentinel: bool = False,
     ) -> None:
-        """`log_fields`: added to the outage lines (a worker's `pid`)."""
+        """`log_fields`: added to the outage lines (a worker's `pid`);
+        `sentinel`: the master is found through Sentinels (for the log's words)."""
         self.client = client
         self.log = log
         #: The `state.redis` block's name: the `store` label of its metrics.
@@ -155,7 +206,12 @@ class RedisStore:
         self.lease = lease
         self.clock = clock
         mode = "fail_open" if fail_open else "fail_closed"
-        self.outage = Outage(log, mode=mode, fields=log_fields)
+        self.outage = Outage(
+            log,
+            mode=mode,
+            fields=log_fields,
+            describe=lambda exc: describe(exc, sentinel=sentinel),
+        )
         self._acquire = self._script(lua.ACQUIRE)
         self._release = self._script(lua.RELEASE)
         self._renew = self._script(lua.RENEW)
