@@ -230,10 +230,13 @@ class _Job:
             live = [f for f in self.files if f.error is None]
             conv = LFConverter()
             if live:
+                # Written in pieces of about `_CHUNK`: a usual message (its
+                # copy's own prefix, the header, the body) in one write.
                 with self.body.open() as reader:
-                    out = conv.feed(self.header)
+                    pending = [conv.feed(self.header)]
+                    size = len(pending[0])
+                    first = True
                     while True:
-                        self._write(live, out)
                         if self.cancel.is_set():
                             raise _Cancelled
                         try:
@@ -242,8 +245,13 @@ class _Job:
                             raise _io_error(exc, "reading the message buffer") from exc
                         if not chunk:
                             break
-                        out = conv.feed(chunk)
-                    self._write(live, conv.flush())
+                        pending.append(conv.feed(chunk))
+                        size += len(pending[-1])
+                        if size >= _CHUNK:
+                            self._write(live, b"".join(pending), first)
+                            pending, size, first = [], 0, False
+                    pending.append(conv.flush())
+                    self._write(live, b"".join(pending), first)
             for f in live:
                 self._guard(f, self._finish, f, conv)
         except BaseException:
@@ -264,10 +272,12 @@ class _Job:
             f.error = error
             self._discard(f)
 
-    def _write(self, live: list[_File], data: bytes) -> None:
-        if data:
-            for f in live:
-                self._guard(f, write_all, f.fd, data)
+    def _write(self, live: list[_File], data: bytes, first: bool) -> None:
+        """`data` to every live copy; the first write puts each copy's prefix before it."""
+        for f in live:
+            out = f.prefix + data if first else data
+            if out:
+                self._guard(f, write_all, f.fd, out)
 
     def _open(self, f: _File) -> None:
         if f.create and not is_maildir(f.mailbox.path):
@@ -291,7 +301,6 @@ class _Job:
                 continue
             f.base, f.tmp_path = base, path
             self.created.add(path)
-            write_all(f.fd, f.prefix)
             return
         raise OSError(errno.EEXIST, "no unique file name in tmp/")
 
