@@ -236,6 +236,12 @@ class Postfix:
         self._run(POSTFIX, "-c", str(self.config_dir), "check")  # makes the queue dirs
         self.started = True
         self._run(POSTFIX, "-c", str(self.config_dir), "start")  # master -w: ready on return
+        # `master -w` forks the real master and waits for it to be ready; the
+        # waiting parent may still be there for a moment after `start`
+        # returns, with the same command line. Settle on one master.
+        deadline = time.monotonic() + WAIT
+        while len(masters(self.config_dir)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def stop(self) -> None:
         """Stop the instance; anything of it still alive after WAIT is killed."""
