@@ -15,6 +15,7 @@ Nothing here is a stand-in policy: the `mx_auth` block names `mtasts`, `dnssec`,
 | sts-unlisted.test | MTA-STS enforce: mx-good | 5 mx-unlisted (valid, not listed), 10 mx-good |
 | sts-plain.test | MTA-STS enforce: mx-plain | mx-plain: no STARTTLS |
 | sts-testing.test | MTA-STS testing: mx-plain | mx-plain |
+| sts-testing-unlisted.test | MTA-STS testing: mx-good | mx-unlisted |
 | sts-badcert.test | MTA-STS enforce: mx-dane | mx-dane: certificate of an unknown CA |
 | sts-broken.test | MTA-STS announced, the policy host answers 404 | mx-plain |
 | dane-ee.test | DNSSEC; TLSA 3 1 1 of mx-dane's key | mx-dane: certificate of an unknown CA |
@@ -68,6 +69,7 @@ STS_DOMAINS = [
     "sts-unlisted.test",
     "sts-plain.test",
     "sts-testing.test",
+    "sts-testing-unlisted.test",
     "sts-badcert.test",
 ]
 
@@ -108,6 +110,7 @@ class World:
             self.https.serve(domain, policy_text("enforce", host("mx-good")))
         self.https.serve("sts-plain.test", policy_text("enforce", host("mx-plain")))
         self.https.serve("sts-testing.test", policy_text("testing", host("mx-plain")))
+        self.https.serve("sts-testing-unlisted.test", policy_text("testing", host("mx-good")))
         self.https.serve("sts-badcert.test", policy_text("enforce", host("mx-dane")))
         self.https.serve("sts-broken.test", Response(b"gone\n", status=404))
 
@@ -125,6 +128,7 @@ class World:
             ("sts-unlisted.test", "MX"): [f"5 {host('mx-unlisted')}.", f"10 {host('mx-good')}."],
             ("sts-plain.test", "MX"): [f"10 {host('mx-plain')}."],
             ("sts-testing.test", "MX"): [f"10 {host('mx-plain')}."],
+            ("sts-testing-unlisted.test", "MX"): [f"10 {host('mx-unlisted')}."],
             ("sts-broken.test", "MX"): [f"10 {host('mx-plain')}."],
             ("sts-badcert.test", "MX"): [f"10 {host('mx-dane')}."],
             ("_mta-sts.sts-broken.test", "TXT"): [txt("v=STSv1; id=broken1")],
@@ -412,6 +416,11 @@ def test_mtasts_testing_mode_delivers_anyway(
     (got,) = mx.sinks["mx-plain"].wait_messages(1)
     assert not got.tls
     server.wait_log(r"MTA-STS would refuse this connection \(testing mode\)")
+    # An MX the policy does not list: delivered too, over TLS.
+    assert send(server, ca, "you@sts-testing-unlisted.test", "unlisted")[0] == 250
+    (got,) = mx.sinks["mx-unlisted"].wait_messages(1)
+    assert got.tls and got.rcpts == ["you@sts-testing-unlisted.test"]
+    server.wait_log(r"MX not listed by the MTA-STS policy \(testing mode\)")
 
 
 # -- DANE ------------------------------------------------------------------------------
@@ -592,6 +601,9 @@ def test_tls_reports_count_real_deliveries(
         "sts-plain.test": 451,  # sts: starttls-not-supported
         "sts-broken.test": 250,  # sts: sts-policy-fetch-error, sent as without a policy
         "sts-badcert.test": 451,  # sts: sts-webpki-invalid
+        # testing mode: delivered over good TLS to an MX the policy does not
+        # list, and reported as the validation-failure enforce would refuse
+        "sts-testing-unlisted.test": 250,
         "dane-ee.test": 250,  # tlsa: success
         "dane-bad.test": 451,  # tlsa: tlsa-invalid
         "plain.test": 250,  # no-policy-found: starttls-not-supported
@@ -647,6 +659,16 @@ def test_tls_reports_count_real_deliveries(
         0,
         1,
         [("sts-webpki-invalid", host("mx-dane"), 1)],
+    )
+    assert summary("sts-testing-unlisted.test") == (
+        "sts",
+        0,
+        1,
+        [("validation-failure", host("mx-unlisted"), 1)],
+    )
+    assert (
+        "mode: testing"
+        in reports["sts-testing-unlisted.test"]["policies"][0]["policy"]["policy-string"]
     )
     assert summary("dane-ee.test") == ("tlsa", 1, 0, [])
     assert summary("dane-bad.test") == ("tlsa", 0, 1, [("tlsa-invalid", host("mx-danebad"), 1)])

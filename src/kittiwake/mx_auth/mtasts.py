@@ -205,12 +205,17 @@ class STSDomain:
         self.domain = domain
         self.policy = sts
         self._report = report
+        #: What `testing` mode let through for the MX being tried (an RFC 8460
+        #: result type, "" for nothing): the TLS report counts it as a
+        #: failure of this policy though the message goes on (RFC 8460 §4.3).
+        self.attempt_failure = ""
 
     @property
     def report(self) -> PolicyReport | None:
         return self._report
 
     async def check_mx(self, mx: MXCandidate, level: MXLevel) -> MXLevel:
+        self.attempt_failure = ""  # a new MX: nothing found yet
         if self.policy is None or self.policy.mode is Mode.NONE:
             return level
         if self.policy.matches(mx.host):
@@ -226,6 +231,7 @@ class STSDomain:
         _log.info(
             "MX not listed by the MTA-STS policy (testing mode)", domain=mx.domain, mx=mx.host
         )
+        self.attempt_failure = "validation-failure"
         return level
 
     async def check_conn(
