@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 
 from aiosmtpd.smtp import SMTP
 
@@ -34,13 +35,15 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
 
 
 async def _serve(handler: object, host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: SMTP(handler, hostname=HOSTNAME, data_size_limit=SIZE_LIMIT),
-        host=host,
-        port=port,
-        backlog=4096,
+    await serve_protocol(
+        lambda: SMTP(handler, hostname=HOSTNAME, data_size_limit=SIZE_LIMIT), host, port
     )
+
+
+async def serve_protocol(factory: Callable[[], asyncio.BaseProtocol], host: str, port: int) -> None:
+    """Serve `factory`'s protocols until SIGTERM or SIGINT; the ready line once bound."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, host=host, port=port, backlog=4096)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

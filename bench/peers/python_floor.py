@@ -6,21 +6,20 @@ nothing; no checks, no limits, no logging, no message object. It shows what
 the event loop, the interpreter and the kernel cost per message on this
 machine, so that the gap between it and kittiwake is known to be
 kittiwake's own work (bench/smtp.py, `--only ...,python-floor`). Run as
-`python bench/peers/python_floor.py --port PORT`; it prints the same ready
-line as the aiosmtpd peers.
+`python bench/peers/python_floor.py --port PORT`; it listens and prints
+its ready line as the aiosmtpd peers do (`_serve.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from typing import cast
 
 import uvloop
+from _serve import serve_protocol  # the same listener and ready line as the aiosmtpd peers
 
-READY = "aiosmtpd: listening on "  # the line bench/smtp_servers.py waits for
 GREETING = b"220 bench.test ESMTP floor\r\n"
 EHLO = b"250-bench.test\r\n250-8BITMIME\r\n250 SIZE 67108864\r\n"
 OK = b"250 2.0.0 Ok\r\n"
@@ -82,15 +81,7 @@ class Floor(asyncio.Protocol):
 
 
 async def serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Floor, host=host, port=port, backlog=4096)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    sys.stdout.write(f"{READY}{host}:{port}\n")
-    sys.stdout.flush()
-    async with server:
-        await stop.wait()
+    await serve_protocol(Floor, host, port)
 
 
 def main(argv: list[str] | None = None) -> int:

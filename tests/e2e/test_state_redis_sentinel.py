@@ -175,30 +175,26 @@ def test_the_master_and_the_sentinels_each_get_their_own_password(
         node.kill()
 
     # The Sentinel refuses a wrong password of its own: fail closed, said in the log.
-    port = free_port()
-    (tmp_path / "wrong").mkdir()
     login = "\n    password m4ster-pw\n    sentinel_password m4ster-pw"
-    node = Kittiwake(tmp_path / "wrong", config(port, site.sentinel.port, login))
-    try:
-        node.wait_ready()
-        assert transaction(port) == NO_LIMITS
-        # Which Sentinel refused, in a line of its own words (not redis-py's internals).
-        line = node.wait_log("shared state store unreachable [^\n]*")
-        assert f"Sentinel 127.0.0.1:{site.sentinel.port}: AuthenticationError" in line, line
-        assert "redis.asyncio" not in line and len(line) < 400, line
-        assert site.master.command(b"DBSIZE") == b":1"  # counted nothing more
-    finally:
-        node.kill()
+    line = refused_outage(tmp_path / "wrong", site, login)
+    # Which Sentinel refused, in a line of its own words (not redis-py's internals).
+    assert f"Sentinel 127.0.0.1:{site.sentinel.port}: AuthenticationError" in line, line
+    assert "redis.asyncio" not in line and len(line) < 400, line
+    assert site.master.command(b"DBSIZE") == b":1"  # counted nothing more
 
     # No password for the master: the log says it is the master's login that failed.
+    line = refused_outage(tmp_path / "nopass", site, "\n    sentinel_password s3ntinel-pw")
+    assert "the login to the Redis master failed: check password" in line, line
+
+
+def refused_outage(workdir: Path, site: Site, login: str) -> str:
+    """A node whose login is refused: its decision fails closed; its outage line."""
     port = free_port()
-    (tmp_path / "nopass").mkdir()
-    login = "\n    sentinel_password s3ntinel-pw"
-    node = Kittiwake(tmp_path / "nopass", config(port, site.sentinel.port, login))
+    workdir.mkdir()
+    node = Kittiwake(workdir, config(port, site.sentinel.port, login))
     try:
         node.wait_ready()
         assert transaction(port) == NO_LIMITS
-        line = node.wait_log("shared state store unreachable [^\n]*")
-        assert "the login to the Redis master failed: check password" in line, line
+        return node.wait_log("shared state store unreachable [^\n]*")
     finally:
         node.kill()
