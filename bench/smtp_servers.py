@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,33 +258,30 @@ def dns_stub(work: Path) -> Iterator[str]:
 # -- aiosmtpd ------------------------------------------------------------------------
 
 
+def aiosmtpd(name: str, work: Path, *, durable: bool) -> AbstractContextManager[Target]:
+    script = "aiosmtpd_maildir.py" if durable else "aiosmtpd_discard.py"
+    return _python_peer(name, work, script, maildir=work / "maildir" if durable else None)
+
+
+def python_floor(name: str, work: Path) -> AbstractContextManager[Target]:
+    """`peers/python_floor.py`: the least a Python server can do per message."""
+    return _python_peer(name, work, "python_floor.py")
+
+
 @contextlib.contextmanager
-def aiosmtpd(name: str, work: Path, *, durable: bool) -> Iterator[Target]:
+def _python_peer(
+    name: str, work: Path, script: str, *, maildir: Path | None = None
+) -> Iterator[Target]:
+    """A peer in `bench/peers/` (they share `_serve.py`'s ready line)."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    script = PEERS / ("aiosmtpd_maildir.py" if durable else "aiosmtpd_discard.py")
-    maildir = work / "maildir" if durable else None
-    cmd = [sys.executable, str(script), "--port", str(port)]
+    cmd = [sys.executable, str(PEERS / script), "--port", str(port)]
     if maildir is not None:
         cmd += ["--maildir", str(maildir)]
-    proc = Process(cmd, work / "aiosmtpd.log")
+    proc = Process(cmd, work / f"{Path(script).stem}.log")
     try:
         proc.wait_ready(AIOSMTPD_READY)
         yield Target(name, port, proc.pid, maildir, True, proc.alive, proc.log)
-    finally:
-        proc.stop()
-
-
-@contextlib.contextmanager
-def python_floor(name: str, work: Path) -> Iterator[Target]:
-    """`peers/python_floor.py`: the least a Python server can do per message."""
-    work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cmd = [sys.executable, str(PEERS / "python_floor.py"), "--port", str(port)]
-    proc = Process(cmd, work / "python-floor.log")
-    try:
-        proc.wait_ready(AIOSMTPD_READY)
-        yield Target(name, port, proc.pid, None, True, proc.alive, proc.log)
     finally:
         proc.stop()
 

@@ -68,6 +68,8 @@ class RedisServer:
         `args`: more options, as `--replicaof 127.0.0.1 PORT`. `password`:
         required of clients, and given to the master when replicating."""
         self.password = password
+        #: The ACL user the tests' own commands log in as ("" for the default user).
+        self.username = ""
         self.args = list(args or [])
         if password and not isinstance(self, RedisSentinel):
             self.args += ["--requirepass", password, "--masterauth", password]
@@ -133,7 +135,8 @@ class RedisServer:
         request = _resp(words)
         login = b"+OK\r\n"
         if self.password:  # AUTH first, on the same connection; its +OK is dropped
-            request = _resp((b"AUTH", self.password.encode())) + request
+            user = (self.username.encode(),) if self.username else ()
+            request = _resp((b"AUTH", *user, self.password.encode())) + request
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             s.sendall(request)
             data = b""
@@ -190,10 +193,19 @@ class RedisSentinel(RedisServer):
     MASTER = "kwmaster"
 
     def __init__(
-        self, workdir: Path, master_port: int, *, password: str = "", master_password: str = ""
+        self,
+        workdir: Path,
+        master_port: int,
+        *,
+        password: str = "",
+        master_password: str = "",
+        username: str = "",
     ) -> None:
-        """`password`: the Sentinel's own; `master_password`: the master's."""
+        """`password`: the Sentinel's own, required of clients (with `username`:
+        that ACL user's, and the default user is switched off); `master_password`:
+        the master's."""
         super().__init__(workdir, password=password)
+        self.username = username
         self.master_port = master_port
         self.master_password = master_password
 
@@ -208,7 +220,12 @@ class RedisSentinel(RedisServer):
                 if self.master_password
                 else ""
             )
-            + (f"requirepass {self.password}\n" if self.password else "")
+            + (f"requirepass {self.password}\n" if self.password and not self.username else "")
+            + (
+                f"user {self.username} on >{self.password} ~* &* +@all\nuser default off\n"
+                if self.username
+                else ""
+            )
         )
         return [str(conf), "--sentinel"]
 

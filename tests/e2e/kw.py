@@ -245,6 +245,22 @@ class Dialog:
         self.close()
 
 
+#: A `limits` decision its shared store could not make, `fail_closed` (docs/state.md).
+NO_LIMITS = "451 4.4.5 Sending limits cannot be checked now, try again later"
+
+
+def rcpt_reply(port: int) -> str:
+    """MAIL and RCPT on a fresh session: the RCPT's reply (where the limits are
+    taken, `defer_sender_reject` being on), or MAIL's if MAIL was refused."""
+    with Dialog(port) as d:
+        assert d.reply()[-1].startswith("220 ")
+        assert d.cmd("EHLO client.example").startswith("250 ")
+        mail = d.cmd("MAIL FROM:<a@example.com>")
+        if not mail.startswith("250 "):
+            return mail
+        return d.cmd("RCPT TO:<b@example.com>")
+
+
 def maildir_files(root: Path, domain: str, user: str) -> list[Path]:
     """The delivered files, oldest first.
 

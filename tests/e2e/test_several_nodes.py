@@ -42,7 +42,7 @@ import bcrypt
 import pytest
 from fakedns import FakeDNS
 from haproxy import HAProxy, Route
-from kw import LAUNCHER, Dialog, Kittiwake, env, free_port, in_parallel, need_tool
+from kw import LAUNCHER, NO_LIMITS, Dialog, Kittiwake, env, free_port, in_parallel, need_tool
 from prometheus_client.parser import text_string_to_metric_families
 
 from redisd import RedisServer
@@ -51,7 +51,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "several-nodes.md"
 NODES = ("127.0.0.2", "127.0.0.3")
 HIGH_LOAD = "451 4.4.5 High load, try again later"
-NO_LIMITS = "451 4.4.5 Sending limits cannot be checked now, try again later"
 NO_CAPS = "421 4.4.5 Connection limits cannot be checked now, try again later"
 TOO_MANY = "421 4.7.0 Too many connections, try again later"
 #: The wait before a 451 (docs/limits.md), and the slack around it.

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kw import Dialog, Kittiwake, free_port, need_tool
+from kw import NO_LIMITS, Kittiwake, free_port, need_tool, rcpt_reply
 
 from redisd import RedisSentinel, RedisServer
 
-NO_LIMITS = "451 4.4.5 Sending limits cannot be checked now, try again later"
 HIGH_LOAD = "451 4.4.5 High load, try again later"
 RATE = 6  # the limit: `all rate 6 1h`, so nothing refills during the test
 PREFIX = "sentineltest:"
@@ -47,17 +46,6 @@ smtp tcp://127.0.0.1:{port} {{
 """
 
 
-def transaction(port: int) -> str:
-    """MAIL and RCPT on a fresh session; the RCPT's reply (the limit is taken there)."""
-    with Dialog(port) as d:
-        assert d.reply()[-1].startswith("220 ")
-        assert d.cmd("EHLO client.example").startswith("250 ")
-        mail = d.cmd("MAIL FROM:<a@example.com>")
-        if not mail.startswith("250 "):
-            return mail
-        return d.cmd("RCPT TO:<b@example.com>")
-
-
 def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while not check():
@@ -75,11 +63,12 @@ class Site:
 @pytest.fixture
 def sites(tmp_path: Path) -> Iterator[Callable[..., Site]]:
     """Start a master, its replica and a Sentinel: `password` is the
-    master's (and the replica's), `sentinel_password` the Sentinel's own."""
+    master's (and the replica's), `sentinel_password` the Sentinel's own, of
+    its ACL user `sentinel_user` if one is named."""
     need_tool("redis-server", "redis-server")
     started: list[RedisServer] = []
 
-    def start(password: str = "", sentinel_password: str = "") -> Site:
+    def start(password: str = "", sentinel_password: str = "", sentinel_user: str = "") -> Site:
         master = RedisServer(tmp_path / "master", password=password)
         started.append(master.start())
         follow = ["--replicaof", "127.0.0.1", str(master.port)]
@@ -89,6 +78,7 @@ def sites(tmp_path: Path) -> Iterator[Callable[..., Site]]:
             tmp_path / "sentinel",
             master.port,
             password=sentinel_password,
+            username=sentinel_user,
             master_password=password,
         )
         started.append(sentinel.start())
@@ -122,7 +112,7 @@ def test_limits_count_in_the_master_the_sentinel_names_and_survive_a_failover(
         )
         half = RATE // 2
         for _ in range(half):
-            assert transaction(port).startswith("250 ")
+            assert rcpt_reply(port).startswith("250 ")
         assert site.master.command(b"DBSIZE") == b":1"  # the bucket, in the master
         # Replication is asynchronous: the failover is tested once the
         # replica has what the master had.
@@ -133,7 +123,7 @@ def test_limits_count_in_the_master_the_sentinel_names_and_survive_a_failover(
         refused = 0
         deadline = time.monotonic() + 30.0
         while True:  # fail closed until the Sentinel promotes the replica
-            answer = transaction(port)
+            answer = rcpt_reply(port)
             if answer.startswith("250 "):
                 break
             assert answer == NO_LIMITS
@@ -148,26 +138,27 @@ def test_limits_count_in_the_master_the_sentinel_names_and_survive_a_failover(
 
         # The count went on in the new master: half before, half after, no more.
         for _ in range(RATE - half - 1):
-            assert transaction(port).startswith("250 ")
-        assert transaction(port) == HIGH_LOAD
+            assert rcpt_reply(port).startswith("250 ")
+        assert rcpt_reply(port) == HIGH_LOAD
         assert node.proc.pid == pid and node.proc.poll() is None
         assert site.replica.command(b"DBSIZE") == b":1"
     finally:
         node.kill()
 
 
-def test_the_master_and_the_sentinels_each_get_their_own_password(
+def test_the_master_and_the_sentinels_each_get_their_own_login(
     tmp_path: Path, sites: Callable[..., Site]
 ) -> None:
-    site = sites(password="m4ster-pw", sentinel_password="s3ntinel-pw")
-    login = "\n    password m4ster-pw\n    sentinel_password s3ntinel-pw"
+    site = sites(password="m4ster-pw", sentinel_password="s3ntinel-pw", sentinel_user="watcher")
+    sentinel_login = "\n    sentinel_username watcher\n    sentinel_password s3ntinel-pw"
+    login = "\n    password m4ster-pw" + sentinel_login
     port = free_port()
     (tmp_path / "node").mkdir()
     node = Kittiwake(tmp_path / "node", config(port, site.sentinel.port, login))
     try:
         node.wait_ready()
         for _ in range(3):
-            assert transaction(port).startswith("250 ")
+            assert rcpt_reply(port).startswith("250 ")
         assert site.master.command(b"DBSIZE") == b":1"
         assert "unreachable" not in node.log
         assert "m4ster-pw" not in node.log and "s3ntinel-pw" not in node.log
@@ -175,7 +166,9 @@ def test_the_master_and_the_sentinels_each_get_their_own_password(
         node.kill()
 
     # The Sentinel refuses a wrong password of its own: fail closed, said in the log.
-    login = "\n    password m4ster-pw\n    sentinel_password m4ster-pw"
+    login = (
+        "\n    password m4ster-pw\n    sentinel_username watcher\n    sentinel_password m4ster-pw"
+    )
     line = refused_outage(tmp_path / "wrong", site, login)
     # Which Sentinel refused, in a line of its own words (not redis-py's internals).
     assert f"Sentinel 127.0.0.1:{site.sentinel.port}: AuthenticationError" in line, line
@@ -183,7 +176,7 @@ def test_the_master_and_the_sentinels_each_get_their_own_password(
     assert site.master.command(b"DBSIZE") == b":1"  # counted nothing more
 
     # No password for the master: the log says it is the master's login that failed.
-    line = refused_outage(tmp_path / "nopass", site, "\n    sentinel_password s3ntinel-pw")
+    line = refused_outage(tmp_path / "nopass", site, sentinel_login)
     assert "the login to the Redis master failed: check password" in line, line
 
 
@@ -194,7 +187,7 @@ def refused_outage(workdir: Path, site: Site, login: str) -> str:
     node = Kittiwake(workdir, config(port, site.sentinel.port, login))
     try:
         node.wait_ready()
-        assert transaction(port) == NO_LIMITS
+        assert rcpt_reply(port) == NO_LIMITS
         return node.wait_log("shared state store unreachable [^\n]*")
     finally:
         node.kill()

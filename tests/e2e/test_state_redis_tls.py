@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 import trustme
-from kw import Dialog, Kittiwake, env, free_port, need_tool
+from kw import NO_LIMITS, Kittiwake, env, free_port, need_tool, rcpt_reply
 
 from redisd import RedisServer
-
-NO_LIMITS = "451 4.4.5 Sending limits cannot be checked now, try again later"
 
 
 def config(port: int, tls_port: int) -> str:
@@ -38,17 +36,6 @@ smtp tcp://127.0.0.1:{port} {{
     deliver_to dummy
 }}
 """
-
-
-def transaction(port: int) -> str:
-    """MAIL and RCPT on a fresh session; the RCPT's reply (the limit is taken there)."""
-    with Dialog(port) as d:
-        assert d.reply()[-1].startswith("220 ")
-        assert d.cmd("EHLO client.example").startswith("250 ")
-        mail = d.cmd("MAIL FROM:<a@example.com>")
-        if not mail.startswith("250 "):
-            return mail
-        return d.cmd("RCPT TO:<b@example.com>")
 
 
 @pytest.fixture
@@ -75,7 +62,7 @@ def test_rediss_counts_in_redis_through_verified_tls(
     try:
         node.wait_ready()
         for _ in range(3):
-            assert transaction(port).startswith("250 ")
+            assert rcpt_reply(port).startswith("250 ")
         # The bucket is in Redis, under the block's prefix (read on the plain port).
         assert redis_tls.command(b"DBSIZE") == b":1"
         assert "unreachable" not in node.log
@@ -91,7 +78,7 @@ def test_rediss_refuses_a_certificate_it_cannot_verify(
     node = Kittiwake(tmp_path / "node", config(port, redis_tls.tls_port))
     try:
         node.wait_ready()
-        assert transaction(port) == NO_LIMITS
+        assert rcpt_reply(port) == NO_LIMITS
         node.wait_log("shared state store unreachable .*(?i:certificate verify failed)")
         assert redis_tls.command(b"DBSIZE") == b":0"
     finally:

@@ -10,8 +10,9 @@ way, and what protects this process's file descriptors whatever happens
 elsewhere). With an endpoint `state &NAME` the same caps are also taken as
 slots of the shared store, one decision per connection, so that they hold
 across every node serving the endpoint (docs/state.md); with worker
-processes and no `state`, as slots of the supervisor's host store, so
-that they hold across the workers. A node's own count
+processes and no `state`, a cap the endpoint block writes is taken in the
+supervisor's host store, so that it holds across the workers (the
+defaults count per worker). A node's own count
 is never above the shared one, so the local check refuses nothing the
 shared one would let in; it still holds when the store is unreachable and
 fails open.

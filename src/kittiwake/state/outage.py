@@ -22,7 +22,7 @@ from typing import Any
 
 from kittiwake.log import Logger
 
-__all__ = ["LOG_INTERVAL", "RETRY", "Outage"]
+__all__ = ["LOG_INTERVAL", "RETRY", "Outage", "reason_of"]
 
 #: After a failure, decisions fail at once for this long before one retries.
 RETRY = 1.0
@@ -50,7 +50,7 @@ class Outage:
         self.log = log
         self.fields = dict(fields or {})
         #: The `reason` of a failure in the log (a store may know better words).
-        self.describe = describe or _describe
+        self.describe = describe or reason_of
         self.mode = mode
         self.interval = interval
         self.retry = retry
@@ -109,7 +109,7 @@ class Outage:
         self._failed = 0
 
 
-def _describe(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     """The error's class and text; a timeout says so (its text is empty)."""
     text = str(exc)
     name = type(exc).__name__

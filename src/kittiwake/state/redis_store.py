@@ -45,7 +45,7 @@ from kittiwake.log import Logger
 from kittiwake.state import lua
 from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot, StoreUnavailable
 from kittiwake.state.memory import GUESS_SIZE, IDLE_TTL, MAX_GUESSES
-from kittiwake.state.outage import Outage
+from kittiwake.state.outage import Outage, reason_of
 
 __all__ = ["POOL_SIZE", "RedisStore", "connect", "connect_sentinel", "describe"]
 
@@ -166,7 +166,7 @@ def describe(exc: BaseException, *, sentinel: bool) -> str:
     if isinstance(exc, AuthenticationError) or "NOAUTH" in text or "HELLO must be called" in text:
         whose = "password" if sentinel else "the password in the endpoint URL"
         return f"{name}: {text} (the login to the Redis master failed: check {whose})"
-    return f"{name}: {text}" if text else name
+    return reason_of(exc)
 
 
 #: One Sentinel's client in redis-py's MasterNotFoundError text, and its error's prefix.

@@ -23,8 +23,8 @@ Then it obeys its channel:
 The end of the channel means the supervisor is gone: the worker stops as
 for `stop`, so no worker outlives its server. So does the end of its
 connection to the supervisor's store of counters (state/host.py): without
-it every decision would fail, and a worker started again gets a new one. SIGTERM and SIGINT sent to
-the worker itself also stop it gracefully (a service manager or a
+it every decision would fail, and a worker started again gets a new one.
+SIGTERM and SIGINT sent to the worker itself also stop it gracefully (a service manager or a
 terminal may signal every process of the server at once); repeating them
 changes nothing: on a second signal the supervisor itself ends its
 workers at once (SIGKILL). SIGHUP and

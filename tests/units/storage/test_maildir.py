@@ -357,6 +357,21 @@ async def test_a_mailbox_seen_is_known_for_a_while(
     assert (info.value.code, info.value.enhanced) == (550, (5, 1, 1))
 
 
+async def test_the_known_mailboxes_are_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At `KNOWN_MAX` every mailbox seen is still known; one more starts afresh
+    (a flood of distinct recipients cannot grow the memory without bound)."""
+    monkeypatch.setattr(maildir_module, "KNOWN_MAX", 3)
+    storage = await env.start()
+    boxes = [f"u{n}@example.org" for n in range(4)]
+    for rcpt in boxes:
+        env.make("example.org", rcpt.partition("@")[0])
+    paths = [str(env.mailbox("example.org", f"u{n}")) for n in range(4)]
+    await deliver(storage, boxes[:3])
+    assert [storage.known_mailbox(p) for p in paths] == [True, True, True, False]
+    await deliver(storage, boxes[3:])
+    assert [storage.known_mailbox(p) for p in paths] == [False, False, False, True]
+
+
 async def test_auto_create_no_refuses_at_rcpt(env: Env) -> None:
     storage = await env.start()
     delivery = await storage.start_delivery(MsgMeta(id="t"), "")
