@@ -110,7 +110,9 @@ class PolicyReport:
     mx_host: tuple[str, ...] = ()  # MTA-STS mx patterns
     #: A failure found before any connection, as an RFC 8460 §4.3 result
     #: type ("sts-policy-fetch-error", "sts-policy-invalid", "tlsa-invalid",
-    #: "dnssec-invalid"); empty when the policy was found and usable.
+    #: "dnssec-invalid"), or what an MTA-STS policy in `testing` mode let
+    #: through for the MX being tried ("validation-failure"); empty when the
+    #: policy was found and usable.
     failure: str = ""
 
 

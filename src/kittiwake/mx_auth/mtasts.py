@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from kittiwake import log
@@ -205,17 +205,18 @@ class STSDomain:
         self.domain = domain
         self.policy = sts
         self._report = report
-        #: What `testing` mode let through for the MX being tried (an RFC 8460
-        #: result type, "" for nothing): the TLS report counts it as a
-        #: failure of this policy though the message goes on (RFC 8460 §4.3).
-        self.attempt_failure = ""
+        #: The report for the MX being tried: `_report`, or in `testing` mode
+        #: for an MX the policy does not list, the same with the failure it
+        #: let through, so the TLS report counts it (RFC 8460 §4.3) though
+        #: the message goes on.
+        self._current = report
 
     @property
     def report(self) -> PolicyReport | None:
-        return self._report
+        return self._current
 
     async def check_mx(self, mx: MXCandidate, level: MXLevel) -> MXLevel:
-        self.attempt_failure = ""  # a new MX: nothing found yet
+        self._current = self._report  # a new MX: nothing found yet
         if self.policy is None or self.policy.mode is Mode.NONE:
             return level
         if self.policy.matches(mx.host):
@@ -231,7 +232,8 @@ class STSDomain:
         _log.info(
             "MX not listed by the MTA-STS policy (testing mode)", domain=mx.domain, mx=mx.host
         )
-        self.attempt_failure = "validation-failure"
+        if not self._report.failure:
+            self._current = replace(self._report, failure="validation-failure")
         return level
 
     async def check_conn(

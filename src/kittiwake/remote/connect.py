@@ -291,9 +291,7 @@ class Connector:
             result = "success" if tls_ok else opened.result
             # REQUIRETLS is the message's demand, not the domain's policy: the
             # report says how the negotiation went, whatever the message needs.
-            self._record(
-                mx, opened, reports, result, opened.state.error, _testing_failures(policies)
-            )
+            self._record(mx, opened, reports, result, opened.state.error)
             if requiretls:
                 why = self._requiretls_problem(mx, opened.client, mx_level, level)
                 if why:
@@ -336,22 +334,18 @@ class Connector:
         reports: tuple[PolicyReport, ...],
         result: str,
         detail: str,
-        testing: dict[int, str] | None = None,
     ) -> None:
         """Give the attempt to the TLS report recorder (docs/tls-report.md).
 
-        A policy that was announced but could not be used (its report's
-        `failure`, e.g. an MTA-STS fetch error) counts the attempt as that
-        failure, and so does one in `testing` mode that let through what it
-        would have refused (`testing`: report id -> result type); the other
+        A policy whose report has a `failure` (announced but not usable, e.g.
+        an MTA-STS fetch error, or in `testing` mode letting through what it
+        would refuse) counts the attempt as that failure; the other
         policies count it as it went.
         """
-        testing = testing or {}
-        failed = [(r, r.failure) for r in reports if r.failure]
-        failed += [(r, testing[id(r)]) for r in reports if not r.failure and id(r) in testing]
-        usable = tuple(r for r in reports if not r.failure and id(r) not in testing)
+        failed = tuple(r for r in reports if r.failure)
+        usable = tuple(r for r in reports if not r.failure)
         client = opened.client if opened is not None else None
-        groups: list[tuple[tuple[PolicyReport, ...], str]] = [((r,), why) for r, why in failed]
+        groups: list[tuple[tuple[PolicyReport, ...], str]] = [((r,), r.failure) for r in failed]
         groups.append((usable, result))
         for policies, outcome in groups:
             if policies or not failed:
@@ -447,17 +441,6 @@ def _reports(policies: Sequence[DomainPolicy]) -> tuple[PolicyReport, ...]:
 def _requiretls_error(why: str) -> SMTPError:
     """RFC 8689 §4.2.1 makes it the message's failure, not the MX's: permanent."""
     return SMTPError(550, REQUIRETLS_FAILED, "REQUIRETLS: TLS requirements not met", reason=why)
-
-
-def _testing_failures(policies: Sequence[DomainPolicy]) -> dict[int, str]:
-    """What policies in `testing` mode let through for this MX, by their report's id."""
-    found: dict[int, str] = {}
-    for policy in policies:
-        failure = getattr(policy, "attempt_failure", "")
-        report = policy.report
-        if failure and report is not None:
-            found[id(report)] = failure
-    return found
 
 
 def _policy_result(error: SMTPError, negotiated: str = "success") -> str:
