@@ -62,9 +62,12 @@ class RedisServer:
         tls: tuple[str, str] | None = None,
         args: list[str] | None = None,
         password: str = "",
+        tls_ca: str = "",
     ) -> None:
         """`tls`: (certificate, key) files; Redis then also listens with TLS
         on `tls_port` (the plain port stays, for the tests' own peeking).
+        `tls_ca`: with `tls`, the CA file that verifies the servers this one
+        connects to, and replication (a Sentinel: its watching) over TLS.
         `args`: more options, as `--replicaof 127.0.0.1 PORT`. `password`:
         required of clients, and given to the master when replicating."""
         self.password = password
@@ -77,6 +80,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.tls = tls
+        self.tls_ca = tls_ca
         self.tls_port = free_port() if tls is not None else 0
         self.log_path = workdir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -94,6 +98,8 @@ class RedisServer:
             if self.tls is not None:
                 args += ["--tls-port", str(self.tls_port), "--tls-cert-file", self.tls[0]]
                 args += ["--tls-key-file", self.tls[1], "--tls-auth-clients", "no"]
+                if self.tls_ca:
+                    args += ["--tls-ca-cert-file", self.tls_ca, "--tls-replication", "yes"]
             self.proc = subprocess.Popen(
                 [binary, *self._first_args(), *args, *self.args],
                 cwd=self.workdir,
@@ -200,11 +206,14 @@ class RedisSentinel(RedisServer):
         password: str = "",
         master_password: str = "",
         username: str = "",
+        tls: tuple[str, str] | None = None,
+        tls_ca: str = "",
     ) -> None:
         """`password`: the Sentinel's own, required of clients (with `username`:
         that ACL user's, and the default user is switched off); `master_password`:
-        the master's."""
-        super().__init__(workdir, password=password)
+        the master's. `tls`, `tls_ca`: as a server's; `master_port` is then
+        the master's TLS port."""
+        super().__init__(workdir, password=password, tls=tls, tls_ca=tls_ca)
         self.username = username
         self.master_port = master_port
         self.master_password = master_password

@@ -38,6 +38,7 @@ same scope and kind.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -293,8 +294,10 @@ class Limiter:
                 waiter.set_result(None)
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip_key(ip: str | None) -> str:
-    """One key per client host, whatever text form its address came in."""
+    """One key per client host, whatever text form its address came in
+    (kept per text: parsing an address costs more than a decision)."""
     if ip is None:
         return UNIX_CLIENT_IP
     try:

@@ -91,6 +91,7 @@ def test_a_sentinel_block(tmp_path: Path) -> None:
         "password s3cret",
         "sentinel_username watcher",
         "sentinel_password t0p",
+        "tls yes",
     )
     c = build(text + ENDPOINT, tmp_path)
     (state,) = (m for m in c.modules if isinstance(m, RedisState))
@@ -101,6 +102,7 @@ def test_a_sentinel_block(tmp_path: Path) -> None:
     login = (state.db, state.username, state.password)
     assert login == (2, "kittiwake", "s3cret")
     assert (state.sentinel_username, state.sentinel_password) == ("watcher", "t0p")
+    assert state.tls
     # What the log names: no password in it.
     assert state.where() == "sentinel mymaster@10.0.0.5:26379,10.0.0.6:26380,[::1]:26381"
 
@@ -179,8 +181,14 @@ BAD = {
         ["sentinel mymaster redis://h:26379"],
         2,
         "sentinel: redis://h:26379: a Sentinel is written HOST:PORT, not as a URL "
-        "(TLS is not available with sentinel)",
+        "(for TLS to the Sentinels and the master, add `tls yes`)",
     ),
+    "tls with endpoint": (
+        ["endpoint redis://h", "tls yes"],
+        3,
+        "tls: only with sentinel; with endpoint, use rediss://",
+    ),
+    "sentinel tls value": (["sentinel mymaster h", "tls maybe"], 3, "tls"),
     "sentinel commas": (
         ["sentinel mymaster h1:26379,h2:26379"],
         2,

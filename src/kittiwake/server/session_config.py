@@ -58,6 +58,10 @@ class EndpointKind(enum.StrEnum):
     LMTP = "lmtp"
 
 
+#: Client addresses whose `ConnectionGate.counts` answer is kept.
+_MEMO_SIZE = 4096
+
+
 @dataclass
 class ConnectionGate:
     """Caps on simultaneous connections, in all and per client IP.
@@ -81,6 +85,9 @@ class ConnectionGate:
     opened: int = 0
     refused: int = 0
     refused_per_ip: int = 0
+    #: `counts` per client address: parsing an address costs more than the
+    #: rest of accepting a connection, and clients come back. Bounded.
+    _counted: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def enter(self) -> bool:
         if self.max_total and self.total >= self.max_total:
@@ -95,7 +102,14 @@ class ConnectionGate:
 
     def counts(self, ip: str) -> bool:
         """Whether the per-IP cap applies to a client at `ip`."""
-        return bool(self.max_per_ip) and not in_networks(ip, self.exempt)
+        if not self.max_per_ip:
+            return False
+        known = self._counted.get(ip)
+        if known is None:
+            if len(self._counted) >= _MEMO_SIZE:
+                self._counted.clear()
+            known = self._counted[ip] = not in_networks(ip, self.exempt)
+        return known
 
     def enter_ip(self, ip: str) -> bool:
         count = self.per_ip.get(ip, 0)

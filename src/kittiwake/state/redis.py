@@ -71,6 +71,8 @@ SENTINEL_PORT = 26379
 #: endpoint URL holds it) and the Sentinels' own.
 _MASTER_LOGIN = ("db", "username", "password")
 _SENTINEL_LOGIN = ("sentinel_username", "sentinel_password")
+#: All that only the `sentinel` form takes (`endpoint` has its URL for them).
+_SENTINEL_ONLY = (*_MASTER_LOGIN, *_SENTINEL_LOGIN, "tls")
 
 
 @dataclass(frozen=True)
@@ -147,13 +149,17 @@ class RedisState(Module):
             )
         self.db, self.username, self.password = 0, "", ""
         self.sentinel_username, self.sentinel_password = "", ""
+        #: With `sentinel`: TLS to the Sentinels and to the master they name.
+        self.tls = False
         if endpoint is not None:
-            for name in (*_MASTER_LOGIN, *_SENTINEL_LOGIN):
+            for name in _SENTINEL_ONLY:
                 node = cfg.get(name)
                 if node is None:
                     continue
                 if name in _SENTINEL_LOGIN:
                     raise node.error(f"{name}: only with sentinel (it is the Sentinels' own)")
+                if name == "tls":
+                    raise node.error("tls: only with sentinel; with endpoint, use rediss://")
                 raise node.error(f"{name}: only with sentinel; with endpoint, write it in the URL")
             return
         self.db = cfg.integer("db", 0, minimum=0)
@@ -161,6 +167,7 @@ class RedisState(Module):
         self.password = cfg.string("password", "")
         self.sentinel_username = cfg.string("sentinel_username", "")
         self.sentinel_password = cfg.string("sentinel_password", "")
+        self.tls = cfg.boolean("tls", False)
 
     def where(self) -> str:
         """The endpoint or the Sentinels, without passwords, for logs."""
@@ -180,6 +187,7 @@ class RedisState(Module):
                 password=self.password or None,
                 sentinel_username=self.sentinel_username or None,
                 sentinel_password=self.sentinel_password or None,
+                tls=self.tls,
                 timeout=self.timeout,
                 connect_timeout=self.connect_timeout,
                 on_master=self._master_named,
@@ -314,7 +322,7 @@ def _host_port(text: str) -> tuple[str, int]:
     if "://" in text:
         raise ValueError(
             f"{text}: a Sentinel is written HOST:PORT, not as a URL "
-            "(TLS is not available with sentinel)"
+            "(for TLS to the Sentinels and the master, add `tls yes`)"
         )
     if "," in text:
         raise ValueError(f"{text}: separate the Sentinels with spaces, not commas")

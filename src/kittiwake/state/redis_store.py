@@ -111,6 +111,7 @@ def connect_sentinel(
     password: str | None,
     sentinel_username: str | None = None,
     sentinel_password: str | None,
+    tls: bool = False,
     timeout: float,
     connect_timeout: float,
     on_master: Callable[[str, int], None] | None = None,
@@ -123,16 +124,22 @@ def connect_sentinel(
     and reaches the new master. `password` is the master's, and
     `sentinel_username`/`sentinel_password` the Sentinels' own (the same
     for every Sentinel), which may differ. `on_master`: see the pool.
+
+    `tls`: TLS to the Sentinels and to the master, verified as a
+    `rediss://` endpoint is (the system's CAs, and the certificate must
+    name the address the connection goes to: the one written here for a
+    Sentinel, the one the Sentinels announce for the master).
     """
     retry = Retry(NoBackoff(), 1)
-    asking = {
+    asking: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": connect_timeout,
         "username": sentinel_username,
         "password": sentinel_password,
         "retry": retry,
     }
-    manager = Sentinel(sentinels, sentinel_kwargs=asking)
+    secure: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": "required"} if tls else {}
+    manager = Sentinel(sentinels, sentinel_kwargs={**asking, **secure})
     client: Redis = manager.master_for(
         master,
         connection_pool_class=_BlockingSentinelPool,
@@ -144,6 +151,7 @@ def connect_sentinel(
         socket_timeout=timeout,
         socket_connect_timeout=connect_timeout,
         retry=retry,
+        **secure,
     )
     pool = client.connection_pool
     assert isinstance(pool, _BlockingSentinelPool)
