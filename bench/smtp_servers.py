@@ -220,22 +220,31 @@ def kittiwake(
     endpoint_extra: str = "",
     dns: str | None = None,
     workers: int = 1,
+    global_extra: str = "",
+    wrapper: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    start_timeout: float = START_TIMEOUT,
 ) -> Iterator[Target]:
     """`dns`: HOST:PORT of a DNS server to use instead of a fresh `dns_stub`;
-    `workers`: worker processes (`-j`, docs/workers.md), 1 for a single process."""
+    `workers`: worker processes (`-j`, docs/workers.md), 1 for a single process;
+    `global_extra`: lines above the endpoint (for example `log off`);
+    `wrapper`: a command the server runs under (valgrind: `instructions.py`),
+    with `env` added to its environment."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf, maildir = kittiwake_config(work, port, durable=durable, endpoint_extra=endpoint_extra)
+    if global_extra:
+        conf.write_text(global_extra.strip() + "\n" + conf.read_text())
     with contextlib.ExitStack() as stack:
         if dns is None:
             dns = stack.enter_context(dns_stub(work))
-        cmd = [sys.executable, "-m", "kittiwake", "run", "-c", str(conf)]
+        cmd = [*wrapper, sys.executable, "-m", "kittiwake", "run", "-c", str(conf)]
         cmd += ["--debug.dnsoverride", dns]
         if workers > 1:
             cmd += ["-j", str(workers)]
-        proc = Process(cmd, work / "kittiwake.log", env=python_env())
+        proc = Process(cmd, work / "kittiwake.log", env={**python_env(), **(env or {})})
         try:
-            proc.wait_ready(KITTIWAKE_READY)
+            proc.wait_ready(KITTIWAKE_READY, start_timeout)
             yield Target(name, port, proc.pid, maildir, True, proc.alive, proc.log)
         finally:
             proc.stop()

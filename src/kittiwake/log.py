@@ -93,13 +93,30 @@ def format_line(
         for k, v in fields.items():
             record[k] = v if isinstance(v, (int, float, bool, type(None), list, dict)) else str(v)
         return json.dumps(record, ensure_ascii=False, default=str)
-    parts = [ts] if ts else []
-    parts.append(level)
+    parts = [ts, level] if ts else [level]
     if name:
         parts.append(name + ":")
     parts.append(msg)
-    parts.extend(f"{k}={_format_value(v)}" for k, v in fields.items())
+    known = _formatted
+    for k, v in fields.items():
+        if type(v) is str and len(v) <= _KEEP_LEN:
+            text = known.get(v)
+            if text is None:
+                if len(known) >= _KEEP:
+                    known.clear()
+                text = known[v] = _format_value(v)
+        else:
+            text = _format_value(v)
+        parts.append(f"{k}={text}")
     return " ".join(parts)
+
+
+#: Short string values as formatted, kept: the same addresses, names and
+#: replies come back line after line, and checking a value for what must
+#: be quoted costs as much as the rest of its field. Bounded.
+_formatted: dict[str, str] = {}
+_KEEP = 1024
+_KEEP_LEN = 200
 
 
 def _emit(level: str, name: str, msg: str, fields: dict[str, Any]) -> None:

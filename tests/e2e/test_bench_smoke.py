@@ -2,7 +2,8 @@
 
 `bench/smtp.py`: a tiny matrix against kittiwake alone. `bench/queue_relay.py`:
 60 messages through kittiwake's queue and through a private Postfix, both
-relaying to smtp-sink.
+relaying to smtp-sink. `bench/instructions.py`: kittiwake under valgrind's
+callgrind (Debian package `valgrind`), 50 messages counted.
 
 Each benchmark starts `kittiwake run` and drives it with Postfix's
 `smtp-source`, so this fails where that tool is missing (Debian package
@@ -26,6 +27,7 @@ from kw import need_tool
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "smtp.py"
 QUEUE_BENCH = ROOT / "bench" / "queue_relay.py"
+INSTRUCTIONS = ROOT / "bench" / "instructions.py"
 
 
 @pytest.mark.timeout(150)
@@ -100,3 +102,31 @@ def test_queue_relay_bench_reports_both_servers(tmp_path: Path) -> None:
         assert run["messages"] == 60
         assert run["accepted_rate"] > 0 and run["relayed_rate"] > 0
         assert run["relayed_seconds"] >= run["accepted_seconds"]
+
+
+@pytest.mark.timeout(400)
+def test_instructions_per_message_are_counted(tmp_path: Path) -> None:
+    need_tool("smtp-source", "postfix")
+    need_tool("valgrind", "valgrind")
+    result = subprocess.run(
+        [
+            *(sys.executable, str(INSTRUCTIONS), "--per-session", "1", "--messages", "50"),
+            *("--sessions", "5", "--dir", str(tmp_path)),
+        ],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=380,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = re.search(
+        r"^kittiwake-discard: 5 sessions, 1 per session, 10 KiB: ([\d,]+) k instructions",
+        result.stdout,
+        re.M,
+    )
+    assert found, result.stdout
+    # A message costs the interpreter some hundreds of thousands of
+    # instructions: far from nothing, and far from a runaway.
+    assert 100 <= int(found.group(1).replace(",", "")) <= 100_000

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kittiwake import log, systemd
+from kittiwake import heap, log, systemd
 from kittiwake.cli.common import EMBEDDED_NAME, load_config
 from kittiwake.container import Container
 from kittiwake.control import ControlServer
@@ -181,6 +181,9 @@ class Reloader:
         task = asyncio.get_running_loop().create_task(self._retire(old))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        # Once the old configuration is stopped and let go of, what it
+        # left is collected and the new one kept out of the way (kittiwake/heap.py).
+        task.add_done_callback(lambda _: heap.settle())
         return outcome
 
     async def _launch(self, new: Container, trigger: str) -> Outcome | None:

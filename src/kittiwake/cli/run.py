@@ -34,7 +34,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from kittiwake import __version__, log, systemd
+from kittiwake import __version__, heap, log, systemd
 from kittiwake.cli.common import EXIT_FAILURE, EXIT_OK, build, config_error, log_target_error
 from kittiwake.cli.reloader import Outcome, Reloader
 from kittiwake.config.globals import Globals
@@ -180,6 +180,7 @@ async def _serve_on(
         control = ControlServer(container.control, container.runtime_path(SOCKET_NAME))
         reloader = Reloader(container, control, announce)
         await control.start()
+        heap.settle()  # what starting made lives until a reload (kittiwake/heap.py)
         if not stopping.is_set():
             addresses = _addresses(container)
             announce(addresses)

@@ -41,7 +41,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from kittiwake import log, metrics
+from kittiwake import heap, log, metrics
 from kittiwake.container import Container, Shared
 from kittiwake.errors import ConfigError
 from kittiwake.module import Role
@@ -142,6 +142,7 @@ class Worker:
                 (e.addresses(), e.serving()) if container.runs_here(e) else ([], [])
                 for e in container.endpoints
             ]
+            heap.settle()  # kittiwake/heap.py
             self.channel.send("ready", served=served, pid=os.getpid())
             await self._serve(container)
             self._send_metrics("final")
