@@ -98,16 +98,10 @@ def format_line(
         parts.append(name + ":")
     parts.append(msg)
     known = _formatted
-    for k, v in fields.items():
-        if type(v) is str and len(v) <= _KEEP_LEN:
-            text = known.get(v)
-            if text is None:
-                if len(known) >= _KEEP:
-                    known.clear()
-                text = known[v] = _format_value(v)
-        else:
-            text = _format_value(v)
-        parts.append(f"{k}={text}")
+    parts += [
+        f"{k}={(known.get(v) or _kept(v)) if type(v) is str else _format_value(v)}"
+        for k, v in fields.items()
+    ]
     return " ".join(parts)
 
 
@@ -117,6 +111,16 @@ def format_line(
 _formatted: dict[str, str] = {}
 _KEEP = 1024
 _KEEP_LEN = 200
+
+
+def _kept(v: str) -> str:
+    """`v` formatted, and kept in `_formatted` when it is short."""
+    text = _format_value(v)
+    if len(v) <= _KEEP_LEN:
+        if len(_formatted) >= _KEEP:
+            _formatted.clear()
+        _formatted[v] = text
+    return text
 
 
 def _emit(level: str, name: str, msg: str, fields: dict[str, Any]) -> None:

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kittiwake.protocol import replies
 from kittiwake.protocol.events import (
@@ -560,44 +562,56 @@ class ServerConnection:
             raise LocalProtocolError(f"no reply is owed (sending {reply})")
         self._owed -= 1
         event = self._awaiting
-        utf8 = event.params.smtputf8 if isinstance(event, MailFrom) else self.smtputf8
+        utf8 = event.params.smtputf8 if type(event) is MailFrom else self.smtputf8
         out = reply.render(utf8)
         if self._owed:
             return out
         self._awaiting = None
-        ok = reply.code < 400
-        if isinstance(event, Greeting):
-            self.greeting = event.domain if ok else None
-        elif isinstance(event, MailFrom):
-            if ok:
-                self._reset_transaction()
-                self.mail = event
-                self.smtputf8 = event.params.smtputf8
-        elif isinstance(event, RcptTo):
-            if ok:
-                self.rcpt_count += 1
-        elif isinstance(event, Data):
-            if reply.code == 354:
-                self._enter_data()
-        elif isinstance(event, BodyEnd):
-            if event.last or not ok:
-                self._reset_transaction()
-        elif isinstance(event, Auth | AuthLine):
-            if reply.code == 334:
-                self.state = State.AUTH
-            else:
-                self.state = State.COMMAND
-                self.authenticated = reply.code == 235
-        elif isinstance(event, StartTLS):
-            if reply.code == 220:
-                self.state = State.TLS
-        elif isinstance(event, Quit):
-            self.state = State.CLOSED
-            self._closed_reported = True
+        learn = _LEARN.get(type(event))
+        if learn is not None:
+            learn(self, event, reply.code)
         if reply.code == 421:
             self.state = State.CLOSED
             self._closed_reported = True
         return out
+
+    # What the last reply of each kind of event changes (`send`).
+
+    def _greeted(self, event: Greeting, code: int) -> None:
+        self.greeting = event.domain if code < 400 else None
+
+    def _mail_answered(self, event: MailFrom, code: int) -> None:
+        if code < 400:
+            self._reset_transaction()
+            self.mail = event
+            self.smtputf8 = event.params.smtputf8
+
+    def _rcpt_answered(self, event: RcptTo, code: int) -> None:
+        if code < 400:
+            self.rcpt_count += 1
+
+    def _data_answered(self, event: Data, code: int) -> None:
+        if code == 354:
+            self._enter_data()
+
+    def _body_answered(self, event: BodyEnd, code: int) -> None:
+        if event.last or code >= 400:
+            self._reset_transaction()
+
+    def _auth_answered(self, event: Auth | AuthLine, code: int) -> None:
+        if code == 334:
+            self.state = State.AUTH
+        else:
+            self.state = State.COMMAND
+            self.authenticated = code == 235
+
+    def _starttls_answered(self, event: StartTLS, code: int) -> None:
+        if code == 220:
+            self.state = State.TLS
+
+    def _quit_answered(self, event: Quit, code: int) -> None:
+        self.state = State.CLOSED
+        self._closed_reported = True
 
     def _enter_data(self) -> None:
         self.state = State.DATA
@@ -660,4 +674,17 @@ _HANDLERS = {
     "VRFY": ServerConnection._vrfy,
     "QUIT": ServerConnection._quit,
     "AUTH": ServerConnection._auth,
+}
+
+#: What a kind of event's last reply teaches the core (`ServerConnection.send`).
+_LEARN: dict[type, Callable[[ServerConnection, Any, int], None]] = {
+    Greeting: ServerConnection._greeted,
+    MailFrom: ServerConnection._mail_answered,
+    RcptTo: ServerConnection._rcpt_answered,
+    Data: ServerConnection._data_answered,
+    BodyEnd: ServerConnection._body_answered,
+    Auth: ServerConnection._auth_answered,
+    AuthLine: ServerConnection._auth_answered,
+    StartTLS: ServerConnection._starttls_answered,
+    Quit: ServerConnection._quit_answered,
 }

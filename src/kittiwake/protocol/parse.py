@@ -47,6 +47,21 @@ def split_path(text: str) -> tuple[str, str]:
     for an empty path without brackets.
     """
     bracket = text.startswith("<")
+    if '"' not in text:
+        # No quoted local part, as nearly always: one search finds the end.
+        if bracket:
+            end = text.find(">")
+            if end < 0:
+                raise PathSyntaxError("unclosed '<'")
+            return text[1:end], text[end + 1 :]
+        end = len(text)
+        for blank in " \t":
+            found = text.find(blank, 0, end)
+            if found >= 0:
+                end = found
+        if end == 0:
+            raise PathSyntaxError("empty path")
+        return text[:end], text[end:]
     start = i = 1 if bracket else 0
     n = len(text)
     quoted = False
