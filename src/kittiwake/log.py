@@ -109,7 +109,7 @@ def format_line(
 #: replies come back line after line, and checking a value for what must
 #: be quoted costs as much as the rest of its field. Bounded.
 _formatted: dict[str, str] = {}
-_KEEP = 1024
+_KEEP = 256
 _KEEP_LEN = 200
 
 
