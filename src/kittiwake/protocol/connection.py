@@ -204,7 +204,10 @@ class ServerConnection:
 
     # -- commands -------------------------------------------------------------
 
-    def _read_line(self) -> bytes | Event | None:
+    def _read_line(self) -> str | Event | None:
+        """The next line without its CR LF, decoded (bytes that are not UTF-8
+        as lone surrogates); an Event when the line is too long; None until
+        a whole line is there."""
         buf = self._buf
         limit = self.settings.max_line_length
         nl = buf.find(b"\n")
@@ -215,7 +218,7 @@ class ServerConnection:
         if limit and nl >= limit:
             return self._fatal(replies.LINE_TOO_LONG)
         end = nl - 1 if nl and buf[nl - 1] == 13 else nl
-        line = bytes(buf[:end])
+        line = buf[:end].decode("utf-8", "surrogateescape")
         del buf[: nl + 1]
         return line
 
@@ -246,20 +249,19 @@ class ServerConnection:
     def _next_command(self) -> Event | _NeedData:
         if self._buf.startswith(_HTTP_VERBS):
             return self._fatal(replies.BAD_COMMAND)
-        got = self._read_line()
-        if got is None:
+        line = self._read_line()
+        if line is None:
             return self._closed() if self._eof else NEED_DATA
-        if not isinstance(got, bytes):
-            return got
-        line = got.decode("utf-8", "surrogateescape")
+        if not isinstance(line, str):
+            return line
         if not line:
             return self._protocol_error(replies.BAD_SYNTAX)
-        if line[:8].upper() == "STARTTLS":
+        verb = line[:4].upper()
+        if verb == "STAR" and line[:8].upper() == "STARTTLS":
             return self._starttls()
         n = len(line)
         if n < 4 or n == 5 or (n > 5 and line[4] != " "):
             return self._protocol_error(replies.BAD_COMMAND, line)
-        verb = line[:4].upper()
         args = line[5:].strip(" \t")
         if verb in _JUNK and self._junk():
             return self._fatal(replies.TOO_MANY_JUNK)
@@ -430,12 +432,12 @@ class ServerConnection:
         )
 
     def _next_auth_line(self) -> Event | _NeedData:
-        got = self._read_line()
-        if got is None:
+        line = self._read_line()
+        if line is None:
             return self._closed() if self._eof else NEED_DATA
-        if not isinstance(got, bytes):
-            return got
-        return self._expect(AuthLine(got.decode("utf-8", "surrogateescape").strip()))
+        if not isinstance(line, str):
+            return line
+        return self._expect(AuthLine(line.strip()))
 
     # -- content --------------------------------------------------------------
 

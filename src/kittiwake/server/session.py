@@ -172,7 +172,7 @@ class Session(asyncio.Protocol):
         if self.cfg.io_log is not None:
             self.cfg.io_log.debug("read", peer=self.peer_ip, data=data)
         self.conn.receive_data(data)
-        if self.conn.state in (State.DATA, State.BDAT):
+        if self.conn.state in _CONTENT_STATES:
             # While content streams, each read re-arms the read timeout, but
             # the whole transfer must keep up min_data_rate (below).
             now = self._loop.time()
@@ -242,7 +242,8 @@ class Session(asyncio.Protocol):
                 if event is NEED_DATA:
                     if self._lost:
                         break
-                    await self.flush()
+                    if self._write_out():  # what the commands so far are owed
+                        await self._drain_out()
                     if self._shutdown and self.mail.txn is None:
                         self._out += SHUTTING_DOWN.render()
                         break
@@ -368,7 +369,10 @@ class Session(asyncio.Protocol):
         # Otherwise the session is busy, not reading; _wait checks again.
 
     def _reset_deadline(self) -> None:
-        self._deadline = self._content_deadline(self._loop.time())
+        if self._transfer_start < 0:  # between messages: the read timeout alone
+            self._deadline = self._idle_deadline = self._loop.time() + self.cfg.read_timeout
+        else:
+            self._deadline = self._content_deadline(self._loop.time())
 
     def _content_deadline(self, now: float) -> float:
         """The read deadline, and while a message's content is coming, its pace.
@@ -388,25 +392,37 @@ class Session(asyncio.Protocol):
         return min(self._idle_deadline, paced)
 
     async def flush(self) -> None:
+        """Write the replies gathered so far; wait while the client is not reading."""
+        if self._write_out():
+            await self._drain_out()
+
+    def _write_out(self) -> bool:
+        """Write the replies gathered so far in one call; True when the
+        transport's buffer is full and `_drain_out` must wait. Not a
+        coroutine: after nearly every command there is nothing to wait for."""
         if not self._out or self._transport is None or self._lost:
             self._out.clear()
-            return
+            return False
         data = bytes(self._out)
         self._out.clear()
         if self.cfg.io_log is not None:
             self.cfg.io_log.debug("write", peer=self.peer_ip, data=data)
         self._transport.write(data)
-        if self._writing_paused:
-            self._drain = self._loop.create_future()
-            try:
-                timeout = self.cfg.write_timeout or None
-                await asyncio.wait_for(self._drain, timeout)
-            except TimeoutError:
-                self.cfg.log.info("write timeout, closing", peer=self.peer_ip)
-                self._transport.abort()
-                self._lost = True
-            finally:
-                self._drain = None
+        return self._writing_paused
+
+    async def _drain_out(self) -> None:
+        """Wait until the client reads again, within `write_timeout`."""
+        assert self._transport is not None
+        self._drain = self._loop.create_future()
+        try:
+            timeout = self.cfg.write_timeout or None
+            await asyncio.wait_for(self._drain, timeout)
+        except TimeoutError:
+            self.cfg.log.info("write timeout, closing", peer=self.peer_ip)
+            self._transport.abort()
+            self._lost = True
+        finally:
+            self._drain = None
 
     def reply(self, reply: Reply) -> None:
         self.cfg.metrics.reply(reply.code)
@@ -414,12 +430,18 @@ class Session(asyncio.Protocol):
 
     async def _dispatch(self, event: Event) -> None:
         """Handle one event; whatever it raises answers what it still owes."""
-        if type(event) is BodyChunk:  # content: no reply, no new deadline
+        kind = type(event)
+        if kind is BodyChunk:  # content: no reply, no new deadline
             assert isinstance(event, BodyChunk)
             await self.mail.body_chunk(event.data)
             return
         try:
-            await self._handle(event)
+            self.cfg.metrics.command(event)
+            handler = _HANDLERS.get(kind)
+            if handler is not None:
+                await handler(self, event)
+            else:
+                self._handle_core_event(event)
         except Exception as exc:
             msg_id = self.mail.txn.msg_id if self.mail.txn else ""
             error = client_error(
@@ -432,18 +454,17 @@ class Session(asyncio.Protocol):
         if self.conn.state is not State.BDAT:
             self._reset_deadline()
 
-    async def _handle(self, event: Event) -> None:
-        self.cfg.metrics.command(event)
+    def _handle_core_event(self, event: Event) -> None:
+        """What the protocol core decided itself: a BDAT chunk's start, the
+        end of input, its own replies (syntax, sequence, limits)."""
         kind = type(event)
         if kind is Bdat:
             assert isinstance(event, Bdat)
             if event.first:
                 self.mail.open_body()
-            return
-        if kind is ConnectionClosed:
+        elif kind is ConnectionClosed:
             self.closing = True
-            return
-        if kind is AutoReply:
+        elif kind is AutoReply:
             assert isinstance(event, AutoReply)
             if event.protocol_error and event.line.startswith("PROXY "):
                 # Never honoured from an untrusted peer, but noted (docs/proxy.md).
@@ -454,11 +475,8 @@ class Session(asyncio.Protocol):
                 self.closing = True
             for reply in event.replies:
                 self.reply(reply)
-            return
-        handler = _HANDLERS.get(kind)
-        if handler is None:
+        else:
             raise RuntimeError(f"no handler for {event!r}")
-        await handler(self, event)
 
     def answer_owed(self, exc: SMTPError) -> None:
         """Answer every reply the current event still owes with `exc`."""
@@ -587,8 +605,11 @@ class Session(asyncio.Protocol):
             self.task.cancel()
 
 
+#: The core's states in which reads are a message's content (their pace is watched).
+_CONTENT_STATES = frozenset({State.DATA, State.BDAT})
+
 #: What answers each event the core hands over (AutoReply, Bdat and the
-#: content are dealt with in `_handle` itself). One table for every
+#: content are dealt with in `_handle_core_event` and `_dispatch`). One table for every
 #: session: a table of bound methods per session cost a kilobyte for each
 #: connection, idle ones included.
 _HANDLERS: dict[type[Event], Callable[[Session, Any], Awaitable[None]]] = {
