@@ -61,6 +61,7 @@ __all__ = [
     "Limiter",
     "Limits",
     "LimitsModule",
+    "LimitsUnavailable",
     "Rule",
     "Ticket",
 ]
@@ -94,9 +95,16 @@ def _high_load() -> SMTPError:
     return SMTPError(451, (4, 4, 5), "High load, try again later")
 
 
+class LimitsUnavailable(SMTPError):
+    """The limits' shared store cannot answer and they fail closed: no limit
+    was reached, the decision could not be made (docs/state.md)."""
+
+
 def _unavailable() -> SMTPError:
     """A shared store that cannot answer, with `fail_closed` (docs/state.md)."""
-    return SMTPError(451, (4, 4, 5), "Sending limits cannot be checked now, try again later")
+    return LimitsUnavailable(
+        451, (4, 4, 5), "Sending limits cannot be checked now, try again later"
+    )
 
 
 # -- the policy --------------------------------------------------------------

@@ -44,9 +44,11 @@ class _Sink:
     #: (descriptor, largest write) of the last write: one fstat per target.
     limit: tuple[int, int] = (-1, 0)
 
-    @property
-    def timestamps(self) -> bool:
-        return self.kind in ("stderr_ts", "file")
+    #: Whether its lines start with a timestamp (set from `kind`).
+    timestamps: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.timestamps = self.kind in ("stderr_ts", "file")
 
 
 @dataclass
@@ -128,11 +130,12 @@ def _emit(level: str, name: str, msg: str, fields: dict[str, Any]) -> None:
         batch = _out.loop is not None and threading.get_ident() == _out.loop_thread
         ts = ""
         for sink in _out.sinks:
-            if sink.timestamps and not ts:
-                ts = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
-            line = format_line(
-                level, name, msg, fields, as_json=_out.json, ts=ts if sink.timestamps else ""
-            )
+            if sink.timestamps:
+                if not ts:
+                    ts = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+                line = format_line(level, name, msg, fields, as_json=_out.json, ts=ts)
+            else:
+                line = format_line(level, name, msg, fields, as_json=_out.json)
             if sink.kind == "syslog":
                 _syslog(level, line)
             elif batch:

@@ -269,6 +269,8 @@ class _Use:
 
 #: Blocks whose `auth` names a SASL mechanism (`auth plain USER PASS`), not a module.
 _AUTH_MECHANISM_BLOCKS = frozenset({"target.smtp", "target.lmtp"})
+#: Blocks whose `tls` is a yes/no switch (`state.redis` with `sentinel`), not a loader.
+_TLS_SWITCH_BLOCKS = frozenset({"state.redis"})
 
 
 def _block_module(node: Node, top: bool) -> str:
@@ -283,7 +285,9 @@ def _block_module(node: Node, top: bool) -> str:
 def _inline_uses(nodes: list[Node], top: bool = True, within: str = "") -> Iterator[_Use]:
     """Every module named by a directive (not a top-level block), in file order."""
     for node in nodes:
-        if node.name == "auth" and within in _AUTH_MECHANISM_BLOCKS:
+        if (node.name == "auth" and within in _AUTH_MECHANISM_BLOCKS) or (
+            node.name == "tls" and within in _TLS_SWITCH_BLOCKS
+        ):
             pass
         elif node.name == "tls" and node.args:
             first = node.args[0]

@@ -13,6 +13,7 @@ the limit is admitted and no more.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -178,6 +179,48 @@ def test_the_master_and_the_sentinels_each_get_their_own_login(
     # No password for the master: the log says it is the master's login that failed.
     line = refused_outage(tmp_path / "nopass", site, sentinel_login)
     assert "the login to the Redis master failed: check password" in line, line
+
+
+def test_a_sentinel_that_hangs_leaves_time_for_the_next(tmp_path: Path, site: Site) -> None:
+    """The first Sentinel accepts connections and never answers (a host that
+    drops packets, or a port that does not speak what is asked): within one
+    decision the next Sentinel is asked and the master reached. When it is
+    the only one, the outage line names the Sentinels that did not answer.
+    A refusal because the store cannot answer is not logged as a limit reached."""
+    with socket.socket() as hangs:
+        hangs.bind(("127.0.0.1", 0))
+        hangs.listen(64)  # connections complete in the kernel; nobody reads them
+        hang_port = hangs.getsockname()[1]
+        port = free_port()
+        (tmp_path / "node").mkdir()
+        text = config(port, site.sentinel.port).replace(
+            "sentinel kwmaster ", f"sentinel kwmaster 127.0.0.1:{hang_port} "
+        )
+        node = Kittiwake(tmp_path / "node", text)
+        try:
+            node.wait_ready()
+            for _ in range(3):
+                assert rcpt_reply(port).startswith("250 "), node.log
+            assert site.master.command(b"DBSIZE") == b":1"
+            assert "unreachable" not in node.log
+        finally:
+            node.kill()
+
+        port = free_port()
+        (tmp_path / "alone").mkdir()
+        text = config(port, hang_port)
+        node = Kittiwake(tmp_path / "alone", text)
+        try:
+            node.wait_ready()
+            assert rcpt_reply(port) == NO_LIMITS
+            line = node.wait_log("shared state store unreachable [^\n]*")
+            # Asked twice (a retry), it used up the decision's second: the
+            # line names the Sentinels that were asked.
+            assert f"from the Sentinels (127.0.0.1:{hang_port}) or the master" in line, line
+            node.wait_log("smtp: limits unavailable src_ip=127.0.0.1")
+            assert "smtp: limit reached" not in node.log
+        finally:
+            node.kill()
 
 
 def refused_outage(workdir: Path, site: Site, login: str) -> str:

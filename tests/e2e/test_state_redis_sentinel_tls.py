@@ -5,11 +5,11 @@ master and its replica, replicating over TLS, and a Sentinel that listens
 with TLS and watches them over TLS (tests/redisd.py). Every certificate is
 issued by the test's own CA for `localhost` and `127.0.0.1`, the address
 the Sentinel announces. docs/state.md says `tls yes` verifies the
-Sentinels' and the master's certificates with the system's CAs: the node
-is given the test's CA as the system's (`SSL_CERT_FILE`), counts in the
+Sentinels' and the master's certificates with the system's CAs and those
+of `root_ca`: the node is given the test's CA in `root_ca`, counts in the
 master, and after the master is killed, counts on in the promoted replica,
 reached over TLS at the address the Sentinel now names. Started without
-the CA, the same node refuses the certificate and fails closed.
+the CA, the same configuration refuses the certificate and fails closed.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ from pathlib import Path
 
 import pytest
 import trustme
-from kw import NO_LIMITS, Kittiwake, env, free_port, need_tool, rcpt_reply
+from kw import NO_LIMITS, Kittiwake, free_port, need_tool, rcpt_reply
 
 from redisd import RedisSentinel, RedisServer
 
 PREFIX = "sentineltls:"
 
 
-def config(port: int, sentinel_tls_port: int) -> str:
+def config(port: int, sentinel_tls_port: int, extra: str = "") -> str:
     return f"""hostname mx.example.org
 state.redis shared {{
     sentinel {RedisSentinel.MASTER} 127.0.0.1:{sentinel_tls_port}
     tls yes
-    key_prefix {PREFIX}
+    key_prefix {PREFIX}{extra}
 }}
 smtp tcp://127.0.0.1:{port} {{
     tls off
@@ -89,9 +89,9 @@ def test_tls_to_the_sentinel_and_the_master_through_a_failover(
     master, replica, sentinel = tls_site
     port = free_port()
     (tmp_path / "node").mkdir()
-    node = Kittiwake(
-        tmp_path / "node", config(port, sentinel.tls_port), environ=env(SSL_CERT_FILE=ca_file)
-    )
+    # The test's CA for Redis alone (`root_ca`), not the process's (SSL_CERT_FILE).
+    text = config(port, sentinel.tls_port, f"\n    root_ca {ca_file}")
+    node = Kittiwake(tmp_path / "node", text)
     try:
         node.wait_ready()
         # The master as the Sentinel announces it: its TLS port.

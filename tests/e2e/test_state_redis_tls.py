@@ -21,11 +21,11 @@ from kw import NO_LIMITS, Kittiwake, env, free_port, need_tool, rcpt_reply
 from redisd import RedisServer
 
 
-def config(port: int, tls_port: int) -> str:
+def config(port: int, tls_port: int, extra: str = "") -> str:
     return f"""hostname mx.example.org
 state.redis shared {{
     endpoint rediss://localhost:{tls_port}/0
-    key_prefix tlstest:
+    key_prefix tlstest:{extra}
 }}
 smtp tcp://127.0.0.1:{port} {{
     tls off
@@ -81,5 +81,26 @@ def test_rediss_refuses_a_certificate_it_cannot_verify(
         assert rcpt_reply(port) == NO_LIMITS
         node.wait_log("shared state store unreachable .*(?i:certificate verify failed)")
         assert redis_tls.command(b"DBSIZE") == b":0"
+    finally:
+        node.kill()
+
+
+def test_root_ca_trusts_a_private_ca_for_redis_alone(
+    tmp_path: Path, redis_tls: RedisServer, ca: trustme.CA
+) -> None:
+    """`root_ca` instead of `SSL_CERT_FILE`: the private CA is trusted for
+    Redis only, beside the system's, without changing the process's CAs."""
+    ca_file = tmp_path / "redis-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = free_port()
+    (tmp_path / "node").mkdir()
+    text = config(port, redis_tls.tls_port, f"\n    root_ca {ca_file}")
+    node = Kittiwake(tmp_path / "node", text)
+    try:
+        node.wait_ready()
+        for _ in range(3):
+            assert rcpt_reply(port).startswith("250 ")
+        assert redis_tls.command(b"DBSIZE") == b":1"
+        assert "unreachable" not in node.log
     finally:
         node.kill()

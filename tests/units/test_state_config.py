@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
 import kittiwake.state
 from kittiwake.config.parser import parse_text
@@ -189,6 +190,21 @@ BAD = {
         "tls: only with sentinel; with endpoint, use rediss://",
     ),
     "sentinel tls value": (["sentinel mymaster h", "tls maybe"], 3, "tls"),
+    "root_ca without tls": (
+        ["endpoint redis://h", "root_ca /etc/ssl/ca.pem"],
+        3,
+        "root_ca: only with TLS: a rediss:// endpoint, or sentinel with tls yes",
+    ),
+    "root_ca with sentinel without tls": (
+        ["sentinel mymaster h", "root_ca /etc/ssl/ca.pem"],
+        3,
+        "root_ca: only with TLS",
+    ),
+    "root_ca missing file": (
+        ["endpoint rediss://h", "root_ca /nonexistent/ca.pem"],
+        3,
+        "root_ca: /nonexistent/ca.pem: cannot read",
+    ),
     "sentinel commas": (
         ["sentinel mymaster h1:26379,h2:26379"],
         2,
@@ -257,3 +273,18 @@ def test_without_redis_py_the_block_says_how_to_get_it(
     assert text == (
         "t.conf:3: state.redis: the redis package is not installed: pip install 'kittiwake[redis]'"
     )
+
+
+def test_root_ca_files_are_read_and_checked(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    # Relative paths resolve against state_dir, as tls_client's root_ca.
+    here = f"state_dir {tmp_path}\n"
+    for first in ("endpoint rediss://h", "sentinel mymaster h\n    tls yes"):
+        c = build(here + state_block(first, "root_ca ca.pem") + ENDPOINT, tmp_path)
+        (state,) = (m for m in c.modules if isinstance(m, RedisState))
+        assert state.root_ca.startswith("-----BEGIN CERTIFICATE-----")
+    text = here + state_block("endpoint rediss://h", "root_ca junk.pem") + ENDPOINT
+    expected = f"root_ca: {tmp_path / 'junk.pem'}: not a PEM certificate bundle"
+    assert expected in error_of(text, tmp_path)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from kittiwake import address
 from kittiwake.errors import SMTPError
+from kittiwake.limits import LimitsUnavailable
 from kittiwake.log import Logger
 from kittiwake.message import ConnInfo, MsgMeta, RcptDSN, SMTPOptions, new_msg_id
 from kittiwake.message.buffer import Buffer
@@ -104,7 +105,12 @@ class MailTransactions:
                 txn.ticket = await self.cfg.limits.take(self.session.peer_ip, domain)
             except Exception as exc:
                 error = client_error(exc, self.cfg.log, "limits failed", msg_id=txn.msg_id)
-                self.cfg.log.info("limit reached", src_ip=self.session.peer_ip, sender=sender)
+                # A store that cannot answer is not a limit reached: the
+                # store's own outage lines say why (docs/state.md).
+                what = (
+                    "limits unavailable" if isinstance(exc, LimitsUnavailable) else "limit reached"
+                )
+                self.cfg.log.info(what, src_ip=self.session.peer_ip, sender=sender)
                 self.cfg.metrics.ratelimit_deferred()
                 return Reply.from_error(error)
         txn.meta = MsgMeta(
@@ -363,7 +369,7 @@ class MailTransactions:
         results = [
             _outcome(rcpt, status) for (rcpt, _), status in zip(txn.rcpts, statuses, strict=False)
         ]
-        delivered = sum(1 for s in statuses[: len(txn.rcpts)] if s is None)
+        delivered = statuses[: len(txn.rcpts)].count(None)
         refused = txn.refused + (
             [f"and {txn.refused_count - len(txn.refused)} more"]
             if txn.refused_count > len(txn.refused)

@@ -55,6 +55,8 @@ from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.module import Module, Role, register
 from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot
+from kittiwake.tls.directive import read_ca_bundle
+from kittiwake.tls.loaders import global_path
 
 if TYPE_CHECKING:
     from kittiwake.state.redis_store import RedisStore
@@ -82,9 +84,12 @@ class Sentinel:
     master: str
     addresses: tuple[tuple[str, int], ...]
 
+    def hosts(self, sep: str = " ") -> str:
+        """The Sentinels' addresses as HOST:PORT ([IPV6]:PORT), joined by `sep`."""
+        return sep.join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+
     def __str__(self) -> str:
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
-        return f"{self.master}@{hosts}"
+        return f"{self.master}@{self.hosts(',')}"
 
 
 @register("state.redis")
@@ -111,6 +116,8 @@ class RedisState(Module):
             raise later.error("fail_open and fail_closed cannot both be set: choose one")
         #: Whether decisions go through when Redis cannot answer (default: no).
         self.fail_open = fail_open is not None
+        #: Extra CAs for Redis's certificates (PEM), beside the system's.
+        self.root_ca = self._root_ca(cfg)
         self.key_prefix = cfg.custom("key_prefix", _parse_prefix, "kittiwake:")
         self.connect_timeout = cfg.duration("connect_timeout", 1.0, positive=True)
         self.timeout = cfg.duration("timeout", 1.0, positive=True)
@@ -169,6 +176,23 @@ class RedisState(Module):
         self.sentinel_password = cfg.string("sentinel_password", "")
         self.tls = cfg.boolean("tls", False)
 
+    def _root_ca(self, cfg: Directives) -> str:
+        """`root_ca FILE...`: only where there is TLS (`rediss://`, or `tls yes`
+        with `sentinel`); each file read and checked now, as `tls_client`'s."""
+        node = cfg.get("root_ca")
+        if node is None:
+            return ""
+        tls = self.tls if self.sentinel is not None else str(self.url).startswith("rediss://")
+        if not tls:
+            raise node.error(
+                "root_ca: only with TLS: a rediss:// endpoint, or sentinel with tls yes"
+            )
+        if node.children is not None or not node.args:
+            raise node.error("root_ca: expected one or more PEM files")
+        state_dir = global_path(self.container, "state_dir")
+        bundles = [read_ca_bundle(node, os.path.join(state_dir, p)) for p in node.args]
+        return "\n".join(b.decode("ascii") for b in bundles)
+
     def where(self) -> str:
         """The endpoint or the Sentinels, without passwords, for logs."""
         if self.sentinel is not None:
@@ -188,6 +212,7 @@ class RedisState(Module):
                 sentinel_username=self.sentinel_username or None,
                 sentinel_password=self.sentinel_password or None,
                 tls=self.tls,
+                root_ca=self.root_ca,
                 timeout=self.timeout,
                 connect_timeout=self.connect_timeout,
                 on_master=self._master_named,
@@ -195,7 +220,10 @@ class RedisState(Module):
         else:
             assert self.url is not None
             client = self._store_module.connect(
-                self.url, timeout=self.timeout, connect_timeout=self.connect_timeout
+                self.url,
+                timeout=self.timeout,
+                connect_timeout=self.connect_timeout,
+                root_ca=self.root_ca,
             )
         self.store = self._store_module.RedisStore(
             client,
@@ -208,6 +236,7 @@ class RedisState(Module):
             # With worker processes each one logs its own outage: say whose.
             log_fields=self._log_fields(),
             sentinel=self.sentinel is not None,
+            sentinels=self.sentinel.hosts() if self.sentinel is not None else "",
         )
         self.store.start()
         self.log.info(

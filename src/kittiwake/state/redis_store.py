@@ -60,8 +60,10 @@ SLOT_POLL = 0.25
 _Script = Callable[[list[str], list[str | bytes | int]], Any]
 
 
-def connect(url: str, *, timeout: float, connect_timeout: float) -> Redis:
+def connect(url: str, *, timeout: float, connect_timeout: float, root_ca: str = "") -> Redis:
     """A client for `url`; it connects on first use, not now (no I/O here).
+
+    `root_ca`: PEM certificates trusted beside the system's (`rediss://`).
 
     One retry on a connection error, at once: after the server restarts,
     the pool's old connections are dead and the first command on each
@@ -75,6 +77,7 @@ def connect(url: str, *, timeout: float, connect_timeout: float) -> Redis:
         socket_timeout=timeout,
         socket_connect_timeout=connect_timeout,
         retry=retry,
+        **({"ssl_ca_data": root_ca} if root_ca else {}),
     )
     return Redis(connection_pool=pool, retry=retry)
 
@@ -112,6 +115,7 @@ def connect_sentinel(
     sentinel_username: str | None = None,
     sentinel_password: str | None,
     tls: bool = False,
+    root_ca: str = "",
     timeout: float,
     connect_timeout: float,
     on_master: Callable[[str, int], None] | None = None,
@@ -126,19 +130,27 @@ def connect_sentinel(
     for every Sentinel), which may differ. `on_master`: see the pool.
 
     `tls`: TLS to the Sentinels and to the master, verified as a
-    `rediss://` endpoint is (the system's CAs, and the certificate must
+    `rediss://` endpoint is (the system's CAs and `root_ca`'s, and the certificate must
     name the address the connection goes to: the one written here for a
     Sentinel, the one the Sentinels announce for the master).
     """
     retry = Retry(NoBackoff(), 1)
+    # The Sentinels are asked in turn within one decision's `timeout`: each
+    # gets a share of it, twice (the retry), so that one that hangs (a host
+    # that drops packets, or a port that does not speak TLS when `tls` is
+    # on) leaves the next one and the master time to answer. A Sentinel
+    # answers in milliseconds.
+    share = min(connect_timeout, timeout / (2 * len(sentinels) + 1))
     asking: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": share,
+        "socket_connect_timeout": share,
         "username": sentinel_username,
         "password": sentinel_password,
         "retry": retry,
     }
     secure: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": "required"} if tls else {}
+    if tls and root_ca:
+        secure["ssl_ca_data"] = root_ca
     manager = Sentinel(sentinels, sentinel_kwargs={**asking, **secure})
     client: Redis = manager.master_for(
         master,
@@ -201,9 +213,11 @@ class RedisStore:
         clock: Callable[[], int] | None = None,
         log_fields: dict[str, object] | None = None,
         sentinel: bool = False,
+        sentinels: str = "",
     ) -> None:
         """`log_fields`: added to the outage lines (a worker's `pid`);
-        `sentinel`: the master is found through Sentinels (for the log's words)."""
+        `sentinel`: the master is found through Sentinels, `sentinels` (their
+        addresses) for the log's words."""
         self.client = client
         self.log = log
         #: The `state.redis` block's name: the `store` label of its metrics.
@@ -213,6 +227,10 @@ class RedisStore:
         self.timeout = timeout
         self.lease = lease
         self.clock = clock
+        #: Who did not answer when a whole call timed out (for the log).
+        self._whom = (
+            f" from the Sentinels ({sentinels}) or the master they named" if sentinel else ""
+        )
         mode = "fail_open" if fail_open else "fail_closed"
         self.outage = Outage(
             log,
@@ -338,6 +356,8 @@ class RedisStore:
             async with asyncio.timeout(self.timeout):
                 result = await call
         except (RedisError, OSError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError) and not str(exc):  # the whole call's bound
+                exc = TimeoutError(f"no answer within {self.timeout:g}s{self._whom}")
             self.outage.failed(exc)
             if counted.enabled:
                 counted.state_call(self.name, "failed", time.perf_counter() - started)

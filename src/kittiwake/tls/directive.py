@@ -455,7 +455,7 @@ def parse_client_tls(node: Node, container: Container) -> ClientTLS:
     key_node = cfg.get("key")
     cfg.finish()
     bundles = (
-        [] if root_node is None else [_read_ca_bundle(root_node, path) for path in paths(root_node)]
+        [] if root_node is None else [read_ca_bundle(root_node, path) for path in paths(root_node)]
     )
     pair = None
     if cert_node is not None or key_node is not None:
@@ -478,7 +478,8 @@ def parse_client_tls(node: Node, container: Container) -> ClientTLS:
         raise node.error(f"tls_client: {exc}") from None
 
 
-def _read_ca_bundle(node: Node, path: str) -> bytes:
+def read_ca_bundle(node: Node, path: str) -> bytes:
+    """A `root_ca` file's PEM certificates; a configuration error at `node` if unreadable."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -497,4 +498,5 @@ __all__ = [
     "TLSOptions",
     "parse_client_tls",
     "parse_server_tls",
+    "read_ca_bundle",
 ]
