@@ -3,7 +3,8 @@
 `bench/smtp.py`: a tiny matrix against kittiwake alone. `bench/queue_relay.py`:
 60 messages through kittiwake's queue and through a private Postfix, both
 relaying to smtp-sink. `bench/instructions.py`: kittiwake under valgrind's
-callgrind (Debian package `valgrind`), 50 messages counted.
+callgrind (Debian package `valgrind`), 50 messages counted. `bench/opcodes.py`:
+40 messages through real sessions in its own process, bytecodes counted.
 
 Each benchmark starts `kittiwake run` and drives it with Postfix's
 `smtp-source`, so this fails where that tool is missing (Debian package
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "smtp.py"
 QUEUE_BENCH = ROOT / "bench" / "queue_relay.py"
 INSTRUCTIONS = ROOT / "bench" / "instructions.py"
+OPCODES = ROOT / "bench" / "opcodes.py"
 
 
 @pytest.mark.timeout(150)
@@ -130,3 +132,26 @@ def test_instructions_per_message_are_counted(tmp_path: Path) -> None:
     # A message costs the interpreter some hundreds of thousands of
     # instructions: far from nothing, and far from a runaway.
     assert 100 <= int(found.group(1).replace(",", "")) <= 100_000
+
+
+@pytest.mark.timeout(120)
+def test_bytecodes_per_message_are_counted_by_function() -> None:
+    result = subprocess.run(
+        [sys.executable, str(OPCODES), "--messages", "40", "--top", "200"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    head, *rows = result.stdout.splitlines()
+    found = re.fullmatch(
+        r"([\d,]+) bytecodes per message \(40 messages, 20 per session, 10 KiB\)", head
+    )
+    assert found, head
+    assert 1_000 <= int(found.group(1).replace(",", "")) <= 100_000
+    # The parts of the hot path are there, named by module and function.
+    named = {row.split()[-1] for row in rows}
+    for part in ("server/session.py:_run", "protocol/connection.py:_next_command", "log.py:_emit"):
+        assert part in named, result.stdout
