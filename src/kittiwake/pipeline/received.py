@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from kittiwake.address import NormalizationError, split, to_alabel_domain, to_ulabel_domain
-from kittiwake.message import MsgMeta
+from kittiwake.message import ConnInfo, MsgMeta
 from kittiwake.message.header import fold
 
 __all__ = ["Clock", "format_date", "local_now", "received_field", "received_value"]
@@ -122,6 +122,33 @@ def received_value(meta: MsgMeta, hostname: str, now: _dt.datetime) -> str | Non
     if conn is None:
         return None
     utf8 = meta.smtp.smtputf8
+    # Everything before `id` is the same for every message of a client (its
+    # names, our name, the sender): made once, kept (bounded).
+    key = (
+        meta.dont_trace_sender,
+        conn.proto,
+        conn.helo,
+        conn.remote_ip,
+        conn.rdns,
+        hostname,
+        meta.original_from,
+        utf8,
+    )
+    head = _heads.get(key)
+    if head is None:
+        if len(_heads) >= _HEADS:
+            _heads.clear()
+        head = _heads[key] = _head(meta, conn, hostname, utf8)
+    return f"{head}id {meta.id}; {format_date(now)}"
+
+
+#: `_head` per what it depends on; bounded.
+_heads: dict[tuple[object, ...], str] = {}
+_HEADS = 256
+
+
+def _head(meta: MsgMeta, conn: ConnInfo, hostname: str, utf8: bool) -> str:
+    """The field's clauses before `id`, each followed by a space."""
     parts: list[str] = []
     if not meta.dont_trace_sender and ("SMTP" in conn.proto or "LMTP" in conn.proto):
         helo = _domain(conn.helo, utf8) if conn.helo else None
@@ -142,8 +169,7 @@ def received_value(meta: MsgMeta, hostname: str, now: _dt.datetime) -> str | Non
             parts.append(f"(envelope-sender <{_clean(sender)}>)")
     if conn.proto:
         parts.append(f"with {'UTF8' if utf8 else ''}{conn.proto}")
-    parts.append(f"id {meta.id}; {format_date(now)}")
-    return " ".join(parts).strip()
+    return "".join(f"{part} " for part in parts)
 
 
 def received_field(meta: MsgMeta, hostname: str, now: _dt.datetime) -> bytes | None:

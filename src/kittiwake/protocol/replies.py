@@ -9,7 +9,7 @@ UTF-8 on a 7-bit session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kittiwake.errors import EnhancedCode, SMTPError
 
@@ -22,6 +22,10 @@ class Reply:
     code: int
     enhanced: EnhancedCode | None
     text: str | tuple[str, ...]
+    #: The rendered bytes of a one-line ASCII reply, kept after the first
+    #: `render`: the constant replies (`354`, `250 ... queued`) are sent
+    #: for every message. Not compared, not copied by `replace`.
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_error(cls, err: SMTPError, msg_id: str = "") -> Reply:
@@ -34,6 +38,9 @@ class Reply:
         return self.code < 400
 
     def render(self, utf8: bool = False) -> bytes:
+        wire = self._wire
+        if wire is not None:
+            return wire
         text = self.text
         if type(text) is str and text.isprintable():
             # Nearly every reply: one clean line, made in one go (a third of the time).
@@ -42,6 +49,10 @@ class Reply:
                 line = f"{self.code} {text}\r\n"
             else:
                 line = f"{self.code} {e[0]}.{e[1]}.{e[2]} {text}\r\n"
+            if text.isascii():  # the same bytes with or without SMTPUTF8
+                wire = line.encode("ascii")
+                object.__setattr__(self, "_wire", wire)
+                return wire
             return line.encode("utf-8" if utf8 else "ascii", "replace")
         lines = (text,) if isinstance(text, str) else text or ("",)
         ecode = "" if self.enhanced is None else "{}.{}.{} ".format(*self.enhanced)
