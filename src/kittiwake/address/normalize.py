@@ -61,6 +61,7 @@ def _lower_local(local: str) -> str:
     return unicodedata.normalize("NFC", local).lower()
 
 
+@functools.lru_cache(maxsize=1024)  # immutable results, same addresses again
 def clean_address(addr: str) -> str:
     """Clean form (docs/address.md): normalised domain, local part untouched.
 
@@ -89,6 +90,7 @@ def clean_path(addr: str, *, smtputf8: bool) -> str:
     return clean_address(addr)
 
 
+@functools.lru_cache(maxsize=1024)  # immutable results, same addresses again
 def normalize_address(addr: str) -> str:
     """Lookup form (docs/address.md): the key for rules and tables.
 

@@ -15,6 +15,7 @@ exactly what is wrong.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -54,6 +55,11 @@ MAX_PATH = 512
 # RFC 3696 erratum 1690 (and maddy): 320 octets for an address in a
 # routing rule (docs/address.md, "Routing rules").
 MAX_RULE_ADDRESS = 320
+#: Parsed paths and split addresses kept per text: the same senders and
+#: recipients come back message after message, and each is parsed,
+#: split and normalised several times on the way (results are immutable).
+#: At most this many each, so at most a few megabytes whatever is sent.
+_KEPT = 1024
 
 # --- The model -----------------------------------------------------------
 
@@ -162,6 +168,7 @@ def parse_forward_path(text: str, *, smtputf8: bool) -> Address:
     return _parse_path(text, smtputf8=smtputf8, postmaster_ok=True)
 
 
+@functools.lru_cache(maxsize=_KEPT)
 def _parse_path(text: str, *, smtputf8: bool, postmaster_ok: bool) -> Address:
     match = _FAST_PATH.fullmatch(text)
     if match is not None:
@@ -301,6 +308,7 @@ def _check_literal(domain: str) -> None:
 # --- Splitting and quoting -----------------------------------------------
 
 
+@functools.lru_cache(maxsize=_KEPT)
 def split(addr: str) -> tuple[str, str]:
     """(local part, domain) of an internal-form address, cut at the last `@`.
 
