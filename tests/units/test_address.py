@@ -698,3 +698,31 @@ def test_alabels_decode_back(label: str) -> None:
         assert alabel == folded
     else:
         assert to_ulabel_domain(alabel) == unicodedata.normalize("NFC", folded)
+
+
+def test_kept_parses_are_bounded_and_answer_as_fresh_ones() -> None:
+    """Parsed paths and normal forms are kept per text, 1,024 of each at
+    most: at the bound all are kept, past it the oldest go, and a kept
+    answer is the one a fresh parse gives (kittiwake/address/path.py)."""
+    from kittiwake.address import normalize, path
+
+    kept = (path._parse_path, path.split, normalize.clean_address, normalize.normalize_address)
+    for cache in kept:
+        cache.cache_clear()
+    texts = [f"user{i}@Example.ORG" for i in range(path._KEPT + 1)]
+    for text in texts[: path._KEPT]:
+        parse_forward_path(text, smtputf8=False)
+        normalize_address(text)
+        clean_path(text, smtputf8=False)
+    assert all(cache.cache_info().currsize == path._KEPT for cache in kept)
+    parse_forward_path(texts[-1], smtputf8=False)
+    normalize_address(texts[-1])
+    assert path._parse_path.cache_info().currsize == path._KEPT  # one went, one came
+    again = parse_forward_path(texts[0], smtputf8=False)  # gone: parsed afresh
+    assert (again.local, again.domain) == ("user0", "Example.ORG")
+    assert normalize_address(texts[5]) == "user5@example.org"  # kept
+    assert clean_path(texts[5], smtputf8=False) == "user5@example.org"
+    with pytest.raises(AddressError):  # errors are never kept
+        parse_forward_path("bad address@", smtputf8=False)
+    with pytest.raises(AddressError):
+        parse_forward_path("bad address@", smtputf8=False)
