@@ -101,27 +101,31 @@ def format_line(
     parts.append(msg)
     known = _formatted
     parts += [
-        f"{k}={(known.get(v) or _kept(v)) if type(v) is str else _format_value(v)}"
-        for k, v in fields.items()
+        (known.get(field) or _kept(field))
+        if type(field[1]) is str
+        else f"{field[0]}={_format_value(field[1])}"
+        for field in fields.items()
     ]
     return " ".join(parts)
 
 
-#: Short string values as formatted, kept: the same addresses, names and
-#: replies come back line after line, and checking a value for what must
-#: be quoted costs as much as the rest of its field. Bounded.
-_formatted: dict[str, str] = {}
+#: Fields with a short string value as formatted (`key=value`), kept: the
+#: same addresses, names and replies come back line after line, and
+#: checking a value for what must be quoted costs as much as the rest of
+#: its field. Bounded.
+_formatted: dict[tuple[str, str], str] = {}
 _KEEP = 256
 _KEEP_LEN = 200
 
 
-def _kept(v: str) -> str:
-    """`v` formatted, and kept in `_formatted` when it is short."""
-    text = _format_value(v)
-    if len(v) <= _KEEP_LEN:
+def _kept(field: tuple[str, str]) -> str:
+    """`key=value` for a field, kept in `_formatted` when the value is short."""
+    key, value = field
+    text = f"{key}={_format_value(value)}"
+    if len(value) <= _KEEP_LEN:
         if len(_formatted) >= _KEEP:
             _formatted.clear()
-        _formatted[v] = text
+        _formatted[field] = text
     return text
 
 

@@ -45,4 +45,4 @@ def test_the_kept_values_are_bounded_and_lines_stay_the_same() -> None:
     long = "a b" * log._KEEP_LEN
     line = log.format_line("info", "", "m", {"k": long}, as_json=False)
     assert line == f"info m k={json.dumps(long)}"
-    assert long not in log._formatted
+    assert ("k", long) not in log._formatted
