@@ -45,6 +45,14 @@ def redis_server_path() -> str:
     return found
 
 
+def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
+    """Poll `check` until it holds; fail the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"not in time: {what}"
+        time.sleep(0.1)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from kw import NO_LIMITS, Kittiwake, free_port, need_tool, rcpt_reply
 
-from redisd import RedisSentinel, RedisServer
+from redisd import RedisSentinel, RedisServer, wait_for
 
 HIGH_LOAD = "451 4.4.5 High load, try again later"
 RATE = 6  # the limit: `all rate 6 1h`, so nothing refills during the test
@@ -45,13 +45,6 @@ smtp tcp://127.0.0.1:{port} {{
     deliver_to dummy
 }}
 """
-
-
-def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"not in time: {what}"
-        time.sleep(0.1)
 
 
 @dataclass

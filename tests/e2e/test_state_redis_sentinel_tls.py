@@ -15,14 +15,14 @@ the CA, the same configuration refuses the certificate and fails closed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 from kw import NO_LIMITS, Kittiwake, free_port, need_tool, rcpt_reply
 
-from redisd import RedisSentinel, RedisServer
+from redisd import RedisSentinel, RedisServer, wait_for
 
 PREFIX = "sentineltls:"
 
@@ -43,13 +43,6 @@ smtp tcp://127.0.0.1:{port} {{
     deliver_to dummy
 }}
 """
-
-
-def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"not in time: {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture

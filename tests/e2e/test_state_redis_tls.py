@@ -47,18 +47,21 @@ def redis_tls(tmp_path: Path, cert_files: tuple[str, str]) -> Iterator[RedisServ
     server.kill()
 
 
+@pytest.mark.parametrize("trust", ["SSL_CERT_FILE", "root_ca"])
 def test_rediss_counts_in_redis_through_verified_tls(
-    tmp_path: Path, redis_tls: RedisServer, ca: trustme.CA
+    tmp_path: Path, redis_tls: RedisServer, ca: trustme.CA, trust: str
 ) -> None:
+    """The test's CA trusted as the system's (`SSL_CERT_FILE`, the whole
+    process), or for Redis alone beside the system's (`root_ca`)."""
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     port = free_port()
     (tmp_path / "node").mkdir()
-    node = Kittiwake(
-        tmp_path / "node",
-        config(port, redis_tls.tls_port),
-        environ=env(SSL_CERT_FILE=str(ca_file)),
-    )
+    if trust == "root_ca":
+        text, environ = config(port, redis_tls.tls_port, f"\n    root_ca {ca_file}"), None
+    else:
+        text, environ = config(port, redis_tls.tls_port), env(SSL_CERT_FILE=str(ca_file))
+    node = Kittiwake(tmp_path / "node", text, environ=environ)
     try:
         node.wait_ready()
         for _ in range(3):
@@ -81,26 +84,5 @@ def test_rediss_refuses_a_certificate_it_cannot_verify(
         assert rcpt_reply(port) == NO_LIMITS
         node.wait_log("shared state store unreachable .*(?i:certificate verify failed)")
         assert redis_tls.command(b"DBSIZE") == b":0"
-    finally:
-        node.kill()
-
-
-def test_root_ca_trusts_a_private_ca_for_redis_alone(
-    tmp_path: Path, redis_tls: RedisServer, ca: trustme.CA
-) -> None:
-    """`root_ca` instead of `SSL_CERT_FILE`: the private CA is trusted for
-    Redis only, beside the system's, without changing the process's CAs."""
-    ca_file = tmp_path / "redis-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    port = free_port()
-    (tmp_path / "node").mkdir()
-    text = config(port, redis_tls.tls_port, f"\n    root_ca {ca_file}")
-    node = Kittiwake(tmp_path / "node", text)
-    try:
-        node.wait_ready()
-        for _ in range(3):
-            assert rcpt_reply(port).startswith("250 ")
-        assert redis_tls.command(b"DBSIZE") == b":1"
-        assert "unreachable" not in node.log
     finally:
         node.kill()
