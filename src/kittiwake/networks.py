@@ -1,4 +1,5 @@
-"""IP networks in configuration: the types, parsing an entry, and matching an address.
+"""IP networks in configuration: the types, parsing an entry, matching an
+address, and writing an address with its port.
 
 Several modules take lists of client networks (`proxy_protocol`'s trusted
 proxies, the per-IP connection cap's exemptions, `auth_ratelimit`'s
@@ -14,7 +15,12 @@ from collections.abc import Iterable
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-__all__ = ["Address", "Network", "in_networks", "parse_network"]
+__all__ = ["Address", "Network", "host_port", "in_networks", "parse_network"]
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as an operator writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_network(entry: str, what: str = "address") -> Network:

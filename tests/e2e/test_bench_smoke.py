@@ -32,36 +32,33 @@ INSTRUCTIONS = ROOT / "bench" / "instructions.py"
 OPCODES = ROOT / "bench" / "opcodes.py"
 
 
+def run_bench(script: Path, *args: str, cwd: Path | None = None, timeout: float = 120) -> str:
+    """Run a benchmark script to its end; its output, which must come with status 0."""
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 @pytest.mark.timeout(150)
 def test_quick_kittiwake_discard_reports_a_rate(tmp_path: Path) -> None:
     need_tool("smtp-source", "postfix")
     report = tmp_path / "bench.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--quick",
-            "--only",
-            "kittiwake-discard",
-            "--per-session",
-            "20",
-            "--json",
-            str(report),
-            "--dir",
-            str(tmp_path),
-        ],
+    stdout = run_bench(
+        BENCH,
+        *("--quick", "--only", "kittiwake-discard", "--per-session", "20"),
+        *("--json", str(report), "--dir", str(tmp_path)),
         cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
 
-    rows = re.findall(
-        r"^kittiwake-discard\s+(\d+)\s+10K\s+20\s+(\d+)\s+(\d+)\s", result.stdout, re.M
-    )
+    rows = re.findall(r"^kittiwake-discard\s+(\d+)\s+10K\s+20\s+(\d+)\s+(\d+)\s", stdout, re.M)
     assert [int(sessions) for sessions, _, _ in rows] == [1, 10]
     assert all(int(rate) > 0 for _, _, rate in rows)
 
@@ -81,23 +78,16 @@ def test_queue_relay_bench_reports_both_servers(tmp_path: Path) -> None:
     need_tool("smtp-source", "postfix")
     need_tool("smtp-sink", "postfix")
     report = tmp_path / "queue.json"
-    result = subprocess.run(
-        [
-            *(sys.executable, str(QUEUE_BENCH), "--messages", "60", "--sessions", "5"),
-            # No --dir: Postfix's daemons could not reach pytest's private tmp_path.
-            *("--rounds", "1", "--warm-up", "10", "--json", str(report)),
-        ],
+    stdout = run_bench(
+        QUEUE_BENCH,
+        *("--messages", "60", "--sessions", "5"),
+        # No --dir: Postfix's daemons could not reach pytest's private tmp_path.
+        *("--rounds", "1", "--warm-up", "10", "--json", str(report)),
         cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = dict(re.findall(r"^(kittiwake|postfix)\s+(\d+)\s+\d+\s", result.stdout, re.M))
-    assert set(rows) == {"kittiwake", "postfix"}, result.stdout
-    assert re.search(r"^(PASS|MISS)  relayed: kittiwake [\d.]+x Postfix", result.stdout, re.M)
+    rows = dict(re.findall(r"^(kittiwake|postfix)\s+(\d+)\s+\d+\s", stdout, re.M))
+    assert set(rows) == {"kittiwake", "postfix"}, stdout
+    assert re.search(r"^(PASS|MISS)  relayed: kittiwake [\d.]+x Postfix", stdout, re.M)
     data = json.loads(report.read_text())
     for server in ("kittiwake", "postfix"):
         (run,) = data["results"][server]
@@ -110,25 +100,18 @@ def test_queue_relay_bench_reports_both_servers(tmp_path: Path) -> None:
 def test_instructions_per_message_are_counted(tmp_path: Path) -> None:
     need_tool("smtp-source", "postfix")
     need_tool("valgrind", "valgrind")
-    result = subprocess.run(
-        [
-            *(sys.executable, str(INSTRUCTIONS), "--per-session", "1", "--messages", "50"),
-            *("--sessions", "5", "--dir", str(tmp_path)),
-        ],
+    stdout = run_bench(
+        INSTRUCTIONS,
+        *("--per-session", "1", "--messages", "50", "--sessions", "5", "--dir", str(tmp_path)),
         cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
         timeout=380,
-        check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     found = re.search(
         r"^kittiwake-discard: 5 sessions, 1 per session, 10 KiB: ([\d,]+) k instructions",
-        result.stdout,
+        stdout,
         re.M,
     )
-    assert found, result.stdout
+    assert found, stdout
     # A message costs the interpreter some hundreds of thousands of
     # instructions: far from nothing, and far from a runaway.
     assert 100 <= int(found.group(1).replace(",", "")) <= 100_000
@@ -136,16 +119,8 @@ def test_instructions_per_message_are_counted(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_bytecodes_per_message_are_counted_by_function() -> None:
-    result = subprocess.run(
-        [sys.executable, str(OPCODES), "--messages", "40", "--top", "200"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    head, *rows = result.stdout.splitlines()
+    stdout = run_bench(OPCODES, "--messages", "40", "--top", "200", timeout=100)
+    head, *rows = stdout.splitlines()
     found = re.fullmatch(
         r"([\d,]+) bytecodes per message \(40 messages, 20 per session, 10 KiB\)", head
     )
@@ -154,4 +129,4 @@ def test_bytecodes_per_message_are_counted_by_function() -> None:
     # The parts of the hot path are there, named by module and function.
     named = {row.split()[-1] for row in rows}
     for part in ("server/session.py:_run", "protocol/connection.py:_next_command", "log.py:_emit"):
-        assert part in named, result.stdout
+        assert part in named, stdout

@@ -112,3 +112,26 @@ async def test_no_reload_once_the_server_is_stopping(tmp_path: Path) -> None:
     await reloads.stop()
     outcome = await reloads.reload("test")
     assert (outcome.status, outcome.error) == ("failed", "the server is stopping")
+
+
+async def test_the_heap_is_settled_once_the_old_configuration_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kittiwake/heap.py after a reload: what the old configuration left is
+    collected and the new one kept out of collections, once the old one has
+    stopped (not before: it is still alive while it drains)."""
+    settled: list[bool] = []
+    monkeypatch.setattr(reloader.heap, "settle", lambda: settled.append(True))
+    path = tmp_path / "k.conf"
+    write(path, free_port())
+    _, reloads, _ = await running(path)
+    try:
+        assert (await reloads.reload("test")).status == "reloaded"
+        assert settled == []  # the old configuration is draining
+        for _ in range(100):
+            if settled:
+                break
+            await asyncio.sleep(0.05)
+        assert settled == [True]
+    finally:
+        await reloads.stop()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from kittiwake.address import NormalizationError, split, to_alabel_domain, to_ulabel_domain
-from kittiwake.message import ConnInfo, MsgMeta
+from kittiwake.message import MsgMeta
 from kittiwake.message.header import fold
 
 __all__ = ["Clock", "format_date", "local_now", "received_field", "received_value"]
@@ -121,54 +121,54 @@ def received_value(meta: MsgMeta, hostname: str, now: _dt.datetime) -> str | Non
     conn = meta.conn
     if conn is None:
         return None
-    utf8 = meta.smtp.smtputf8
-    # Everything before `id` is the same for every message of a client (its
-    # names, our name, the sender): made once, kept (bounded).
-    key = (
-        meta.dont_trace_sender,
-        conn.proto,
+    head = _head(
+        conn.proto if not meta.dont_trace_sender else "",
         conn.helo,
         conn.remote_ip,
         conn.rdns,
         hostname,
         meta.original_from,
-        utf8,
+        conn.proto,
+        meta.smtp.smtputf8,
     )
-    head = _heads.get(key)
-    if head is None:
-        if len(_heads) >= _HEADS:
-            _heads.clear()
-        head = _heads[key] = _head(meta, conn, hostname, utf8)
     return f"{head}id {meta.id}; {format_date(now)}"
 
 
-#: `_head` per what it depends on; bounded.
-_heads: dict[tuple[object, ...], str] = {}
-_HEADS = 256
-
-
-def _head(meta: MsgMeta, conn: ConnInfo, hostname: str, utf8: bool) -> str:
-    """The field's clauses before `id`, each followed by a space."""
+@functools.lru_cache(maxsize=256)
+def _head(
+    traced: str,
+    helo: str,
+    ip: str | None,
+    rdns: str | None,
+    hostname: str,
+    sender: str,
+    proto: str,
+    utf8: bool,
+) -> str:
+    """The field's clauses before `id`, each followed by a space: the same
+    for every message of a client (its names, ours, the sender), so made
+    once and kept. `traced` is the protocol when the client is traced
+    (not for submission), else ""."""
     parts: list[str] = []
-    if not meta.dont_trace_sender and ("SMTP" in conn.proto or "LMTP" in conn.proto):
-        helo = _domain(conn.helo, utf8) if conn.helo else None
-        if helo:
-            parts.append(f"from {_clean(helo)}")
-        if conn.remote_ip is not None:
-            rdns = conn.rdns[:-1] if conn.rdns and conn.rdns.endswith(".") else conn.rdns
+    if "SMTP" in traced or "LMTP" in traced:
+        helo_name = _domain(helo, utf8) if helo else None
+        if helo_name:
+            parts.append(f"from {_clean(helo_name)}")
+        if ip is not None:
+            rdns = rdns[:-1] if rdns and rdns.endswith(".") else rdns
             name = _domain(rdns, utf8) if rdns else None
             prefix = f"{_clean(name)} " if name else ""
-            parts.append(f"({prefix}[{_clean(_ip_text(conn.remote_ip))}])")
+            parts.append(f"({prefix}[{_clean(_ip_text(ip))}])")
     if hostname:
         ours = _domain(hostname, utf8)
         if ours:
             parts.append(f"by {_clean(ours)}")
-    if meta.original_from:
-        sender = _address(meta.original_from, utf8)
-        if sender is not None:
-            parts.append(f"(envelope-sender <{_clean(sender)}>)")
-    if conn.proto:
-        parts.append(f"with {'UTF8' if utf8 else ''}{conn.proto}")
+    if sender:
+        address = _address(sender, utf8)
+        if address is not None:
+            parts.append(f"(envelope-sender <{_clean(address)}>)")
+    if proto:
+        parts.append(f"with {'UTF8' if utf8 else ''}{proto}")
     return "".join(f"{part} " for part in parts)
 
 

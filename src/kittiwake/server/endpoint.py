@@ -22,7 +22,7 @@ from kittiwake.limits import Limits, LimitsModule
 from kittiwake.message.buffer import BufferSpec, default_buffer_spec, parse_buffer_directive
 from kittiwake.message.header import MAX_FIELDS
 from kittiwake.module import Endpoint, Module, Role, register
-from kittiwake.networks import Network, parse_network
+from kittiwake.networks import Network, host_port, parse_network
 from kittiwake.pipeline.pipeline import Pipeline
 from kittiwake.protocol import Settings
 from kittiwake.server.auth_throttle import AuthThrottle, ThrottleSettings, parse_auth_ratelimit
@@ -235,7 +235,7 @@ class SMTPEndpoint(Endpoint):
         family, host, port = self.binds()[0]
         if family == "unix":
             return f"{self.kind}/{host}"
-        return f"{self.kind}/[{host}]:{port}" if ":" in host else f"{self.kind}/{host}:{port}"
+        return f"{self.kind}/{host_port(host, port)}"
 
     def _parse_proxy(self, node: Node) -> ProxyConfig:
         """`proxy_protocol [CIDR...] [{ trust CIDR...; tls ... }]` (docs/proxy.md)."""

@@ -369,10 +369,7 @@ class Session(asyncio.Protocol):
         # Otherwise the session is busy, not reading; _wait checks again.
 
     def _reset_deadline(self) -> None:
-        if self._transfer_start < 0:  # between messages: the read timeout alone
-            self._deadline = self._idle_deadline = self._loop.time() + self.cfg.read_timeout
-        else:
-            self._deadline = self._content_deadline(self._loop.time())
+        self._deadline = self._content_deadline(self._loop.time())
 
     def _content_deadline(self, now: float) -> float:
         """The read deadline, and while a message's content is coming, its pace.

@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kittiwake.config.values import ListenAddress
+from kittiwake.networks import host_port
 
 __all__ = [
     "UNIX_SOCKET_MODE",
@@ -113,7 +114,7 @@ def show(bind: Bind) -> str:
     kind, host, port = bind
     if kind == "unix":
         return f"unix://{host}"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)
 
 
 class ListenSockets:

@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.module import Module, Role, register
+from kittiwake.networks import host_port
 from kittiwake.state.base import Failure, Grant, Held, Locks, Rate, Slot
 from kittiwake.tls.directive import read_ca_bundle
 from kittiwake.tls.loaders import global_path
@@ -86,7 +87,7 @@ class Sentinel:
 
     def hosts(self, sep: str = " ") -> str:
         """The Sentinels' addresses as HOST:PORT ([IPV6]:PORT), joined by `sep`."""
-        return sep.join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+        return sep.join(host_port(h, p) for h, p in self.addresses)
 
     def __str__(self) -> str:
         return f"{self.master}@{self.hosts(',')}"
@@ -235,7 +236,6 @@ class RedisState(Module):
             lease=self.lease,
             # With worker processes each one logs its own outage: say whose.
             log_fields=self._log_fields(),
-            sentinel=self.sentinel is not None,
             sentinels=self.sentinel.hosts() if self.sentinel is not None else "",
         )
         self.store.start()
@@ -251,10 +251,12 @@ class RedisState(Module):
 
     def _master_named(self, host: str, port: int) -> None:
         """The Sentinels named a master, for the first time or after a failover."""
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         assert self.sentinel is not None
         self.log.info(
-            "redis master found", master=self.sentinel.master, address=shown, **self._log_fields()
+            "redis master found",
+            master=self.sentinel.master,
+            address=host_port(host, port),
+            **self._log_fields(),
         )
 
     async def stop(self) -> None:

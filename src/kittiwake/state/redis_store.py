@@ -212,12 +212,11 @@ class RedisStore:
         lease: float = 30.0,
         clock: Callable[[], int] | None = None,
         log_fields: dict[str, object] | None = None,
-        sentinel: bool = False,
         sentinels: str = "",
     ) -> None:
         """`log_fields`: added to the outage lines (a worker's `pid`);
-        `sentinel`: the master is found through Sentinels, `sentinels` (their
-        addresses) for the log's words."""
+        `sentinels`: their addresses when the master is found through
+        Sentinels, for the log's words ("" with an endpoint)."""
         self.client = client
         self.log = log
         #: The `state.redis` block's name: the `store` label of its metrics.
@@ -229,14 +228,14 @@ class RedisStore:
         self.clock = clock
         #: Who did not answer when a whole call timed out (for the log).
         self._whom = (
-            f" from the Sentinels ({sentinels}) or the master they named" if sentinel else ""
+            f" from the Sentinels ({sentinels}) or the master they named" if sentinels else ""
         )
         mode = "fail_open" if fail_open else "fail_closed"
         self.outage = Outage(
             log,
             mode=mode,
             fields=log_fields,
-            describe=lambda exc: describe(exc, sentinel=sentinel),
+            describe=lambda exc: describe(exc, sentinel=bool(sentinels)),
         )
         self._acquire = self._script(lua.ACQUIRE)
         self._release = self._script(lua.RELEASE)

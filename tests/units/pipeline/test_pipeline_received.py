@@ -208,3 +208,25 @@ async def test_pipeline_adds_it_once_on_top(tmp_path: Path) -> None:
     )
     assert FAKES["t"].committed[0].rcpts == ["a@x.org", "b@x.org"]
     assert FAKES["t"].committed[0].data == b"foobar\r\n"
+
+
+def test_the_kept_clauses_are_bounded_and_each_client_gets_its_own() -> None:
+    """The clauses before `id` are kept per client (256 at most): at the
+    bound all are kept, past it the oldest go, and each value is the one
+    its own client's inputs give."""
+    from kittiwake.pipeline import received
+
+    received._head.cache_clear()
+    bound = received._head.cache_info().maxsize
+    assert bound == 256
+    for i in range(bound):
+        value = received_value(_meta(helo=f"h{i}.example.org"), HOST, NOW)
+        assert value is not None and value.startswith(f"from h{i}.example.org (")
+    assert received._head.cache_info().currsize == bound
+    late = received_value(_meta(helo="late.example.org", sender="other@example.org"), HOST, NOW)
+    assert late is not None and "(envelope-sender <other@example.org>)" in late
+    assert received._head.cache_info().currsize == bound
+    first = received_value(_meta(helo="h0.example.org"), HOST, NOW)  # gone: made afresh
+    assert first is not None and first.startswith(
+        "from h0.example.org (mx.example.org [127.0.0.1])"
+    )
