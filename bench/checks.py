@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import smtp_servers  # noqa: E402
 from smtp_load import RECIPIENT, SENDER, Cell, measure, smtp_source  # noqa: E402
 from smtp_servers import HOSTNAME, PEERS, Process, free_port, kittiwake  # noqa: E402
 
@@ -101,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each server")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="kittiwake from src/, not as `pip install .` builds it",
+    )
     args = parser.parse_args(argv)
+    print(f"kittiwake: {smtp_servers.use_build(not args.source)}")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with tempfile.TemporaryDirectory(prefix="kittiwake-bench-checks-") as tmp:
         work = Path(tmp)

@@ -97,6 +97,11 @@ def main() -> int:
     parser.add_argument("--log-off", action="store_true", help="`log off`: without log lines")
     parser.add_argument("--durable", action="store_true", help="storage.maildir, not dummy")
     parser.add_argument("--dir", type=Path, help="keep the work files here")
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="kittiwake from src/, not as `pip install .` builds it",
+    )
     args = parser.parse_args()
     args.per_session = [int(p) for p in args.per_session.split(",")]
     for tool in ("valgrind", "callgrind_control"):
@@ -105,13 +110,14 @@ def main() -> int:
             return 2
     with tempfile.TemporaryDirectory(prefix="kw-instr-", dir=args.dir) as tmp:
         try:
+            build = smtp_servers.use_build(not args.source)
             results = count(args, Path(tmp))
         except BenchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     what = "maildir" if args.durable else "discard"
     for per, instructions in results:
-        name = f"kittiwake-{what}{' (log off)' if args.log_off else ''}"
+        name = f"kittiwake-{what} ({build}{', log off' if args.log_off else ''})"
         cell = f"{args.sessions} sessions, {per} per session, {args.size // 1024} KiB"
         print(f"{name}: {cell}: {instructions / 1000:,.0f} k instructions per message")
     return 0

@@ -15,7 +15,10 @@ timer. What this process itself adds (the transport stand-in, the driver)
 is shown like the rest, under this file's name; the event loop is
 uvloop's, as in the server, so its work is not counted (it is C). A
 dataclass's generated `__init__` is shown under its class's name.
-`--lines` counts per source line instead of per function.
+`--lines` counts per source line instead of per function. It counts the
+pure-Python build (src/ as it stands): in the compiled build that
+`pip install .` makes (docs/performance.md) the message path has no
+bytecode left to count, and only what stays Python shows.
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ from smtp_servers import (  # noqa: E402
     postfix_master,
     python_env,
     tool,
+    use_build,
     wait_for_port,
 )
 
@@ -418,6 +419,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, help="py-spy kittiwake into DIR (do not quote its rates)"
     )
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="kittiwake from src/, not as `pip install .` builds it",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.rounds = 300, 1
@@ -433,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     if tool("smtp-source") is None:
         print("smtp-source is not installed (Debian package postfix)", file=sys.stderr)
         return 2
+    print(f"kittiwake: {use_build(not args.source)}")
     results: dict[str, list[Result]] = {name: [] for name in names}
     failures: list[str] = []
     idle = load_average()

@@ -2,8 +2,8 @@
 
 Run as `python bench/smtp.py [--quick] [--only NAMES] [--json PATH]
 [--profile DIR] [--seconds S] [--repeats N] [--sessions LIST] [--sizes LIST]
-[--per-session LIST] [--no-memory] [--dir DIR]`. In one run it starts
-these servers, each as its own process on a loopback high port:
+[--per-session LIST] [--no-memory] [--dir DIR] [--source]`. In one run it
+starts these servers, each as its own process on a loopback high port:
 
     discarding      kittiwake-discard   kittiwake, `deliver_to dummy`
                     (kittiwake-discard-w2: the same with `-j 2`, two worker
@@ -30,6 +30,11 @@ from the matrix processes. It prints a table, the memory figures and one
 PASS/MISS line per target of issue 4, and with `--json PATH` writes
 everything as JSON. `--profile DIR` attaches `py-spy` to the kittiwake
 processes and prints where their time went.
+
+kittiwake runs as `pip install .` builds it, its message path compiled
+with mypyc (`bench/build.py` builds it once per source revision, about a
+minute); `--source` runs src/ as it stands instead, the pure-Python build.
+The report's version line says which.
 
 `--quick` runs a reduced matrix (1 and 10 sessions, 10 KiB, one run per
 cell, 200 idle connections, a 4 MiB message) in under 20 seconds; targets
@@ -588,6 +593,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="py-spy kittiwake; raw stacks go here")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--dir", help="where the temporary directory goes (its disk matters)")
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="kittiwake from src/, not as `pip install .` builds it",
+    )
     args = parser.parse_args(argv)
     if args.only:
         unknown = [n for n in args.only.split(",") if n not in BY_NAME]
@@ -628,8 +638,14 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     report = Report()
     started = time.monotonic()
+    try:
+        build = smtp_servers.use_build(not args.source)
+    except BenchError as exc:
+        log(f"error: {exc}")
+        return 1
     with scratch(args.dir) as root:
         info = machine(root)
+        info["kittiwake"] += f" ({build})"
         log(f"bench: {info['nproc']} CPUs, disk {info['disk']}, kittiwake {info['kittiwake']}")
         run_matrix([BY_NAME[n] for n in names], plan, root, report, args.profile)
         if not args.no_memory:

@@ -9,7 +9,9 @@ chosen at start, and nothing listens anywhere else.
   `kittiwake: listening on ADDR`; `deliver_to dummy` (discard) or a
   `storage.maildir` block (durable). Its DNS goes to `peers/dns_stub.py`
   (`--debug.dnsoverride`): kittiwake looks up every client's PTR name and
-  those queries must not leave loopback.
+  those queries must not leave loopback. It runs as `pip install .` builds
+  it, its message path compiled (`use_build`, `bench/build.py`), unless a
+  script's `--source` asks for src/ as it stands.
 - `aiosmtpd`: `bench/peers/aiosmtpd_discard.py` or `aiosmtpd_maildir.py`.
 - `smtp-sink`: Postfix's protocol-only sink, the upper bound, written in C.
 - `python-floor`: `peers/python_floor.py`, the least protocol work on
@@ -162,9 +164,29 @@ class Process:
             self.proc.stdout.close()
 
 
+#: Where the kittiwake processes import it from: src/ until `use_build` says.
+_IMPORT_FROM = {"kittiwake": SRC}
+
+
+def use_build(compiled: bool) -> str:
+    """Run kittiwake as `pip install .` builds it (compiled, `bench/build.py`)
+    or from src/ as it stands; returns the label the reports print."""
+    if not compiled:
+        _IMPORT_FROM["kittiwake"] = SRC
+        return "source"
+    import build
+
+    try:
+        _IMPORT_FROM["kittiwake"] = build.compiled_site()
+    except build.BuildError as exc:
+        raise BenchError(str(exc)) from None
+    return "compiled"
+
+
 def python_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "KITTIWAKE_CONFIG"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    paths = (str(_IMPORT_FROM["kittiwake"]), env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return env
 
 

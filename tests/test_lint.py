@@ -35,13 +35,13 @@ def _run_tool(module: str, *args: str) -> None:
 
 
 def test_ruff() -> None:
-    paths = [p for p in ("src", "tests", "bench", "tools") if (ROOT / p).exists()]
+    paths = [p for p in ("src", "tests", "bench", "tools", "setup.py") if (ROOT / p).exists()]
     _run_tool("ruff", "check", *paths)
 
 
 def test_ruff_format() -> None:
     """The code is in `ruff format`'s shape: run `ruff format src tests bench tools` to fix."""
-    paths = [p for p in ("src", "tests", "bench", "tools") if (ROOT / p).exists()]
+    paths = [p for p in ("src", "tests", "bench", "tools", "setup.py") if (ROOT / p).exists()]
     _run_tool("ruff", "format", "--check", *paths)
 
 

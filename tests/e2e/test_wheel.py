@@ -6,8 +6,10 @@ already-installed dependencies (`--system-site-packages`, `--no-index`:
 nothing is downloaded at install time), and the installed command is run
 from an empty folder: `kittiwake version`, and `kittiwake config default`,
 which reads default.conf, package data that only a complete wheel has.
-Building fetches setuptools into pip's isolated build environment, as any
-build does.
+Building fetches setuptools and mypy into pip's isolated build environment,
+as any build does. This wheel is the pure-Python one (`KITTIWAKE_COMPILE=no`,
+what a machine without a C compiler gets); the compiled build is built and
+tested by test_compiled.py.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(
         ROOT / "src",
@@ -68,7 +70,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "KITTIWAKE_COMPILE": "no"},
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -175,6 +177,7 @@ def test_installed_wheel_runs(wheel: Path, tmp_path: Path) -> None:
     )
     assert unmet.returncode == 0 and unmet.stdout == "", unmet.stdout + unmet.stderr
     assert run("version").startswith(f"kittiwake {__version__} ")
+    assert run("version").endswith(", pure Python)\n")
     # Byte for byte what this checkout prints: the whole default.conf came along.
     assert run("config", "default") == default_config_text()
     assert (venv / "bin" / "kittiwake-sendmail").is_file()

@@ -184,7 +184,7 @@ def _parse_path_slow(text: str, *, smtputf8: bool, postmaster_ok: bool) -> Addre
     bad = _BAD_PATH_CHAR.search(text)
     if bad is not None:
         ch = bad.group()
-        if "\ud800" <= ch <= "\udfff":
+        if 0xD800 <= ord(ch) <= 0xDFFF:  # a lone surrogate: undecodable input
             raise PathSyntaxError("path is not valid UTF-8")
         raise PathSyntaxError(f"control character U+{ord(ch):04X} in path")
 

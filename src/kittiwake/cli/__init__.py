@@ -46,8 +46,19 @@ from kittiwake.supervise.count import option as worker_count
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    print(f"kittiwake {__version__} (Python {platform.python_version()})")
+    build = "compiled" if compiled() else "pure Python"
+    print(f"kittiwake {__version__} (Python {platform.python_version()}, {build})")
     return EXIT_OK
+
+
+def compiled() -> bool:
+    """Whether the message path runs compiled (setup.py, docs/performance.md).
+
+    Its core module stands for all of them: one build compiles them together.
+    """
+    from kittiwake.protocol import connection
+
+    return not (connection.__file__ or "").endswith(".py")
 
 
 def cmd_config_default(args: argparse.Namespace) -> int:
