@@ -11,7 +11,8 @@ kept per source revision), and then:
   tests run against it in a pytest of their own, in a copy of the test
   suite whose `src/` is the compiled build: the tests import kittiwake from
   there and start their servers from there, so every line they exercise in
-  a compiled module runs compiled.
+  a compiled module runs compiled;
+- `bench/smtp.py` measures it (the benchmarks' default), in a tiny matrix.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kw import need_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +43,8 @@ SUITE = [
     "tests/units/test_header.py",
     "tests/units/test_log_format.py",
     "tests/units/pipeline",
+    "tests/units/test_connection_gate.py",
+    "tests/units/test_metrics_registry.py",
     "tests/e2e/test_smtp.py",
     "tests/e2e/test_replies.py",
     "tests/e2e/test_hardening.py",
@@ -49,6 +54,7 @@ SUITE = [
     "tests/e2e/test_dovecot_maildir.py",
     "tests/e2e/test_proxy_protocol.py",
     "tests/e2e/test_auth.py",
+    "tests/e2e/test_metrics.py",
 ]
 
 
@@ -117,6 +123,28 @@ def test_every_listed_module_is_compiled(site: Path) -> None:
         assert path.startswith(str(site)) and path.endswith(".so"), line
 
 
+def test_each_compiled_module_imports_first(site: Path) -> None:
+    """Whichever module a program imports first, the import completes.
+
+    A compiled module imported half-initialised through an import cycle can
+    crash the interpreter where Python would only see the cycle; each
+    module therefore starts a fresh interpreter of its own, then the rest.
+    """
+    for source in _compiled_list():
+        name = ".".join(Path(source).relative_to("src").with_suffix("").parts)
+        script = f"import {name}\nimport kittiwake.modules\nprint('ok')\n"
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            env=_env(site),
+            cwd=site.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0 and done.stdout == "ok\n", (name, done.returncode, done.stderr)
+
+
 def test_version_says_compiled(site: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "kittiwake", "version"],
@@ -154,3 +182,23 @@ def test_the_message_path_suite_passes_compiled(site: Path, tmp_path: Path) -> N
     tail = (done.stdout + done.stderr)[-6000:]
     assert done.returncode == 0, tail
     assert " passed" in done.stdout, tail
+
+
+def test_the_benchmark_measures_the_compiled_build(site: Path, tmp_path: Path) -> None:
+    need_tool("smtp-source", "postfix")
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "bench" / "smtp.py"), "--quick", "--no-memory",
+            "--only", "kittiwake-discard", "--per-session", "20", "--dir", str(tmp_path),
+        ],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^versions: kittiwake \S+ \(compiled\),", done.stdout, re.M), done.stdout
+    rows = re.findall(r"^kittiwake-discard\s+\d+\s+10K\s+20\s+\d+\s+(\d+)\s", done.stdout, re.M)
+    assert rows and all(int(rate) > 0 for rate in rows), done.stdout
