@@ -37,9 +37,8 @@ BUILDS = ("bdist_wheel", "build_ext", "build", "install")
 #: not `pipeline/routing.py` (a frozen generic dataclass with slots), not
 #: `pipeline/check_runner.py` (it drives coroutines by hand with a
 #: `types.coroutine` generator, which crashed compiled when a stage was
-#: cancelled), not `server/session_config.py` (compiled, importing it
-#: before `kittiwake.modules` crashed the interpreter), and none whose
-#: classes a plugin subclasses at run time.
+#: cancelled), not `server/session_config.py` (docs/performance.md), and
+#: none whose classes a plugin subclasses at run time.
 COMPILED = [
     "src/kittiwake/log.py",
     "src/kittiwake/metrics.py",

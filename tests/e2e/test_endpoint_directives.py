@@ -90,6 +90,17 @@ def test_io_debug_logs_the_dialogue(kittiwake: Start, tmp_path: Path, dns: FakeD
     assert "io_debug is on" in srv.log
 
 
+def test_a_crash_leaves_the_python_stacks_on_stderr(
+    kittiwake: Start, tmp_path: Path, dns: FakeDNS
+) -> None:
+    """faulthandler (cli/run.py): a fatal signal in C code names where Python was."""
+    srv = kittiwake(conf(tmp_path), args=("--debug.dnsoverride", dns.address))
+    srv.send(signal.SIGSEGV)
+    assert srv.wait() == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in srv.log
+    assert re.search(r"(Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\)", srv.log)
+
+
 def test_debug_adds_detail(kittiwake: Start, tmp_path: Path, dns: FakeDNS) -> None:
     quiet = kittiwake(conf(tmp_path), args=("--debug.dnsoverride", dns.address))
     send(quiet.port(), b"Subject: q\r\n\r\nq\r\n")

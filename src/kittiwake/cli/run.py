@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import importlib
 import os
 import signal
@@ -71,6 +72,10 @@ RELOAD_SIGNAL = signal.SIGUSR2
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # A crash in C code (an extension module, or the compiled build of
+    # docs/performance.md) leaves every thread's Python stack on standard
+    # error, where the service manager keeps it, instead of a bare signal.
+    faulthandler.enable()
     # Until the event loop handles them, a log rotation must not kill us.
     for sig in (*REOPEN_SIGNALS, RELOAD_SIGNAL):
         signal.signal(sig, signal.SIG_IGN)
