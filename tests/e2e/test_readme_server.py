@@ -62,20 +62,37 @@ def adapted(tmp: Path, cert: tuple[str, str]) -> str:
     return conf
 
 
+def _two_sinks(context: ssl.SSLContext) -> tuple[int, MXSink, MXSink]:
+    """Both MX sinks on one port (`--debug.smtpport` sets the port of every
+    MX). A port free on 127.0.0.1 may be in use on 127.0.0.2 or .3 by a
+    test running beside this one: then another port is tried."""
+    for _ in range(20):
+        port = free_port()
+        try:
+            remote = MXSink("127.0.0.2", port, tls=context, name="mx.remote.test")
+        except OSError:
+            continue
+        try:
+            sts_mx = MXSink("127.0.0.3", port, tls=context, name="mx.sts.test")
+        except OSError:
+            remote.close()
+            continue
+        return port, remote, sts_mx
+    raise AssertionError("no port free on both 127.0.0.2 and 127.0.0.3")
+
+
 def test_the_readme_server_sends_and_receives(
     kittiwake: Callable[..., Kittiwake],
     tmp_path: Path,
     ca: trustme.CA,
     cert_files: tuple[str, str],
 ) -> None:
-    port = free_port()
     # The MX servers' certificates come from the test CA, which the README's
     # target.remote does not trust (no tls_client): TLS is encrypted, not
     # authenticated.
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("mx.remote.test", "mx.sts.test").configure_cert(context)
-    remote = MXSink("127.0.0.2", port, tls=context, name="mx.remote.test")
-    sts_mx = MXSink("127.0.0.3", port, tls=context, name="mx.sts.test")
+    port, remote, sts_mx = _two_sinks(context)
     policies = MTASTSServer(ca, ["sts.test"], tmp_path)
     policies.serve("sts.test", policy_text("enforce", "mx.sts.test"))
     dns = FakeDNS(
