@@ -86,4 +86,5 @@ def ext_modules() -> list[object]:
     return list(mypycify(COMPILED, opt_level="3"))
 
 
-setup(ext_modules=ext_modules())
+if __name__ == "__main__":  # as pip's build backend runs it; tests import it
+    setup(ext_modules=ext_modules())

@@ -18,6 +18,7 @@ Run as `python bench/build.py` to build (or find) it and print its path.
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -36,6 +37,10 @@ class BuildError(RuntimeError):
     """The compiled build failed; the message holds pip's output."""
 
 
+#: What lies in src/ but is not source: caches and earlier builds' products.
+NOT_SOURCE = ("__pycache__", "*.egg-info", "*.pyc", "*.so", "*.c", "*.o")
+
+
 def source_key() -> str:
     """A hash of every file the build reads: a changed source is a new build."""
     digest = hashlib.sha256()
@@ -48,11 +53,16 @@ def source_key() -> str:
 
 
 def _source(path: Path) -> bool:
-    """Part of the sources (not a build product or a cache)."""
     parts = path.relative_to(ROOT).parts
-    return not any(p == "__pycache__" or p.endswith(".egg-info") for p in parts) and (
-        path.suffix not in (".so", ".pyc", ".c", ".o")
-    )
+    return not any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in NOT_SOURCE)
+
+
+def copy_sources(dest: Path) -> None:
+    """What a build reads, copied to `dest` (which must not exist yet)."""
+    dest.mkdir()
+    for name in BUILD_FILES:
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns(*NOT_SOURCE))
 
 
 def compiled_site() -> Path:
@@ -76,14 +86,7 @@ def _build(home: Path, site: Path) -> None:
     source = home / "source"
     for path in (source, site):
         shutil.rmtree(path, ignore_errors=True)
-    source.mkdir()
-    for name in BUILD_FILES:
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(
-        ROOT / "src",
-        source / "src",
-        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so", "*.pyc"),
-    )
+    copy_sources(source)
     env = {**os.environ, "KITTIWAKE_COMPILE": "yes", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), "."],

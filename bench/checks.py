@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each server")
     parser.add_argument("--json", type=Path)
-    parser.add_argument(
-        "--source",
-        action="store_true",
-        help="kittiwake from src/, not as `pip install .` builds it",
-    )
+    smtp_servers.add_source_option(parser)
     args = parser.parse_args(argv)
     print(f"kittiwake: {smtp_servers.use_build(not args.source)}")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -97,11 +97,7 @@ def main() -> int:
     parser.add_argument("--log-off", action="store_true", help="`log off`: without log lines")
     parser.add_argument("--durable", action="store_true", help="storage.maildir, not dummy")
     parser.add_argument("--dir", type=Path, help="keep the work files here")
-    parser.add_argument(
-        "--source",
-        action="store_true",
-        help="kittiwake from src/, not as `pip install .` builds it",
-    )
+    smtp_servers.add_source_option(parser)
     args = parser.parse_args()
     args.per_session = [int(p) for p in args.per_session.split(",")]
     for tool in ("valgrind", "callgrind_control"):

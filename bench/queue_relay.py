@@ -66,6 +66,7 @@ from smtp_servers import (  # noqa: E402
     KITTIWAKE_READY,
     BenchError,
     Process,
+    add_source_option,
     dns_stub,
     free_port,
     postfix,
@@ -419,11 +420,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, help="py-spy kittiwake into DIR (do not quote its rates)"
     )
-    parser.add_argument(
-        "--source",
-        action="store_true",
-        help="kittiwake from src/, not as `pip install .` builds it",
-    )
+    add_source_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.rounds = 300, 1

@@ -593,11 +593,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="py-spy kittiwake; raw stacks go here")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--dir", help="where the temporary directory goes (its disk matters)")
-    parser.add_argument(
-        "--source",
-        action="store_true",
-        help="kittiwake from src/, not as `pip install .` builds it",
-    )
+    smtp_servers.add_source_option(parser)
     args = parser.parse_args(argv)
     if args.only:
         unknown = [n for n in args.only.split(",") if n not in BY_NAME]

@@ -26,6 +26,7 @@ chosen at start, and nothing listens anywhere else.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import pwd
@@ -166,6 +167,15 @@ class Process:
 
 #: Where the kittiwake processes import it from: src/ until `use_build` says.
 _IMPORT_FROM = {"kittiwake": SRC}
+
+
+def add_source_option(parser: argparse.ArgumentParser) -> None:
+    """`--source`, which every script that starts kittiwake takes (`use_build`)."""
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="kittiwake from src/, not as `pip install .` builds it",
+    )
 
 
 def use_build(compiled: bool) -> str:

@@ -7,6 +7,7 @@ at the end. `Dialog` is a raw-socket client for byte-exact exchanges.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import re
@@ -26,7 +27,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 LAUNCHER = HERE / "launcher.py"
-SRC = HERE.parent.parent / "src"
+ROOT = HERE.parent.parent
+SRC = ROOT / "src"
 READY = "kittiwake: listening on "
 #: Run as root without the capabilities that bypass file permissions
 #: (util-linux's setpriv), so a mode-0 folder stops the server as it would
@@ -58,6 +60,16 @@ def env(**extra: str) -> dict[str, str]:
     e["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), e.get("PYTHONPATH")) if p)
     e.update(extra)
     return e
+
+
+def bench_build() -> Any:
+    """`bench/build.py`, which builds kittiwake as `pip install .` does
+    (test_compiled.py) and copies what a build reads (test_wheel.py)."""
+    spec = importlib.util.spec_from_file_location("bench_build", ROOT / "bench" / "build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:
