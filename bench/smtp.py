@@ -134,13 +134,17 @@ class Plan:
     max_rounds: int  # per cell: an upper bound whatever the server's speed
     idle_connections: int
     big_message: int  # bytes, headers included
+    #: Seconds a Maildir run waits at most for fast file creation
+    #: (smtp_load.wait_for_fast_creation): ext4 remembers deleted files for
+    #: up to six minutes.
+    settle: float
 
     def cells(self) -> list[Cell]:
         return [Cell(s, z, m) for z in self.sizes for s in self.sessions for m in self.per_session]
 
 
-FULL = Plan((1, 10, 50), (10 * KiB, 100 * KiB), (1, 20), 1.5, 2, 400, 2000, 32 * MiB)
-QUICK = Plan((1, 10), (10 * KiB,), (1, 20), 0.3, 1, 50, 200, 4 * MiB)
+FULL = Plan((1, 10, 50), (10 * KiB, 100 * KiB), (1, 20), 1.5, 2, 400, 2000, 32 * MiB, 420.0)
+QUICK = Plan((1, 10), (10 * KiB,), (1, 20), 0.3, 1, 50, 200, 4 * MiB, 0.0)
 BIG_BUFFER = "buffer auto 1M"
 
 
@@ -158,6 +162,8 @@ class Result:
     client_cpu: float | None = None  # cores smtp-source used
     machine_cpu: float | None = None  # cores busy on the whole machine
     rates: list[float] = field(default_factory=list)  # every repeat; `rate` is the best
+    #: Maildir servers: CPU µs per file created, probed before each repeat.
+    create_us: list[float] = field(default_factory=list)
     error: str | None = None
 
 
@@ -256,14 +262,22 @@ def measure_cell(
             label = f"{server.name} {cell.sessions}x{size_label(cell.size)}x{cell.per_session}"
             try:
                 measured = smtp_load.measure(
-                    targets[server.name], cell, plan.min_seconds, plan.max_rounds
+                    targets[server.name], cell, plan.min_seconds, plan.max_rounds, plan.settle, log
                 )
             except BenchError as exc:
                 result.error = str(exc)
                 log(f"{label}: error: {exc}")
                 continue
-            log(f"{label}: {measured.rate:8.0f}/s ({measured.messages} in {measured.seconds:.2f}s)")
+            create = (
+                "" if measured.create is None else f", file creation {measured.create * 1e6:.0f} µs"
+            )
+            log(
+                f"{label}: {measured.rate:8.0f}/s ({measured.messages} in "
+                f"{measured.seconds:.2f}s{create})"
+            )
             result.rates.append(measured.rate)
+            if measured.create is not None:
+                result.create_us.append(measured.create * 1e6)
             if measured.rate > result.rate:
                 result.messages, result.seconds, result.rate = (
                     measured.messages,
@@ -569,13 +583,16 @@ def machine(root: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def scratch(base: str | None) -> Iterator[Path]:
+def scratch(base: str | None, keep: bool) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="kittiwake-bench-", dir=base))
     try:
         os.chmod(path, 0o755)  # Postfix's daemons (user postfix, nobody) must get through
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if keep:
+            log(f"kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -593,6 +610,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="py-spy kittiwake; raw stacks go here")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--dir", help="where the temporary directory goes (its disk matters)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (deleting many files slows the next run's Maildirs)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        help=f"seconds a Maildir run may wait for fast file creation (default {FULL.settle:.0f})",
+    )
     smtp_servers.add_source_option(parser)
     args = parser.parse_args(argv)
     if args.only:
@@ -625,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         changes["sizes"] = tuple(n * KiB for n in _numbers(args.sizes))
     if args.per_session:
         changes["per_session"] = _numbers(args.per_session)
+    if args.settle is not None:
+        changes["settle"] = args.settle
     plan = dataclasses.replace(plan, **changes)
     names = args.only.split(",") if args.only else [s.name for s in SERVERS if s.default]
     if smtp_servers.tool("smtp-source") is None:
@@ -639,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         log(f"error: {exc}")
         return 1
-    with scratch(args.dir) as root:
+    with scratch(args.dir, args.keep) as root:
         info = machine(root)
         info["kittiwake"] += f" ({build})"
         log(f"bench: {info['nproc']} CPUs, disk {info['disk']}, kittiwake {info['kittiwake']}")
@@ -660,6 +689,12 @@ def main(argv: list[str] | None = None) -> int:
         f"versions: kittiwake {info['kittiwake']}, Python {info['python']}, "
         f"aiosmtpd {info['aiosmtpd']}, Postfix {info['postfix']}"
     )
+    probes = [us for r in report.results for us in r.create_us]
+    if probes:
+        print(
+            f"file creation before the Maildir runs: {min(probes):.0f}-{max(probes):.0f} µs "
+            "of CPU per file (normal: about 20)"
+        )
     print(
         f"size = smtp-source payload; m/sess = messages per session; msgs/s = best of "
         f"{plan.repeats} run(s)\nof at least {plan.min_seconds:g}s; ms/msg = server CPU time "

@@ -76,6 +76,37 @@ def test_quick_kittiwake_discard_reports_a_rate(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150)
+def test_maildir_runs_probe_file_creation_and_move_files_aside(tmp_path: Path) -> None:
+    """Each Maildir run probes what creating a file costs first, and the
+    delivered files are moved aside between runs, never deleted (docs/bench.md,
+    "Deleted files slow the next run"); `--keep` leaves them all in place."""
+    need_tool("smtp-source", "postfix")
+    report = tmp_path / "bench.json"
+    stdout = run_bench(
+        BENCH,
+        *("--quick", "--only", "kittiwake-maildir", "--per-session", "20", "--no-memory"),
+        *("--source", "--keep", "--json", str(report), "--dir", str(tmp_path)),
+        cwd=tmp_path,
+    )
+
+    assert re.search(r"^file creation before the Maildir runs: \d+-\d+ µs", stdout, re.M)
+    results = json.loads(report.read_text())["results"]
+    assert [r["sessions"] for r in results] == [1, 10]
+    for r in results:
+        assert r["error"] is None and r["messages"] > 0
+        assert len(r["create_us"]) == 1 and r["create_us"][0] > 0
+    (kept,) = tmp_path.glob("kittiwake-bench-*")
+    work = kept / "kittiwake-maildir"
+    in_new = [f for d in (work / "maildir").rglob("new") for f in d.iterdir()]
+    moved = list((work / "maildir.delivered").iterdir())
+    assert len(in_new) == results[-1]["messages"]
+    # The first run's files and the message that made the mailbox.
+    assert len(moved) == results[0]["messages"] + 1
+    probes = [f for f in (work / "maildir").rglob(".create-probe-*")]
+    assert len(probes) == 2 * 200
+
+
+@pytest.mark.timeout(150)
 def test_queue_relay_bench_reports_both_servers(tmp_path: Path) -> None:
     need_tool("smtp-source", "postfix")
     need_tool("smtp-sink", "postfix")
