@@ -39,7 +39,7 @@ _kittiwake() {
         "run") subs="" opts="-h --help -c --config -j --workers --debug.dnsoverride --debug.smtpport --debug.mtastsport --debug.mtastsca" ;;
         "config") subs="check show default" opts="-h --help" ;;
         "config check") subs="" opts="-h --help -c --config --debug.dnsoverride --debug.smtpport --debug.mtastsport --debug.mtastsca" ;;
-        "config show") subs="" opts="-h --help -c --config -d --defaults" ;;
+        "config show") subs="" opts="-h --help -c --config -d --defaults --show-secrets" ;;
         "config default") subs="" opts="-h --help" ;;
         "explain") subs="" opts="-h --help -c --config --from --to --ip --helo --auth --endpoint --json" ;;
         "creds") subs="create remove password list" opts="-h --help" ;;

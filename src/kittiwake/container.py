@@ -189,6 +189,9 @@ class Container:
         #: Defaults modules used, by the directive whose block lacked them
         #: (`kittiwake config show --defaults`).
         self._defaults: dict[int, tuple[Node, dict[str, list[str]]]] = {}
+        #: Directives that hold a secret, with the arguments `config show`
+        #: prints instead (kittiwake/config/redact.py).
+        self._hidden: dict[int, tuple[Node, list[str]]] = {}
         self.log = log.get("")
 
     # -- building -----------------------------------------------------------
@@ -382,6 +385,15 @@ class Container:
         """The defaults used in `node`'s block, by directive name (file order)."""
         found = self._defaults.get(id(node))
         return dict(found[1]) if found is not None else {}
+
+    def note_secret(self, node: Node, shown: list[str]) -> None:
+        """`node`'s arguments hold a secret: `config show` prints `shown` instead."""
+        self._hidden[id(node)] = (node, shown)
+
+    def shown_args(self, node: Node) -> list[str] | None:
+        """What `config show` prints for `node`'s arguments, if they hold a secret."""
+        found = self._hidden.get(id(node))
+        return found[1] if found is not None else None
 
     # -- paths ----------------------------------------------------------------
 

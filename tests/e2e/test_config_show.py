@@ -74,7 +74,7 @@ def kittiwake(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "kittiwake", *args],
         check=False,
         cwd=cwd,
-        env=env(SHOW_PORT="2525"),
+        env=env(SHOW_PORT="2525", SHOW_SECRET=SECRET),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -137,6 +137,83 @@ def test_embedded_default_round_trip(tmp_path: Path) -> None:
     written.write_text(done.stdout, encoding="utf-8")
     check(written)
     assert show(written, "-d") == done.stdout.replace("  # default", "")
+
+
+SECRET = "hunter2"
+
+#: Every directive that can hold a password, the secret mostly from the
+#: environment as an operator keeps it out of the file.
+SECRETS = """\
+state_dir {tmp}/state
+hostname mx.example.org
+tls off
+
+state.redis shared {{
+    endpoint redis://app:{{env:SHOW_SECRET}}@127.0.0.1:6379/0
+}}
+
+state.redis ha {{
+    sentinel mymaster 127.0.0.1:26379
+    password {{env:SHOW_SECRET}}
+    sentinel_password {{env:SHOW_SECRET}}
+}}
+
+table.sql_table users {{
+    driver sqlite3
+    dsn "file:{tmp}/users.db password={{env:SHOW_SECRET}}"
+    table_name passwords
+}}
+
+auth.pass_table local_authdb {{
+    table &users
+}}
+
+smtp tcp://127.0.0.1:2525 {{
+    limits {{
+        state &shared
+        all rate 10 1s
+    }}
+    deliver_to smtp tcp://127.0.0.1:2526 {{
+        auth plain relay-user {{env:SHOW_SECRET}}
+    }}
+}}
+
+submission tcp://127.0.0.1:2587 {{
+    auth &local_authdb
+    limits {{
+        state &ha
+        all rate 10 1s
+    }}
+    deliver_to dummy
+}}
+"""
+
+
+def test_passwords_are_hidden_unless_asked_for(tmp_path: Path) -> None:
+    conf = tmp_path / "kittiwake.conf"
+    conf.write_text(SECRETS.format(tmp=tmp_path), encoding="utf-8")
+    shown = show(conf)
+    assert SECRET not in shown
+    lines = shown.splitlines()
+    for line in (
+        "    endpoint redis://app:***@127.0.0.1:6379/0",
+        "    password ***",
+        "    sentinel_password ***",
+        f'    dsn "file:{tmp_path}/users.db password=***"',
+        "        auth plain relay-user ***",  # an inline definition's block too
+    ):
+        assert line in lines
+    # Still a configuration (with wrong passwords): check reads it.
+    hidden = tmp_path / "hidden.conf"
+    hidden.write_text(shown, encoding="utf-8")
+    check(hidden)
+
+    everything = show(conf, "--show-secrets")
+    assert everything.count(SECRET) == 5
+    assert everything == shown.replace("***", SECRET)
+    again = tmp_path / "everything.conf"
+    again.write_text(everything, encoding="utf-8")
+    assert show(again, "--show-secrets") == everything
 
 
 def test_show_reports_config_errors_like_check(tmp_path: Path) -> None:

@@ -87,6 +87,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
             nodes,
             defaults=container.defaults_of if args.defaults else None,
             global_defaults=_global_defaults(container, nodes) if args.defaults else None,
+            shown=None if args.show_secrets else container.shown_args,
         )
     except ConfigError as exc:
         return config_error(exc)
@@ -149,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--defaults",
         action="store_true",
         help="also print every default a module used, marked '# default'",
+    )
+    show_cmd.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print passwords as they are instead of ***",
     )
     show_cmd.set_defaults(handler=cmd_config_show)
     default = config_commands.add_parser("default", help="print the embedded default configuration")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from kittiwake.config import values
 from kittiwake.config.node import Node
+from kittiwake.config.redact import HIDDEN
 from kittiwake.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,6 +58,16 @@ class Directives:
 
     def has(self, name: str) -> bool:
         return any(c.name == name for c in self._children)
+
+    def hide(self, name: str, show: Callable[[list[str]], list[str]]) -> None:
+        """The directive `name` holds a secret: `config show` prints `show(args)`
+        for its arguments (kittiwake/config/redact.py)."""
+        node = self.get(name)
+        if node is None or self.container is None:
+            return
+        shown = show(list(node.args))
+        if shown != node.args:
+            self.container.note_secret(node, shown)
 
     # -- typed getters ----------------------------------------------------
 
@@ -143,13 +154,19 @@ class Directives:
         *,
         required: bool = False,
         inherit: bool = False,
+        secret: bool = False,
     ) -> str:
+        """One argument; with `secret`, `config show` prints it hidden."""
+
         def conv(args: list[str]) -> str:
             if len(args) != 1:
                 raise ValueError("expected exactly one argument")
             return args[0]
 
-        return self._simple(name, conv, default, required, inherit, lambda v: [v] if v else [])
+        value = self._simple(name, conv, default, required, inherit, lambda v: [v] if v else [])
+        if secret:
+            self.hide(name, lambda args: [HIDDEN for _ in args])
+        return value
 
     def optional_string(self, name: str, *, inherit: bool = False) -> str | None:
         return self.string(name, cast(str, None), inherit=inherit)

@@ -19,6 +19,8 @@ __all__ = ["quote", "render"]
 
 #: The defaults used in a node's block, by directive name.
 Defaults = Callable[[Node], dict[str, list[str]]]
+#: What to print for a node's arguments when they hold a secret (else None).
+Shown = Callable[[Node], list[str] | None]
 
 INDENT = "    "
 MARK = "  # default"
@@ -49,16 +51,19 @@ def _line(name: str, args: Iterable[str]) -> str:
     return " ".join([name, *(quote(a) for a in args)])
 
 
-def _node(node: Node, depth: int, defaults: Defaults | None, out: list[str]) -> None:
+def _node(
+    node: Node, depth: int, defaults: Defaults | None, shown: Shown | None, out: list[str]
+) -> None:
     pad = INDENT * depth
-    head = pad + _line(node.name, node.args)
+    args = shown(node) if shown is not None else None
+    head = pad + _line(node.name, node.args if args is None else args)
     extra = defaults(node) if defaults is not None else {}
     if node.children is None and not extra:
         out.append(head)
         return
     out.append(head + " {")
     for child in node.block:
-        _node(child, depth + 1, defaults, out)
+        _node(child, depth + 1, defaults, shown, out)
     for name, args in extra.items():
         out.append(INDENT * (depth + 1) + _line(name, args) + MARK)
     out.append(pad + "}")
@@ -69,13 +74,18 @@ def render(
     *,
     defaults: Defaults | None = None,
     global_defaults: dict[str, list[str]] | None = None,
+    shown: Shown | None = None,
 ) -> str:
-    """The text of `nodes`: globals first as written, a blank line between blocks."""
+    """The text of `nodes`: globals first as written, a blank line between blocks.
+
+    `shown` gives the arguments to print for a directive that holds a
+    secret (kittiwake/config/redact.py); without it, every value as it is.
+    """
     out: list[str] = []
     for name, args in (global_defaults or {}).items():
         out.append(_line(name, args) + MARK)
     for node in nodes:
         if out and (node.children is not None or out[-1].endswith("}")):
             out.append("")
-        _node(node, 0, defaults, out)
+        _node(node, 0, defaults, shown, out)
     return "\n".join(out) + "\n"

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from kittiwake.config import redact
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.module import Module, Role, register
@@ -105,6 +106,7 @@ class RedisState(Module):
     def configure(self, cfg: Directives) -> None:
         self.block_only(cfg)
         self.url: str | None = cfg.custom("endpoint", parse_endpoint, None)
+        cfg.hide("endpoint", lambda args: [redact.url(a) for a in args])
         self.sentinel: Sentinel | None = cfg.custom("sentinel", parse_sentinel, None)
         self._where_master(cfg)
         fail_open = cfg.get("fail_open")
@@ -172,9 +174,9 @@ class RedisState(Module):
             return
         self.db = cfg.integer("db", 0, minimum=0)
         self.username = cfg.string("username", "")
-        self.password = cfg.string("password", "")
+        self.password = cfg.string("password", "", secret=True)
         self.sentinel_username = cfg.string("sentinel_username", "")
-        self.sentinel_password = cfg.string("sentinel_password", "")
+        self.sentinel_password = cfg.string("sentinel_password", "", secret=True)
         self.tls = cfg.boolean("tls", False)
 
     def _root_ca(self, cfg: Directives) -> str:
@@ -199,7 +201,7 @@ class RedisState(Module):
         if self.sentinel is not None:
             return f"sentinel {self.sentinel}"
         assert self.url is not None
-        return _redacted(self.url)
+        return redact.url(self.url)
 
     async def start(self) -> None:
         """Make the client (no connection yet: the first decision connects)."""
@@ -296,7 +298,7 @@ def parse_endpoint(node: Node) -> str:
     url = node.args[0]
     parts = urlsplit(url)
     if parts.scheme not in _SCHEMES:
-        raise ValueError(f"{_redacted(url)}: the scheme must be redis://, rediss:// or unix://")
+        raise ValueError(f"{redact.url(url)}: the scheme must be redis://, rediss:// or unix://")
     if parts.scheme == "unix":
         if not parts.path.startswith("/"):
             raise ValueError(f"{url}: a unix:// endpoint needs an absolute path")
@@ -304,14 +306,14 @@ def parse_endpoint(node: Node) -> str:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{_redacted(url)}: invalid port") from None
+        raise ValueError(f"{redact.url(url)}: invalid port") from None
     if not parts.hostname:
-        raise ValueError(f"{_redacted(url)}: a host is required")
+        raise ValueError(f"{redact.url(url)}: a host is required")
     if port == 0:
-        raise ValueError(f"{_redacted(url)}: invalid port 0")
+        raise ValueError(f"{redact.url(url)}: invalid port 0")
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
-        raise ValueError(f"{_redacted(url)}: the database must be a number, as in /0")
+        raise ValueError(f"{redact.url(url)}: the database must be a number, as in /0")
     return url
 
 
@@ -386,13 +388,3 @@ def _parse_prefix(node: Node) -> str:
     if not _PREFIX.fullmatch(prefix):
         raise ValueError(f"invalid prefix {prefix!r}: use 1 to 64 letters, digits and _ . : / -")
     return prefix
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:" if parts.username else ":"
-    return parts._replace(netloc=f"{user}***@{netloc}").geturl()

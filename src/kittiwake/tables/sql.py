@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from kittiwake.config import redact
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
 from kittiwake.module import Module, register
@@ -423,6 +424,7 @@ class SQLQueryTable(_SQLBase):
             raise cfg.node.error(f"{self.module_name} takes no arguments")
         driver_node, driver = _driver(cfg)
         dsn = " ".join(cfg.string_list("dsn"))
+        cfg.hide("dsn", lambda args: [redact.dsn_argument(a) for a in args])
         init = cfg.string_list("init", [])
         named: bool | None = cfg.boolean("named_args") if cfg.has("named_args") else None
         lookup = _query_source(cfg, "lookup", KEY_ONLY)
@@ -460,6 +462,7 @@ class SQLTable(_SQLBase):
             raise cfg.node.error(f"{self.module_name} takes no arguments")
         driver_node, driver = _driver(cfg)
         dsn = " ".join(cfg.string_list("dsn"))
+        cfg.hide("dsn", lambda args: [redact.dsn_argument(a) for a in args])
         names: dict[str, str] = {}
         for directive, default in (
             ("table_name", None),

@@ -31,6 +31,7 @@ import contextlib
 from kittiwake import address
 from kittiwake.config.directives import Directives
 from kittiwake.config.node import Node
+from kittiwake.config.redact import HIDDEN
 from kittiwake.config.values import parse_bool
 from kittiwake.errors import SMTPError
 from kittiwake.message import MsgMeta
@@ -115,6 +116,8 @@ class SMTPDownstream(Module):
         targets_node = cfg.get("targets")
         off: AuthSetting = ("off", None)
         self.auth_kind, self.mechanism = cfg.custom("auth", _parse_auth, off)
+        # `plain USER PASS`: the password is not printed (`config show`).
+        cfg.hide("auth", lambda args: args[:2] + [HIDDEN] * len(args[2:]))
         tls = cfg.custom(
             "tls_client",
             lambda n: parse_client_tls(n, self.container),
