@@ -333,8 +333,7 @@ class MailTransactions:
             txn.committed = True
             result = [collector.get(clean) for _, clean in txn.rcpts]
         else:
-            await txn.delivery.body(header, txn.buffer)
-            await txn.delivery.commit()
+            await txn.delivery.deliver(header, txn.buffer)
             txn.committed = True
             result = [None]
         return result

@@ -79,6 +79,7 @@ from kittiwake.storage.maildir_files import (
     _unlink_all,
     is_maildir,
     sweep_stale_tmp,
+    write_and_publish,
 )
 from kittiwake.targets.base import StatusCollector
 from kittiwake.workers import FilePool
@@ -303,6 +304,24 @@ class MaildirDelivery:
         finally:
             if self._job is not None:
                 self._job.created.clear()
+        self._report_commit(files, failed)
+
+    async def body_and_commit(self, header: Header, body: Buffer) -> None:
+        """`body` then `commit` in one trip to the threads (the message's only
+        delivery, targets/base.py): the same files, fsyncs and errors."""
+        job = self._start_body(header, body, atomic=True)
+        if job is None:
+            return
+        storage = self._storage
+        try:
+            failed = await self._in_thread(write_and_publish, job, storage.host, storage.fsync)
+        finally:
+            self._log_created(job)
+        self._report_commit(job.files, failed)
+
+    def _report_commit(self, files: list[_File], failed: dict[int, OSError]) -> None:
+        """Log and raise (or report per recipient) what `_commit` says failed."""
+        storage = self._storage
         first: SMTPError | None = None
         for i, exc in sorted(failed.items()):
             f = files[i]

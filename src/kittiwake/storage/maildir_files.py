@@ -37,7 +37,7 @@ from kittiwake.message.buffer import Buffer
 if TYPE_CHECKING:
     from kittiwake.storage.maildir import Mailbox
 
-__all__ = ["LFConverter", "is_maildir"]
+__all__ = ["LFConverter", "is_maildir", "write_and_publish"]
 
 _CHUNK = 256 * 1024  # bytes read from the buffer at a time
 _NAME_TRIES = 10  # fresh names tried after EEXIST (a clash needs a broken clock and RNG)
@@ -382,6 +382,24 @@ def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
                     failed[i] = exc
                     _unpublish(files[i])
     return failed
+
+
+def write_and_publish(job: _Job, host: str, sync: bool) -> dict[int, OSError]:
+    """`job.run()` then `_commit` in one thread trip (`body_and_commit`).
+
+    An abort that came while the files were written keeps them out of
+    `new/`: the job stops at its next chunk, or here before publishing.
+    `job.created` is emptied once the tmp/ names are gone, as `commit` does.
+    """
+    job.run()
+    if job.cancel.is_set():
+        for f in job.files:
+            job._discard(f)
+        raise _Cancelled
+    try:
+        return _commit(job.files, host, sync)
+    finally:
+        job.created.clear()
 
 
 def _unpublish(f: _File) -> None:

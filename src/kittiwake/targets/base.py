@@ -6,7 +6,10 @@ final header and the re-readable body buffer, then `commit` (make it
 durable: only after it returns may the endpoint say 250) or `abort` (undo,
 safe after any failure). Targets that can succeed for some recipients and
 fail for others also implement `body_non_atomic`, which LMTP uses to give
-each recipient its own reply.
+each recipient its own reply. Targets whose body and commit are each a
+trip to a thread may implement `body_and_commit`, which the pipeline calls
+instead of both when the delivery is the message's only one (nothing else
+can fail between the two): one trip instead of two.
 """
 
 from __future__ import annotations
@@ -57,6 +60,25 @@ def is_partial(delivery: Delivery) -> TypeGuard[PartialDelivery]:
     known = _partial_classes.get(kind)
     if known is None:
         known = _partial_classes[kind] = isinstance(delivery, PartialDelivery)
+    return known
+
+
+@runtime_checkable
+class OneStepDelivery(Delivery, Protocol):
+    async def body_and_commit(self, header: Header, body: Buffer) -> None:
+        """`body` then `commit`, at once; `abort` is still called after an error."""
+        ...
+
+
+_one_step_classes: dict[type, bool] = {}
+
+
+def is_one_step(delivery: Delivery) -> TypeGuard[OneStepDelivery]:
+    """`isinstance(delivery, OneStepDelivery)`, remembered per class (see `is_partial`)."""
+    kind = type(delivery)
+    known = _one_step_classes.get(kind)
+    if known is None:
+        known = _one_step_classes[kind] = isinstance(delivery, OneStepDelivery)
     return known
 
 

@@ -107,8 +107,22 @@ class FakePartialDelivery(FakeDelivery):
                 status.set_status(rcpt, self.target.partial_err[rcpt])
 
 
+@dataclass
+class FakeOneStepDelivery(FakeDelivery):
+    async def body_and_commit(self, header: Header, body: Buffer) -> None:
+        EVENTS.append(f"{self.target.name} body_and_commit")
+        if self.target.body_err is not None:
+            raise self.target.body_err
+        self._keep(header, body)
+        if self.target.commit_err is not None:
+            raise self.target.commit_err
+        self.committed = True
+        self.target.committed.append(self)
+
+
 class FakeTarget(Module):
     partial = False
+    one_step = False
 
     def configure(self, cfg: Directives) -> None:
         self.name = _name(self)
@@ -128,6 +142,8 @@ class FakeTarget(Module):
         if self.start_err is not None:
             raise self.start_err
         cls = FakePartialDelivery if self.partial else FakeDelivery
+        if self.one_step:
+            cls = FakeOneStepDelivery
         delivery = cls(self, meta, mail_from)
         self.started.append(delivery)
         return delivery
@@ -135,6 +151,10 @@ class FakeTarget(Module):
 
 class FakePartialTarget(FakeTarget):
     partial = True
+
+
+class FakeOneStepTarget(FakeTarget):
+    one_step = True
 
 
 # --- checks ----------------------------------------------------------------------
@@ -289,6 +309,7 @@ class PipeProbe(Endpoint):
 MODULES: dict[str, type[Module]] = {
     "target.test": FakeTarget,
     "target.test_partial": FakePartialTarget,
+    "target.test_one_step": FakeOneStepTarget,
     "check.test": FakeCheck,
     "modify.test": FakeModifier,
     "table.test_broken": BrokenTable,

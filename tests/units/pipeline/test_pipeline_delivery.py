@@ -18,6 +18,7 @@ from pipefakes import (
     pipe,
 )
 
+from kittiwake import metrics
 from kittiwake.checks.base import CheckResult
 from kittiwake.errors import SMTPError
 from kittiwake.pipeline.pipeline import Pipeline
@@ -74,6 +75,102 @@ async def test_commit_failure_of_a_later_target_keeps_earlier_commit(tmp_path: P
         await delivery.commit()
     assert FAKES["first"].committed and FAKES["first"].started[0].aborted == 0
     assert FAKES["second"].started[0].aborted == 1
+
+
+# --- deliver(): one step where the only target takes it ------------------------------
+
+
+async def test_deliver_uses_one_step_for_the_only_delivery(tmp_path: Path) -> None:
+    pipeline = pipe("  deliver_to test_one_step t\n", tmp_path)
+    delivery = await _open(pipeline, ["x@a.org"])
+    await delivery.deliver(header(), await buffer(b"data\r\n"))
+    assert [e for e in EVENTS if e.startswith("t ")] == [
+        "t start s@example.org",
+        "t rcpt x@a.org",
+        "t body_and_commit",
+    ]
+    (done,) = FAKES["t"].committed
+    assert done.data == b"data\r\n" and b"Received: " in (done.header or b"")
+    await delivery.abort()  # after success: nothing to undo
+    assert done.aborted == 0
+
+
+async def test_deliver_takes_two_steps_beside_another_target(tmp_path: Path) -> None:
+    pipeline = pipe(
+        "  destination b.org { deliver_to test_one_step second }\n"
+        "  default_destination { deliver_to test first }\n",
+        tmp_path,
+    )
+    delivery = await _open(pipeline, ["x@a.org", "y@b.org"])
+    await delivery.deliver(header(), await buffer())
+    assert "second body_and_commit" not in EVENTS
+    assert EVENTS[-4:] == ["first body", "second body", "first commit", "second commit"]
+    assert FAKES["first"].committed and FAKES["second"].committed
+
+
+@pytest.mark.parametrize("stage", ["body", "commit"])
+async def test_a_failed_one_step_is_aborted_and_reported(tmp_path: Path, stage: str) -> None:
+    pipeline = pipe("  check { test c }\n  deliver_to test_one_step t\n", tmp_path)
+    delivery = await _open(pipeline, ["x@a.org"])
+    setattr(FAKES["t"], f"{stage}_err", err(452, (4, 3, 1), "Insufficient system storage"))
+    with pytest.raises(SMTPError) as info:
+        await delivery.deliver(header(), await buffer())
+    assert str(info.value) == "452 4.3.1 Insufficient system storage"
+    (started,) = FAKES["t"].started
+    assert started.aborted == 1 and not started.committed
+    assert FAKES["c"].closed == 1
+    await delivery.abort()
+    assert started.aborted == 1
+
+
+async def test_a_body_check_rejection_never_reaches_the_one_step(tmp_path: Path) -> None:
+    pipeline = pipe("  check { test c }\n  deliver_to test_one_step t\n", tmp_path)
+    FAKES["c"].body = CheckResult(reject=True, reason=err(550, (5, 7, 1), "Spam"))
+    delivery = await _open(pipeline, ["x@a.org"])
+    with pytest.raises(SMTPError):
+        await delivery.deliver(header(), await buffer())
+    assert "t body_and_commit" not in EVENTS
+    assert FAKES["t"].started[0].aborted == 1
+
+
+@pytest.mark.parametrize(
+    ("fails", "via"),
+    [("body", "two steps"), ("commit", "two steps"), ("body", "one step"), ("commit", "one step")],
+)
+async def test_a_failed_target_is_counted_once_and_the_others_aborted(
+    tmp_path: Path, fails: str, via: str
+) -> None:
+    """docs/metrics.md: a target's own failure is counted by its reply's class;
+    `aborted` is for the targets undone because of it."""
+    live = metrics.LiveMetrics()
+    metrics.install(live)
+    try:
+        if via == "one step":
+            pipeline = pipe("  deliver_to test_one_step t\n", tmp_path)
+            delivery = await _open(pipeline, ["x@a.org"])
+        else:
+            pipeline = pipe(TWO_TARGETS, tmp_path)
+            delivery = await _open(pipeline, ["x@a.org", "y@b.org"])
+        failing = "t" if via == "one step" else "first"
+        setattr(FAKES[failing], f"{fails}_err", err(451, (4, 3, 0), "No"))
+        with pytest.raises(SMTPError):
+            await delivery.deliver(header(), await buffer())
+
+        counted = {
+            (sample.labels["target"], sample.labels["result"]): sample.value
+            for family in live.registry.collect()
+            if family.name == "kittiwake_delivery_results"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+        # The fakes are labelled by module: `first` and `second` share one.
+        if via == "one step":
+            assert counted == {("target.test_one_step", "temporary"): 1.0}
+        else:
+            assert counted == {("target.test", "temporary"): 1.0, ("target.test", "aborted"): 1.0}
+        assert FAKES[failing].started[0].aborted == 1
+    finally:
+        metrics.install(None)
 
 
 async def test_abort_after_recipients(tmp_path: Path) -> None:

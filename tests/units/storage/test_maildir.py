@@ -140,21 +140,32 @@ async def deliver(
     head: Header = HEAD,
     mail_from: str = "sender@example.net",
     quarantine: bool = False,
+    one_step: bool = False,
 ) -> None:
-    """The whole transaction the smtp endpoint runs, atomic body()."""
+    """The whole transaction the smtp endpoint runs: atomic body() and commit(),
+    or with `one_step` both at once, as when the mailbox is the only target."""
     buf = await buffer(body)
     delivery = await target.start_delivery(MsgMeta(id="t1", quarantine=quarantine), mail_from)
     assert isinstance(delivery, Delivery)
     try:
         for rcpt in rcpts:
             await delivery.add_rcpt(rcpt)
-        await delivery.body(head, buf)
-        await delivery.commit()
+        if one_step:
+            await delivery.body_and_commit(head, buf)
+        else:
+            await delivery.body(head, buf)
+            await delivery.commit()
     except BaseException:
         await delivery.abort()
         raise
     finally:
         buf.remove()
+
+
+@pytest.fixture(params=[False, True], ids=["two-steps", "one-step"])
+def one_step(request: pytest.FixtureRequest) -> bool:
+    """Run a test through body() + commit() and through body_and_commit()."""
+    return bool(request.param)
 
 
 def files(folder: Path) -> list[Path]:
@@ -176,10 +187,10 @@ def vsize(data: bytes) -> int:
 # --- where and what --------------------------------------------------------
 
 
-async def test_file_lands_in_new_with_exact_bytes(env: Env) -> None:
+async def test_file_lands_in_new_with_exact_bytes(env: Env, one_step: bool) -> None:
     storage = await env.start()
     box = env.make("example.org", "user")
-    await deliver(storage, ["user@example.org"], b"line 1\r\nline 2\r\n")
+    await deliver(storage, ["user@example.org"], b"line 1\r\nline 2\r\n", one_step=one_step)
     path = only_file(box)
     assert path.read_bytes() == (
         b"Return-Path: <sender@example.net>\n"
@@ -272,10 +283,10 @@ async def test_return_path_forms(env: Env) -> None:
     assert lines == {b"Return-Path: <>", b'Return-Path: <"john doe"@example.net>'}
 
 
-async def test_several_mailboxes_one_file_each(env: Env) -> None:
+async def test_several_mailboxes_one_file_each(env: Env, one_step: bool) -> None:
     storage = await env.start()
     a, b = env.make("example.org", "a"), env.make("example.com", "b")
-    await deliver(storage, ["a@example.org", "B@Example.COM"])
+    await deliver(storage, ["a@example.org", "B@Example.COM"], one_step=one_step)
     assert b"Delivered-To: a@example.org\n" in only_file(a).read_bytes()
     assert b"Delivered-To: b@example.com\n" in only_file(b).read_bytes()
 
@@ -504,6 +515,63 @@ async def test_cancelled_body_then_abort_leaves_nothing(env: Env) -> None:
     buf.remove()
 
 
+async def test_cancelled_one_step_then_abort_leaves_nothing(env: Env) -> None:
+    """body_and_commit() cancelled while its thread writes: abort waits for the
+    thread, and the message reaches neither new/ nor stays in tmp/."""
+    storage = await env.start()
+    box = env.make("example.org", "user")
+    buf = StallingBuffer()
+    await buf.write(b"y" * 1_000_000)
+    await buf.finish()
+    delivery = await storage.start_delivery(MsgMeta(id="t"), "")
+    await delivery.add_rcpt("user@example.org")
+    task = asyncio.create_task(delivery.body_and_commit(HEAD, buf))
+    assert await asyncio.to_thread(buf.reading.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    aborting = asyncio.create_task(delivery.abort())
+    await asyncio.sleep(0.05)
+    assert not aborting.done()
+    buf.release.set()
+    await aborting
+    assert files(box / "tmp") == files(box / "new") == []
+    buf.remove()
+
+
+async def test_an_abort_during_the_files_fsync_keeps_the_message_out_of_new(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread has written everything and sits in fsync when the abort comes:
+    it must not go on to publish (the client is being told the message failed)."""
+    storage = await env.start()
+    box = env.make("example.org", "user")
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if _fd_path(fd).startswith(str(box / "tmp")):
+            in_fsync.set()
+            release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    buf = await buffer(b"body\r\n")
+    delivery = await storage.start_delivery(MsgMeta(id="t"), "")
+    await delivery.add_rcpt("user@example.org")
+    task = asyncio.create_task(delivery.body_and_commit(HEAD, buf))
+    assert await asyncio.to_thread(in_fsync.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    aborting = asyncio.create_task(delivery.abort())
+    await asyncio.sleep(0.05)
+    release.set()
+    await aborting
+    assert files(box / "tmp") == files(box / "new") == []
+    buf.remove()
+
+
 async def test_commit_without_body_or_recipients_is_harmless(env: Env) -> None:
     storage = await env.start()
     delivery = await storage.start_delivery(MsgMeta(id="t"), "")
@@ -556,7 +624,11 @@ async def test_disk_full_gives_452_431_and_leaves_no_file(env: Env, tmpfs: Path)
     ],
 )
 async def test_error_at_fsync_is_mapped(
-    env: Env, monkeypatch: pytest.MonkeyPatch, code: int, reply: tuple[int, Any, str]
+    env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    reply: tuple[int, Any, str],
+    one_step: bool,
 ) -> None:
     """Quota and I/O errors often surface only at fsync (NFS, delayed allocation)."""
     storage = await env.start()
@@ -569,14 +641,14 @@ async def test_error_at_fsync_is_mapped(
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(SMTPError) as info:
-        await deliver(storage, ["user@example.org"])
+        await deliver(storage, ["user@example.org"], one_step=one_step)
     assert (info.value.code, info.value.enhanced, info.value.message) == reply
     assert len(calls) == 1  # never retried
     assert files(box / "tmp") == files(box / "new") == []
 
 
 async def test_a_failed_fsync_of_new_takes_the_copy_back(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Env, monkeypatch: pytest.MonkeyPatch, one_step: bool
 ) -> None:
     """The link into new/ ran but its directory fsync failed: 451, and the copy is
     not left in new/ for the user to read and the client's retry to duplicate."""
@@ -593,11 +665,11 @@ async def test_a_failed_fsync_of_new_takes_the_copy_back(
 
     monkeypatch.setattr(files_module, "sync_dir_shared", failing)
     with pytest.raises(SMTPError) as info:
-        await deliver(storage, ["user@example.org"])
+        await deliver(storage, ["user@example.org"], one_step=one_step)
     assert (info.value.code, info.value.enhanced) == (451, (4, 3, 0))
     assert files(box / "tmp") == files(box / "new") == []
     monkeypatch.setattr(files_module, "sync_dir_shared", real)
-    await deliver(storage, ["user@example.org"])  # the retry: the one copy
+    await deliver(storage, ["user@example.org"], one_step=one_step)  # the retry: the one copy
     only_file(box)
 
 
@@ -644,7 +716,7 @@ def _fd_path(fd: int) -> str:
 
 @pytest.mark.parametrize("sync", [True, False])
 async def test_fsync_really_called_in_order(
-    env: Env, monkeypatch: pytest.MonkeyPatch, sync: bool
+    env: Env, monkeypatch: pytest.MonkeyPatch, sync: bool, one_step: bool
 ) -> None:
     """fsync(file) < link into new/ < fsync(new/) < commit returns.
 
@@ -665,7 +737,7 @@ async def test_fsync_really_called_in_order(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "link", link)
-    await deliver(storage, ["user@example.org"])
+    await deliver(storage, ["user@example.org"], one_step=one_step)
     events.append(("returned", ""))
     final = str(only_file(box))
     if not sync:
@@ -680,7 +752,7 @@ async def test_fsync_really_called_in_order(
 
 
 async def test_auto_created_directories_are_synced(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Env, monkeypatch: pytest.MonkeyPatch, one_step: bool
 ) -> None:
     storage = await env.start("auto_create yes")
     synced: list[str] = []
@@ -691,16 +763,18 @@ async def test_auto_created_directories_are_synced(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    await deliver(storage, ["user@example.org"])
+    await deliver(storage, ["user@example.org"], one_step=one_step)
     box = env.mailbox("example.org", "user")
     for parent in (env.root, box.parent, box):
         assert str(parent) in synced
 
 
-async def test_1000_concurrent_deliveries_give_1000_files(env: Env) -> None:
+async def test_1000_concurrent_deliveries_give_1000_files(env: Env, one_step: bool) -> None:
     storage = await env.start()
     box = env.make("example.org", "user")
-    await asyncio.gather(*(deliver(storage, ["user@example.org"]) for _ in range(1000)))
+    await asyncio.gather(
+        *(deliver(storage, ["user@example.org"], one_step=one_step) for _ in range(1000))
+    )
     names = os.listdir(box / "new")
     assert len(names) == len(set(names)) == 1000
     assert all(NAME.match(n) for n in names)
