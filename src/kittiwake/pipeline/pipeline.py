@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -509,14 +509,7 @@ class MessageDelivery:
             await self._fail()
             raise
         await self._close_states()
-        try:
-            await started.delivery.body_and_commit(header, body)
-        except BaseException as exc:
-            self._note_failure("delivery failed", exc, target=repr(started.target))
-            await self._failed(started, exc)
-            raise
-        _count(started, None)
-        started.finished = True
+        await self._end_one(started, started.delivery.body_and_commit(header, body), "delivery")
         self._state = DeliveryState.DONE
 
     async def body_non_atomic(self, status: StatusCollector, header: Header, body: Buffer) -> None:
@@ -588,17 +581,21 @@ class MessageDelivery:
             await self._commit_each(*self._partial)
             return
         for started in self._started:
-            if started.finished:
-                continue
-            try:
-                await started.delivery.commit()
-            except BaseException as exc:
-                self._note_failure("commit failed", exc, target=repr(started.target))
-                await self._failed(started, exc)
-                raise
-            _count(started, None)
-            started.finished = True
+            if not started.finished:
+                await self._end_one(started, started.delivery.commit(), "commit")
         self._state = DeliveryState.DONE
+
+    async def _end_one(self, started: _Started, step: Awaitable[None], what: str) -> None:
+        """Await `started`'s last step (commit, or body and commit at once); count
+        its outcome, and after a failure abort it and every other delivery."""
+        try:
+            await step
+        except BaseException as exc:
+            self._note_failure(f"{what} failed", exc, target=repr(started.target))
+            await self._failed(started, exc)
+            raise
+        _count(started, None)
+        started.finished = True
 
     async def _commit_each(
         self, outcomes: _Outcomes, status: StatusCollector, rcpts: list[str]
