@@ -127,3 +127,24 @@ def test_a_sentinel_certificate_it_cannot_verify_fails_closed(
         assert "redis master found" not in node.log
     finally:
         node.kill()
+
+
+def test_a_tls_sentinel_without_tls_yes_gets_a_hint(
+    tmp_path: Path, tls_site: tuple[RedisServer, RedisServer, RedisSentinel]
+) -> None:
+    """`tls yes` forgotten: the TLS Sentinel resets the plain connection, and
+    the outage line says what that usually means."""
+    _, _, sentinel = tls_site
+    port = free_port()
+    (tmp_path / "node").mkdir()
+    text = config(port, sentinel.tls_port).replace("    tls yes\n", "")
+    node = Kittiwake(tmp_path / "node", text)
+    try:
+        node.wait_ready()
+        assert rcpt_reply(port) == NO_LIMITS
+        node.wait_log(
+            r"shared state store unreachable [^\n]*reset by peer[^\n]*"
+            r"\(is it a TLS port\? then tls yes\)"
+        )
+    finally:
+        node.kill()

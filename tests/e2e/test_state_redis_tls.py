@@ -86,3 +86,29 @@ def test_rediss_refuses_a_certificate_it_cannot_verify(
         assert redis_tls.command(b"DBSIZE") == b":0"
     finally:
         node.kill()
+
+
+@pytest.mark.parametrize("mismatch", ["plain to TLS", "TLS to plain"])
+def test_a_tls_mismatch_is_named_in_the_outage_line(
+    tmp_path: Path, redis_tls: RedisServer, mismatch: str
+) -> None:
+    """`redis://` to a port that speaks TLS, or `rediss://` to one that does not:
+    the outage line says what the likely mistake is, not only the socket error."""
+    port = free_port()
+    (tmp_path / "node").mkdir()
+    text = config(port, redis_tls.tls_port)
+    if mismatch == "plain to TLS":
+        text = text.replace("rediss://", "redis://")
+        hint = r"\(is it a TLS port\? then rediss://\)"
+    else:
+        text = text.replace(
+            f"rediss://localhost:{redis_tls.tls_port}", f"rediss://localhost:{redis_tls.port}"
+        )
+        hint = r"\(is it a TLS port\? if not, redis://\)"
+    node = Kittiwake(tmp_path / "node", text)
+    try:
+        node.wait_ready()
+        assert rcpt_reply(port) == NO_LIMITS
+        node.wait_log("shared state store unreachable .*" + hint)
+    finally:
+        node.kill()

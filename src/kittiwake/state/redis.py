@@ -239,6 +239,7 @@ class RedisState(Module):
             # With worker processes each one logs its own outage: say whose.
             log_fields=self._log_fields(),
             sentinels=self.sentinel.hosts() if self.sentinel is not None else "",
+            tls=self.tls if self.sentinel is not None else str(self.url).startswith("rediss://"),
         )
         self.store.start()
         self.log.info(

@@ -171,22 +171,32 @@ def connect_sentinel(
     return client
 
 
-def describe(exc: BaseException, *, sentinel: bool) -> str:
+def describe(exc: BaseException, *, sentinel: bool, tls: bool = False) -> str:
     """What a failed call says in the log: the cause, without redis-py's internals.
 
     When no Sentinel named a master, redis-py's text holds the whole repr of
     each Sentinel's client; each is cut down to `Sentinel HOST:PORT`. A
-    refused login says whose password it is about.
+    refused login says whose password it is about. The usual signs of TLS on
+    one side only get a hint: a TLS port resets a connection that starts in
+    plain text, and a plain port never answers a TLS handshake.
     """
     text = str(exc)
     name = type(exc).__name__
     if isinstance(exc, MasterNotFoundError):
         text = _SENTINEL_REPR.sub(r"Sentinel \1:\2: ", text)
-        return f"{name}: {text}"
+        return f"{name}: {text}{_tls_hint(exc, text, sentinel=sentinel, tls=tls)}"
     if isinstance(exc, AuthenticationError) or "NOAUTH" in text or "HELLO must be called" in text:
         whose = "password" if sentinel else "the password in the endpoint URL"
         return f"{name}: {text} (the login to the Redis master failed: check {whose})"
-    return reason_of(exc)
+    return reason_of(exc) + _tls_hint(exc, text, sentinel=sentinel, tls=tls)
+
+
+def _tls_hint(exc: BaseException, text: str, *, sentinel: bool, tls: bool) -> str:
+    if not tls and (isinstance(exc, ConnectionResetError) or "Connection reset by peer" in text):
+        return f" (is it a TLS port? then {'tls yes' if sentinel else 'rediss://'})"
+    if tls and isinstance(exc, TimeoutError):
+        return f" (is it a TLS port? if not, {'tls no' if sentinel else 'redis://'})"
+    return ""
 
 
 #: One Sentinel's client in redis-py's MasterNotFoundError text, and its error's prefix.
@@ -213,6 +223,7 @@ class RedisStore:
         clock: Callable[[], int] | None = None,
         log_fields: dict[str, object] | None = None,
         sentinels: str = "",
+        tls: bool = False,
     ) -> None:
         """`log_fields`: added to the outage lines (a worker's `pid`);
         `sentinels`: their addresses when the master is found through
@@ -235,7 +246,7 @@ class RedisStore:
             log,
             mode=mode,
             fields=log_fields,
-            describe=lambda exc: describe(exc, sentinel=bool(sentinels)),
+            describe=lambda exc: describe(exc, sentinel=bool(sentinels), tls=tls),
         )
         self._acquire = self._script(lua.ACQUIRE)
         self._release = self._script(lua.RELEASE)
