@@ -191,6 +191,30 @@ class Store:
             self.discard(record.id)
             raise
 
+    def write_and_commit(
+        self,
+        entry_id: str,
+        header: bytes,
+        body: Buffer,
+        cancel: threading.Event,
+        make_record: Callable[[str, FileSum, FileSum], Record],
+    ) -> Record:
+        """Steps 1 to 3 in one call, for a message's only delivery
+        (`QueueDelivery.body_and_commit`): one trip to a worker thread.
+
+        The same files and fsyncs as `write_entry` then `commit`: the
+        directory is synced before the rename too, so that no crash can
+        leave an `ID.meta` whose header or body is not on disk. `cancel`
+        set before the rename stops it (every file removed, then
+        `Cancelled`); after the rename the entry is live.
+        """
+        record = self.write_entry(entry_id, header, body, cancel, make_record)
+        if cancel.is_set():
+            self.discard(entry_id)
+            raise Cancelled
+        self.commit(entry_id)
+        return record
+
     def commit(self, entry_id: str) -> None:
         """Step 3, the commit point: the metadata gets its final name, durably."""
         meta = self.path(entry_id, META)

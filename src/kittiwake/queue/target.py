@@ -83,6 +83,8 @@ class QueueDelivery:
         self._rcpts: dict[str, None] = {}
         self._record: Record | None = None
         self._committed = False
+        #: body_and_commit: what its thread finishes is live, not prepared.
+        self._one_step = False
         self._cancel = threading.Event()
         self._future: concurrent.futures.Future[Any] | None = None
 
@@ -92,26 +94,39 @@ class QueueDelivery:
 
     async def body(self, header: Header, body: Buffer) -> None:
         """Write the entry (not yet live) and sync it; a storage error is 451/452."""
+        self._record = await self._write(header, body, self._queue.store.write_entry)
+
+    async def body_and_commit(self, header: Header, body: Buffer) -> None:
+        """`body` and `commit` in one trip to the queue's threads (the
+        message's only delivery, targets/base.py): the entry is live and
+        durable when this returns."""
+        self._one_step = True
+        record = await self._write(header, body, self._queue.store.write_and_commit)
+        if record is not None:
+            self._record = record
+            self._committed = True
+            self._queue.accepted(record)
+
+    async def _write(
+        self, header: Header, body: Buffer, write: Callable[..., Record]
+    ) -> Record | None:
+        """Run the store's `write` under a fresh entry ID (another on a clash)."""
         if self._record is not None:
             raise RuntimeError("body was already called for this delivery")
         if not self._rcpts:
-            return
-        store = self._queue.store
+            return None
         data = header.to_bytes()
         for _ in range(_ID_TRIES):
             entry_id = secrets.token_hex(8)
             try:
-                record = await self._in_thread(
-                    store.write_entry, entry_id, data, body, self._cancel, self._new_record
+                return await self._in_thread(
+                    write, entry_id, data, body, self._cancel, self._new_record
                 )
             except FileExistsError:
                 continue  # another entry has this ID: 64 random bits, but be sure
             except OSError as exc:
                 raise self._error(exc, "writing the entry") from exc
-            break
-        else:
-            raise SMTPError(451, (4, 3, 0), _REPLY_TEXT, reason="no free entry ID")
-        self._record = record
+        raise SMTPError(451, (4, 3, 0), _REPLY_TEXT, reason="no free entry ID")
 
     def _new_record(self, entry_id: str, header: FileSum, body: FileSum) -> Record:
         """The metadata of the new entry; runs on a worker thread (reads only)."""
@@ -155,7 +170,9 @@ class QueueDelivery:
 
         `body` may have been cancelled (a shutdown past its grace) while its
         thread went on writing: the thread is waited for, and an entry it
-        finished is removed too, though `body` never saw it.
+        finished is removed too, though `body` never saw it. An entry that
+        `body_and_commit`'s thread renamed into place is live instead: it
+        is handed to the queue and delivered.
         """
         if self._committed:
             return
@@ -171,6 +188,14 @@ class QueueDelivery:
         if self._record is None and _finished_well(future):
             assert future is not None
             written = future.result()
+            if isinstance(written, Record) and self._one_step:
+                # body_and_commit's thread renamed it into place after all:
+                # it is live, so it is delivered (the client's retry, if
+                # any, is a duplicate, never a loss).
+                self._record = written
+                self._committed = True
+                self._queue.accepted(written)
+                return
             if isinstance(written, Record):
                 self._record = written
         record, self._record = self._record, None

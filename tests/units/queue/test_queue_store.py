@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 
 import pytest
 
 from kittiwake.message.buffer import Buffer
-from kittiwake.queue.record import CorruptEntry, Rcpt, Record
+from kittiwake.queue import store as store_module
+from kittiwake.queue.record import CorruptEntry, FileSum, Rcpt, Record
 from kittiwake.queue.store import Cancelled, Store
 
 ID = "0123456789abcdef"
@@ -121,3 +123,45 @@ def test_load_refuses_a_short_body(tmp_path: Path) -> None:
     body.write_bytes(body.read_bytes()[:-1])
     with pytest.raises(CorruptEntry, match="body is 5999 bytes, 6000 recorded"):
         store.load(ID)
+
+
+def _record(entry_id: str, header: FileSum, body: FileSum) -> Record:
+    return Record(entry_id, "m1", "a@b.example", "a@b.example", [Rcpt("c@d.example")],
+                  header, body, arrival=1.0)  # fmt: skip
+
+
+def test_write_and_commit_makes_a_whole_live_entry(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "q"))
+    store.prepare()
+    body = _buffer(b"body\r\n" * 1000, tmp_path / "source" / "body")
+    record = store.write_and_commit(ID, b"Subject: x\r\n\r\n", body, threading.Event(), _record)
+    assert sorted(p.name for p in (tmp_path / "q").iterdir() if p.name != "lock") == [
+        f"{ID}.body",
+        f"{ID}.header",
+        f"{ID}.meta",
+    ]
+    assert store.scan().records == [record]
+
+
+def test_write_and_commit_removes_everything_when_the_last_fsync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename happened, its directory fsync did not: the entry may not be
+    on disk, so it is taken back whole and the caller gets the error."""
+    store = Store(str(tmp_path / "q"))
+    store.prepare()
+    real = store_module.sync_dir_shared
+    renamed: list[bool] = []
+
+    def failing(path: str) -> None:
+        if (tmp_path / "q" / f"{ID}.meta").exists():  # after the commit rename
+            renamed.append(True)
+            raise OSError(errno.EIO, "I/O error")
+        real(path)
+
+    monkeypatch.setattr(store_module, "sync_dir_shared", failing)
+    body = _buffer(b"body\r\n", tmp_path / "source" / "body")
+    with pytest.raises(OSError, match="I/O error"):
+        store.write_and_commit(ID, b"Subject: x\r\n\r\n", body, threading.Event(), _record)
+    assert renamed == [True]
+    assert [p.name for p in (tmp_path / "q").iterdir() if p.name != "lock"] == []
