@@ -104,6 +104,26 @@ async def ram(data: bytes) -> Buffer:
 HEAD = Header.parse(b"From: a@example.net\r\nSubject: hi\r\n")
 
 
+async def cancel_then_abort(
+    queue: QueueTarget, stalled: threading.Event, release: threading.Event
+) -> Any:
+    """Start body_and_commit, cancel it once its thread is `stalled`, then
+    abort; the abort must wait for the thread, which `release` lets go on."""
+    delivery = await queue.start_delivery(MsgMeta(id="m1"), "a@example.net")
+    await delivery.add_rcpt("user@example.org")
+    task = asyncio.create_task(delivery.body_and_commit(HEAD, await ram(b"body\r\n")))
+    assert await asyncio.to_thread(stalled.wait, WAIT)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    aborting = asyncio.create_task(delivery.abort())
+    await asyncio.sleep(0.05)
+    assert not aborting.done()  # it waits for the thread
+    release.set()
+    await aborting
+    return delivery
+
+
 async def test_one_step_makes_a_live_entry_that_is_delivered(
     queue: QueueTarget, tmp_path: Path
 ) -> None:
@@ -129,18 +149,7 @@ async def test_cancelled_while_writing_leaves_nothing(
         return real(self, *args)
 
     monkeypatch.setattr(store_module.Store, "write_message", stalling)
-    delivery = await queue.start_delivery(MsgMeta(id="m1"), "a@example.net")
-    await delivery.add_rcpt("user@example.org")
-    task = asyncio.create_task(delivery.body_and_commit(HEAD, await ram(b"body\r\n")))
-    assert await asyncio.to_thread(in_write.wait, WAIT)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    aborting = asyncio.create_task(delivery.abort())
-    await asyncio.sleep(0.05)
-    assert not aborting.done()  # it waits for the thread
-    release.set()
-    await aborting
+    await cancel_then_abort(queue, in_write, release)
     assert queue_files(tmp_path) == []
     assert delivered(tmp_path) == []
 
@@ -161,17 +170,7 @@ async def test_cancelled_after_the_rename_is_delivered_not_dropped(
         real(path)
 
     monkeypatch.setattr(store_module, "sync_dir_shared", stalling)
-    delivery = await queue.start_delivery(MsgMeta(id="m1"), "a@example.net")
-    await delivery.add_rcpt("user@example.org")
-    task = asyncio.create_task(delivery.body_and_commit(HEAD, await ram(b"body\r\n")))
-    assert await asyncio.to_thread(in_sync.wait, WAIT)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    aborting = asyncio.create_task(delivery.abort())
-    await asyncio.sleep(0.05)
-    release.set()
-    await aborting
+    delivery = await cancel_then_abort(queue, in_sync, release)
     await wait_delivered(tmp_path, 1)
     await delivery.abort()  # repeatable
     assert len(delivered(tmp_path)) == 1
