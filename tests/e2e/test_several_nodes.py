@@ -556,6 +556,34 @@ def test_a_reload_keeps_the_shared_counters_and_the_leases(
     assert " error " not in node.log.replace("error control:", ""), node.log
 
 
+def test_a_changed_rate_applies_at_the_reload_not_at_the_refill(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """docs/limits.md: a reload that raises a rate lets the difference through
+    at once, one that lowers it holds back at once; what was used this period
+    stays used (the bucket in Redis outlives the reload)."""
+    c = cluster(haproxy=False, edits=(("all rate 300 1m", "all rate 2 1h"),))
+    node = c.nodes[0]
+
+    def run(count: int) -> list[str]:
+        with Dialog(c.port, host=NODES[0], source="127.0.0.91") as d:
+            assert d.reply()[-1].startswith("220 ")
+            d.cmd("EHLO client.example")
+            return [transaction(d) for _ in range(count)]
+
+    def reload(old: str, new: str, times: int) -> None:
+        node.config_path.write_text(replace(node.config_path.read_text(), old, new))
+        node.send(signal.SIGUSR2)
+        node.wait_log("(?s:" + ".*".join(["reload: reloaded"] * times) + ")")
+
+    assert all(r.startswith("250 ") for r in run(2))
+    reload("all rate 2 1h", "all rate 5 1h", 1)
+    replies = run(4)  # 5 - the 2 used: three now, not in an hour
+    assert all(r.startswith("250 ") for r in replies[:3]) and replies[3] == HIGH_LOAD
+    reload("all rate 5 1h", "all rate 4 1h", 2)
+    assert run(1) == [HIGH_LOAD]  # all 5 used: none of 4 is left
+
+
 # -- config check -------------------------------------------------------------------------
 
 

@@ -158,6 +158,26 @@ async def test_refills_keep_their_beat(store: StateStore, clock: FakeClock) -> N
     assert refused == 0 and wait == pytest.approx(5.0, abs=0.002)
 
 
+async def test_a_changed_burst_applies_at_once(store: StateStore, clock: FakeClock) -> None:
+    """A reload raises or lowers a rate: what was used this period stays used,
+    and the rest of the bucket follows the new size without waiting for a refill."""
+    for _ in range(2):
+        assert (await take(store, Rate("r", "k", 2, 3600.0)))[0] == -1
+    assert (await take(store, Rate("r", "k", 2, 3600.0)))[0] == 0  # spent
+    raised = Rate("r", "k", 5, 3600.0)
+    for _ in range(3):  # 5 - the 2 used
+        assert (await take(store, raised))[0] == -1
+    assert (await take(store, raised))[0] == 0
+    clock.now += 3600.0  # the refill: the new size in full
+    for _ in range(5):
+        assert (await take(store, raised))[0] == -1
+    lowered = Rate("r", "k", 1, 3600.0)
+    clock.now += 3600.0
+    assert (await take(store, raised))[0] == -1  # one of five used
+    refused, wait, _ = await take(store, lowered)  # one of one used: none left
+    assert refused == 0 and wait == pytest.approx(3600.0, abs=0.002)
+
+
 async def test_buckets_are_per_counter_and_key(store: StateStore) -> None:
     assert (await take(store, Rate("r", "a", 1, 60.0)))[0] == -1
     assert (await take(store, Rate("r", "a", 1, 60.0)))[0] == 0

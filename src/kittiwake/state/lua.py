@@ -9,9 +9,11 @@ agrees on one clock, whatever their own say. Tests pass a fake clock.
 The arithmetic is that of the in-process store (kittiwake/state/memory.py),
 in whole milliseconds, so both behave alike (docs/state.md, "Key layout"):
 
-- a rate bucket is a hash `t` (tokens left), `r` (last refill-to-full);
-  refills come on a fixed beat from the bucket's creation; the key expires
-  after max(1 minute, period) unused, when it would be full again anyway;
+- a rate bucket is a hash `t` (tokens left), `r` (last refill-to-full),
+  `b` (the burst it was last asked with: a changed limit applies at once,
+  what was used this period staying used); refills come on a fixed beat
+  from the bucket's creation; the key expires after max(1 minute, period)
+  unused, when it would be full again anyway;
 - a concurrency counter is a sorted set of leases, scored by the time each
   expires. Expired leases (of a node that died) are dropped before
   counting; the holder renews its leases while it holds them; the key
@@ -64,19 +66,25 @@ for i = 1, #KEYS do
   local size = tonumber(ARGV[3 * i + 2])
   if kind == 'r' then
     local period = tonumber(ARGV[3 * i + 3])
-    local bucket = redis.call('HMGET', key, 't', 'r')
+    local bucket = redis.call('HMGET', key, 't', 'r', 'b')
     local tokens = tonumber(bucket[1])
     local refilled = tonumber(bucket[2])
+    local burst = tonumber(bucket[3]) or size
     if tokens == nil or refilled == nil then
       tokens, refilled = size, now
     elseif now - refilled >= period then
       refilled = refilled + math.floor((now - refilled) / period) * period
       tokens = size
+    elseif burst ~= size then
+      tokens = math.max(0, math.min(size, tokens + size - burst))
     end
     if tokens <= 0 then
+      if burst ~= size then
+        redis.call('HSET', key, 't', tokens, 'r', refilled, 'b', size)
+      end
       return {i - 1, math.max(refilled + period - now, 1)}
     end
-    redis.call('HSET', key, 't', tokens - 1, 'r', refilled)
+    redis.call('HSET', key, 't', tokens - 1, 'r', refilled, 'b', size)
     redis.call('PEXPIRE', key, math.max(idle, period))
   else
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)

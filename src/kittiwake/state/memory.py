@@ -51,6 +51,7 @@ class _Bucket:
     tokens: int
     refilled: float  # the last refill-to-full time; refills follow every period
     used: float  # last access, for idle expiry
+    burst: int  # the size it was last asked with (a reload may change it)
 
 
 @dataclass(slots=True)
@@ -137,7 +138,7 @@ class MemoryStore:
             if len(table) >= self.max_keys:
                 table.popitem(last=False)
                 self.evicted += 1
-            bucket = table[key] = _Bucket(burst, now, now)
+            bucket = table[key] = _Bucket(burst, now, now, burst)
         else:
             table.move_to_end(key)
             elapsed = now - bucket.refilled
@@ -146,6 +147,11 @@ class MemoryStore:
                 # like a ticker: skip the beats nobody was there to see.
                 bucket.refilled += (elapsed // period) * period
                 bucket.tokens = burst
+            elif bucket.burst != burst:
+                # The limit was changed (a reload): what was used this period
+                # stays used, the rest follows the new size at once.
+                bucket.tokens = max(0, min(burst, bucket.tokens + burst - bucket.burst))
+            bucket.burst = burst
             bucket.used = now
         if bucket.tokens > 0:
             bucket.tokens -= 1
