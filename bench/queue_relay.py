@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from checks import dns_zone  # noqa: E402
-from smtp_load import Profiler, smtp_source, summarize_profile  # noqa: E402
+from smtp_load import Profiler, create_cost, smtp_source, summarize_profile  # noqa: E402
 from smtp_servers import (  # noqa: E402
     HOSTNAME,
     KITTIWAKE_READY,
@@ -296,6 +296,10 @@ class Result:
     cpu_ms_per_message: float
     load_before: float
     load_after: float
+    #: CPU µs per file created in the server's directory just before: on ext4
+    #: without a journal, the queue's own deletions of earlier runs raise it
+    #: (docs/bench.md, "Deleted files slow the next run").
+    create_us: float = 0.0
 
     @property
     def accepted_rate(self) -> float:
@@ -311,13 +315,14 @@ def load_average() -> float:
         return float(f.read().split()[0])
 
 
-def measure(server: Server, sink: Sink, args: argparse.Namespace) -> Result:
+def measure(server: Server, sink: Sink, args: argparse.Namespace, work: Path) -> Result:
     """Warm up, wait until relayed, then the measured N messages."""
     baseline = args.warm_up  # the sink is fresh for each measurement
     if baseline:
         smtp_source(server.port, min(args.sessions, 10), baseline, args.size, args.keep)
         sink.wait_for(baseline)
     os.sync()  # the warm-up's writes are not flushed on the measurement's time
+    create = create_cost(work) * 1e6
     load_before = load_average()
     cpu_before = server.cpu()
     start = time.perf_counter()
@@ -333,6 +338,7 @@ def measure(server: Server, sink: Sink, args: argparse.Namespace) -> Result:
         1000 * cpu / args.messages,
         load_before,
         load_average(),
+        create,
     )
 
 
@@ -351,12 +357,12 @@ def run_one(name: str, root: Path, args: argparse.Namespace) -> Result:
     try:
         with _start(name, work, sink.port) as server:
             if args.profile is None or server.pid is None:
-                return measure(server, sink, args)
+                return measure(server, sink, args, work)
             args.profile.mkdir(parents=True, exist_ok=True)
             out = args.profile / f"{name}-{len(os.listdir(args.profile))}.txt"
             profiler = Profiler(server.pid, out)
             try:
-                return measure(server, sink, args)
+                return measure(server, sink, args, work)
             finally:
                 profiler.stop()
                 print(summarize_profile(out), flush=True)
@@ -454,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(result)
                 print(
                     f"{name:>9}: accepted {result.accepted_rate:6.0f}/s, relayed "
-                    f"{result.relayed_rate:6.0f}/s, {result.cpu_ms_per_message:.2f} ms CPU/msg",
+                    f"{result.relayed_rate:6.0f}/s, {result.cpu_ms_per_message:.2f} ms CPU/msg, "
+                    f"file creation {result.create_us:.0f} µs",
                     flush=True,
                 )
     print(report(results, args, idle))
