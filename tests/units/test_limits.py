@@ -228,6 +228,28 @@ async def test_buckets_are_per_key_and_per_rule() -> None:
     assert store.take_token("q", "a", 1, 1.0) == 0.0
 
 
+async def test_counters_nobody_uses_any_more_are_dropped() -> None:
+    """A reload renamed or removed a rule: its counter is never asked again.
+    Its entries still expire (at most a minute late) and the counter goes,
+    or the supervisor's host store would keep them for the server's life."""
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    for key in ("a", "b"):
+        store.take_token("limits/old/ip.rate.0", key, 1, 1.0)
+    store.add_failure("auth/old/ip", "192.0.2.1", b"guess", window=10.0, limit=5, lockout=60.0)
+    store.remember_key("auth/old/known", "192.0.2.1 user", 30.0)
+    assert store.take_slot("limits/old/ip.concurrency.0", "k", 1)
+    store.give_slot("limits/old/ip.concurrency.0", "k")
+    store.take_token("limits/long/all.rate.0", "", 1, 300.0)  # its period outlives a minute
+    clock.now += 61
+    store.take_token("limits/new/ip.rate.0", "a", 1, 1.0)  # any use sweeps
+    assert store.counters() == ["limits/long/all.rate.0", "limits/new/ip.rate.0"]
+    assert store.key_count() == 2
+    clock.now += 300
+    store.take_token("limits/new/ip.rate.0", "a", 1, 1.0)
+    assert store.counters() == ["limits/new/ip.rate.0"]
+
+
 async def test_idle_buckets_expire_after_a_minute() -> None:
     clock = FakeClock()
     store = MemoryStore(clock=clock)

@@ -87,8 +87,11 @@ class MemoryStore:
         self._slots: dict[str, dict[str, int]] = {}
         self._failures: dict[str, OrderedDict[str, _Failures]] = {}
         self._known: dict[str, OrderedDict[str, float]] = {}
+        #: Per counter: how long its buckets live unused (max(idle_ttl, period)).
+        self._bucket_ttl: dict[str, float] = {}
         #: Entries forgotten because a counter reached `max_keys` (logs, tests).
         self.evicted = 0
+        self._next_sweep = clock() + idle_ttl
 
     # -- the interface ---------------------------------------------------------
 
@@ -129,10 +132,15 @@ class MemoryStore:
     def take_token(self, counter: str, key: str, burst: int, period: float) -> float:
         """0.0 when a token was taken, else the seconds until the next refill."""
         now = self.clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
         table = self._buckets.get(counter)
         if table is None:
             table = self._buckets[counter] = OrderedDict()
-        self._expire_buckets(table, now, max(self.idle_ttl, period))
+        ttl = max(self.idle_ttl, period)
+        if self._bucket_ttl.get(counter) != ttl:
+            self._bucket_ttl[counter] = ttl
+        self._expire_buckets(table, now, ttl)
         bucket = table.get(key)
         if bucket is None:
             if len(table) >= self.max_keys:
@@ -205,6 +213,8 @@ class MemoryStore:
     ) -> int:
         """Count one failure (see `StateStore.count_failure`); its count."""
         now = self.clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
         table = self._failures.setdefault(counter, OrderedDict())
         self._expire_failures(table, now)
         entry = table.get(key)
@@ -245,15 +255,55 @@ class MemoryStore:
 
     def remember_key(self, counter: str, key: str, ttl: float) -> None:
         now = self.clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
         known = self._known.setdefault(counter, OrderedDict())
-        while known and next(iter(known.values())) <= now:
-            known.popitem(last=False)
+        self._expire_known(known, now)
         if key in known:
             known.move_to_end(key)
         elif len(known) >= self.max_keys:
             known.popitem(last=False)
             self.evicted += 1
         known[key] = now + ttl
+
+    @staticmethod
+    def _expire_known(known: OrderedDict[str, float], now: float) -> None:
+        while known and next(iter(known.values())) <= now:
+            known.popitem(last=False)
+
+    # -- counters nobody asks for any more ------------------------------------------
+
+    def _sweep(self, now: float) -> None:
+        """Expire every counter's entries, and drop the counters left empty.
+
+        Each counter expires its own entries when it is used; one that a
+        reload renamed or removed is never used again, so without this its
+        last entries (up to `max_keys`) would stay for the life of the
+        process, in the supervisor's host store for the life of the server.
+        Runs at most once per `idle_ttl`.
+        """
+        self._next_sweep = now + self.idle_ttl
+        for counter, buckets in list(self._buckets.items()):
+            self._expire_buckets(buckets, now, self._bucket_ttl.get(counter, self.idle_ttl))
+            if not buckets:
+                del self._buckets[counter]
+                self._bucket_ttl.pop(counter, None)
+        for counter, failures in list(self._failures.items()):
+            self._expire_failures(failures, now)
+            if not failures:
+                del self._failures[counter]
+        for counter, known in list(self._known.items()):
+            self._expire_known(known, now)
+            if not known:
+                del self._known[counter]
+        for counter, slots in list(self._slots.items()):
+            if not slots:
+                del self._slots[counter]
+
+    def counters(self) -> list[str]:
+        """The names of the counters it keeps a table for (statistics, tests)."""
+        groups = (self._buckets, self._slots, self._failures, self._known)
+        return sorted({name for group in groups for name in group})
 
     def is_known(self, counter: str, key: str) -> bool:
         table = self._known.get(counter)
