@@ -166,6 +166,7 @@ def test_the_master_and_the_sentinels_each_get_their_own_login(
     line = refused_outage(tmp_path / "wrong", site, login)
     # Which Sentinel refused, in a line of its own words (not redis-py's internals).
     assert f"Sentinel 127.0.0.1:{site.sentinel.port}: AuthenticationError" in line, line
+    assert '(the login to a Sentinel failed: check sentinel_password)"' in line, line
     assert "redis.asyncio" not in line and len(line) < 400, line
     assert site.master.command(b"DBSIZE") == b":1"  # counted nothing more
 

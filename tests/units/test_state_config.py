@@ -117,6 +117,17 @@ BAD = {
     ),
     "port": (["endpoint redis://h:63x9/0"], 2, "endpoint: redis://h:63x9/0: invalid port"),
     "no host": (["endpoint redis:///0"], 2, "endpoint: redis:///0: a host is required"),
+    "unencoded password": (
+        ['endpoint "redis://:Pa#ss/Word@127.0.0.1:6379/0"'],
+        2,
+        "endpoint: redis://:***@127.0.0.1:6379/0: a password with / ? # or @ in it "
+        "must be percent-encoded (%2F %3F %23 %40)",
+    ),
+    "relative unix path": (
+        ["endpoint unix://rel.sock?password=pw"],
+        2,
+        "endpoint: unix://rel.sock?password=***: a unix:// endpoint needs an absolute path",
+    ),
     "database": (
         ["endpoint redis://10.0.0.5/zero"],
         2,

@@ -173,9 +173,15 @@ async def test_a_changed_burst_applies_at_once(store: StateStore, clock: FakeClo
         assert (await take(store, raised))[0] == -1
     lowered = Rate("r", "k", 1, 3600.0)
     clock.now += 3600.0
-    assert (await take(store, raised))[0] == -1  # one of five used
-    refused, wait, _ = await take(store, lowered)  # one of one used: none left
+    for _ in range(2):  # two of five used
+        assert (await take(store, raised))[0] == -1
+    refused, wait, _ = await take(store, lowered)  # two used, one allowed: none left
     assert refused == 0 and wait == pytest.approx(3600.0, abs=0.002)
+    # Back up to five: the two are still used, and the one over the lowered
+    # size is not given back.
+    for _ in range(3):
+        assert (await take(store, raised))[0] == -1
+    assert (await take(store, raised))[0] == 0
 
 
 async def test_buckets_are_per_counter_and_key(store: StateStore) -> None:

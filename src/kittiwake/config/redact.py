@@ -22,22 +22,41 @@ HIDDEN = "***"
 
 
 def url(text: str) -> str:
-    """`text` with the password of its `user:password@` part hidden, if it has one."""
+    """`text` with its passwords hidden: the one in `user:password@`, and
+    `password=` (or `pass=`, `pwd=`) in the query string.
+
+    A password with an unencoded `/`, `?`, `#` or `@` in it is not a
+    well-formed URL, but it is still somebody's password: then everything
+    between `://` and the last `@` after the user name is hidden.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
     try:
         parts = urlsplit(text)
-        password = parts.password
-    except ValueError:  # not a URL at all: nothing recognisable to hide
-        return text
-    if password is None:
-        return text
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{user}:{HIDDEN}@{host}").geturl()
+        well_formed = parts.password is not None and "@" in parts.netloc
+    except ValueError:
+        well_formed = False
+    if well_formed:
+        host = parts.netloc.rsplit("@", 1)[1]
+        rest = parts._replace(netloc=f"{parts.username or ''}:{HIDDEN}@{host}").geturl()
+        rest = rest.partition("://")[2]
+    elif "@" in rest:
+        userinfo, _, after = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if colon and "/" not in user:
+            rest = f"{user}:{HIDDEN}@{after}"
+    return scheme + sep + _QUERY_PASSWORD.sub(lambda m: m[1] + HIDDEN, rest)
+
+
+#: A password among a URL's query parameters (redis-py takes `?password=`).
+_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|pass|pwd)=)[^&#]*")
 
 
 #: `password=VALUE` in a key/value DSN (PostgreSQL's conninfo allows spaces
-#: around `=` and a quoted value).
-_DSN_PASSWORD = re.compile(r"(?i)\b(password|pass|pwd)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+#: around `=` and a quoted value), or among a file URI's options, which `&`
+#: or `;` end.
+_DSN_PASSWORD = re.compile(r"(?i)\b(password|pass|pwd)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&;]+)")
 
 
 def dsn_argument(arg: str) -> str:

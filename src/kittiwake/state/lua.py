@@ -11,7 +11,8 @@ in whole milliseconds, so both behave alike (docs/state.md, "Key layout"):
 
 - a rate bucket is a hash `t` (tokens left), `r` (last refill-to-full),
   `b` (the burst it was last asked with: a changed limit applies at once,
-  what was used this period staying used); refills come on a fixed beat
+  what was used this period staying used, `t` below zero if that is more
+  than the new size); refills come on a fixed beat
   from the bucket's creation; the key expires after max(1 minute, period)
   unused, when it would be full again anyway;
 - a concurrency counter is a sorted set of leases, scored by the time each
@@ -76,7 +77,7 @@ for i = 1, #KEYS do
       refilled = refilled + math.floor((now - refilled) / period) * period
       tokens = size
     elseif burst ~= size then
-      tokens = math.max(0, math.min(size, tokens + size - burst))
+      tokens = tokens + size - burst
     end
     if tokens <= 0 then
       if burst ~= size then

@@ -157,8 +157,10 @@ class MemoryStore:
                 bucket.tokens = burst
             elif bucket.burst != burst:
                 # The limit was changed (a reload): what was used this period
-                # stays used, the rest follows the new size at once.
-                bucket.tokens = max(0, min(burst, bucket.tokens + burst - bucket.burst))
+                # stays used, the rest follows the new size at once. Below
+                # zero when more was used than the new size allows, so that
+                # raising it again gives back no token already spent.
+                bucket.tokens += burst - bucket.burst
             bucket.burst = burst
             bucket.used = now
         if bucket.tokens > 0:

@@ -302,8 +302,15 @@ def parse_endpoint(node: Node) -> str:
         raise ValueError(f"{redact.url(url)}: the scheme must be redis://, rediss:// or unix://")
     if parts.scheme == "unix":
         if not parts.path.startswith("/"):
-            raise ValueError(f"{url}: a unix:// endpoint needs an absolute path")
+            raise ValueError(f"{redact.url(url)}: a unix:// endpoint needs an absolute path")
         return url
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        # The '@' ended up in the path, query or fragment: the password
+        # holds a character that ends the address part of a URL.
+        raise ValueError(
+            f"{redact.url(url)}: a password with / ? # or @ in it must be "
+            "percent-encoded (%2F %3F %23 %40)"
+        )
     try:
         port = parts.port
     except ValueError:

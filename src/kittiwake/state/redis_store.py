@@ -177,13 +177,16 @@ def describe(exc: BaseException, *, sentinel: bool, tls: bool = False) -> str:
     When no Sentinel named a master, redis-py's text holds the whole repr of
     each Sentinel's client; each is cut down to `Sentinel HOST:PORT`. A
     refused login says whose password it is about. The usual signs of TLS on
-    one side only get a hint: a TLS port resets a connection that starts in
-    plain text, and a plain port never answers a TLS handshake.
+    one side only get a hint, phrased as the question it is: a TLS port
+    resets a connection that starts in plain text, and a plain port never
+    answers a TLS handshake (other servers may do either for other reasons).
     """
     text = str(exc)
     name = type(exc).__name__
     if isinstance(exc, MasterNotFoundError):
         text = _SENTINEL_REPR.sub(r"Sentinel \1:\2: ", text)
+        if "AuthenticationError" in text or "NOAUTH" in text:
+            return f"{name}: {text} (the login to a Sentinel failed: check sentinel_password)"
         return f"{name}: {text}{_tls_hint(exc, text, sentinel=sentinel, tls=tls)}"
     if isinstance(exc, AuthenticationError) or "NOAUTH" in text or "HELLO must be called" in text:
         whose = "password" if sentinel else "the password in the endpoint URL"
