@@ -216,6 +216,45 @@ def test_passwords_are_hidden_unless_asked_for(tmp_path: Path) -> None:
     assert show(again, "--show-secrets") == everything
 
 
+def test_password_hashes_in_a_static_table_are_hidden(tmp_path: Path) -> None:
+    """A `table.static` that `auth.pass_table` reads holds password hashes:
+    an offline guesser needs nothing more, so they are hidden like passwords,
+    referenced or inline."""
+    conf = tmp_path / "kittiwake.conf"
+    conf.write_text(
+        f"""state_dir {tmp_path}/state
+hostname mx.example.org
+tls off
+
+table.static users {{
+    entry alice bcrypt:$2b$10$abcdefghijklmnopqrstuv
+}}
+
+auth.pass_table local_authdb {{
+    table &users
+}}
+
+submission tcp://127.0.0.1:2587 {{
+    auth &local_authdb
+    deliver_to dummy
+}}
+
+submission tcp://127.0.0.1:2588 {{
+    auth pass_table static {{
+        entry bob bcrypt:$2b$10$zyxwvutsrqponmlkjihgfe
+    }}
+    deliver_to dummy
+}}
+""",
+        encoding="utf-8",
+    )
+    shown = show(conf)
+    assert "bcrypt:" not in shown
+    assert "    entry alice ***" in shown.splitlines()
+    assert "        entry bob ***" in shown.splitlines()
+    assert show(conf, "--show-secrets").count("bcrypt:$2b$10$") == 2
+
+
 def test_show_reports_config_errors_like_check(tmp_path: Path) -> None:
     conf = tmp_path / "bad.conf"
     conf.write_text("state_dir x\nsmtpd tcp://127.0.0.1:0 {\n}\n", encoding="utf-8")

@@ -21,7 +21,10 @@ class StaticTable(Module):
                 f"{self.module_name} takes no arguments: list the entries in its block"
             )
         self._entries: dict[str, list[str]] = {}
-        for node in cfg.all("entry"):
+        #: The `entry` lines, so a user of the table may mark their values as
+        #: secret (`auth.pass_table`: password hashes, docs/cli.md).
+        self.entry_nodes = cfg.all("entry")
+        for node in self.entry_nodes:
             if node.children is not None:
                 raise node.error("entry: unexpected block")
             if len(node.args) < 2:
