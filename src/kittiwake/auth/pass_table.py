@@ -33,7 +33,6 @@ from kittiwake.address import NormalizationError, precis_casefold
 from kittiwake.auth import hashing
 from kittiwake.auth.base import InvalidCredentials, TemporaryAuthFailure
 from kittiwake.config.directives import Directives
-from kittiwake.config.redact import HIDDEN
 from kittiwake.errors import KittiwakeError
 from kittiwake.module import Module, register
 from kittiwake.tables.base import MutableTable, Table
@@ -65,10 +64,9 @@ class PassTable(Module):
         self._cost_class = hashing.DEFAULT_COST_CLASS
         self._dummies: dict[str, str] = {}
         if isinstance(self.table, StaticTable):
-            # Password hashes written in the configuration: `config show`
-            # hides them like passwords (an offline guesser needs no more).
-            for node in self.table.entry_nodes:
-                self.container.note_secret(node, [node.args[0], *(HIDDEN for _ in node.args[1:])])
+            # Password hashes written in the configuration: hidden like
+            # passwords (an offline guesser needs no more).
+            self.table.hide_values()
 
     # -- authentication ---------------------------------------------------------------
 

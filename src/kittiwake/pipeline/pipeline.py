@@ -464,13 +464,9 @@ class MessageDelivery:
         for mods in self._block_mods.values():
             await mods.rewrite_body(header, body)
 
-    async def body(self, header: Header, body: Buffer) -> None:
-        """All-or-nothing body stage (SMTP, submission); then call `commit`.
-
-        `header` is not modified: the pipeline adds its fields to a copy
-        that every target of this message receives. On failure every
-        started delivery is aborted before the error is raised.
-        """
+    async def _final_header(self, header: Header, body: Buffer) -> Header:
+        """The body stage up to the targets (`_prepare`), on a copy of `header`;
+        after a failure every started delivery is aborted."""
         self._begin_body()
         header = Header(list(header.fields))
         try:
@@ -479,6 +475,16 @@ class MessageDelivery:
             self._note_failure("message rejected", exc)
             await self._fail()
             raise
+        return header
+
+    async def body(self, header: Header, body: Buffer) -> None:
+        """All-or-nothing body stage (SMTP, submission); then call `commit`.
+
+        `header` is not modified: the pipeline adds its fields to a copy
+        that every target of this message receives. On failure every
+        started delivery is aborted before the error is raised.
+        """
+        header = await self._final_header(header, body)
         for started in self._started:
             try:
                 await started.delivery.body(header, body)
@@ -500,14 +506,7 @@ class MessageDelivery:
             await self.body(header, body)
             await self.commit()
             return
-        self._begin_body()
-        header = Header(list(header.fields))
-        try:
-            await self._prepare(header, body)
-        except BaseException as exc:
-            self._note_failure("message rejected", exc)
-            await self._fail()
-            raise
+        header = await self._final_header(header, body)
         await self._close_states()
         await self._end_one(started, started.delivery.body_and_commit(header, body), "delivery")
         self._state = DeliveryState.DONE

@@ -165,15 +165,25 @@ class Store:
         body: Buffer,
         cancel: threading.Event,
         make_record: Callable[[str, FileSum, FileSum], Record],
+        *,
+        commit: bool = False,
     ) -> Record:
         """Steps 1 and 2 in one call: one trip to a worker thread per message, not two.
 
         `make_record(entry_id, header_sum, body_sum)` builds the metadata
         once the sums are known. Every file is removed on any failure.
+        With `commit`, step 3 too (`QueueDelivery.body_and_commit`): the
+        entry is live when this returns, unless `cancel` was set before
+        the rename (every file removed, then `Cancelled`).
         """
         sums = self.write_message(entry_id, header, body, cancel)
         record = make_record(entry_id, *sums)
         self.prepare_meta(record)
+        if commit:
+            if cancel.is_set():
+                self.discard(entry_id)
+                raise Cancelled
+            self.commit(entry_id)
         return record
 
     def prepare_meta(self, record: Record) -> None:
@@ -190,30 +200,6 @@ class Store:
         except BaseException:
             self.discard(record.id)
             raise
-
-    def write_and_commit(
-        self,
-        entry_id: str,
-        header: bytes,
-        body: Buffer,
-        cancel: threading.Event,
-        make_record: Callable[[str, FileSum, FileSum], Record],
-    ) -> Record:
-        """Steps 1 to 3 in one call, for a message's only delivery
-        (`QueueDelivery.body_and_commit`): one trip to a worker thread.
-
-        The same files and fsyncs as `write_entry` then `commit`: the
-        directory is synced before the rename too, so that no crash can
-        leave an `ID.meta` whose header or body is not on disk. `cancel`
-        set before the rename stops it (every file removed, then
-        `Cancelled`); after the rename the entry is live.
-        """
-        record = self.write_entry(entry_id, header, body, cancel, make_record)
-        if cancel.is_set():
-            self.discard(entry_id)
-            raise Cancelled
-        self.commit(entry_id)
-        return record
 
     def commit(self, entry_id: str) -> None:
         """Step 3, the commit point: the metadata gets its final name, durably."""

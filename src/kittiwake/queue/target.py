@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 import secrets
 import threading
@@ -94,23 +95,22 @@ class QueueDelivery:
 
     async def body(self, header: Header, body: Buffer) -> None:
         """Write the entry (not yet live) and sync it; a storage error is 451/452."""
-        self._record = await self._write(header, body, self._queue.store.write_entry)
+        self._record = await self._write(header, body, commit=False)
 
     async def body_and_commit(self, header: Header, body: Buffer) -> None:
         """`body` and `commit` in one trip to the queue's threads (the
         message's only delivery, targets/base.py): the entry is live and
         durable when this returns."""
         self._one_step = True
-        record = await self._write(header, body, self._queue.store.write_and_commit)
+        record = await self._write(header, body, commit=True)
         if record is not None:
             self._record = record
             self._committed = True
             self._queue.accepted(record)
 
-    async def _write(
-        self, header: Header, body: Buffer, write: Callable[..., Record]
-    ) -> Record | None:
-        """Run the store's `write` under a fresh entry ID (another on a clash)."""
+    async def _write(self, header: Header, body: Buffer, *, commit: bool) -> Record | None:
+        """Write the entry (`commit`: and make it live) under a fresh entry ID,
+        another on a clash."""
         if self._record is not None:
             raise RuntimeError("body was already called for this delivery")
         if not self._rcpts:
@@ -120,7 +120,12 @@ class QueueDelivery:
             entry_id = secrets.token_hex(8)
             try:
                 return await self._in_thread(
-                    write, entry_id, data, body, self._cancel, self._new_record
+                    functools.partial(self._queue.store.write_entry, commit=commit),
+                    entry_id,
+                    data,
+                    body,
+                    self._cancel,
+                    self._new_record,
                 )
             except FileExistsError:
                 continue  # another entry has this ID: 64 random bits, but be sure
@@ -188,16 +193,15 @@ class QueueDelivery:
         if self._record is None and _finished_well(future):
             assert future is not None
             written = future.result()
-            if isinstance(written, Record) and self._one_step:
-                # body_and_commit's thread renamed it into place after all:
-                # it is live, so it is delivered (the client's retry, if
-                # any, is a duplicate, never a loss).
-                self._record = written
-                self._committed = True
-                self._queue.accepted(written)
-                return
             if isinstance(written, Record):
                 self._record = written
+                if self._one_step:
+                    # body_and_commit's thread renamed it into place after
+                    # all: it is live, so it is delivered (the client's
+                    # retry, if any, is a duplicate, never a loss).
+                    self._committed = True
+                    self._queue.accepted(written)
+                    return
         record, self._record = self._record, None
         if record is not None:
             await self._queue.run(self._queue.store.discard, record.id)

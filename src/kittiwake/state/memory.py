@@ -46,6 +46,13 @@ GUESS_SIZE = 8
 _MIN_WAIT = 0.001
 
 
+class _Buckets(OrderedDict[str, "_Bucket"]):
+    """One counter's buckets, least recently used first."""
+
+    #: How long a bucket lives unused: max(idle_ttl, the rule's period).
+    ttl: float = 0.0
+
+
 @dataclass(slots=True)
 class _Bucket:
     tokens: int
@@ -83,12 +90,10 @@ class MemoryStore:
         self.idle_ttl = idle_ttl
         self.max_keys = max_keys
         # Per counter; least recently used first.
-        self._buckets: dict[str, OrderedDict[str, _Bucket]] = {}
+        self._buckets: dict[str, _Buckets] = {}
         self._slots: dict[str, dict[str, int]] = {}
         self._failures: dict[str, OrderedDict[str, _Failures]] = {}
         self._known: dict[str, OrderedDict[str, float]] = {}
-        #: Per counter: how long its buckets live unused (max(idle_ttl, period)).
-        self._bucket_ttl: dict[str, float] = {}
         #: Entries forgotten because a counter reached `max_keys` (logs, tests).
         self.evicted = 0
         self._next_sweep = clock() + idle_ttl
@@ -136,11 +141,9 @@ class MemoryStore:
             self._sweep(now)
         table = self._buckets.get(counter)
         if table is None:
-            table = self._buckets[counter] = OrderedDict()
-        ttl = max(self.idle_ttl, period)
-        if self._bucket_ttl.get(counter) != ttl:
-            self._bucket_ttl[counter] = ttl
-        self._expire_buckets(table, now, ttl)
+            table = self._buckets[counter] = _Buckets()
+        table.ttl = max(self.idle_ttl, period)
+        self._expire_buckets(table, now)
         bucket = table.get(key)
         if bucket is None:
             if len(table) >= self.max_keys:
@@ -169,13 +172,13 @@ class MemoryStore:
         return max(bucket.refilled + period - now, _MIN_WAIT)
 
     @staticmethod
-    def _expire_buckets(table: OrderedDict[str, _Bucket], now: float, ttl: float) -> None:
+    def _expire_buckets(table: _Buckets, now: float) -> None:
         # Idle for at least one period means full again: dropping it changes
         # nothing a client can observe. Oldest first, so stop at the first
         # bucket still in use.
         while table:
             oldest = next(iter(table.values()))
-            if now - oldest.used < ttl:
+            if now - oldest.used < table.ttl:
                 return
             table.popitem(last=False)
 
@@ -286,10 +289,9 @@ class MemoryStore:
         """
         self._next_sweep = now + self.idle_ttl
         for counter, buckets in list(self._buckets.items()):
-            self._expire_buckets(buckets, now, self._bucket_ttl.get(counter, self.idle_ttl))
+            self._expire_buckets(buckets, now)
             if not buckets:
                 del self._buckets[counter]
-                self._bucket_ttl.pop(counter, None)
         for counter, failures in list(self._failures.items()):
             self._expire_failures(failures, now)
             if not failures:

@@ -254,6 +254,8 @@ class _Job:
                     self._write(live, b"".join(pending), first)
             for f in live:
                 self._guard(f, self._finish, f, conv)
+            if self.cancel.is_set():  # abort() came during the last write or fsync
+                raise _Cancelled
         except BaseException:
             for f in self.files:
                 self._discard(f)
@@ -387,15 +389,11 @@ def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
 def write_and_publish(job: _Job, host: str, sync: bool) -> dict[int, OSError]:
     """`job.run()` then `_commit` in one thread trip (`body_and_commit`).
 
-    An abort that came while the files were written keeps them out of
-    `new/`: the job stops at its next chunk, or here before publishing.
-    `job.created` is emptied once the tmp/ names are gone, as `commit` does.
+    An abort that came while the files were written or synced keeps them
+    out of `new/`: `run` then removes them and raises. `job.created` is
+    emptied once the tmp/ names are gone, as `commit` does.
     """
     job.run()
-    if job.cancel.is_set():
-        for f in job.files:
-            job._discard(f)
-        raise _Cancelled
     try:
         return _commit(job.files, host, sync)
     finally:

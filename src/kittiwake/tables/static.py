@@ -8,6 +8,7 @@ as maddy does, so a later line can override an earlier snippet.
 from __future__ import annotations
 
 from kittiwake.config.directives import Directives
+from kittiwake.config.redact import HIDDEN
 from kittiwake.module import Module, register
 
 
@@ -21,10 +22,8 @@ class StaticTable(Module):
                 f"{self.module_name} takes no arguments: list the entries in its block"
             )
         self._entries: dict[str, list[str]] = {}
-        #: The `entry` lines, so a user of the table may mark their values as
-        #: secret (`auth.pass_table`: password hashes, docs/cli.md).
-        self.entry_nodes = cfg.all("entry")
-        for node in self.entry_nodes:
+        self._entry_nodes = cfg.all("entry")
+        for node in self._entry_nodes:
             if node.children is not None:
                 raise node.error("entry: unexpected block")
             if len(node.args) < 2:
@@ -32,6 +31,12 @@ class StaticTable(Module):
             # Last wins: a repeated key replaces, it does not accumulate.
             self._entries[node.args[0]] = list(node.args[1:])
         cfg.finish()
+
+    def hide_values(self) -> None:
+        """The values are secrets (`auth.pass_table`: password hashes):
+        `config show` prints them as `***` (docs/cli.md)."""
+        for node in self._entry_nodes:
+            self.container.note_secret(node, [node.args[0], *(HIDDEN for _ in node.args[1:])])
 
     async def lookup(self, key: str) -> str | None:
         values = self._entries.get(key)

@@ -46,21 +46,27 @@ class PartialDelivery(Delivery, Protocol):
     ) -> None: ...
 
 
-_partial_classes: dict[type, bool] = {}
+#: Whether a class conforms to a runtime protocol, by (class, protocol).
+_conforms: dict[tuple[type, type], bool] = {}
+
+
+def _remembered(delivery: Delivery, protocol: type) -> bool:
+    """`isinstance(delivery, protocol)`, remembered per class.
+
+    A runtime protocol check looks up every member of the protocol on each
+    call (Python 3.11): a measurable cost once per message on the delivery
+    path. A class's answer never changes.
+    """
+    key = (type(delivery), protocol)
+    known = _conforms.get(key)
+    if known is None:
+        known = _conforms[key] = isinstance(delivery, protocol)
+    return known
 
 
 def is_partial(delivery: Delivery) -> TypeGuard[PartialDelivery]:
-    """`isinstance(delivery, PartialDelivery)`, remembered per class.
-
-    A runtime protocol check looks up every member of the protocol on each
-    call (Python 3.11): a measurable cost once per message on the queue's
-    delivery path. A class's answer never changes.
-    """
-    kind = type(delivery)
-    known = _partial_classes.get(kind)
-    if known is None:
-        known = _partial_classes[kind] = isinstance(delivery, PartialDelivery)
-    return known
+    """Whether `delivery` reports per recipient (`body_non_atomic`)."""
+    return _remembered(delivery, PartialDelivery)
 
 
 @runtime_checkable
@@ -70,16 +76,9 @@ class OneStepDelivery(Delivery, Protocol):
         ...
 
 
-_one_step_classes: dict[type, bool] = {}
-
-
 def is_one_step(delivery: Delivery) -> TypeGuard[OneStepDelivery]:
-    """`isinstance(delivery, OneStepDelivery)`, remembered per class (see `is_partial`)."""
-    kind = type(delivery)
-    known = _one_step_classes.get(kind)
-    if known is None:
-        known = _one_step_classes[kind] = isinstance(delivery, OneStepDelivery)
-    return known
+    """Whether `delivery` takes body and commit at once (`body_and_commit`)."""
+    return _remembered(delivery, OneStepDelivery)
 
 
 @capability("delivery target")

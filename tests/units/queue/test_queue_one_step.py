@@ -104,6 +104,19 @@ async def ram(data: bytes) -> Buffer:
 HEAD = Header.parse(b"From: a@example.net\r\nSubject: hi\r\n")
 
 
+def count_trips(delivery: Any, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The functions `delivery` sends to its threads from now on."""
+    trips: list[object] = []
+    real = delivery._in_thread
+
+    async def counting(fn: Any, *args: Any) -> Any:
+        trips.append(fn)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(delivery, "_in_thread", counting)
+    return trips
+
+
 async def cancel_then_abort(
     queue: QueueTarget, stalled: threading.Event, release: threading.Event
 ) -> Any:
@@ -125,12 +138,14 @@ async def cancel_then_abort(
 
 
 async def test_one_step_makes_a_live_entry_that_is_delivered(
-    queue: QueueTarget, tmp_path: Path
+    queue: QueueTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     delivery = await queue.start_delivery(MsgMeta(id="m1"), "a@example.net")
     assert is_one_step(delivery)
     await delivery.add_rcpt("user@example.org")
+    trips = count_trips(delivery, monkeypatch)
     await delivery.body_and_commit(HEAD, await ram(b"body\r\n"))
+    assert len(trips) == 1  # the point of it: one trip to the threads, not two
     await wait_delivered(tmp_path, 1)
     await delivery.abort()  # after the commit: nothing to undo
     assert b"body" in delivered(tmp_path)[0].read_bytes()

@@ -130,11 +130,13 @@ def _record(entry_id: str, header: FileSum, body: FileSum) -> Record:
                   header, body, arrival=1.0)  # fmt: skip
 
 
-def test_write_and_commit_makes_a_whole_live_entry(tmp_path: Path) -> None:
+def test_write_entry_with_commit_makes_a_whole_live_entry(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "q"))
     store.prepare()
     body = _buffer(b"body\r\n" * 1000, tmp_path / "source" / "body")
-    record = store.write_and_commit(ID, b"Subject: x\r\n\r\n", body, threading.Event(), _record)
+    record = store.write_entry(
+        ID, b"Subject: x\r\n\r\n", body, threading.Event(), _record, commit=True
+    )
     assert sorted(p.name for p in (tmp_path / "q").iterdir() if p.name != "lock") == [
         f"{ID}.body",
         f"{ID}.header",
@@ -143,7 +145,7 @@ def test_write_and_commit_makes_a_whole_live_entry(tmp_path: Path) -> None:
     assert store.scan().records == [record]
 
 
-def test_write_and_commit_removes_everything_when_the_last_fsync_fails(
+def test_write_entry_with_commit_removes_everything_when_the_last_fsync_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rename happened, its directory fsync did not: the entry may not be
@@ -162,6 +164,23 @@ def test_write_and_commit_removes_everything_when_the_last_fsync_fails(
     monkeypatch.setattr(store_module, "sync_dir_shared", failing)
     body = _buffer(b"body\r\n", tmp_path / "source" / "body")
     with pytest.raises(OSError, match="I/O error"):
-        store.write_and_commit(ID, b"Subject: x\r\n\r\n", body, threading.Event(), _record)
+        store.write_entry(ID, b"Subject: x\r\n\r\n", body, threading.Event(), _record, commit=True)
     assert renamed == [True]
+    assert [p.name for p in (tmp_path / "q").iterdir() if p.name != "lock"] == []
+
+
+def test_write_entry_with_commit_stops_before_the_rename_when_cancelled(tmp_path: Path) -> None:
+    """An abort that comes after the files are written but before the commit
+    rename: nothing becomes live, every file goes."""
+    store = Store(str(tmp_path / "q"))
+    store.prepare()
+    cancel = threading.Event()
+
+    def record_then_abort(entry_id: str, header: FileSum, body: FileSum) -> Record:
+        cancel.set()  # the session is aborted while the metadata is made
+        return _record(entry_id, header, body)
+
+    body = _buffer(b"body\r\n", tmp_path / "source" / "body")
+    with pytest.raises(Cancelled):
+        store.write_entry(ID, b"Subject: x\r\n\r\n", body, cancel, record_then_abort, commit=True)
     assert [p.name for p in (tmp_path / "q").iterdir() if p.name != "lock"] == []

@@ -204,6 +204,35 @@ async def test_file_lands_in_new_with_exact_bytes(env: Env, one_step: bool) -> N
     assert files(box / "cur") == []
 
 
+async def test_one_step_is_one_trip_to_the_threads(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """body_and_commit writes and publishes in one job; body and commit take two."""
+    storage = await env.start()
+    box = env.make("example.org", "user")
+    trips: dict[str, int] = {}
+    for step in ("two", "one"):
+        delivery = await storage.start_delivery(MsgMeta(id=step), "")
+        await delivery.add_rcpt("user@example.org")
+        real = delivery._in_thread
+        trips[step] = 0
+
+        async def counting(fn: Any, *args: Any, step: str = step, real: Any = real) -> Any:
+            trips[step] += 1
+            return await real(fn, *args)
+
+        monkeypatch.setattr(delivery, "_in_thread", counting)
+        buf = await buffer(b"Hi.\r\n")
+        if step == "one":
+            await delivery.body_and_commit(HEAD, buf)
+        else:
+            await delivery.body(HEAD, buf)
+            await delivery.commit()
+        buf.remove()
+    assert trips == {"two": 2, "one": 1}
+    assert len(files(box / "new")) == 2 and files(box / "tmp") == []
+
+
 async def test_name_convention_and_exact_sizes(env: Env) -> None:
     storage = await env.start()
     box = env.make("example.org", "user")
