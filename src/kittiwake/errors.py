@@ -49,6 +49,12 @@ class SMTPError(KittiwakeError):
     def temporary(self) -> bool:
         return 400 <= self.code < 500
 
+    def __reduce__(self) -> tuple[type[SMTPError], tuple[object, ...]]:
+        """Pickled by its fields: a Maildir delivery agent sends it back
+        to the server (docs/storage-maildir.md, "Delivery agents")."""
+        fields = (self.code, self.enhanced, self.message, self.check_name, self.reason, self.misc)
+        return (type(self), fields)
+
     def __str__(self) -> str:
         e = ".".join(str(p) for p in self.enhanced)
         return f"{self.code} {e} {self.message}"

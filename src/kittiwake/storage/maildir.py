@@ -69,6 +69,7 @@ from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
 from kittiwake.module import Module, register
+from kittiwake.storage.maildir_agents import AgentPool, Request
 from kittiwake.storage.maildir_files import (
     _DIR_MODE,
     _FILE_MODE,
@@ -90,6 +91,9 @@ T = TypeVar("T")
 
 #: Worker threads per `storage.maildir` block; see the module docstring.
 POOL_SIZE = 16
+#: Delivery agents per storage block (and worker process) at most: as many
+#: as the threads, which the same measurements chose (docs/storage-maildir.md).
+AGENTS = 16
 #: How long a mailbox seen to exist is taken to exist (seconds), and how
 #: many such mailboxes are remembered (`known_mailbox`).
 KNOWN_FOR = 10.0
@@ -207,6 +211,8 @@ class MaildirDelivery:
         self._future: concurrent.futures.Future[Any] | None = None
         self._cancel = threading.Event()
         self._body_called = False
+        #: After a cancel: done once the delivery agent that had the job is.
+        self._agent_settled: asyncio.Future[None] | None = None
         #: Where per-recipient outcomes go (LMTP), set by body_non_atomic.
         self._status: StatusCollector | None = None
 
@@ -313,11 +319,44 @@ class MaildirDelivery:
         if job is None:
             return
         storage = self._storage
+        if storage.agents is not None:
+            await self._in_agent(storage.agents, job, body)
+            return
         try:
             failed = await self._in_thread(write_and_publish, job, storage.host, storage.fsync)
         finally:
             self._log_created(job)
         self._report_commit(job.files, failed)
+
+    async def _in_agent(self, agents: AgentPool, job: _Job, body: Buffer) -> None:
+        """`body_and_commit`'s work in a delivery agent (maildir_agents.py).
+
+        The agent runs the same `write_and_publish` on a copy of the job and
+        sends back the files as it left them, or the error.
+        """
+        storage = self._storage
+        request = Request(
+            files=job.files,
+            header=job.header,
+            body=body.memory(),
+            body_path=body.path,
+            host=storage.host,
+            sync=storage.fsync,
+            junk=job.junk,
+        )
+        reply = await agents.call(request, self._wait_for_agent)
+        job.new_mailboxes = reply.new_mailboxes
+        self._log_created(job)
+        if reply.error is not None:
+            if isinstance(reply.error, OSError):
+                raise _io_error(reply.error, f"maildir {storage.path}")
+            raise reply.error
+        if reply.cancelled:  # the agent saw the server go away; nothing was published
+            raise SMTPError(451, (4, 3, 0), "Local delivery error", reason="delivery cancelled")
+        self._report_commit(reply.files, reply.failed)
+
+    def _wait_for_agent(self, settled: asyncio.Future[None]) -> None:
+        self._agent_settled = settled
 
     def _report_commit(self, files: list[_File], failed: dict[int, OSError]) -> None:
         """Log and raise (or report per recipient) what `_commit` says failed."""
@@ -343,6 +382,9 @@ class MaildirDelivery:
         """Remove every prepared tmp/ file; safe at any point, and repeatable."""
         self._cancel.set()
         self._prepared = []
+        settled = self._agent_settled
+        if settled is not None:  # a cancelled agent request: it removes its own files
+            await asyncio.wait([settled])
         future = self._future
         if future is not None and not future.done():
             # body() was cancelled while its thread kept writing: let it stop
@@ -387,7 +429,10 @@ class MaildirStorage(Module):
         # kittiwake's own (docs/storage-maildir.md): new mailboxes per session.
         self.auto_create_limit = cfg.integer("auto_create_limit", 20, minimum=0)
         self.fsync = cfg.boolean("fsync", default=True)
+        # kittiwake's own (docs/storage-maildir.md, "Delivery agents").
+        agents = cfg.integer("delivery_agents", AGENTS, minimum=0)
         cfg.finish()
+        self.agents = AgentPool(agents, self.log) if agents else None
         # The machine's own name, not the `hostname` directive, so two servers
         # sharing a tree never produce one name (docs/storage-maildir.md).
         self.host = encode_host(socket.gethostname())
@@ -443,6 +488,8 @@ class MaildirStorage(Module):
         sweeper, self._sweeper = self._sweeper, None
         await stop_task(sweeper)
         # Waits for commits in flight: their clients are owed a reply.
+        if self.agents is not None:
+            await self.agents.stop()
         await self._threads.shutdown()
 
     async def start_delivery(self, meta: MsgMeta, mail_from: str) -> MaildirDelivery:

@@ -28,11 +28,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from kittiwake.durable import fsync_dir, sync_dir_shared, write_all
 from kittiwake.errors import SMTPError
-from kittiwake.message.buffer import Buffer
 
 if TYPE_CHECKING:
     from kittiwake.storage.maildir import Mailbox
@@ -206,18 +205,30 @@ class _Cancelled(Exception):
     """abort() was called while the files were being written."""
 
 
+class _Body(Protocol):
+    """Where a job reads the body: a `Buffer`, or a delivery agent's copy."""
+
+    def open(self) -> BinaryIO: ...
+
+
+class _Flag(Protocol):
+    """A job's cancel flag: a `threading.Event`, or a delivery agent's socket."""
+
+    def is_set(self) -> bool: ...
+
+
 @dataclass(eq=False)
 class _Job:
     """What one `body` call writes; runs entirely in a worker thread."""
 
     files: list[_File]
     header: bytes
-    body: Buffer
+    body: _Body
     host: str
     sync: bool
     junk: bool
     atomic: bool
-    cancel: threading.Event
+    cancel: _Flag
     #: tmp/ paths that exist right now; abort() removes what is left.
     created: set[str] = field(default_factory=set)
     #: Mailboxes this job created (`auto_create`), for the log.

@@ -9,11 +9,13 @@ so the module goes through parsing, `&references`, capability checks,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -72,10 +74,15 @@ class Env:
         self.tmp = tmp
         self.root = tmp / "mail"
         self.containers: list[Container] = []
+        #: False: `delivery_agents 0`, so the file work runs in this process
+        #: and the tests' monkeypatches reach it.
+        self.agents = False
 
     def build(self, body: str, *, path: str | None = None) -> Container:
         where = str(self.root) if path is None else path
         path_line = f"path {where}" if where else ""
+        if not self.agents and "delivery_agents" not in body:
+            body = f"{body}\ndelivery_agents 0"
         text = (
             f"state_dir {self.tmp / 'state'}\n"
             f"storage.maildir local_mailboxes {{\n {path_line}\n{body}\n}}\n"
@@ -168,6 +175,14 @@ def one_step(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
+@pytest.fixture(params=["two-steps", "one-step", "agent"])
+def way(request: pytest.FixtureRequest, env: Env) -> bool:
+    """`one_step`, and the one step again in a delivery agent process; the value
+    is `deliver`'s `one_step`."""
+    env.agents = request.param == "agent"
+    return bool(request.param != "two-steps")
+
+
 def files(folder: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.exists() else []
 
@@ -187,10 +202,10 @@ def vsize(data: bytes) -> int:
 # --- where and what --------------------------------------------------------
 
 
-async def test_file_lands_in_new_with_exact_bytes(env: Env, one_step: bool) -> None:
+async def test_file_lands_in_new_with_exact_bytes(env: Env, way: bool) -> None:
     storage = await env.start()
     box = env.make("example.org", "user")
-    await deliver(storage, ["user@example.org"], b"line 1\r\nline 2\r\n", one_step=one_step)
+    await deliver(storage, ["user@example.org"], b"line 1\r\nline 2\r\n", one_step=way)
     path = only_file(box)
     assert path.read_bytes() == (
         b"Return-Path: <sender@example.net>\n"
@@ -312,10 +327,10 @@ async def test_return_path_forms(env: Env) -> None:
     assert lines == {b"Return-Path: <>", b'Return-Path: <"john doe"@example.net>'}
 
 
-async def test_several_mailboxes_one_file_each(env: Env, one_step: bool) -> None:
+async def test_several_mailboxes_one_file_each(env: Env, way: bool) -> None:
     storage = await env.start()
     a, b = env.make("example.org", "a"), env.make("example.com", "b")
-    await deliver(storage, ["a@example.org", "B@Example.COM"], one_step=one_step)
+    await deliver(storage, ["a@example.org", "B@Example.COM"], one_step=way)
     assert b"Delivered-To: a@example.org\n" in only_file(a).read_bytes()
     assert b"Delivered-To: b@example.com\n" in only_file(b).read_bytes()
 
@@ -777,11 +792,11 @@ async def test_auto_created_directories_are_synced(
         assert str(parent) in synced
 
 
-async def test_1000_concurrent_deliveries_give_1000_files(env: Env, one_step: bool) -> None:
+async def test_1000_concurrent_deliveries_give_1000_files(env: Env, way: bool) -> None:
     storage = await env.start()
     box = env.make("example.org", "user")
     await asyncio.gather(
-        *(deliver(storage, ["user@example.org"], one_step=one_step) for _ in range(1000))
+        *(deliver(storage, ["user@example.org"], one_step=way) for _ in range(1000))
     )
     names = os.listdir(box / "new")
     assert len(names) == len(set(names)) == 1000
@@ -828,6 +843,7 @@ async def test_path_that_is_a_file_is_a_config_error(env: Env) -> None:
     [
         ("fsync maybe", "t.conf:4: fsync:"),
         ("colour blue", "t.conf:4: unexpected directive: colour"),
+        ("delivery_agents -1", "t.conf:4: delivery_agents:"),
     ],
 )
 def test_bad_directives(env: Env, body: str, message: str) -> None:
@@ -896,3 +912,178 @@ def test_a_failed_shared_fsync_fails_the_commits_it_covered(
     monkeypatch.setattr(durable, "fsync_dir", broken)
     with pytest.raises(OSError, match="Input/output error"):
         durable.sync_dir_shared(str(tmp_path))
+
+
+# --- delivery agents (docs/storage-maildir.md, "Delivery agents") ------------
+
+
+async def agent_storage(env: Env, body: str = "") -> MaildirStorage:
+    env.agents = True
+    storage = await env.start(body)
+    assert storage.agents is not None
+    return storage
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie counts as gone: it has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_agents_start_when_needed_and_stop_with_the_storage(env: Env) -> None:
+    storage = await agent_storage(env)
+    pool = storage.agents
+    assert pool is not None and pool.running == 0  # an idle server has none
+    box = env.make("example.org", "user")
+    await deliver(storage, ["user@example.org"], one_step=True)
+    assert pool.running == 1
+    (pid,) = pool.pids()
+    assert pid != os.getpid() and alive(pid)
+    await deliver(storage, ["user@example.org"], one_step=True)
+    assert pool.pids() == [pid]  # reused
+    names = files(box / "new")
+    assert len(names) == 2
+    m = NAME.match(names[0].name)
+    assert m is not None and m["pid"] == str(pid)  # written by the agent
+    await env.containers.pop().stop()
+    assert not alive(pid)
+
+
+async def test_agents_are_bounded_and_serve_everyone(env: Env) -> None:
+    storage = await agent_storage(env, "delivery_agents 2")
+    box = env.make("example.org", "user")
+    await asyncio.gather(
+        *(deliver(storage, ["user@example.org"], one_step=True) for _ in range(40))
+    )
+    assert storage.agents is not None and storage.agents.running == 2
+    assert len(files(box / "new")) == 40 and files(box / "tmp") == []
+
+
+async def test_agent_writes_a_spilled_body_and_a_new_junk_mailbox(env: Env, tmp_path: Path) -> None:
+    """A body on disk is read by the agent from its file; auto_create and the
+    .Junk folder happen there too, and the server logs the new mailbox."""
+    storage = await agent_storage(env, "auto_create yes")
+    body = b"".join(b"line %d\r\n" % i for i in range(60_000))  # 600 KiB: several chunks
+    buf = await buffer(body, directory=tmp_path)
+    assert buf.path is not None
+    delivery = await storage.start_delivery(MsgMeta(id="big", quarantine=True), "s@example.net")
+    await delivery.add_rcpt("new@example.org")
+    await delivery.body_and_commit(HEAD, buf)
+    buf.remove()
+    junk = env.mailbox("example.org", "new") / ".Junk"
+    path = only_file(junk)
+    content = path.read_bytes()
+    assert content.endswith(body.replace(b"\r\n", b"\n"))
+    m = NAME.match(path.name)
+    assert m is not None and int(m["s"]) == len(content) and int(m["w"]) == vsize(content)
+    assert (junk / "maildirfolder").exists()
+
+
+async def test_agent_disk_full_gives_452_and_leaves_no_file(env: Env, tmpfs: Path) -> None:
+    env.agents = True
+    root = tmpfs / "mail"
+    storage = await env.start("auto_create yes", path=str(root))
+    await deliver(storage, ["user@example.org"], one_step=True)
+    box = root / "example.org" / "user"
+    only_file(box).unlink()
+    with pytest.raises(SMTPError) as info:
+        await deliver(storage, ["user@example.org"], b"z" * (512 * 1024), one_step=True)
+    err = info.value
+    assert (err.code, err.enhanced, err.message) == (452, (4, 3, 1), "Insufficient system storage")
+    assert "No space left" in err.reason
+    assert files(box / "tmp") == files(box / "new") == []
+    await deliver(storage, ["user@example.org"], b"small\r\n", one_step=True)
+    only_file(box)
+
+
+class Fifo:
+    """A body the agent reads from a FIFO, so a test decides when it gets it."""
+
+    def __init__(self, tmp: Path, data: bytes) -> None:
+        self.path = tmp / "body.fifo"
+        os.mkfifo(self.path)
+        self.data = data
+        self.writer: BinaryIO | None = None
+
+    def buffer(self) -> Buffer:
+        return Buffer.from_file(str(self.path), len(self.data))
+
+    async def wait_for_reader(self) -> None:
+        """Returns once the agent has opened the FIFO (it is inside the job)."""
+        self.writer = await asyncio.to_thread(open, self.path, "wb")
+
+    async def finish(self) -> None:
+        assert self.writer is not None
+        writer, data = self.writer, self.data
+
+        def feed() -> None:
+            with contextlib.suppress(BrokenPipeError), writer:
+                writer.write(data)
+
+        await asyncio.to_thread(feed)
+
+
+async def test_a_killed_agent_fails_its_delivery_with_451_and_is_replaced(
+    env: Env, tmp_path: Path
+) -> None:
+    storage = await agent_storage(env)
+    pool = storage.agents
+    assert pool is not None
+    box = env.make("example.org", "user")
+    fifo = Fifo(tmp_path, b"Hi.\r\n")
+    delivery = await storage.start_delivery(MsgMeta(id="k"), "s@example.net")
+    await delivery.add_rcpt("user@example.org")
+    task = asyncio.ensure_future(delivery.body_and_commit(HEAD, fifo.buffer()))
+    await fifo.wait_for_reader()
+    (pid,) = pool.pids()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(SMTPError) as info:
+        await task
+    assert (info.value.code, info.value.enhanced) == (451, (4, 3, 0))
+    assert "agent lost" in info.value.reason
+    await fifo.finish()
+    assert pool.running == 0
+    await deliver(storage, ["user@example.org"], one_step=True)  # a new agent
+    assert pool.running == 1 and pool.pids() != [pid]
+    # As after a crash: the killed agent's tmp/ file stays (swept after 36 h).
+    assert len(files(box / "new")) == 1 and len(files(box / "tmp")) == 1
+
+
+async def test_a_cancelled_agent_delivery_publishes_nothing(env: Env, tmp_path: Path) -> None:
+    """As with the threads: a cancel before the link keeps the message out of
+    new/, abort() returns once the agent has cleaned up, and the agent is reused."""
+    storage = await agent_storage(env)
+    pool = storage.agents
+    assert pool is not None
+    box = env.make("example.org", "user")
+    fifo = Fifo(tmp_path, b"x" * (600 * 1024))  # more than one chunk
+    delivery = await storage.start_delivery(MsgMeta(id="c"), "s@example.net")
+    await delivery.add_rcpt("user@example.org")
+    task = asyncio.ensure_future(delivery.body_and_commit(HEAD, fifo.buffer()))
+    await fifo.wait_for_reader()
+    (pid,) = pool.pids()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    feeding = asyncio.ensure_future(fifo.finish())
+    await delivery.abort()
+    await feeding
+    assert files(box / "new") == [] and files(box / "tmp") == []
+    await deliver(storage, ["user@example.org"], one_step=True)
+    assert pool.pids() == [pid]  # the same agent, free again
+    only_file(box)
+
+
+async def test_two_step_deliveries_stay_on_the_threads(env: Env) -> None:
+    """Only the one-step delivery goes to an agent (the storage is the
+    message's only target); body() and commit() run in this process."""
+    storage = await agent_storage(env)
+    box = env.make("example.org", "user")
+    await deliver(storage, ["user@example.org"])
+    assert storage.agents is not None and storage.agents.running == 0
+    path = only_file(box)
+    m = NAME.match(path.name)
+    assert m is not None and m["pid"] == str(os.getpid())
