@@ -56,6 +56,8 @@ COMPILED = [
     "src/kittiwake/message/meta.py",
     "src/kittiwake/pipeline/pipeline.py",
     "src/kittiwake/pipeline/received.py",
+    # Run by every Maildir delivery agent for each message it writes.
+    "src/kittiwake/storage/maildir_files.py",
 ]
 
 

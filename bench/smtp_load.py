@@ -294,18 +294,23 @@ def machine_busy() -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` (all its threads) and of its live child
-    processes (a kittiwake supervisor's workers), from /proc/PID/stat."""
-    own, _ = _stat(pid)
-    total = own
+    """User + system CPU time of `pid` (all its threads) and of its live
+    descendants (a supervisor's workers, Maildir delivery agents), from /proc."""
+    used: dict[int, float] = {}
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != pid:
+        if entry.isdigit():
             try:
-                used, parent = _stat(int(entry))
+                cpu, parent = _stat(int(entry))
             except (OSError, IndexError, ValueError):
                 continue  # gone meanwhile
-            if parent == pid:
-                total += used
+            used[int(entry)] = cpu
+            children.setdefault(parent, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += used.get(current, 0.0)
+        todo.extend(children.get(current, []))
     return total
 
 

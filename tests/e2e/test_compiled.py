@@ -51,6 +51,7 @@ SUITE = [
     "tests/e2e/test_limits_e2e.py",
     "tests/e2e/test_endpoint_directives.py",
     "tests/e2e/test_dovecot_maildir.py",
+    "tests/e2e/test_maildir_agents.py",
     "tests/e2e/test_proxy_protocol.py",
     "tests/e2e/test_auth.py",
     "tests/e2e/test_metrics.py",

@@ -58,7 +58,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kittiwake import address
@@ -73,6 +72,7 @@ from kittiwake.storage.maildir_agents import AgentPool, Request
 from kittiwake.storage.maildir_files import (
     _DIR_MODE,
     _FILE_MODE,
+    Mailbox,
     _commit,
     _File,
     _io_error,
@@ -85,15 +85,18 @@ from kittiwake.storage.maildir_files import (
 from kittiwake.targets.base import StatusCollector
 from kittiwake.workers import FilePool
 
-__all__ = ["POOL_SIZE", "MaildirDelivery", "MaildirStorage", "encode_host"]
+__all__ = ["POOL_SIZE", "Mailbox", "MaildirDelivery", "MaildirStorage", "encode_host"]
 
 T = TypeVar("T")
 
 #: Worker threads per `storage.maildir` block; see the module docstring.
 POOL_SIZE = 16
-#: Delivery agents per storage block (and worker process) at most: as many
-#: as the threads, which the same measurements chose (docs/storage-maildir.md).
-AGENTS = 16
+#: Delivery agents per storage block (and worker process) at most. On the
+#: development VM (2 vCPUs, 50 sessions, one message each) 8 agents gave
+#: 1,990-2,240 messages a second, 4 gave 1,850-1,880, 16 1,890-1,960 and 32
+#: 1,850-1,980: past 8 the agents queue on the same directory locks and
+#: cost more CPU per message (docs/storage-maildir.md, "Delivery agents").
+AGENTS = 8
 #: How long a mailbox seen to exist is taken to exist (seconds), and how
 #: many such mailboxes are remembered (`known_mailbox`).
 KNOWN_FOR = 10.0
@@ -115,14 +118,6 @@ def _no_such_user(reason: str) -> SMTPError:
 
 
 # --- mailbox names -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Mailbox:
-    """Where one recipient's mail goes, and how the copy names the recipient."""
-
-    path: str  # the Maildir D: ROOT/DOMAIN/LOCALPART
-    recipient: str  # normalised address, sub-address kept (Delivered-To)
 
 
 def _check_component(part: str, what: str) -> None:
@@ -335,15 +330,7 @@ class MaildirDelivery:
         sends back the files as it left them, or the error.
         """
         storage = self._storage
-        request = Request(
-            files=job.files,
-            header=job.header,
-            body=body.memory(),
-            body_path=body.path,
-            host=storage.host,
-            sync=storage.fsync,
-            junk=job.junk,
-        )
+        request = Request.of(job, body.memory(), body.path)
         reply = await agents.call(request, self._wait_for_agent)
         job.new_mailboxes = reply.new_mailboxes
         self._log_created(job)
@@ -353,7 +340,8 @@ class MaildirDelivery:
             raise reply.error
         if reply.cancelled:  # the agent saw the server go away; nothing was published
             raise SMTPError(451, (4, 3, 0), "Local delivery error", reason="delivery cancelled")
-        self._report_commit(reply.files, reply.failed)
+        reply.update(job.files)
+        self._report_commit(job.files, reply.failed)
 
     def _wait_for_agent(self, settled: asyncio.Future[None]) -> None:
         self._agent_settled = settled

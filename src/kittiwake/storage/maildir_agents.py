@@ -7,8 +7,8 @@ a thread that must take Python's lock from the event loop, and `perf`
 showed about 40 % of a busy Maildir server's CPU in those hand-overs
 (futex waits and wake-ups), not in the file work. A single-threaded agent
 process per delivery in flight does the same system calls with no lock to
-share: the server's rate at 50 sessions went from about 1,450 to
-2,300-2,700 messages a second on the development machine (docs/bench.md).
+share: on the development machine the Maildir rate at 50 sessions went
+from about 1,450 to about 2,000 messages a second (docs/bench.md).
 Postfix's and Dovecot's local delivery agents are processes for the same
 reason.
 
@@ -50,11 +50,11 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from kittiwake.errors import SMTPError
-from kittiwake.storage.maildir_files import _Cancelled, _File, _Job, write_and_publish
+from kittiwake.storage.maildir_files import Mailbox, _Cancelled, _File, _Job, write_and_publish
 
 if TYPE_CHECKING:
     from kittiwake.log import Logger
@@ -64,15 +64,21 @@ __all__ = ["AgentPool", "Reply", "Request", "serve"]
 _LENGTH = struct.Struct("!I")
 _REQUEST = b"R"
 _CANCEL = b"C"
+#: recv flags for a look at the socket that neither waits nor consumes
+#: (a plain int: the enum's `|` costs more than the system call).
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 #: How long `stop` waits for an agent to finish its request and exit.
 STOP_WAIT = 10.0
 
 
-@dataclass
-class Request:
-    """One message's files, as `write_and_publish` needs them."""
+class Request(NamedTuple):
+    """One message's copies, as `write_and_publish` needs them.
 
-    files: list[_File]
+    Plain values, not the `_File` objects: pickling and unpickling those
+    cost more than the rest of the agent's Python work per message.
+    """
+
+    copies: list[tuple[str, str, bool, bytes]]  # (Maildir, recipient, create, prefix) each
     header: bytes
     body: bytes | None  # the body in memory, or
     body_path: str | None  # the file holding it (a spilled buffer)
@@ -80,16 +86,25 @@ class Request:
     sync: bool
     junk: bool
 
+    @classmethod
+    def of(cls, job: _Job, body: bytes | None, body_path: str | None) -> Request:
+        copies = [(f.mailbox.path, f.mailbox.recipient, f.create, f.prefix) for f in job.files]
+        return cls(copies, job.header, body, body_path, job.host, job.sync, job.junk)
 
-@dataclass
-class Reply:
-    """What became of a `Request`: the files as the agent left them, or why not."""
 
-    files: list[_File] = field(default_factory=list)
-    new_mailboxes: list[str] = field(default_factory=list)
-    failed: dict[int, OSError] = field(default_factory=dict)
+class Reply(NamedTuple):
+    """What became of a `Request`: each copy as the agent left it, or why not."""
+
+    copies: list[tuple[str, str, str, int, int]]  # (folder, base, new_path, size, vsize) each
+    new_mailboxes: list[str]
+    failed: dict[int, OSError]  # by index in `copies`, as `_commit` says
     error: BaseException | None = None
     cancelled: bool = False
+
+    def update(self, files: list[_File]) -> None:
+        """Give the server's `_File`s what the agent's copies became."""
+        for f, (folder, base, new_path, size, vsize) in zip(files, self.copies, strict=True):
+            f.folder, f.base, f.new_path, f.size, f.vsize = folder, base, new_path, size, vsize
 
 
 # --- the agent process ------------------------------------------------------
@@ -116,7 +131,7 @@ class _PeekCancel:
 
     def is_set(self) -> bool:
         try:
-            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = self.sock.recv(1, _PEEK)
         except BlockingIOError:
             return False
         except OSError:
@@ -148,8 +163,12 @@ def _next_request(sock: socket.socket) -> Request | None:
 
 
 def _handle(request: Request, sock: socket.socket) -> Reply:
+    files = [
+        _File(Mailbox(path, recipient), [], create=create, prefix=prefix)
+        for path, recipient, create, prefix in request.copies
+    ]
     job = _Job(
-        files=request.files,
+        files=files,
         header=request.header,
         body=_Body(request.body, request.body_path),
         host=request.host,
@@ -158,15 +177,17 @@ def _handle(request: Request, sock: socket.socket) -> Reply:
         atomic=True,
         cancel=_PeekCancel(sock),
     )
+    created = job.new_mailboxes
     try:
         failed = write_and_publish(job, request.host, request.sync)
     except _Cancelled:
-        return Reply(new_mailboxes=job.new_mailboxes, cancelled=True)
+        return Reply([], created, {}, cancelled=True)
     except (SMTPError, OSError) as exc:
-        return Reply(new_mailboxes=job.new_mailboxes, error=exc)
+        return Reply([], created, {}, error=exc)
     except Exception as exc:  # a bug: reported as such, the agent lives on
-        return Reply(new_mailboxes=job.new_mailboxes, error=RuntimeError(repr(exc)))
-    return Reply(files=job.files, new_mailboxes=job.new_mailboxes, failed=failed)
+        return Reply([], created, {}, error=RuntimeError(repr(exc)))
+    copies = [(f.folder, f.base, f.new_path, f.size, f.vsize) for f in files]
+    return Reply(copies, created, failed)
 
 
 def serve(sock: socket.socket) -> None:

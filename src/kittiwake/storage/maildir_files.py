@@ -28,15 +28,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from kittiwake.durable import fsync_dir, sync_dir_shared, write_all
 from kittiwake.errors import SMTPError
 
-if TYPE_CHECKING:
-    from kittiwake.storage.maildir import Mailbox
-
-__all__ = ["LFConverter", "is_maildir", "write_and_publish"]
+__all__ = ["LFConverter", "Mailbox", "is_maildir", "write_and_publish"]
 
 _CHUNK = 256 * 1024  # bytes read from the buffer at a time
 _NAME_TRIES = 10  # fresh names tried after EEXIST (a clash needs a broken clock and RNG)
@@ -176,6 +173,14 @@ class LFConverter:
             self.missing_cr += bare
             self._last_cr = out.endswith(b"\r")
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """Where one recipient's mail goes, and how the copy names the recipient."""
+
+    path: str  # the Maildir D: ROOT/DOMAIN/LOCALPART
+    recipient: str  # normalised address, sub-address kept (Delivered-To)
 
 
 @dataclass(eq=False)
