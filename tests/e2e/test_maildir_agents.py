@@ -95,6 +95,8 @@ def test_mail_goes_through_bounded_agents(tmp_path: Path) -> None:
             t.join(60)
         pids = agents_of(server.proc.pid)
         assert 1 <= len(pids) <= 3 and first[0] in pids
+        # Batch tasks: a woken agent does not preempt the server.
+        assert all(os.sched_getscheduler(pid) == os.SCHED_BATCH for pid in pids)
         assert sorted(seqs(tmp_path)) == list(range(31))
         assert not list((tmp_path / "mail" / "example.org" / "user" / "tmp").iterdir())
         # Files are written by the agents, whose pid is in the name.
