@@ -179,7 +179,7 @@ def _handle(request: Request, sock: socket.socket) -> Reply:
     )
     created = job.new_mailboxes
     try:
-        failed = write_and_publish(job, request.host, request.sync)
+        failed = write_and_publish(job, request.host, request.sync, shared=False)
     except _Cancelled:
         return Reply([], created, {}, cancelled=True)
     except (SMTPError, OSError) as exc:

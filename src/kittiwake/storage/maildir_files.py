@@ -22,7 +22,6 @@ import contextlib
 import errno
 import itertools
 import os
-import secrets
 import stat
 import threading
 import time
@@ -80,7 +79,7 @@ def _base_name(host: str) -> str:
     seconds, micros = divmod(now, 1_000_000)
     with _counter_lock:
         n = next(_counter)
-    return f"{seconds}.M{micros}P{os.getpid()}Q{n}R{secrets.token_hex(8)}.{host}"
+    return f"{seconds}.M{micros}P{os.getpid()}Q{n}R{os.urandom(8).hex()}.{host}"
 
 
 # --- low-level file work (worker threads only) ------------------------------
@@ -370,7 +369,9 @@ def _publish(f: _File, host: str) -> None:
     raise OSError(errno.EEXIST, "no unique file name in new/")
 
 
-def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
+def _commit(
+    files: list[_File], host: str, sync: bool, *, shared: bool = True
+) -> dict[int, OSError]:
     """Move every file into new/, then fsync the directories; the failures.
 
     Files are all moved even if one fails: each one moved is delivered.
@@ -394,7 +395,7 @@ def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
     if sync:
         for d in sorted(dirs):
             try:
-                sync_dir_shared(d)
+                (sync_dir_shared if shared else fsync_dir)(d)
             except OSError as exc:  # never retried: after EIO the page state is unknown
                 for i in dirs[d]:
                     failed[i] = exc
@@ -402,16 +403,20 @@ def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
     return failed
 
 
-def write_and_publish(job: _Job, host: str, sync: bool) -> dict[int, OSError]:
+def write_and_publish(
+    job: _Job, host: str, sync: bool, *, shared: bool = True
+) -> dict[int, OSError]:
     """`job.run()` then `_commit` in one thread trip (`body_and_commit`).
 
     An abort that came while the files were written or synced keeps them
     out of `new/`: `run` then removes them and raises. `job.created` is
-    emptied once the tmp/ names are gone, as `commit` does.
+    emptied once the tmp/ names are gone, as `commit` does. `shared`:
+    share the fsync of `new/` with the other threads syncing it now; a
+    delivery agent, alone in its process, syncs it itself.
     """
     job.run()
     try:
-        return _commit(job.files, host, sync)
+        return _commit(job.files, host, sync, shared=shared)
     finally:
         job.created.clear()
 
