@@ -97,6 +97,9 @@ POOL_SIZE = 16
 #: 1,850-1,980: past 8 the agents queue on the same directory locks and
 #: cost more CPU per message (docs/storage-maildir.md, "Delivery agents").
 AGENTS = 8
+#: The largest body in memory handed to an agent as a copy (the default
+#: `buffer auto 1M` keeps no larger one in memory).
+AGENT_COPY_MAX = 1024 * 1024
 #: How long a mailbox seen to exist is taken to exist (seconds), and how
 #: many such mailboxes are remembered (`known_mailbox`).
 KNOWN_FOR = 10.0
@@ -314,7 +317,10 @@ class MaildirDelivery:
         if job is None:
             return
         storage = self._storage
-        if storage.agents is not None:
+        # A body in a file is read by the agent there; one in memory is
+        # copied to it, up to AGENT_COPY_MAX (`buffer ram` may hold tens of
+        # megabytes, which the threads stream instead of copying).
+        if storage.agents is not None and (not body.in_memory or len(body) <= AGENT_COPY_MAX):
             await self._in_agent(storage.agents, job, body)
             return
         try:

@@ -140,7 +140,17 @@ class _PeekCancel:
 
 
 def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
+    """`n` bytes, or None if the socket closes first.
+
+    `MSG_WAITALL` usually returns them at once, but may return fewer (a
+    stopped and continued process), so the rest is read again.
+    """
     data = sock.recv(n, socket.MSG_WAITALL)
+    while 0 < len(data) < n:
+        more = sock.recv(n - len(data), socket.MSG_WAITALL)
+        if not more:
+            return None
+        data += more
     return data if len(data) == n else None
 
 

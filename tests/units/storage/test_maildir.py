@@ -1087,3 +1087,16 @@ async def test_two_step_deliveries_stay_on_the_threads(env: Env) -> None:
     path = only_file(box)
     m = NAME.match(path.name)
     assert m is not None and m["pid"] == str(os.getpid())
+
+
+async def test_a_large_body_in_memory_stays_on_the_threads(env: Env) -> None:
+    """`buffer ram` can hold tens of megabytes: not copied to an agent."""
+    storage = await agent_storage(env)
+    box = env.make("example.org", "user")
+    big = b"y" * (maildir_module.AGENT_COPY_MAX + 1)
+    await deliver(storage, ["user@example.org"], big, one_step=True)
+    assert storage.agents is not None and storage.agents.running == 0
+    path = only_file(box)
+    assert path.read_bytes().endswith(big)
+    await deliver(storage, ["user@example.org"], b"small\r\n", one_step=True)
+    assert storage.agents.running == 1
