@@ -209,8 +209,6 @@ class MaildirDelivery:
         self._future: concurrent.futures.Future[Any] | None = None
         self._cancel = threading.Event()
         self._body_called = False
-        #: After a cancel: done once the delivery agent that had the job is.
-        self._agent_settled: asyncio.Future[None] | None = None
         #: Where per-recipient outcomes go (LMTP), set by body_non_atomic.
         self._status: StatusCollector | None = None
 
@@ -337,7 +335,7 @@ class MaildirDelivery:
         """
         storage = self._storage
         request = Request.of(job, body.memory(), body.path)
-        reply = await agents.call(request, self._wait_for_agent)
+        reply = await agents.call(request)
         job.new_mailboxes = reply.new_mailboxes
         self._log_created(job)
         if reply.error is not None:
@@ -348,9 +346,6 @@ class MaildirDelivery:
             raise SMTPError(451, (4, 3, 0), "Local delivery error", reason="delivery cancelled")
         reply.update(job.files)
         self._report_commit(job.files, reply.failed)
-
-    def _wait_for_agent(self, settled: asyncio.Future[None]) -> None:
-        self._agent_settled = settled
 
     def _report_commit(self, files: list[_File], failed: dict[int, OSError]) -> None:
         """Log and raise (or report per recipient) what `_commit` says failed."""
@@ -373,12 +368,13 @@ class MaildirDelivery:
             storage.log.info("delivered", msg_id=self._meta.id, rcpts=",".join(stored))
 
     async def abort(self) -> None:
-        """Remove every prepared tmp/ file; safe at any point, and repeatable."""
+        """Remove every prepared tmp/ file; safe at any point, and repeatable.
+
+        A delivery agent told to stop removes its own files: nothing to wait
+        for here (maildir_agents.py).
+        """
         self._cancel.set()
         self._prepared = []
-        settled = self._agent_settled
-        if settled is not None:  # a cancelled agent request: it removes its own files
-            await asyncio.wait([settled])
         future = self._future
         if future is not None and not future.done():
             # body() was cancelled while its thread kept writing: let it stop
@@ -426,7 +422,7 @@ class MaildirStorage(Module):
         # kittiwake's own (docs/storage-maildir.md, "Delivery agents").
         agents = cfg.integer("delivery_agents", AGENTS, minimum=0)
         cfg.finish()
-        self.agents = AgentPool(agents, self.log) if agents else None
+        self.agents = AgentPool(agents, self.log, self.instance_name) if agents else None
         # The machine's own name, not the `hostname` directive, so two servers
         # sharing a tree never produce one name (docs/storage-maildir.md).
         self.host = encode_host(socket.gethostname())

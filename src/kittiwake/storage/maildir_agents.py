@@ -49,7 +49,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
@@ -67,8 +67,10 @@ _CANCEL = b"C"
 #: recv flags for a look at the socket that neither waits nor consumes
 #: (a plain int: the enum's `|` costs more than the system call).
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
-#: How long `stop` waits for an agent to finish its request and exit.
+#: How long `stop` waits for the requests in flight, then for each agent to exit.
 STOP_WAIT = 10.0
+#: An agent idle this long (seconds) is closed: Postfix's `max_idle`.
+IDLE_EXIT = 100.0
 
 
 class Request(NamedTuple):
@@ -202,6 +204,10 @@ def _handle(request: Request, sock: socket.socket) -> Reply:
 
 def serve(sock: socket.socket) -> None:
     """Answer requests until the server closes the socket."""
+    # Whatever the server inherited without close-on-exec (a wrapper's
+    # pipe) is not the agent's to keep open.
+    os.closerange(3, sock.fileno())
+    os.closerange(sock.fileno() + 1, max(os.sysconf("SC_OPEN_MAX"), sock.fileno() + 1))
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
     _batch_scheduling()
@@ -243,6 +249,7 @@ class _Agent:
     process: asyncio.subprocess.Process
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    idle_since: float = 0.0  # loop time it was last given back
 
     def send(self, request: Request) -> None:
         payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
@@ -263,24 +270,36 @@ class _Agent:
         return reply
 
     def close(self) -> None:
+        """Close the socket: an agent waiting for work exits at once."""
         with contextlib.suppress(Exception):
             self.writer.close()
+
+    def kill(self) -> None:
+        """Close, and end the process however it is doing."""
+        self.close()
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
 
 
 class AgentPool:
     """Up to `size` agents, started when deliveries need them and reused.
 
-    An idle server has none; each delivery in flight takes one, so the
-    busiest minute decides how many run. An agent that dies is replaced by
-    the next delivery that needs one; the delivery it held fails with a
-    temporary error (`451 4.3.0`), so the client sends it again.
+    Each delivery in flight takes one, so the busiest minute decides how
+    many run; one left idle for `IDLE_EXIT` seconds is closed, as Postfix's
+    delivery agents exit after `max_idle`, so a quiet server keeps none.
+    An agent that dies is replaced by the next delivery that needs one; the
+    delivery it held fails with a temporary error (`451 4.3.0`), so the
+    client sends it again. An agent the pool gives up on for any other
+    reason is killed, never left behind.
     """
 
-    def __init__(self, size: int, log: Logger) -> None:
+    def __init__(self, size: int, log: Logger, name: str = "") -> None:
         self.size = size
         self._log = log
+        self._name = name  # the storage block's, shown in `ps`
         self._agents: set[_Agent] = set()  # started and not lost
-        self._free: list[_Agent] = []
+        self._free: list[_Agent] = []  # the longest idle first
         self._waiting: collections.deque[asyncio.Future[_Agent]] = collections.deque()
         self._starting = 0
         self._busy = 0
@@ -288,6 +307,7 @@ class AgentPool:
         self._idle.set()
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()  # settling and replacing agents
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
@@ -303,15 +323,13 @@ class AgentPool:
     def pids(self) -> list[int]:
         return [agent.process.pid for agent in self._agents]
 
-    async def call(
-        self, request: Request, on_cancel: Callable[[asyncio.Future[None]], None]
-    ) -> Reply:
+    async def call(self, request: Request) -> Reply:
         """Run `request` in an agent; its `Reply`.
 
         Raises `SMTPError` (`451 4.3.0`) if the agent dies meanwhile. If the
         caller is cancelled, the agent is told to stop before it publishes
-        anything, and `on_cancel` gets a future that is done once the agent
-        has answered and is free again (`abort` waits for it).
+        anything and removes its own files; the pool waits for its answer in
+        the background before giving it work again (`wait_idle`).
         """
         agent = await self._take()
         try:
@@ -319,7 +337,7 @@ class AgentPool:
             reply = await agent.receive()
         except asyncio.CancelledError:
             agent.cancel()
-            on_cancel(self._background(self._settle(agent)))
+            self._background(self._settle(agent))
             raise
         except AgentLost as exc:
             self._lose(agent, f"{exc}")
@@ -331,6 +349,10 @@ class AgentPool:
             raise
         self._give(agent)
         return reply
+
+    async def wait_idle(self) -> None:
+        """Until no agent holds a request, a cancelled one's included."""
+        await self._idle.wait()
 
     async def _settle(self, agent: _Agent) -> None:
         """Wait out a cancelled request's reply, then free the agent."""
@@ -348,7 +370,7 @@ class AgentPool:
         if self._closed:
             raise SMTPError(451, (4, 3, 0), "Local delivery error", reason="storage is stopping")
         if self._free:
-            agent = self._free.pop()
+            agent = self._free.pop()  # the most recently used: the others may retire
         elif len(self._agents) + self._starting < self.size:
             self._starting += 1
             try:
@@ -381,8 +403,24 @@ class AgentPool:
             if not waiter.done():
                 waiter.set_result(agent)  # stays busy: `_take` evens the count
                 return
+        loop = asyncio.get_running_loop()
+        agent.idle_since = loop.time()
         self._free.append(agent)
         self._release_slot()
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(IDLE_EXIT / 2, self._retire_idle)
+
+    def _retire_idle(self) -> None:
+        """Close the agents idle for `IDLE_EXIT`; check again while any is free."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        oldest = loop.time() - IDLE_EXIT
+        while self._free and self._free[0].idle_since <= oldest:
+            agent = self._free.pop(0)
+            self._agents.discard(agent)
+            agent.close()  # it exits on the closed socket
+        if self._free:
+            self._sweeper = loop.call_later(IDLE_EXIT / 2, self._retire_idle)
 
     def _release_slot(self) -> None:
         self._busy -= 1
@@ -390,8 +428,8 @@ class AgentPool:
             self._idle.set()
 
     def _lose(self, agent: _Agent, why: str) -> None:
-        """Forget a dead (or no longer wanted) agent; start another for a waiter."""
-        agent.close()
+        """Forget an agent that died or cannot be trusted; start another for a waiter."""
+        agent.kill()
         if agent not in self._agents:
             return
         self._agents.discard(agent)
@@ -423,6 +461,7 @@ class AgentPool:
                 "-m",
                 __name__,
                 str(theirs.fileno()),
+                self._name,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -441,28 +480,31 @@ class AgentPool:
     async def stop(self) -> None:
         """Let the requests in flight finish, then close every agent and reap it.
 
-        An agent still running after `STOP_WAIT` is killed: a delivery it
-        held was not confirmed, so its client sends the message again.
+        Requests still running after `STOP_WAIT` (a stalled disk) are
+        given up: their agents are killed, and their clients, told nothing,
+        send the messages again.
         """
-        with contextlib.suppress(asyncio.TimeoutError):
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), STOP_WAIT)
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        agents = list(self._agents)  # busy ones too: `_lose` forgets them below
+        self._agents.clear()
+        self._free.clear()
         for waiter in self._waiting:
             waiter.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        agents = list(self._agents)
-        self._agents.clear()
-        self._free.clear()
         for agent in agents:
             agent.close()
         for agent in agents:
             try:
                 await asyncio.wait_for(agent.process.wait(), STOP_WAIT)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    agent.process.kill()
+                agent.kill()
                 await agent.process.wait()
 
 
@@ -491,6 +533,8 @@ def _site_folders() -> set[str]:
 
 
 if __name__ == "__main__":
-    # Run as `-m`, this file is `__main__`; the classes pickled back to the
-    # server must be the ones it knows, so serve from the module by name.
+    # `python -m kittiwake.storage.maildir_agents FD [BLOCK]`: BLOCK, the
+    # storage block's name, is only there for `ps`. Run as `-m`, this file is
+    # `__main__`; the classes pickled back to the server must be the ones it
+    # knows, so serve from the module by name.
     importlib.import_module(__spec__.name).serve(socket.socket(fileno=int(sys.argv[1])))

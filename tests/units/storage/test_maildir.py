@@ -38,6 +38,7 @@ from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
 from kittiwake.module import Endpoint, register, unregister
 from kittiwake.storage import maildir as maildir_module
+from kittiwake.storage import maildir_agents
 from kittiwake.storage.maildir import MaildirStorage, encode_host
 from kittiwake.storage.maildir_files import LFConverter
 from kittiwake.tables.base import Table
@@ -1071,6 +1072,7 @@ async def test_a_cancelled_agent_delivery_publishes_nothing(env: Env, tmp_path: 
     feeding = asyncio.ensure_future(fifo.finish())
     await delivery.abort()
     await feeding
+    await pool.wait_idle()  # the agent has answered: it removed its own files
     assert files(box / "new") == [] and files(box / "tmp") == []
     await deliver(storage, ["user@example.org"], one_step=True)
     assert pool.pids() == [pid]  # the same agent, free again
@@ -1100,3 +1102,64 @@ async def test_a_large_body_in_memory_stays_on_the_threads(env: Env) -> None:
     assert path.read_bytes().endswith(big)
     await deliver(storage, ["user@example.org"], b"small\r\n", one_step=True)
     assert storage.agents.running == 1
+
+
+async def test_idle_agents_retire(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(maildir_agents, "IDLE_EXIT", 0.3)
+    storage = await agent_storage(env)
+    pool = storage.agents
+    assert pool is not None
+    env.make("example.org", "user")
+    await asyncio.gather(*(deliver(storage, ["user@example.org"], one_step=True) for _ in range(6)))
+    pids = pool.pids()
+    assert pids
+    for _ in range(100):
+        if pool.running == 0 and not any(alive(pid) for pid in pids):
+            break
+        await asyncio.sleep(0.05)
+    assert pool.running == 0 and not any(alive(pid) for pid in pids)
+    await deliver(storage, ["user@example.org"], one_step=True)  # a new one starts
+    assert pool.running == 1
+
+
+async def test_stop_kills_an_agent_stuck_in_a_request(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled disk (here: a body that never comes) must not keep the server
+    from stopping, nor leave the agent behind."""
+    monkeypatch.setattr(maildir_agents, "STOP_WAIT", 0.5)
+    storage = await agent_storage(env)
+    pool = storage.agents
+    assert pool is not None
+    env.make("example.org", "user")
+    fifo = Fifo(tmp_path, b"never sent")
+    delivery = await storage.start_delivery(MsgMeta(id="s"), "s@example.net")
+    await delivery.add_rcpt("user@example.org")
+    task = asyncio.ensure_future(delivery.body_and_commit(HEAD, fifo.buffer()))
+    await fifo.wait_for_reader()
+    (pid,) = pool.pids()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(env.containers.pop().stop(), 10)
+    assert not alive(pid)
+    assert fifo.writer is not None
+    with contextlib.suppress(BrokenPipeError):
+        fifo.writer.close()
+
+
+async def test_agents_keep_no_inherited_descriptor(env: Env) -> None:
+    """A descriptor the server inherited without close-on-exec is not the agent's."""
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    try:
+        storage = await agent_storage(env)
+        env.make("example.org", "user")
+        await deliver(storage, ["user@example.org"], one_step=True)
+        assert storage.agents is not None
+        (pid,) = storage.agents.pids()
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+        assert fds[:3] == [0, 1, 2] and len(fds) == 4  # and its socket
+    finally:
+        os.close(r)
+        os.close(w)
