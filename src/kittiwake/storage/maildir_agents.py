@@ -67,8 +67,9 @@ _CANCEL = b"C"
 #: recv flags for a look at the socket that neither waits nor consumes
 #: (a plain int: the enum's `|` costs more than the system call).
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
-#: How long `stop` waits for the requests in flight, then for each agent to exit.
+#: How long `stop` waits for the requests in flight, then for the agents to exit.
 STOP_WAIT = 10.0
+EXIT_WAIT = 2.0
 #: An agent idle this long (seconds) is closed: Postfix's `max_idle`.
 IDLE_EXIT = 100.0
 
@@ -500,12 +501,14 @@ class AgentPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for agent in agents:
             agent.close()
-        for agent in agents:
-            try:
-                await asyncio.wait_for(agent.process.wait(), STOP_WAIT)
-            except TimeoutError:
-                agent.kill()
-                await agent.process.wait()
+        # An agent exits as soon as it sees its socket closed; one that has
+        # not within EXIT_WAIT (stopped, or stuck in the kernel) is killed.
+        exits = {asyncio.ensure_future(agent.process.wait()): agent for agent in agents}
+        if exits:
+            _, late = await asyncio.wait(exits, timeout=EXIT_WAIT)
+            for waiting in late:
+                exits[waiting].kill()
+            await asyncio.gather(*exits)
 
 
 def _agent_environment() -> dict[str, str]:

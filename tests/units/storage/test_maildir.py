@@ -1163,3 +1163,19 @@ async def test_agents_keep_no_inherited_descriptor(env: Env) -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+async def test_stop_kills_an_agent_that_does_not_exit(env: Env) -> None:
+    """An idle agent that cannot see its socket close (stopped) is killed
+    after EXIT_WAIT, not waited for."""
+    storage = await agent_storage(env)
+    env.make("example.org", "user")
+    await deliver(storage, ["user@example.org"], one_step=True)
+    assert storage.agents is not None
+    (pid,) = storage.agents.pids()
+    os.kill(pid, signal.SIGSTOP)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await env.containers.pop().stop()
+    assert loop.time() - started < maildir_agents.EXIT_WAIT + 2
+    assert not alive(pid)
