@@ -39,7 +39,7 @@ from kittiwake.message.header import Header
 from kittiwake.module import Endpoint, register, unregister
 from kittiwake.storage import maildir as maildir_module
 from kittiwake.storage import maildir_agents
-from kittiwake.storage.maildir import MaildirStorage, encode_host
+from kittiwake.storage.maildir import MaildirDelivery, MaildirStorage, encode_host
 from kittiwake.storage.maildir_files import LFConverter
 from kittiwake.tables.base import Table
 from kittiwake.targets.base import Delivery, DeliveryTarget, PartialDelivery
@@ -1027,6 +1027,26 @@ class Fifo:
         await asyncio.to_thread(feed)
 
 
+async def held_in_agent(
+    storage: MaildirStorage, fifo: Fifo, msg_id: str
+) -> tuple[MaildirDelivery, asyncio.Future[None], int]:
+    """A one-step delivery whose agent is inside the job, reading the FIFO:
+    the delivery, its task and the agent's pid."""
+    assert storage.agents is not None
+    delivery = await storage.start_delivery(MsgMeta(id=msg_id), "s@example.net")
+    await delivery.add_rcpt("user@example.org")
+    task = asyncio.ensure_future(delivery.body_and_commit(HEAD, fifo.buffer()))
+    await fifo.wait_for_reader()
+    (pid,) = storage.agents.pids()
+    return delivery, task, pid
+
+
+async def cancelled(task: asyncio.Future[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_a_killed_agent_fails_its_delivery_with_451_and_is_replaced(
     env: Env, tmp_path: Path
 ) -> None:
@@ -1035,11 +1055,7 @@ async def test_a_killed_agent_fails_its_delivery_with_451_and_is_replaced(
     assert pool is not None
     box = env.make("example.org", "user")
     fifo = Fifo(tmp_path, b"Hi.\r\n")
-    delivery = await storage.start_delivery(MsgMeta(id="k"), "s@example.net")
-    await delivery.add_rcpt("user@example.org")
-    task = asyncio.ensure_future(delivery.body_and_commit(HEAD, fifo.buffer()))
-    await fifo.wait_for_reader()
-    (pid,) = pool.pids()
+    _, task, pid = await held_in_agent(storage, fifo, "k")
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(SMTPError) as info:
         await task
@@ -1061,14 +1077,8 @@ async def test_a_cancelled_agent_delivery_publishes_nothing(env: Env, tmp_path: 
     assert pool is not None
     box = env.make("example.org", "user")
     fifo = Fifo(tmp_path, b"x" * (600 * 1024))  # more than one chunk
-    delivery = await storage.start_delivery(MsgMeta(id="c"), "s@example.net")
-    await delivery.add_rcpt("user@example.org")
-    task = asyncio.ensure_future(delivery.body_and_commit(HEAD, fifo.buffer()))
-    await fifo.wait_for_reader()
-    (pid,) = pool.pids()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    delivery, task, pid = await held_in_agent(storage, fifo, "c")
+    await cancelled(task)
     feeding = asyncio.ensure_future(fifo.finish())
     await delivery.abort()
     await feeding
@@ -1133,14 +1143,8 @@ async def test_stop_kills_an_agent_stuck_in_a_request(
     assert pool is not None
     env.make("example.org", "user")
     fifo = Fifo(tmp_path, b"never sent")
-    delivery = await storage.start_delivery(MsgMeta(id="s"), "s@example.net")
-    await delivery.add_rcpt("user@example.org")
-    task = asyncio.ensure_future(delivery.body_and_commit(HEAD, fifo.buffer()))
-    await fifo.wait_for_reader()
-    (pid,) = pool.pids()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    _, task, pid = await held_in_agent(storage, fifo, "s")
+    await cancelled(task)
     await asyncio.wait_for(env.containers.pop().stop(), 10)
     assert not alive(pid)
     assert fifo.writer is not None
