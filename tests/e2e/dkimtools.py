@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import smtplib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,22 @@ def delivered(root: Path, user: str = "user", domain: str = "example.com") -> li
     """The messages in a mailbox's `new/`, oldest first."""
     files = sorted(maildir_files(root, domain, user), key=lambda p: p.stat().st_mtime_ns)
     return [p.read_bytes() for p in files]
+
+
+def delivered_by(
+    action: Callable[[], object], root: Path, user: str = "user", domain: str = "example.com"
+) -> bytes:
+    """The one message `action` delivers into the mailbox.
+
+    Found by its name, not by time: files written within one clock tick
+    share an mtime, and the microseconds in a Maildir name are not
+    zero-padded, so "the newest" can be the one before.
+    """
+    before = set(maildir_files(root, domain, user))
+    action()
+    new = [p for p in maildir_files(root, domain, user) if p not in before]
+    assert len(new) == 1, new
+    return new[0].read_bytes()
 
 
 def header_fields(message: bytes, name: str) -> list[str]:

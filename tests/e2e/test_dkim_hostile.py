@@ -16,7 +16,7 @@ from dkimtools import (
     MESSAGE,
     DKIMKey,
     auth_results,
-    delivered,
+    delivered_by,
     rsa_key,
     send,
     sign,
@@ -56,11 +56,14 @@ smtp tcp://127.0.0.1:0 {{
 
 
 def verdict(srv: Kittiwake, tmp: Path, message: bytes, bound: float = 10.0) -> list[str]:
-    started = time.monotonic()
-    code, text = send(srv.port(), message)
-    assert time.monotonic() - started < bound
-    assert code == 250, text
-    return auth_results(delivered(tmp / "maildir")[-1])
+
+    def deliver() -> None:
+        started = time.monotonic()
+        code, text = send(srv.port(), message)
+        assert time.monotonic() - started < bound
+        assert code == 250, text
+
+    return auth_results(delivered_by(deliver, tmp / "maildir"))
 
 
 def _der(tag: int, body: bytes) -> bytes:
