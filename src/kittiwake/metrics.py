@@ -196,6 +196,13 @@ class Metrics:
         """Report at each scrape whether this process finds `store` unreachable
         (the last store started under that name is the one reported)."""
 
+    def watch_maildir_agents(self, storage: str, running: Callable[[], int]) -> None:
+        """Report at each scrape how many delivery agents `storage` runs (the
+        last storage started under that name is the one reported)."""
+
+    def maildir_agent_lost(self, storage: str) -> None:
+        """A delivery agent of `storage` died, or was killed, holding a message."""
+
     def add_queue(self, module: str, location: str, stats: Callable[[], QueueStats]) -> None:
         """Report a queue's length and age at each scrape, until `remove_queue`."""
 
@@ -557,6 +564,18 @@ class LiveMetrics(Metrics):
             ["store"],
             registry=r,
         )
+        self.maildir_agents = Gauge(
+            "kittiwake_maildir_agents",
+            "Maildir delivery agents running now.",
+            ["storage"],
+            registry=r,
+        )
+        self.maildir_agents_lost = Counter(
+            "kittiwake_maildir_agents_lost",
+            "Maildir delivery agents that died or were killed holding a message.",
+            ["storage"],
+            registry=r,
+        )
         self._queues = _QueueCollector()
         r.register(self._queues)
         self.gates = _GateCollector()
@@ -598,6 +617,12 @@ class LiveMetrics(Metrics):
 
     def watch_state_store(self, store: str, unreachable: Callable[[], bool]) -> None:
         self.state_unreachable.labels(store).set_function(lambda: float(unreachable()))
+
+    def watch_maildir_agents(self, storage: str, running: Callable[[], int]) -> None:
+        self.maildir_agents.labels(storage).set_function(lambda: float(running()))
+
+    def maildir_agent_lost(self, storage: str) -> None:
+        self.maildir_agents_lost.labels(storage).inc()
 
     def delivery(self, target: str, result: str, seconds: float, count: int = 1) -> None:
         self.deliveries.labels(target, result).inc(count)

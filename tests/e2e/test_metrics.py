@@ -172,6 +172,10 @@ def test_values_move_as_mail_is_sent(
     assert moved(before, after, "kittiwake_delivery_results_total", **mb, result="delivered") == 1
     assert moved(before, after, "kittiwake_delivery_duration_seconds_count", **mb) == 1
     assert value(after, "kittiwake_smtp_connections_open", **smtp) == 0
+    # The Maildir's only delivery went through a delivery agent, started for it.
+    assert value(before, "kittiwake_maildir_agents", storage="mb") == 0
+    assert value(after, "kittiwake_maildir_agents", storage="mb") == 1
+    assert value(after, "kittiwake_maildir_agents_lost_total", storage="mb") == 0
 
     # A wrong password, then the right one.
     before = after

@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kittiwake import address
+from kittiwake import address, metrics
 from kittiwake.background import stop_task
 from kittiwake.config.directives import Directives
 from kittiwake.errors import SMTPError
@@ -422,7 +422,9 @@ class MaildirStorage(Module):
         # kittiwake's own (docs/storage-maildir.md, "Delivery agents").
         agents = cfg.integer("delivery_agents", AGENTS, minimum=0)
         cfg.finish()
-        self.agents = AgentPool(agents, self.log, self.instance_name) if agents else None
+        self.agents = (
+            AgentPool(agents, self.log, self.instance_name or self.module_name) if agents else None
+        )
         # The machine's own name, not the `hostname` directive, so two servers
         # sharing a tree never produce one name (docs/storage-maildir.md).
         self.host = encode_host(socket.gethostname())
@@ -447,6 +449,9 @@ class MaildirStorage(Module):
                 f"{self.module_name}: cannot use path {self.path}: {reason}"
             ) from None
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        agents = self.agents
+        if agents is not None:
+            metrics.current().watch_maildir_agents(agents.name, lambda: agents.running)
 
     async def _sweep_forever(self) -> None:
         """Remove stale tmp/ files now (in the background) and once a day after.

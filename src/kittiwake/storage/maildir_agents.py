@@ -53,6 +53,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
+from kittiwake import metrics
 from kittiwake.errors import SMTPError
 from kittiwake.storage.maildir_files import Mailbox, _Cancelled, _File, _Job, write_and_publish
 
@@ -298,7 +299,7 @@ class AgentPool:
     def __init__(self, size: int, log: Logger, name: str = "") -> None:
         self.size = size
         self._log = log
-        self._name = name  # the storage block's, shown in `ps`
+        self.name = name  # the storage block's: in `ps` and the metrics
         self._agents: set[_Agent] = set()  # started and not lost
         self._free: list[_Agent] = []  # the longest idle first
         self._waiting: collections.deque[asyncio.Future[_Agent]] = collections.deque()
@@ -436,6 +437,7 @@ class AgentPool:
         self._agents.discard(agent)
         if why:
             self._log.error("maildir delivery agent lost", reason=why, pid=agent.process.pid)
+            metrics.current().maildir_agent_lost(self.name)
         if not self._closed:
             self._release_slot()
             if any(not w.done() for w in self._waiting):
@@ -462,7 +464,7 @@ class AgentPool:
                 "-m",
                 __name__,
                 str(theirs.fileno()),
-                self._name,
+                self.name,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -29,6 +29,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kittiwake import metrics
 from kittiwake.config.directives import Directives
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container
@@ -1050,7 +1051,18 @@ async def cancelled(task: asyncio.Future[None]) -> None:
 async def test_a_killed_agent_fails_its_delivery_with_451_and_is_replaced(
     env: Env, tmp_path: Path
 ) -> None:
+    live = metrics.LiveMetrics()
+    metrics.install(live)
+    try:
+        await _killed_agent(env, tmp_path, live)
+    finally:
+        metrics.install(None)
+
+
+async def _killed_agent(env: Env, tmp_path: Path, live: metrics.LiveMetrics) -> None:
     storage = await agent_storage(env)
+    agents = {"storage": "local_mailboxes"}
+    assert live.registry.get_sample_value("kittiwake_maildir_agents", agents) == 0
     pool = storage.agents
     assert pool is not None
     box = env.make("example.org", "user")
@@ -1067,6 +1079,8 @@ async def test_a_killed_agent_fails_its_delivery_with_451_and_is_replaced(
     assert pool.running == 1 and pool.pids() != [pid]
     # As after a crash: the killed agent's tmp/ file stays (swept after 36 h).
     assert len(files(box / "new")) == 1 and len(files(box / "tmp")) == 1
+    assert live.registry.get_sample_value("kittiwake_maildir_agents_lost_total", agents) == 1
+    assert live.registry.get_sample_value("kittiwake_maildir_agents", agents) == 1
 
 
 async def test_a_cancelled_agent_delivery_publishes_nothing(env: Env, tmp_path: Path) -> None:
