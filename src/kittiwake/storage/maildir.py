@@ -331,7 +331,9 @@ class MaildirDelivery:
         """`body_and_commit`'s work in a delivery agent (maildir_agents.py).
 
         The agent runs the same `write_and_publish` on a copy of the job and
-        sends back the files as it left them, or the error.
+        sends back the files as it left them, or the error. (A reply saying
+        the agent was cancelled goes to the pool, never here: only a caller
+        that is itself cancelled sends the cancel.)
         """
         storage = self._storage
         request = Request.of(job, body.memory(), body.path)
@@ -342,8 +344,6 @@ class MaildirDelivery:
             if isinstance(reply.error, OSError):
                 raise _io_error(reply.error, f"maildir {storage.path}")
             raise reply.error
-        if reply.cancelled:  # the agent saw the server go away; nothing was published
-            raise SMTPError(451, (4, 3, 0), "Local delivery error", reason="delivery cancelled")
         reply.update(job.files)
         self._report_commit(job.files, reply.failed)
 

@@ -193,7 +193,7 @@ def _handle(request: Request, sock: socket.socket) -> Reply:
     )
     created = job.new_mailboxes
     try:
-        failed = write_and_publish(job, request.host, request.sync, shared=False)
+        failed = write_and_publish(job, request.host, request.sync)
     except _Cancelled:
         return Reply([], created, {}, cancelled=True)
     except (SMTPError, OSError) as exc:

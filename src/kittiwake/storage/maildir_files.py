@@ -369,9 +369,7 @@ def _publish(f: _File, host: str) -> None:
     raise OSError(errno.EEXIST, "no unique file name in new/")
 
 
-def _commit(
-    files: list[_File], host: str, sync: bool, *, shared: bool = True
-) -> dict[int, OSError]:
+def _commit(files: list[_File], host: str, sync: bool) -> dict[int, OSError]:
     """Move every file into new/, then fsync the directories; the failures.
 
     Files are all moved even if one fails: each one moved is delivered.
@@ -395,7 +393,7 @@ def _commit(
     if sync:
         for d in sorted(dirs):
             try:
-                (sync_dir_shared if shared else fsync_dir)(d)
+                sync_dir_shared(d)
             except OSError as exc:  # never retried: after EIO the page state is unknown
                 for i in dirs[d]:
                     failed[i] = exc
@@ -403,20 +401,16 @@ def _commit(
     return failed
 
 
-def write_and_publish(
-    job: _Job, host: str, sync: bool, *, shared: bool = True
-) -> dict[int, OSError]:
+def write_and_publish(job: _Job, host: str, sync: bool) -> dict[int, OSError]:
     """`job.run()` then `_commit` in one thread trip (`body_and_commit`).
 
     An abort that came while the files were written or synced keeps them
     out of `new/`: `run` then removes them and raises. `job.created` is
-    emptied once the tmp/ names are gone, as `commit` does. `shared`:
-    share the fsync of `new/` with the other threads syncing it now; a
-    delivery agent, alone in its process, syncs it itself.
+    emptied once the tmp/ names are gone, as `commit` does.
     """
     job.run()
     try:
-        return _commit(job.files, host, sync, shared=shared)
+        return _commit(job.files, host, sync)
     finally:
         job.created.clear()
 

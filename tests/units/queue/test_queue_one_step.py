@@ -17,35 +17,24 @@ from typing import Any
 
 import pytest
 
-from kittiwake.config.directives import Directives
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container
 from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
-from kittiwake.module import Endpoint, register, unregister
 from kittiwake.queue import store as store_module
 from kittiwake.queue.target import QueueTarget
-from kittiwake.targets.base import DeliveryTarget, is_one_step
+from kittiwake.targets.base import is_one_step
+from probe import registered
 
 PROBE = "kw_queue_probe"
 WAIT = 10.0
 
 
-class Probe(Endpoint):
-    def configure(self, cfg: Directives) -> None:
-        self.targets: list[Any] = cfg.modules("deliver_to", DeliveryTarget, "target")
-        cfg.finish()
-
-    def addresses(self) -> list[str]:
-        return []
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _probe_registered() -> Iterator[None]:
-    register(PROBE)(Probe)
-    yield
-    unregister(PROBE)
+    with registered(PROBE):
+        yield
 
 
 @pytest.fixture

@@ -30,20 +30,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kittiwake import metrics
-from kittiwake.config.directives import Directives
 from kittiwake.config.parser import parse_text
 from kittiwake.container import Container
 from kittiwake.errors import ConfigError, SMTPError
 from kittiwake.message import MsgMeta
 from kittiwake.message.buffer import Buffer
 from kittiwake.message.header import Header
-from kittiwake.module import Endpoint, register, unregister
 from kittiwake.storage import maildir as maildir_module
 from kittiwake.storage import maildir_agents
 from kittiwake.storage.maildir import MaildirDelivery, MaildirStorage, encode_host
 from kittiwake.storage.maildir_files import LFConverter
-from kittiwake.tables.base import Table
-from kittiwake.targets.base import Delivery, DeliveryTarget, PartialDelivery
+from kittiwake.targets.base import Delivery, PartialDelivery
+from probe import TargetProbe, registered
 
 PROBE = "kw_maildir_probe"
 NAME = re.compile(
@@ -52,21 +50,10 @@ NAME = re.compile(
 )
 
 
-class Probe(Endpoint):
-    def configure(self, cfg: Directives) -> None:
-        self.targets: list[Any] = cfg.modules("deliver_to", DeliveryTarget, "target")
-        self.tables: list[Any] = cfg.modules("table", Table, "table")
-        cfg.finish()
-
-    def addresses(self) -> list[str]:
-        return []
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _probe_registered() -> Iterator[None]:
-    register(PROBE)(Probe)
-    yield
-    unregister(PROBE)
+    with registered(PROBE):
+        yield
 
 
 class Env:
@@ -100,7 +87,7 @@ class Env:
         self.containers.append(container)
         await container.start()
         (probe,) = container.endpoints
-        assert isinstance(probe, Probe)
+        assert isinstance(probe, TargetProbe)
         (storage,) = probe.targets
         assert isinstance(storage, MaildirStorage)
         assert probe.tables == [storage]
@@ -1116,16 +1103,27 @@ async def test_two_step_deliveries_stay_on_the_threads(env: Env) -> None:
 
 
 async def test_a_large_body_in_memory_stays_on_the_threads(env: Env) -> None:
-    """`buffer ram` can hold tens of megabytes: not copied to an agent."""
+    """`buffer ram` can hold tens of megabytes: one past AGENT_COPY_MAX is not
+    copied to an agent, one of exactly AGENT_COPY_MAX is."""
     storage = await agent_storage(env)
+    pool = storage.agents
+    assert pool is not None
     box = env.make("example.org", "user")
     big = b"y" * (maildir_module.AGENT_COPY_MAX + 1)
     await deliver(storage, ["user@example.org"], big, one_step=True)
-    assert storage.agents is not None and storage.agents.running == 0
+    assert pool.running == 0
     path = only_file(box)
     assert path.read_bytes().endswith(big)
-    await deliver(storage, ["user@example.org"], b"small\r\n", one_step=True)
-    assert storage.agents.running == 1
+    m = NAME.match(path.name)
+    assert m is not None and m["pid"] == str(os.getpid())
+    path.unlink()
+    at_limit = b"y" * maildir_module.AGENT_COPY_MAX
+    await deliver(storage, ["user@example.org"], at_limit, one_step=True)
+    assert pool.running == 1
+    path = only_file(box)
+    assert path.read_bytes().endswith(at_limit)
+    m = NAME.match(path.name)
+    assert m is not None and m["pid"] == str(pool.pids()[0])
 
 
 async def test_idle_agents_retire(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
